@@ -1,0 +1,388 @@
+//! Types shared by the kernel programs and userspace.
+//!
+//! Everything here crosses the kernel boundary through a BPF map, so it is plain data:
+//! fixed-width integers and byte arrays, `#[repr(C)]`, explicit padding, and a
+//! compile-time size check per type. There are no `bool`, `enum`, `Option` or `usize`
+//! fields: the kernel side never interprets bytes as a Rust enum, and userspace
+//! validates every value before it writes it.
+//!
+//! Byte order is part of each name: addresses are network order (`[u8; 4]`,
+//! `[u8; 16]`, as LPM tries need), ports stored for the data path are network order
+//! (`*_be`), everything else is host order.
+//!
+//! The `user` feature adds `aya::Pod` implementations so userspace can read and write
+//! the maps.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Map names. The kernel caps object names at 15 bytes; `const` checks below hold
+/// every name to that.
+pub mod map {
+    /// `HashMap<u32 ifindex (host order), Iface>`: role and counter slot of each NIC
+    /// the program serves. Written by userspace.
+    pub const IFACES: &str = "IFACES";
+    /// `LpmTrie<[u8; 4] network order, u32 set bits>`: IPv4 edge address sets.
+    /// Written by userspace.
+    pub const EDGE_V4: &str = "EDGE_V4";
+    /// `LpmTrie<[u8; 16] network order, u32 set bits>`: IPv6 edge address sets.
+    /// Written by userspace.
+    pub const EDGE_V6: &str = "EDGE_V6";
+    /// `Array<Settings>` with one entry: ports, defaults, timeouts. Written by
+    /// userspace.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// `LruHashMap<FlowKey, Flow>`: connections an allowed packet opened. Written by
+    /// the kernel programs; userspace reads and may delete.
+    pub const FLOWS: &str = "FLOWS";
+    /// `PerCpuArray<Counter>` indexed by `slot * VERDICT_SLOTS + verdict`. Written by
+    /// the kernel programs.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuArray<Counter>` indexed by rule id. Written by the kernel programs.
+    pub const RULE_HITS: &str = "RULE_HITS";
+
+    /// Every map, for pinning and listing.
+    pub const ALL: [&str; 7] = [IFACES, EDGE_V4, EDGE_V6, SETTINGS, FLOWS, COUNTERS, RULE_HITS];
+
+    const _: () = {
+        let mut i = 0;
+        while i < ALL.len() {
+            assert!(ALL[i].len() <= 15, "kernel object names are cut to 15 bytes");
+            i += 1;
+        }
+    };
+}
+
+/// Name of the XDP program in the object.
+pub const XDP_PROGRAM: &str = "edge_filter";
+
+/// NICs the program can serve. Counter slot 0 is reserved for NICs without a role.
+pub const MAX_IFACES: u32 = 64;
+/// Entries per address-set trie (per family).
+pub const MAX_SET_ENTRIES: u32 = 1 << 17;
+/// Default size of the flow table; userspace may set another at load time.
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+
+/// Role of a NIC, as stored in [`Iface::role`].
+pub mod role {
+    /// Faces partners or the corporate network; untrusted.
+    pub const OUTSIDE: u32 = 1;
+    /// Faces the Edge server's interfaces.
+    pub const EDGE: u32 = 2;
+    /// Edge addresses are local to this machine; judged like `OUTSIDE` at ingress.
+    pub const HOST: u32 = 3;
+
+    /// Bit of a role in [`super::Flow::reply_roles`].
+    pub const fn bit(role: u32) -> u8 {
+        1 << role
+    }
+}
+
+/// Bits of the value stored in the address-set tries.
+pub mod set {
+    /// The Access Edge service interface addresses (R1, R2).
+    pub const ACCESS_EDGE: u32 = 1;
+    /// The internal Edge interface addresses (R3).
+    pub const INTERNAL_EDGE: u32 = 2;
+}
+
+/// Rule ids, indexes into [`map::RULE_HITS`] and values of [`Flow::rule`].
+pub mod rule {
+    /// R1: TCP federation port from any source to the Access Edge addresses.
+    pub const FEDERATION_IN: u32 = 0;
+    /// R2: TCP federation port from the Access Edge addresses to any destination.
+    pub const FEDERATION_OUT: u32 = 1;
+    /// R3: TCP internal (MTLS) port from any source to the internal Edge addresses.
+    pub const INTERNAL_MTLS: u32 = 2;
+    /// Number of rules.
+    pub const COUNT: u32 = 3;
+    /// Names as the CLI and metrics show them, indexed by id.
+    pub const NAMES: [&str; COUNT as usize] = ["federation-in", "federation-out", "internal-mtls"];
+}
+
+/// Verdicts: what happened to a packet and why. One counter per NIC and verdict.
+///
+/// Pass reasons are below [`verdict::DROP_BASE`]; drop reasons from there; a drop
+/// reason plus [`verdict::DRY_RUN_OFFSET`] is the same reason in dry-run, where the
+/// packet passed.
+pub mod verdict {
+    pub const PASS_RULE: u32 = 0;
+    pub const PASS_REPLY: u32 = 1;
+    pub const PASS_ESSENTIAL: u32 = 2;
+    pub const PASS_UNPOLICED: u32 = 3;
+    pub const PASS_UNATTACHED: u32 = 4;
+    /// A policed fragment passed because the `fragments` setting says `pass`.
+    pub const PASS_FRAGMENT: u32 = 5;
+
+    pub const DROP_BASE: u32 = 8;
+    pub const DROP_NO_RULE: u32 = 8;
+    pub const DROP_SPOOFED: u32 = 9;
+    pub const DROP_MALFORMED: u32 = 10;
+    pub const DROP_FRAGMENT: u32 = 11;
+    pub const DROP_UNPOLICED: u32 = 12;
+
+    /// Added to a drop verdict when dry-run turns it into a pass.
+    pub const DRY_RUN_OFFSET: u32 = 8;
+
+    /// Counter slots per NIC.
+    pub const SLOTS: u32 = 24;
+
+    /// Whether the packet is dropped under this verdict.
+    pub const fn is_drop(v: u32) -> bool {
+        v >= DROP_BASE && v < DROP_BASE + DRY_RUN_OFFSET
+    }
+
+    /// `(action, reason)` of a verdict, as the CLI and metrics name it.
+    pub const fn name(v: u32) -> Option<(&'static str, &'static str)> {
+        let reason = match reason(v) {
+            Some(r) => r,
+            None => return None,
+        };
+        let action = if v < DROP_BASE {
+            "pass"
+        } else if v < DROP_BASE + DRY_RUN_OFFSET {
+            "drop"
+        } else {
+            "would_drop"
+        };
+        Some((action, reason))
+    }
+
+    const fn reason(v: u32) -> Option<&'static str> {
+        Some(match v {
+            PASS_RULE => "rule",
+            PASS_REPLY => "reply",
+            PASS_ESSENTIAL => "essential",
+            PASS_UNPOLICED => "unpoliced",
+            PASS_UNATTACHED => "unattached",
+            PASS_FRAGMENT => "fragment",
+            _ if v >= DROP_BASE && v < SLOTS => match (v - DROP_BASE) % DRY_RUN_OFFSET {
+                0 => "no_rule",
+                1 => "spoofed",
+                2 => "malformed",
+                3 => "fragment",
+                4 => "unpoliced",
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Bits of [`Settings::flags`].
+pub mod flags {
+    /// Unpoliced traffic is dropped (default: passed).
+    pub const UNPOLICED_DROP: u32 = 1 << 0;
+    /// Policed fragments pass (default: dropped).
+    pub const FRAGMENTS_PASS: u32 = 1 << 1;
+    /// Dry-run: nothing is dropped, would-be drops are counted as `would_drop/*`.
+    pub const DRY_RUN: u32 = 1 << 2;
+    /// All defined bits.
+    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN;
+}
+
+/// Flow states, the values of [`Flow::state`].
+pub mod flow_state {
+    /// The opener sent a SYN; no answer yet.
+    pub const SYN_SENT: u8 = 1;
+    /// Both sides have spoken.
+    pub const ESTABLISHED: u8 = 2;
+    /// A FIN was seen; the flow lives for the closing timeout.
+    pub const CLOSING: u8 = 3;
+}
+
+/// Value of [`map::IFACES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    /// One of [`role`].
+    pub role: u32,
+    /// Counter slot, `1..MAX_IFACES`; slot 0 counts NICs without a role.
+    pub slot: u32,
+}
+
+/// The one value of [`map::SETTINGS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// R1/R2 port, network order (`Set-CsEdgeServer -XmppListeningPort`).
+    pub federation_port_be: u16,
+    /// R3 port, network order (`Set-CsEdgeServer -XmppInternalPort`).
+    pub internal_port_be: u16,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Idle timeout of a flow whose SYN has not been answered, nanoseconds.
+    pub syn_timeout_ns: u64,
+    /// Idle timeout of an established flow, nanoseconds.
+    pub established_timeout_ns: u64,
+    /// Idle timeout of a flow after a FIN, nanoseconds.
+    pub closing_timeout_ns: u64,
+}
+
+impl Settings {
+    /// The vendor table: ports 5269 and 23456, unpoliced traffic and fragments as
+    /// the design says, enforcing.
+    pub const DEFAULT: Self = Self {
+        federation_port_be: 5269u16.to_be(),
+        internal_port_be: 23456u16.to_be(),
+        flags: 0,
+        syn_timeout_ns: 60 * NS_PER_SEC,
+        // RFC 5382 REQ-5: an established idle timeout of no less than 2 h 4 min.
+        established_timeout_ns: 7440 * NS_PER_SEC,
+        closing_timeout_ns: 120 * NS_PER_SEC,
+    };
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Nanoseconds per second.
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Address family values of [`FlowKey::family`].
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// Key of [`map::FLOWS`]: the 5-tuple in the direction of the packet that opened the
+/// flow. IPv4 addresses sit in the first four bytes, the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Opener's address, network order.
+    pub src: [u8; 16],
+    /// Responder's address, network order.
+    pub dst: [u8; 16],
+    /// Opener's port, network order.
+    pub sport_be: u16,
+    /// Responder's port, network order.
+    pub dport_be: u16,
+    /// [`family`].
+    pub family: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`map::FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// `bpf_ktime_get_ns` of the first packet.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the latest packet in either direction.
+    pub last_seen_ns: u64,
+    /// One of [`flow_state`].
+    pub state: u8,
+    /// The [`rule`] that opened the flow.
+    pub rule: u8,
+    /// [`role::bit`]s of the NICs where replies may arrive.
+    pub reply_roles: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of [`map::COUNTERS`] and [`map::RULE_HITS`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = {
+    assert!(size_of::<Iface>() == 8);
+    assert!(size_of::<Settings>() == 32);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<Flow>() == 24);
+    assert!(size_of::<Counter>() == 16);
+    assert!(verdict::DROP_BASE + 2 * verdict::DRY_RUN_OFFSET == verdict::SLOTS);
+    assert!(MAX_IFACES * verdict::SLOTS <= 4096);
+};
+
+/// Index into [`map::COUNTERS`].
+pub const fn counter_index(slot: u32, verdict: u32) -> u32 {
+    slot * verdict::SLOTS + verdict
+}
+
+/// Entries of [`map::COUNTERS`].
+pub const COUNTER_ENTRIES: u32 = MAX_IFACES * verdict::SLOTS;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is `#[repr(C)]`, made only of integers and byte arrays, with
+    // explicit padding fields, so every bit pattern is valid and none is uninitialised.
+    unsafe impl aya::Pod for super::Iface {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_names_cover_every_slot_once() {
+        let mut seen = [None; verdict::SLOTS as usize];
+        for v in 0..verdict::SLOTS {
+            seen[v as usize] = verdict::name(v);
+        }
+        assert_eq!(verdict::name(verdict::PASS_RULE), Some(("pass", "rule")));
+        assert_eq!(verdict::name(verdict::PASS_UNATTACHED), Some(("pass", "unattached")));
+        assert_eq!(verdict::name(verdict::DROP_NO_RULE), Some(("drop", "no_rule")));
+        assert_eq!(verdict::name(verdict::DROP_UNPOLICED), Some(("drop", "unpoliced")));
+        assert_eq!(
+            verdict::name(verdict::DROP_SPOOFED + verdict::DRY_RUN_OFFSET),
+            Some(("would_drop", "spoofed"))
+        );
+        assert_eq!(verdict::name(6), None);
+        assert_eq!(verdict::name(verdict::DROP_UNPOLICED + 1), None);
+        assert_eq!(verdict::name(verdict::SLOTS), None);
+        // Every named slot has a distinct name.
+        for a in 0..seen.len() {
+            for b in a + 1..seen.len() {
+                if seen[a].is_some() {
+                    assert_ne!(seen[a], seen[b], "slots {a} and {b}");
+                }
+            }
+        }
+        let named = seen.iter().filter(|s| s.is_some()).count();
+        assert_eq!(named, 6 + 5 + 5);
+    }
+
+    #[test]
+    fn drops_are_drops_and_dry_run_passes() {
+        assert!(verdict::is_drop(verdict::DROP_MALFORMED));
+        assert!(!verdict::is_drop(verdict::PASS_REPLY));
+        assert!(!verdict::is_drop(verdict::DROP_MALFORMED + verdict::DRY_RUN_OFFSET));
+    }
+
+    #[test]
+    fn default_settings_are_the_vendor_table_in_network_order() {
+        let s = Settings::default();
+        assert_eq!(s.federation_port_be.to_ne_bytes(), [0x14, 0x95]);
+        assert_eq!(s.internal_port_be.to_ne_bytes(), [0x5b, 0xa0]);
+        assert_eq!(s.flags, 0);
+    }
+
+    #[test]
+    fn counter_index_is_dense_per_nic() {
+        assert_eq!(counter_index(0, 0), 0);
+        assert_eq!(counter_index(1, verdict::DROP_NO_RULE), verdict::SLOTS + 8);
+        assert_eq!(counter_index(MAX_IFACES - 1, verdict::SLOTS - 1), COUNTER_ENTRIES - 1);
+    }
+
+    #[test]
+    fn role_bits_are_distinct() {
+        assert_eq!(role::bit(role::OUTSIDE) & role::bit(role::EDGE), 0);
+        assert_eq!(role::bit(role::HOST) & role::bit(role::EDGE), 0);
+    }
+}

@@ -1,0 +1,39 @@
+//! The BPF maps of the XDP program. Names, keys, values and sizes are defined in
+//! `edge-filter-common`; userspace creates, pins and fills them by those names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use edge_filter_common::{
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES,
+    MAX_SET_ENTRIES, Settings, rule,
+};
+
+/// ifindex (host order) -> role and counter slot of the NIC. Written by userspace.
+#[map]
+pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// IPv4 address or prefix (network order) -> `set` bits. Written by userspace.
+#[map]
+pub static EDGE_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SET_ENTRIES, 0);
+
+/// IPv6 address or prefix (network order) -> `set` bits. Written by userspace.
+#[map]
+pub static EDGE_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_SET_ENTRIES, 0);
+
+/// Index 0 -> the settings (ports in network order). Written by userspace.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Opener's 5-tuple -> flow state. Written here; size set by userspace at load time.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// `slot * verdict::SLOTS + verdict` -> packets and bytes, per CPU. Written here.
+#[map]
+pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+/// Rule id -> packets and bytes that matched the rule, per CPU. Written here.
+#[map]
+pub static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(rule::COUNT, 0);

@@ -1,0 +1,344 @@
+//! The parser: from a frame to the facts the policy judges.
+//!
+//! One bounds-checked accessor ([`Frame::read`]) and a cursor (a byte offset), one
+//! function per layer: Ethernet with up to [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags,
+//! IPv4 by its real header length, IPv6 with its extension chain walked in a bounded
+//! loop, then the upper-layer header.
+//!
+//! Contract:
+//! - Nothing outside the frame is read, and nothing beyond the IP packet's own length
+//!   is taken for an upper-layer header: Ethernet padding is not a TCP header.
+//! - Anything that cannot be judged is [`Malformed`]: a truncated IP header, IPv4 with
+//!   IHL < 5 or a total length beyond the frame, an IPv6 payload length beyond the
+//!   frame, an extension chain that runs past the packet or is longer than
+//!   [`MAX_IPV6_EXT`], a third VLAN tag (the inner packet would go unjudged).
+//! - The upper-layer header is read here, once; [`Packet::l4`] says whether it is
+//!   whole. A non-first fragment has none ([`L4_ABSENT`]), so no payload byte is
+//!   ever taken for a port.
+//! - An IPv6 first fragment that does not hold the whole header chain up to and
+//!   including the upper-layer header is [`Parsed::IncompleteFirstFragment`]
+//!   (RFC 7112).
+//!
+//! Verifier: the policy sees only the extracted [`Packet`], never an offset. Offsets
+//! differ on every parse path (VLAN tags, IHL, each extension header); were they
+//! still live after parsing, the verifier would walk the whole policy once per path
+//! and run out of its instruction budget.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use edge_filter_common::family;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
+
+/// 802.1Q / 802.1ad tags skipped before the inner packet is judged.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked; a longer chain is malformed. RFC 8200 §4.1 orders
+/// at most six (hop-by-hop, destination, routing, fragment, AH, destination).
+pub const MAX_IPV6_EXT: usize = 8;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Values of [`Packet::frag`].
+pub const FRAG_NONE: u8 = 0;
+/// Offset 0, more fragments follow: the upper-layer header may be here.
+pub const FRAG_FIRST: u8 = 1;
+/// Offset > 0: no upper-layer header.
+pub const FRAG_LATER: u8 = 2;
+
+/// Values of [`Packet::l4`].
+/// The upper-layer header the policy reads is whole (or the protocol has none it reads).
+pub const L4_WHOLE: u8 = 0;
+/// The upper-layer header is cut short or its length field points past the packet.
+pub const L4_TRUNCATED: u8 = 1;
+/// A non-first fragment: there is no upper-layer header.
+pub const L4_ABSENT: u8 = 2;
+
+/// TCP flag bits as in byte 13 of the header.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The frame cannot be judged.
+pub struct Malformed;
+
+/// The packet's bounds, read once from the context.
+pub struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end() }
+    }
+
+    /// Bytes in the frame (the linear part the program sees).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// A copy of the `T` at `off`, if all of it lies inside the frame.
+    ///
+    /// Verifier: the comparison must stay between packet pointers (`start + off +
+    /// size` against `end`) so the verifier learns the range it proves; every caller
+    /// keeps `off` bounded (constants, masked lengths) so the sum cannot wrap. The
+    /// offset goes through `black_box` because LLVM otherwise proves the check
+    /// redundant from the IP length checks (which compare scalars the verifier does
+    /// not relate to the packet) and deletes it.
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Result<T, Malformed> {
+        let at = self.start + core::hint::black_box(off);
+        if at + size_of::<T>() > self.end {
+            return Err(Malformed);
+        }
+        // SAFETY: `at..at + size_of::<T>()` was just checked to lie inside the packet,
+        // and `T` is plain bytes; the read is unaligned because headers are.
+        Ok(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+}
+
+/// What the frame carries.
+pub enum Parsed {
+    Arp,
+    /// Neither IP nor ARP: not the policy's business.
+    Other,
+    Ip(Packet),
+    /// An IPv6 first fragment without the whole header chain (RFC 7112).
+    IncompleteFirstFragment,
+}
+
+/// The facts of an IP packet, either family. IPv4 addresses sit in the first four
+/// bytes. Port and flag fields are zero unless `proto` is TCP and `l4` is whole.
+pub struct Packet {
+    pub family: u8,
+    /// Upper-layer protocol, after the IPv6 extension chain.
+    pub proto: u8,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub frag: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
+    /// [`L4_WHOLE`], [`L4_TRUNCATED`] or [`L4_ABSENT`].
+    pub l4: u8,
+    /// [`tcp_flags`] bits.
+    pub tcp_flags: u8,
+    /// ICMP or ICMPv6 type.
+    pub icmp_type: u8,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// Network order.
+    pub src: [u8; 16],
+    /// Network order.
+    pub dst: [u8; 16],
+}
+
+/// Parse the frame down to the upper-layer header.
+#[inline(always)]
+pub fn parse(frame: &Frame) -> Result<Parsed, Malformed> {
+    let eth: EthHdr = frame.read(0)?;
+    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut off = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let tag: VlanHdr = frame.read(off)?;
+        ether_type = u16::from_be(tag.ether_type);
+        off += VlanHdr::LEN;
+    }
+    match ether_type {
+        ETH_P_IPV4 => ipv4(frame, off).map(Parsed::Ip),
+        ETH_P_IPV6 => ipv6(frame, off),
+        ETH_P_ARP => Ok(Parsed::Arp),
+        // A third tag: the packet inside would pass unjudged.
+        ETH_P_8021Q | ETH_P_8021AD => Err(Malformed),
+        _ => Ok(Parsed::Other),
+    }
+}
+
+#[inline(always)]
+fn ipv4(frame: &Frame, off: usize) -> Result<Packet, Malformed> {
+    let hdr: Ipv4Hdr = frame.read(off)?;
+    let ihl = usize::from(hdr.ihl());
+    let total = usize::from(hdr.tot_len());
+    if hdr.version() != 4 || ihl < Ipv4Hdr::LEN || total < ihl || off + total > frame.len() {
+        return Err(Malformed);
+    }
+    let frag = if hdr.frag_offset() != 0 {
+        FRAG_LATER
+    } else if hdr.frag_flags() & 0b001 != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    let mut p = Packet {
+        family: family::V4,
+        proto: hdr.proto,
+        frag,
+        hop_limit: hdr.ttl,
+        l4: L4_ABSENT,
+        tcp_flags: 0,
+        icmp_type: 0,
+        sport_be: 0,
+        dport_be: 0,
+        src: [0; 16],
+        dst: [0; 16],
+    };
+    p.src[..4].copy_from_slice(&hdr.src_addr);
+    p.dst[..4].copy_from_slice(&hdr.dst_addr);
+    if frag != FRAG_LATER {
+        upper_layer(frame, &mut p, off + ihl, off + total);
+    }
+    Ok(p)
+}
+
+#[inline(always)]
+fn ipv6(frame: &Frame, off: usize) -> Result<Parsed, Malformed> {
+    let hdr: Ipv6Hdr = frame.read(off)?;
+    let end = off + Ipv6Hdr::LEN + usize::from(hdr.payload_len());
+    if hdr.version() != 6 || end > frame.len() {
+        return Err(Malformed);
+    }
+    let mut p = Packet {
+        family: family::V6,
+        proto: hdr.next_hdr,
+        frag: FRAG_NONE,
+        hop_limit: hdr.hop_limit,
+        l4: L4_ABSENT,
+        tcp_flags: 0,
+        icmp_type: 0,
+        sport_be: 0,
+        dport_be: 0,
+        src: hdr.src_addr,
+        dst: hdr.dst_addr,
+    };
+    let mut l4 = off + Ipv6Hdr::LEN;
+    // Bit 0: a fragment header with the M flag was seen (at offset 0).
+    let mut more = 0u16;
+    for _ in 0..MAX_IPV6_EXT {
+        if !is_extension(p.proto) {
+            break;
+        }
+        // Next header, length, and for the fragment header its offset and flags: every
+        // extension header is at least eight bytes, so four are always there.
+        let Ok(ext) = frame.read::<[u8; 4]>(l4) else {
+            return chain_cut(more);
+        };
+        let len = if p.proto == IPPROTO_FRAGMENT {
+            let offset_flags = u16::from_be_bytes([ext[2], ext[3]]);
+            if offset_flags & !0b111 != 0 {
+                // Non-first fragment: what follows is payload, never a header.
+                p.proto = ext[0];
+                p.frag = FRAG_LATER;
+                return Ok(Parsed::Ip(p));
+            }
+            more |= offset_flags & 1;
+            8
+        } else if p.proto == IPPROTO_AH {
+            // AH counts 4-byte units minus 2, the others 8-byte units minus 1.
+            (usize::from(ext[1]) + 2) * 4
+        } else {
+            (usize::from(ext[1]) + 1) * 8
+        };
+        p.proto = ext[0];
+        // Verifier: masking drops the lower bound the verifier tracks, so the states of
+        // different header kinds converge; it never changes a real offset
+        // (22 + 40 + 8 * 2048 < 2^15).
+        l4 = (l4 + len) & 0x7fff;
+        if l4 > end {
+            return chain_cut(more);
+        }
+    }
+    if is_extension(p.proto) {
+        return Err(Malformed);
+    }
+    if more != 0 {
+        p.frag = FRAG_FIRST;
+    }
+    upper_layer(frame, &mut p, l4, end);
+    if p.frag == FRAG_FIRST && p.l4 != L4_WHOLE {
+        return Ok(Parsed::IncompleteFirstFragment);
+    }
+    Ok(Parsed::Ip(p))
+}
+
+#[inline(always)]
+fn is_extension(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
+}
+
+/// The extension chain runs past the packet: malformed, unless the packet is a first
+/// fragment, which RFC 7112 says to drop as such.
+#[inline(always)]
+fn chain_cut(more: u16) -> Result<Parsed, Malformed> {
+    if more != 0 { Ok(Parsed::IncompleteFirstFragment) } else { Err(Malformed) }
+}
+
+/// Read the upper-layer header at `l4`, which must end by `end`.
+#[inline(always)]
+fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
+    p.l4 = L4_TRUNCATED;
+    match p.proto {
+        IPPROTO_TCP => {
+            if l4 + TcpHdr::LEN > end {
+                return;
+            }
+            let Ok(hdr) = frame.read::<TcpHdr>(l4) else {
+                return;
+            };
+            let hdr_len = usize::from(hdr.doff()) * 4;
+            if hdr_len < TcpHdr::LEN || l4 + hdr_len > end {
+                return;
+            }
+            p.sport_be = u16::from_ne_bytes(hdr.source);
+            p.dport_be = u16::from_ne_bytes(hdr.dest);
+            p.tcp_flags = (u8::from(hdr.fin() != 0) * tcp_flags::FIN)
+                | (u8::from(hdr.syn() != 0) * tcp_flags::SYN)
+                | (u8::from(hdr.rst() != 0) * tcp_flags::RST)
+                | (u8::from(hdr.ack() != 0) * tcp_flags::ACK);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Type, code, checksum and the 4-byte rest of header every message has.
+            if l4 + 8 > end {
+                return;
+            }
+            let Ok(hdr) = frame.read::<[u8; 8]>(l4) else {
+                return;
+            };
+            p.icmp_type = hdr[0];
+        }
+        IPPROTO_UDP => {
+            if l4 + 8 > end {
+                return;
+            }
+        }
+        _ => {}
+    }
+    p.l4 = L4_WHOLE;
+}

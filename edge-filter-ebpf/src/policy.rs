@@ -1,0 +1,178 @@
+//! The policy: the vendor's XMPP federation table, judged packet by packet.
+//!
+//! | rule | opens from NIC role | TCP dst port | source | destination |
+//! |---|---|---|---|---|
+//! | R1 `federation-in`  | outside, host | federation (5269) | any | access-edge |
+//! | R2 `federation-out` | edge          | federation (5269) | access-edge | any |
+//! | R3 `internal-mtls`  | outside, host | internal (23456)  | any | internal-edge |
+//!
+//! A packet is *policed* when its source or destination is in an edge set. The order
+//! of judgement, each step final:
+//!
+//! 1. NIC without a role: `pass/unattached`.
+//! 2. Cannot be parsed: `drop/malformed` (an IPv6 first fragment without its whole
+//!    header chain: `drop/fragment`). ARP: `pass/essential`. Not IP: unpoliced.
+//! 3. Source in an edge set on an `outside` or `host` NIC: `drop/spoofed`.
+//! 4. Unpoliced: `pass/unpoliced`, or under `unpoliced = drop` the essentials of 6
+//!    pass and the rest is `drop/unpoliced`.
+//! 5. Policed fragment: `drop/fragment` (`pass/fragment` under `fragments = pass`,
+//!    where a first fragment goes on to be judged by its header).
+//! 6. ICMP destination unreachable (fragmentation needed included), time exceeded and
+//!    parameter problem; ICMPv6 errors 1-4; ICMPv6 router and neighbour discovery with
+//!    hop limit 255 (RFC 4861 §6.1.1, §7.1.1, so never from off-link): `pass/essential`.
+//! 7. TCP matching R1, R2 or R3: `pass/rule`; the flow is recorded.
+//! 8. TCP that is the reply of a recorded flow: `pass/reply`. A source port of 5269
+//!    opens nothing: that is how a reply looks, and only a recorded flow makes it one.
+//! 9. Everything else policed: `drop/no_rule`. Before 6, a policed packet whose
+//!    TCP, UDP or ICMP header is cut short is `drop/malformed` (`drop/fragment` for a
+//!    first fragment).
+//!
+//! Dry-run is applied by the caller: it turns any drop into `would_drop/<reason>`.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use edge_filter_common::{Settings, family, flags, role, rule, set, verdict};
+
+use crate::{
+    counters,
+    maps::{EDGE_V4, EDGE_V6, IFACES},
+    parse::{
+        self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        L4_WHOLE, Packet, Parsed,
+    },
+    state,
+};
+
+/// Counter slot of NICs that have no role.
+const UNATTACHED_SLOT: u32 = 0;
+
+/// The verdict for this packet and the counter slot of its NIC.
+#[inline(always)]
+pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32) {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is copied out at once; userspace replaces entries whole.
+    let Some(iface) = (unsafe { IFACES.get(&ifindex) }).copied() else {
+        return (UNATTACHED_SLOT, verdict::PASS_UNATTACHED);
+    };
+    let v = match parse::parse(frame) {
+        Err(parse::Malformed) => verdict::DROP_MALFORMED,
+        Ok(Parsed::IncompleteFirstFragment) => verdict::DROP_FRAGMENT,
+        Ok(Parsed::Arp) => verdict::PASS_ESSENTIAL,
+        Ok(Parsed::Other) => unpoliced(settings),
+        Ok(Parsed::Ip(p)) => judge_ip(&p, iface.role, settings, frame.len() as u64),
+    };
+    (iface.slot, v)
+}
+
+#[inline(always)]
+fn unpoliced(settings: &Settings) -> u32 {
+    if settings.flags & flags::UNPOLICED_DROP != 0 {
+        verdict::DROP_UNPOLICED
+    } else {
+        verdict::PASS_UNPOLICED
+    }
+}
+
+/// `set` bits of the address (0: in no edge set).
+#[inline(always)]
+fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
+    if fam == family::V4 {
+        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        EDGE_V4.get(&key).copied().unwrap_or(0)
+    } else {
+        EDGE_V6.get(&Key::new(128, *addr)).copied().unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn judge_ip(p: &Packet, nic_role: u32, settings: &Settings, bytes: u64) -> u32 {
+    let src_sets = sets_of(p.family, &p.src);
+    if nic_role != role::EDGE && src_sets != 0 {
+        return verdict::DROP_SPOOFED;
+    }
+    let dst_sets = sets_of(p.family, &p.dst);
+    if src_sets | dst_sets == 0 {
+        return if settings.flags & flags::UNPOLICED_DROP != 0 && essential(p) {
+            verdict::PASS_ESSENTIAL
+        } else {
+            unpoliced(settings)
+        };
+    }
+    if p.frag != FRAG_NONE {
+        if settings.flags & flags::FRAGMENTS_PASS == 0 {
+            return verdict::DROP_FRAGMENT;
+        }
+        if p.frag == FRAG_LATER {
+            return verdict::PASS_FRAGMENT;
+        }
+    }
+    if p.l4 != L4_WHOLE {
+        // A first fragment too short for its header is RFC 1858's tiny fragment.
+        return if p.frag == FRAG_FIRST { verdict::DROP_FRAGMENT } else { verdict::DROP_MALFORMED };
+    }
+    if essential(p) {
+        return verdict::PASS_ESSENTIAL;
+    }
+    if p.proto != IPPROTO_TCP {
+        return verdict::DROP_NO_RULE;
+    }
+    let now = state::now();
+    let matched = match nic_role {
+        role::OUTSIDE | role::HOST => {
+            if dst_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be {
+                Some(rule::FEDERATION_IN)
+            } else if dst_sets & set::INTERNAL_EDGE != 0 && p.dport_be == settings.internal_port_be {
+                Some(rule::INTERNAL_MTLS)
+            } else {
+                None
+            }
+        }
+        role::EDGE if src_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be => {
+            Some(rule::FEDERATION_OUT)
+        }
+        _ => None,
+    };
+    if let Some(r) = matched {
+        // Replies to R2 come from partners (outside, or a host NIC in host mode);
+        // replies to R1 and R3 come from the Edge.
+        let reply_roles = if r == rule::FEDERATION_OUT {
+            role::bit(role::OUTSIDE) | role::bit(role::HOST)
+        } else {
+            role::bit(role::EDGE)
+        };
+        state::open(p, r, reply_roles, settings, now);
+        counters::count_rule(r, bytes);
+        return verdict::PASS_RULE;
+    }
+    if state::reply(p, nic_role, settings, now) {
+        return verdict::PASS_REPLY;
+    }
+    verdict::DROP_NO_RULE
+}
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+/// ICMPv6 errors: destination unreachable, packet too big, time exceeded, parameter
+/// problem.
+const ICMPV6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
+/// ICMPv6 router solicitation, advertisement, neighbour solicitation, advertisement,
+/// redirect.
+const ICMPV6_ND: core::ops::RangeInclusive<u8> = 133..=137;
+const ND_HOP_LIMIT: u8 = 255;
+
+/// Traffic the host cannot live without. Needs a whole ICMP header, so a fragment
+/// other than the first never qualifies.
+#[inline(always)]
+fn essential(p: &Packet) -> bool {
+    if p.l4 != L4_WHOLE {
+        return false;
+    }
+    if p.family == family::V4 {
+        p.proto == IPPROTO_ICMP
+            && matches!(p.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
+    } else {
+        p.proto == IPPROTO_ICMPV6
+            && (ICMPV6_ERRORS.contains(&p.icmp_type)
+                || (ICMPV6_ND.contains(&p.icmp_type) && p.hop_limit == ND_HOP_LIMIT))
+    }
+}

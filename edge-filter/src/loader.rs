@@ -1,0 +1,388 @@
+//! The loader: the embedded kernel object, loaded, and its maps behind typed methods.
+//!
+//! Contract:
+//! - [`Filter::load`] loads the XDP program (verifier included) and writes the default
+//!   policy, so a loaded filter enforces the vendor table as soon as it is attached and
+//!   has addresses.
+//! - Every map write goes through a domain type that is already valid ([`Policy`],
+//!   [`AddressSets`], [`Role`]); address changes are computed in full and checked
+//!   before the first map write, so a refused change leaves the maps as they were.
+//! - Each NIC gets its own counter slot; a slot is zeroed when it is handed out, so a
+//!   NIC never inherits the counts of one that left.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    util::nr_cpus,
+};
+use edge_filter_common::{
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, Settings,
+    XDP_PROGRAM, counter_index, map, rule, verdict,
+};
+
+use crate::{
+    addr::{AddrError, AddressSets, EdgeSet, Prefix},
+    counters::Counters,
+    policy::{Policy, Role},
+};
+
+/// The kernel object, built by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge-filter"));
+
+/// What the loader reports when the kernel or the maps refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object")]
+    Object(#[source] aya::EbpfError),
+    #[error("program `{XDP_PROGRAM}`")]
+    Program(#[source] ProgramError),
+    #[error("map `{name}`")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map `{name}` is missing from the object")]
+    MissingMap { name: &'static str },
+    #[error("map `{name}` holds a value this version does not understand: {what}")]
+    Corrupt { name: &'static str, what: String },
+    #[error(transparent)]
+    Addr(#[from] AddrError),
+    #[error("all {max} interface slots are in use", max = MAX_IFACES - 1)]
+    NoFreeSlot,
+    #[error("the flow table size must be at least 1")]
+    ZeroFlows,
+    #[error("reading the number of CPUs")]
+    Cpus(#[source] std::io::Error),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// Load-time parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Flow table entries.
+    pub max_flows: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { max_flows: DEFAULT_MAX_FLOWS }
+    }
+}
+
+/// A NIC the program serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceEntry {
+    pub ifindex: u32,
+    pub role: Role,
+    /// Counter slot.
+    pub slot: u32,
+}
+
+/// The loaded kernel object.
+pub struct Filter {
+    ebpf: Ebpf,
+}
+
+impl Filter {
+    /// Load and verify the program, size the flow table, write the default policy.
+    pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
+        if opts.max_flows == 0 {
+            return Err(Error::ZeroFlows);
+        }
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(map::FLOWS, opts.max_flows)
+            .load(OBJECT)
+            .map_err(Error::Object)?;
+        let mut filter = Self { ebpf };
+        filter.program_mut()?.load().map_err(Error::Program)?;
+        filter.set_policy(&Policy::default())?;
+        Ok(filter)
+    }
+
+    /// The XDP program, loaded and ready to attach.
+    pub fn program(&self) -> Result<&Xdp, Error> {
+        let prog = self.ebpf.program(XDP_PROGRAM).ok_or(Error::Program(ProgramError::NotLoaded))?;
+        prog.try_into().map_err(Error::Program)
+    }
+
+    pub fn program_mut(&mut self) -> Result<&mut Xdp, Error> {
+        let prog =
+            self.ebpf.program_mut(XDP_PROGRAM).ok_or(Error::Program(ProgramError::NotLoaded))?;
+        prog.try_into().map_err(Error::Program)
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, Error> {
+        self.ebpf.map(name).ok_or(Error::MissingMap { name })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
+        self.ebpf.map_mut(name).ok_or(Error::MissingMap { name })
+    }
+
+    /// Replace the settings (ports, defaults, timeouts) in one map write.
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
+        let mut settings: Array<&mut MapData, Settings> =
+            Array::try_from(self.map_mut(map::SETTINGS)?).map_err(map_err(map::SETTINGS))?;
+        settings.set(0, policy.to_settings(), 0).map_err(map_err(map::SETTINGS))
+    }
+
+    /// The settings the kernel holds.
+    pub fn policy(&self) -> Result<Policy, Error> {
+        let settings: Array<&MapData, Settings> =
+            Array::try_from(self.map(map::SETTINGS)?).map_err(map_err(map::SETTINGS))?;
+        let s = settings.get(&0, 0).map_err(map_err(map::SETTINGS))?;
+        Policy::from_settings(&s)
+            .ok_or_else(|| Error::Corrupt { name: map::SETTINGS, what: format!("{s:?}") })
+    }
+
+    /// The NICs with a role, by ifindex.
+    pub fn ifaces(&self) -> Result<Vec<IfaceEntry>, Error> {
+        let ifaces: HashMap<&MapData, u32, Iface> =
+            HashMap::try_from(self.map(map::IFACES)?).map_err(map_err(map::IFACES))?;
+        let mut out = Vec::new();
+        for entry in ifaces.iter() {
+            let (ifindex, iface) = entry.map_err(map_err(map::IFACES))?;
+            let role = Role::from_kernel(iface.role).ok_or_else(|| Error::Corrupt {
+                name: map::IFACES,
+                what: format!("role {} of ifindex {ifindex}", iface.role),
+            })?;
+            out.push(IfaceEntry { ifindex, role, slot: iface.slot });
+        }
+        out.sort_by_key(|e| e.ifindex);
+        Ok(out)
+    }
+
+    /// Give the NIC a role; it keeps its counter slot if it had one. Returns the slot.
+    pub fn set_iface(&mut self, ifindex: u32, role: Role) -> Result<u32, Error> {
+        let current = self.ifaces()?;
+        let slot = match current.iter().find(|e| e.ifindex == ifindex) {
+            Some(e) => e.slot,
+            None => {
+                let slot = (1..MAX_IFACES)
+                    .find(|s| current.iter().all(|e| e.slot != *s))
+                    .ok_or(Error::NoFreeSlot)?;
+                self.zero_slot(slot)?;
+                slot
+            }
+        };
+        let mut ifaces: HashMap<&mut MapData, u32, Iface> =
+            HashMap::try_from(self.map_mut(map::IFACES)?).map_err(map_err(map::IFACES))?;
+        ifaces
+            .insert(ifindex, Iface { role: role.to_kernel(), slot }, 0)
+            .map_err(map_err(map::IFACES))?;
+        Ok(slot)
+    }
+
+    /// Take the role away: the NIC's packets pass as `pass/unattached`.
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), Error> {
+        let mut ifaces: HashMap<&mut MapData, u32, Iface> =
+            HashMap::try_from(self.map_mut(map::IFACES)?).map_err(map_err(map::IFACES))?;
+        match ifaces.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map::IFACES)(e)),
+        }
+    }
+
+    fn zero_slot(&mut self, slot: u32) -> Result<(), Error> {
+        let cpus = nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+        let mut counters: PerCpuArray<&mut MapData, Counter> =
+            PerCpuArray::try_from(self.map_mut(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
+        for v in 0..verdict::SLOTS {
+            let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(Error::Cpus)?;
+            counters.set(counter_index(slot, v), zero, 0).map_err(map_err(map::COUNTERS))?;
+        }
+        Ok(())
+    }
+
+    /// The address sets the kernel holds.
+    pub fn address_sets(&self) -> Result<AddressSets, Error> {
+        let mut sets = AddressSets::default();
+        let v4: LpmTrie<&MapData, [u8; 4], u32> =
+            LpmTrie::try_from(self.map(map::EDGE_V4)?).map_err(map_err(map::EDGE_V4))?;
+        for entry in v4.iter() {
+            let (key, bits) = entry.map_err(map_err(map::EDGE_V4))?;
+            let addr = std::net::Ipv4Addr::from(key.data()).into();
+            insert_read(&mut sets, map::EDGE_V4, addr, key.prefix_len(), bits)?;
+        }
+        let v6: LpmTrie<&MapData, [u8; 16], u32> =
+            LpmTrie::try_from(self.map(map::EDGE_V6)?).map_err(map_err(map::EDGE_V6))?;
+        for entry in v6.iter() {
+            let (key, bits) = entry.map_err(map_err(map::EDGE_V6))?;
+            let addr = std::net::Ipv6Addr::from(key.data()).into();
+            insert_read(&mut sets, map::EDGE_V6, addr, key.prefix_len(), bits)?;
+        }
+        Ok(sets)
+    }
+
+    /// Make the kernel's sets equal to `want`: new entries are written before stale
+    /// ones are removed, so an address that stays in its set is never missing.
+    pub fn set_address_sets(&mut self, want: &AddressSets) -> Result<(), Error> {
+        let have = self.address_sets()?;
+        for (prefix, set) in want.iter() {
+            self.write_prefix(prefix, Some(set))?;
+        }
+        for (prefix, _) in have.iter() {
+            // A prefix that moved to the other set was overwritten above.
+            if want.set_of(&prefix).is_none() {
+                self.write_prefix(prefix, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add prefixes to a set: all of them, or none when one is refused.
+    pub fn add_addresses(&mut self, set: EdgeSet, prefixes: &[Prefix]) -> Result<(), Error> {
+        let mut want = self.address_sets()?;
+        for p in prefixes {
+            want.insert(set, *p)?;
+        }
+        self.set_address_sets(&want)
+    }
+
+    /// Remove prefixes from a set (absent ones are ignored).
+    pub fn remove_addresses(&mut self, set: EdgeSet, prefixes: &[Prefix]) -> Result<(), Error> {
+        let mut want = self.address_sets()?;
+        for p in prefixes {
+            want.remove(set, p);
+        }
+        self.set_address_sets(&want)
+    }
+
+    fn write_prefix(&mut self, prefix: Prefix, set: Option<EdgeSet>) -> Result<(), Error> {
+        let len = u32::from(prefix.len());
+        match prefix.addr() {
+            std::net::IpAddr::V4(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
+                    LpmTrie::try_from(self.map_mut(map::EDGE_V4)?).map_err(map_err(map::EDGE_V4))?;
+                write_trie(&mut trie, Key::new(len, a.octets()), set).map_err(map_err(map::EDGE_V4))
+            }
+            std::net::IpAddr::V6(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
+                    LpmTrie::try_from(self.map_mut(map::EDGE_V6)?).map_err(map_err(map::EDGE_V6))?;
+                write_trie(&mut trie, Key::new(len, a.octets()), set).map_err(map_err(map::EDGE_V6))
+            }
+        }
+    }
+
+    /// Packet and byte counters per NIC slot and verdict, and hits per rule.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let counters: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
+        let mut by_index = Vec::with_capacity(COUNTER_ENTRIES as usize);
+        for i in 0..COUNTER_ENTRIES {
+            by_index.push(sum(&counters.get(&i, 0).map_err(map_err(map::COUNTERS))?));
+        }
+        let hits: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map(map::RULE_HITS)?).map_err(map_err(map::RULE_HITS))?;
+        let mut rules = [Counter::default(); rule::COUNT as usize];
+        for (i, r) in rules.iter_mut().enumerate() {
+            *r = sum(&hits.get(&(i as u32), 0).map_err(map_err(map::RULE_HITS))?);
+        }
+        Ok(Counters::new(by_index, rules))
+    }
+
+    /// Every flow in the table.
+    pub fn flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
+        let flows: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(self.map(map::FLOWS)?).map_err(map_err(map::FLOWS))?;
+        let mut out = BTreeMap::new();
+        for entry in flows.iter() {
+            let (k, v) = entry.map_err(map_err(map::FLOWS))?;
+            out.insert(FlowKeyOrd(k), v);
+        }
+        Ok(out)
+    }
+
+    /// Overwrite one flow entry (tests age flows this way).
+    pub fn put_flow(&mut self, key: FlowKey, flow: Flow) -> Result<(), Error> {
+        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
+            HashMap::try_from(self.map_mut(map::FLOWS)?).map_err(map_err(map::FLOWS))?;
+        flows.insert(key, flow, 0).map_err(map_err(map::FLOWS))
+    }
+
+    /// Run the program once on `frame` as if it arrived on `ifindex`
+    /// (BPF_PROG_TEST_RUN). Returns the XDP action. `ifindex` must name a device in the
+    /// caller's network namespace, or 0.
+    pub fn test_run(&self, frame: &[u8], ifindex: u32) -> Result<u32, Error> {
+        let ctx = xdp_md(frame.len(), ifindex);
+        let result = self
+            .program()?
+            .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() })
+            .map_err(Error::Program)?;
+        Ok(result.return_value)
+    }
+}
+
+/// `struct xdp_md` for BPF_PROG_TEST_RUN: data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex, all `u32`.
+pub fn xdp_md(frame_len: usize, ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame_len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// A [`FlowKey`] ordered by its bytes, for stable listings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowKeyOrd(pub FlowKey);
+
+impl FlowKeyOrd {
+    fn tuple(&self) -> ([u8; 16], [u8; 16], u16, u16, u8, u8) {
+        let k = &self.0;
+        (k.src, k.dst, u16::from_be(k.sport_be), u16::from_be(k.dport_be), k.family, k.proto)
+    }
+}
+
+impl PartialOrd for FlowKeyOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FlowKeyOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.tuple().cmp(&other.tuple())
+    }
+}
+
+fn sum(values: &PerCpuValues<Counter>) -> Counter {
+    values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+fn insert_read(
+    sets: &mut AddressSets,
+    name: &'static str,
+    addr: std::net::IpAddr,
+    len: u32,
+    bits: u32,
+) -> Result<(), Error> {
+    let corrupt = |what: String| Error::Corrupt { name, what };
+    let set = EdgeSet::from_bit(bits).ok_or_else(|| corrupt(format!("set bits {bits:#x} for {addr}/{len}")))?;
+    let len = u8::try_from(len).map_err(|_| corrupt(format!("prefix length {len}")))?;
+    let prefix = Prefix::new(addr, len).map_err(|e| corrupt(e.to_string()))?;
+    sets.insert(set, prefix).map_err(|e| corrupt(e.to_string()))
+}
+
+fn write_trie<K: aya::Pod>(
+    trie: &mut LpmTrie<&mut MapData, K, u32>,
+    key: Key<K>,
+    set: Option<EdgeSet>,
+) -> Result<(), MapError> {
+    match set {
+        Some(set) => trie.insert(&key, set.bit(), 0),
+        None => match trie.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        },
+    }
+}

@@ -1,0 +1,226 @@
+//! The policy's settings as typed values, and their encoding for the kernel.
+//!
+//! Contract: a [`Policy`] that exists is valid (ports are non-zero by type, timeouts
+//! non-zero by construction), so writing it to the kernel cannot fail on content. The
+//! defaults are the vendor table: federation port 5269, internal port 23456,
+//! unpoliced traffic passes, policed fragments are dropped, enforcing.
+
+use std::{fmt, num::NonZeroU16, str::FromStr, time::Duration};
+
+use edge_filter_common::{Settings, flags, role};
+
+/// What a NIC faces; decides which rules may open flows from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Partners or the corporate network. Untrusted: edge sources are spoofed here.
+    Outside,
+    /// The Edge server's interfaces.
+    Edge,
+    /// Edge addresses are local to this machine.
+    Host,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Outside, Role::Edge, Role::Host];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Outside => "outside",
+            Role::Edge => "edge",
+            Role::Host => "host",
+        }
+    }
+
+    /// The value the kernel stores.
+    pub fn to_kernel(self) -> u32 {
+        match self {
+            Role::Outside => role::OUTSIDE,
+            Role::Edge => role::EDGE,
+            Role::Host => role::HOST,
+        }
+    }
+
+    pub fn from_kernel(value: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.to_kernel() == value)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown role name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown role `{input}` (expected outside, edge or host)")]
+pub struct UnknownRole {
+    pub input: String,
+}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == input)
+            .ok_or_else(|| UnknownRole { input: input.to_owned() })
+    }
+}
+
+/// What happens to a class of packets the rules do not decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fate {
+    #[default]
+    Pass,
+    Drop,
+}
+
+/// Idle timeouts of the flow table, per flow state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A SYN not yet answered.
+    pub syn: Duration,
+    /// Both sides have spoken.
+    pub established: Duration,
+    /// After a FIN.
+    pub closing: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let d = Settings::DEFAULT;
+        Self {
+            syn: Duration::from_nanos(d.syn_timeout_ns),
+            established: Duration::from_nanos(d.established_timeout_ns),
+            closing: Duration::from_nanos(d.closing_timeout_ns),
+        }
+    }
+}
+
+/// Everything the kernel program needs to know besides NICs and address sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// R1 and R2 (`Set-CsEdgeServer -XmppListeningPort`).
+    pub federation_port: NonZeroU16,
+    /// R3 (`Set-CsEdgeServer -XmppInternalPort`).
+    pub internal_port: NonZeroU16,
+    /// Traffic that involves no edge address.
+    pub unpoliced: Fate,
+    /// Policed IP fragments.
+    pub fragments: Fate,
+    /// Count would-be drops, drop nothing.
+    pub dry_run: bool,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            federation_port: NonZeroU16::new(5269).expect("non-zero"),
+            internal_port: NonZeroU16::new(23456).expect("non-zero"),
+            unpoliced: Fate::Pass,
+            fragments: Fate::Drop,
+            dry_run: false,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Policy {
+    /// The kernel's encoding: ports in network order, flag bits, nanoseconds.
+    pub fn to_settings(&self) -> Settings {
+        let mut bits = 0;
+        if self.unpoliced == Fate::Drop {
+            bits |= flags::UNPOLICED_DROP;
+        }
+        if self.fragments == Fate::Pass {
+            bits |= flags::FRAGMENTS_PASS;
+        }
+        if self.dry_run {
+            bits |= flags::DRY_RUN;
+        }
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Settings {
+            federation_port_be: self.federation_port.get().to_be(),
+            internal_port_be: self.internal_port.get().to_be(),
+            flags: bits,
+            syn_timeout_ns: ns(self.timeouts.syn),
+            established_timeout_ns: ns(self.timeouts.established),
+            closing_timeout_ns: ns(self.timeouts.closing),
+        }
+    }
+
+    /// The policy the kernel holds, if the encoding is one this version writes.
+    pub fn from_settings(s: &Settings) -> Option<Self> {
+        if s.flags & !flags::ALL != 0 {
+            return None;
+        }
+        let fate = |bit, when_set| if s.flags & bit != 0 { when_set } else { other(when_set) };
+        Some(Self {
+            federation_port: NonZeroU16::new(u16::from_be(s.federation_port_be))?,
+            internal_port: NonZeroU16::new(u16::from_be(s.internal_port_be))?,
+            unpoliced: fate(flags::UNPOLICED_DROP, Fate::Drop),
+            fragments: fate(flags::FRAGMENTS_PASS, Fate::Pass),
+            dry_run: s.flags & flags::DRY_RUN != 0,
+            timeouts: Timeouts {
+                syn: Duration::from_nanos(s.syn_timeout_ns),
+                established: Duration::from_nanos(s.established_timeout_ns),
+                closing: Duration::from_nanos(s.closing_timeout_ns),
+            },
+        })
+    }
+}
+
+fn other(f: Fate) -> Fate {
+    match f {
+        Fate::Pass => Fate::Drop,
+        Fate::Drop => Fate::Pass,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_is_the_kernel_default() {
+        assert_eq!(Policy::default().to_settings(), Settings::DEFAULT);
+    }
+
+    #[test]
+    fn settings_round_trip() {
+        let p = Policy {
+            federation_port: NonZeroU16::new(5270).unwrap(),
+            internal_port: NonZeroU16::new(1).unwrap(),
+            unpoliced: Fate::Drop,
+            fragments: Fate::Pass,
+            dry_run: true,
+            timeouts: Timeouts {
+                syn: Duration::from_secs(1),
+                established: Duration::from_secs(2),
+                closing: Duration::from_millis(3),
+            },
+        };
+        let s = p.to_settings();
+        assert_eq!(s.federation_port_be.to_ne_bytes(), 5270u16.to_be_bytes());
+        assert_eq!(s.flags, flags::ALL);
+        assert_eq!(Policy::from_settings(&s), Some(p));
+        assert_eq!(Policy::from_settings(&Settings { flags: 1 << 7, ..s }), None);
+        assert_eq!(Policy::from_settings(&Settings { internal_port_be: 0, ..s }), None);
+    }
+
+    #[test]
+    fn roles_parse_and_name() {
+        for r in Role::ALL {
+            assert_eq!(r.name().parse::<Role>(), Ok(r));
+            assert_eq!(Role::from_kernel(r.to_kernel()), Some(r));
+        }
+        assert_eq!(
+            "inside".parse::<Role>().unwrap_err().to_string(),
+            "unknown role `inside` (expected outside, edge or host)"
+        );
+        assert_eq!(Role::from_kernel(0), None);
+    }
+}

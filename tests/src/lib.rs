@@ -1,0 +1,271 @@
+//! Test support for edge-filter: described packets ([`packet`]), a private network
+//! namespace with NICs for each role ([`Lab`]), and a harness that runs described
+//! cases through the real kernel object with BPF_PROG_TEST_RUN and checks the verdict
+//! and every counter that moved ([`Harness`]).
+//!
+//! Privileged: the harness needs root (to unshare a network namespace and load BPF).
+//! It fails with the reason when it cannot run; it never skips.
+
+pub mod packet;
+
+use std::{
+    fmt::Write as _,
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    process::Command,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use edge_filter::{AddressSets, Counters, EdgeSet, Filter, LoadOptions, Policy, Prefix, Role};
+use edge_filter_common::{rule, verdict};
+
+/// The test address plan (design §6): documentation ranges only.
+pub mod plan {
+    use super::*;
+
+    pub const PARTNER4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 20));
+    pub const PARTNER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 0x20));
+    pub const ACCESS4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    pub const ACCESS6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x10));
+    pub const INTERNAL4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+    pub const INTERNAL6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x192, 0, 0, 0, 0, 0x10));
+    pub const FRONTEND4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20));
+    pub const FRONTEND6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x198, 0, 0, 0, 0, 0x20));
+    /// In the access-edge prefix of [`sets`], not an exact entry.
+    pub const ACCESS_NET4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 70));
+    pub const ACCESS_NET6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x203, 1, 0, 0, 0, 0x70));
+
+    /// access-edge: the Edge's external addresses plus a prefix of each family;
+    /// internal-edge: the Edge's internal addresses.
+    pub fn sets() -> AddressSets {
+        let mut s = AddressSets::default();
+        for (set, p) in [
+            (EdgeSet::AccessEdge, "203.0.113.10"),
+            (EdgeSet::AccessEdge, "2001:db8:203::10"),
+            (EdgeSet::AccessEdge, "203.0.113.64/26"),
+            (EdgeSet::AccessEdge, "2001:db8:203:1::/64"),
+            (EdgeSet::InternalEdge, "192.0.2.10"),
+            (EdgeSet::InternalEdge, "2001:db8:192::10"),
+        ] {
+            s.insert(set, p.parse::<Prefix>().expect("plan prefix")).expect("plan sets");
+        }
+        s
+    }
+}
+
+/// The NIC a test frame arrives on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nic {
+    Outside,
+    Edge,
+    Host,
+    /// A NIC the program serves without a role.
+    Unattached,
+}
+
+impl Nic {
+    pub const ALL: [Nic; 4] = [Nic::Outside, Nic::Edge, Nic::Host, Nic::Unattached];
+
+    fn role(self) -> Option<Role> {
+        match self {
+            Nic::Outside => Some(Role::Outside),
+            Nic::Edge => Some(Role::Edge),
+            Nic::Host => Some(Role::Host),
+            Nic::Unattached => None,
+        }
+    }
+}
+
+/// A private network namespace for the calling thread, with one veth pair per two
+/// NICs. Dropping it returns the thread to its namespace; the kernel then frees the
+/// namespace and its devices, so nothing outlives the test, even when it panics.
+pub struct Lab {
+    original: File,
+    names: Vec<String>,
+}
+
+impl Lab {
+    /// Enter a fresh network namespace and create the devices `names` (an even number:
+    /// they are made as veth pairs, `names[0]`-`names[1]`, ...).
+    pub fn new(names: &[&str]) -> anyhow::Result<Self> {
+        ensure!(names.len() % 2 == 0, "veth devices come in pairs");
+        let original = File::open("/proc/thread-self/ns/net").context("open own network namespace")?;
+        // SAFETY: unshare takes flags only; it affects the calling thread's namespaces.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "unshare(CLONE_NEWNET): {}: the privileged tests need root (CAP_SYS_ADMIN)",
+                std::io::Error::last_os_error()
+            );
+        }
+        let lab = Self { original, names: names.iter().map(|s| s.to_string()).collect() };
+        for pair in names.chunks(2) {
+            // A child forked from this thread starts in this thread's namespace.
+            run_ip(&["link", "add", pair[0], "type", "veth", "peer", "name", pair[1]])?;
+        }
+        Ok(lab)
+    }
+
+    /// The ifindex of a device of this lab.
+    pub fn ifindex(&self, name: &str) -> anyhow::Result<u32> {
+        ensure!(self.names.iter().any(|n| n == name), "{name} is not a device of this lab");
+        let c = std::ffi::CString::new(name)?;
+        // SAFETY: a NUL-terminated string that lives across the call.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        ensure!(index != 0, "if_nametoindex({name}): {}", std::io::Error::last_os_error());
+        Ok(index)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // SAFETY: a namespace fd we opened; setns only changes this thread's namespace.
+        let rc = unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            eprintln!("setns back to the original namespace: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+fn run_ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip (package iproute2)")?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// One packet and what must happen to it.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub nic: Nic,
+    pub frame: Vec<u8>,
+    /// The verdict, one of `edge_filter_common::verdict`.
+    pub verdict: u32,
+    /// The rule whose hit counter must move, if any.
+    pub rule: Option<u32>,
+}
+
+impl Case {
+    pub fn new(name: impl Into<String>, nic: Nic, frame: Vec<u8>, verdict: u32) -> Self {
+        Self { name: name.into(), nic, frame, verdict, rule: None }
+    }
+
+    /// A packet a rule allows: `pass/rule` and a hit on `rule`.
+    pub fn rule(name: impl Into<String>, nic: Nic, frame: Vec<u8>, rule: u32) -> Self {
+        Self { rule: Some(rule), ..Self::new(name, nic, frame, verdict::PASS_RULE) }
+    }
+}
+
+/// The real kernel object, loaded, with one NIC per role in a private namespace.
+pub struct Harness {
+    pub filter: Filter,
+    nics: Vec<(Nic, u32, u32)>,
+    // Dropped last: the namespace must outlive nothing that uses its ifindexes.
+    _lab: Lab,
+}
+
+impl Harness {
+    /// Load the object with `policy` and the plan's address sets.
+    pub fn new(policy: Policy) -> anyhow::Result<Self> {
+        Self::with_sets(policy, &plan::sets())
+    }
+
+    pub fn with_sets(policy: Policy, sets: &AddressSets) -> anyhow::Result<Self> {
+        let lab = Lab::new(&["outside0", "edge0", "host0", "spare0"])?;
+        let mut filter = Filter::load(&LoadOptions::default()).context("load the XDP program")?;
+        filter.set_policy(&policy)?;
+        filter.set_address_sets(sets)?;
+        let mut nics = Vec::new();
+        for (nic, dev) in Nic::ALL.into_iter().zip(["outside0", "edge0", "host0", "spare0"]) {
+            let ifindex = lab.ifindex(dev)?;
+            let slot = match nic.role() {
+                Some(role) => filter.set_iface(ifindex, role)?,
+                None => 0,
+            };
+            nics.push((nic, ifindex, slot));
+        }
+        Ok(Self { filter, nics, _lab: lab })
+    }
+
+    fn nic(&self, nic: Nic) -> (u32, u32) {
+        let (_, ifindex, slot) = self.nics.iter().find(|(n, ..)| *n == nic).expect("every NIC exists");
+        (*ifindex, *slot)
+    }
+
+    /// Run one case; `Err` describes every way it went wrong.
+    pub fn check(&self, case: &Case) -> anyhow::Result<()> {
+        let (ifindex, slot) = self.nic(case.nic);
+        if std::env::var_os("EF_TRACE").is_some() { eprintln!("case {}", case.name); }
+        let before = self.filter.counters()?;
+        let action = self.filter.test_run(&case.frame, ifindex)?;
+        let after = self.filter.counters()?;
+        let mut problems = String::new();
+        let want_action = if verdict::is_drop(case.verdict) { XDP_DROP } else { XDP_PASS };
+        if action != want_action {
+            let _ = write!(problems, " action {} (want {});", action_name(action), action_name(want_action));
+        }
+        problems.push_str(&counter_problems(&before, &after, slot, case));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{} [{:?}, {} bytes]:{problems}", case.name, case.nic, case.frame.len())
+        }
+    }
+
+    /// Run cases in order (a sequence shares flow state); all failures are reported.
+    pub fn check_all(&self, cases: &[Case]) -> anyhow::Result<()> {
+        let failures: Vec<String> =
+            cases.iter().filter_map(|c| self.check(c).err().map(|e| format!("{e:#}"))).collect();
+        ensure!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+        Ok(())
+    }
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+fn action_name(a: u32) -> &'static str {
+    match a {
+        0 => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "unknown",
+    }
+}
+
+fn verdict_name(v: u32) -> String {
+    verdict::name(v).map_or_else(|| format!("#{v}"), |(a, r)| format!("{a}/{r}"))
+}
+
+/// Exactly one packet of the frame's size under (slot, verdict), exactly one hit on
+/// the expected rule, nothing else.
+fn counter_problems(before: &Counters, after: &Counters, slot: u32, case: &Case) -> String {
+    let mut problems = String::new();
+    let delta = after.since(before);
+    let want_bytes = case.frame.len() as u64;
+    let mut found = false;
+    for row in &delta.moved {
+        if row.slot == slot && row.verdict == case.verdict && row.packets == 1 && row.bytes == want_bytes {
+            found = true;
+        } else {
+            let _ = write!(
+                problems,
+                " counter slot {} {}/{} moved by {} packets {} bytes;",
+                row.slot, row.action, row.reason, row.packets, row.bytes
+            );
+        }
+    }
+    if !found {
+        let _ = write!(problems, " want slot {slot} {} +1 packet +{want_bytes} bytes;", verdict_name(case.verdict));
+    }
+    for r in 0..rule::COUNT {
+        let want = u64::from(case.rule == Some(r));
+        let got = delta.rules[r as usize].packets;
+        if got != want {
+            let _ = write!(problems, " rule {} hits +{got} (want +{want});", rule::NAMES[r as usize]);
+        }
+    }
+    problems
+}

@@ -1,0 +1,633 @@
+//! The XDP program against the vendor table, packet by packet, with BPF_PROG_TEST_RUN
+//! on the real object. Each case is a described packet arriving on a NIC of a given
+//! role, with the verdict it must get; the harness also checks that exactly that
+//! verdict's counter moved on that NIC, by one packet and the frame's bytes, and that
+//! only the expected rule's hit counter moved.
+//!
+//! Privileged: run as root (`cargo xtask test` does).
+
+use std::{net::IpAddr, num::NonZeroU16, thread::sleep, time::Duration};
+
+use edge_filter::{Fate, Policy, Timeouts};
+use edge_filter_common::{
+    rule::{FEDERATION_IN as R1, FEDERATION_OUT as R2, INTERNAL_MTLS as R3},
+    verdict::*,
+};
+use edge_filter_tests::{
+    Case, Harness,
+    Nic::{self, *},
+    packet::{self, TPID_8021AD, TPID_8021Q, flags::*, icmp, tcp, udp},
+    plan::*,
+};
+
+/// The plan's addresses of one family.
+#[derive(Clone, Copy)]
+struct Fam {
+    tag: &'static str,
+    partner: IpAddr,
+    access: IpAddr,
+    access_net: IpAddr,
+    internal: IpAddr,
+    frontend: IpAddr,
+    /// ICMP or ICMPv6 numbers.
+    frag_needed: (u8, u8),
+    time_exceeded: (u8, u8),
+    echo: u8,
+}
+
+const V4: Fam = Fam {
+    tag: "v4",
+    partner: PARTNER4,
+    access: ACCESS4,
+    access_net: ACCESS_NET4,
+    internal: INTERNAL4,
+    frontend: FRONTEND4,
+    frag_needed: (3, 4),
+    time_exceeded: (11, 0),
+    echo: 8,
+};
+const V6: Fam = Fam {
+    tag: "v6",
+    partner: PARTNER6,
+    access: ACCESS6,
+    access_net: ACCESS_NET6,
+    internal: INTERNAL6,
+    frontend: FRONTEND6,
+    frag_needed: (2, 0),
+    time_exceeded: (3, 0),
+    echo: 128,
+};
+
+fn harness(policy: Policy) -> Harness {
+    Harness::new(policy).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn run(policy: Policy, cases: &[Case]) {
+    harness(policy).check_all(cases).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// R1 as a partner opens it.
+fn r1_syn(f: Fam) -> packet::Pkt {
+    tcp(f.partner, f.access, 40000, 5269, SYN)
+}
+
+#[test]
+fn rules_allow_their_tuples_and_nothing_next_to_them() {
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let t = f.tag;
+        cases.extend([
+            Case::rule(format!("{t} R1 partner to access-edge:5269"), Outside, r1_syn(f).build(), R1),
+            Case::rule(format!("{t} R1 to an address of an access-edge prefix"), Outside,
+                tcp(f.partner, f.access_net, 40000, 5269, SYN).build(), R1),
+            Case::rule(format!("{t} R1 on a host NIC"), Host, r1_syn(f).build(), R1),
+            Case::rule(format!("{t} R1 continues with data"), Outside,
+                tcp(f.partner, f.access, 40000, 5269, ACK | PSH).payload(100).build(), R1),
+            Case::new(format!("{t} R1 wrong port 5270"), Outside,
+                tcp(f.partner, f.access, 40000, 5270, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R1 wrong port 22"), Outside,
+                tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R1 wrong set: internal-edge:5269"), Outside,
+                tcp(f.partner, f.internal, 40000, 5269, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R1 wrong role: arrives on an edge NIC"), Edge, r1_syn(f).build(), DROP_NO_RULE),
+            Case::rule(format!("{t} R2 access-edge to partner:5269"), Edge,
+                tcp(f.access, f.partner, 40001, 5269, SYN).build(), R2),
+            Case::rule(format!("{t} R2 from an address of an access-edge prefix"), Edge,
+                tcp(f.access_net, f.partner, 40001, 5269, SYN).build(), R2),
+            Case::new(format!("{t} R2 wrong port 443"), Edge,
+                tcp(f.access, f.partner, 40001, 443, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R2 wrong set: internal-edge to partner:5269"), Edge,
+                tcp(f.internal, f.partner, 40001, 5269, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R2 wrong role: arrives on an outside NIC (spoofed)"), Outside,
+                tcp(f.access, f.partner, 40001, 5269, SYN).build(), DROP_SPOOFED),
+            Case::rule(format!("{t} R3 frontend to internal-edge:23456"), Outside,
+                tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), R3),
+            Case::new(format!("{t} R3 wrong port 23457"), Outside,
+                tcp(f.frontend, f.internal, 40002, 23457, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R3 wrong set: access-edge:23456"), Outside,
+                tcp(f.frontend, f.access, 40002, 23456, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R3 wrong role: arrives on an edge NIC"), Edge,
+                tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} UDP to 5269 (the table is TCP)"), Outside,
+                udp(f.partner, f.access, 40000, 5269).build(), DROP_NO_RULE),
+            Case::new(format!("{t} UDP to 23456"), Outside,
+                udp(f.frontend, f.internal, 40000, 23456).build(), DROP_NO_RULE),
+            Case::new(format!("{t} spoofed access-edge source on outside"), Outside,
+                tcp(f.access, f.partner, 5269, 40000, SYN_ACK).build(), DROP_SPOOFED),
+            Case::new(format!("{t} spoofed internal-edge source on host"), Host,
+                tcp(f.internal, f.frontend, 23456, 40000, ACK).build(), DROP_SPOOFED),
+            Case::new(format!("{t} spoofed prefix source on outside"), Outside,
+                tcp(f.access_net, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED),
+            Case::new(format!("{t} edge NIC, Edge to an unlisted port"), Edge,
+                tcp(f.internal, f.frontend, 40000, 443, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} unpoliced TCP"), Outside,
+                tcp(f.partner, f.frontend, 40000, 22, SYN).build(), PASS_UNPOLICED),
+            Case::new(format!("{t} unpoliced TCP on an edge NIC"), Edge,
+                tcp(f.frontend, f.partner, 40000, 22, SYN).build(), PASS_UNPOLICED),
+        ]);
+        for flags in [SYN, ACK, RST, SYN_ACK, RST_ACK] {
+            cases.push(Case::new(
+                format!("{t} source port 5269 from outside, flags {flags:#04x}, no flow"),
+                Outside,
+                tcp(f.partner, f.access, 5269, 40000, flags).build(),
+                DROP_NO_RULE,
+            ));
+        }
+    }
+    run(Policy::default(), &cases);
+}
+
+#[test]
+fn essentials_pass_and_other_icmp_does_not() {
+    let mut cases = vec![Case::new("ARP request for access-edge", Outside, packet::arp([198, 51, 100, 20], [203, 0, 113, 10]), PASS_ESSENTIAL)];
+    for f in [V4, V6] {
+        let t = f.tag;
+        cases.extend([
+            Case::new(format!("{t} frag needed / packet too big to access-edge"), Outside,
+                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).payload(28).build(), PASS_ESSENTIAL),
+            Case::new(format!("{t} time exceeded to internal-edge"), Outside,
+                icmp(f.frontend, f.internal, f.time_exceeded.0, f.time_exceeded.1).payload(28).build(), PASS_ESSENTIAL),
+            Case::new(format!("{t} destination unreachable from the Edge"), Edge,
+                icmp(f.access, f.partner, if f.tag == "v4" { 3 } else { 1 }, 3).payload(28).build(), PASS_ESSENTIAL),
+            Case::new(format!("{t} echo request to access-edge"), Outside,
+                icmp(f.partner, f.access, f.echo, 0).build(), DROP_NO_RULE),
+            Case::new(format!("{t} echo request, unpoliced"), Outside,
+                icmp(f.partner, f.frontend, f.echo, 0).build(), PASS_UNPOLICED),
+            Case::new(format!("{t} ICMP header cut short"), Outside,
+                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).cut_l4(4).build(), DROP_MALFORMED),
+        ]);
+    }
+    cases.extend([
+        Case::new("v6 neighbour solicitation for access-edge", Outside,
+            icmp(PARTNER6, ACCESS6, 135, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL),
+        Case::new("v6 neighbour advertisement from the Edge", Edge,
+            icmp(ACCESS6, PARTNER6, 136, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL),
+        Case::new("v6 router advertisement to internal-edge", Outside,
+            icmp(FRONTEND6, INTERNAL6, 134, 0).ttl(255).payload(8).build(), PASS_ESSENTIAL),
+        Case::new("v6 neighbour solicitation with hop limit 64 (off-link)", Outside,
+            icmp(PARTNER6, ACCESS6, 135, 0).ttl(64).payload(16).build(), DROP_NO_RULE),
+    ]);
+    run(Policy::default(), &cases);
+}
+
+#[test]
+fn vlan_tags_are_skipped_and_the_inner_packet_judged() {
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let t = f.tag;
+        cases.extend([
+            Case::rule(format!("{t} R1 with an 802.1Q tag"), Outside, r1_syn(f).tag(TPID_8021Q, 100).build(), R1),
+            Case::rule(format!("{t} R1 with 802.1ad + 802.1Q tags"), Outside,
+                r1_syn(f).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), R1),
+            Case::rule(format!("{t} R1 with two 802.1Q tags"), Outside,
+                r1_syn(f).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(), R1),
+            Case::new(format!("{t} two tags, wrong port"), Outside,
+                tcp(f.partner, f.access, 40000, 22, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), DROP_NO_RULE),
+            Case::new(format!("{t} two tags, spoofed"), Outside,
+                tcp(f.access, f.partner, 40000, 5269, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), DROP_SPOOFED),
+            Case::new(format!("{t} three tags: inner packet cannot be judged"), Outside,
+                r1_syn(f).tag(TPID_8021AD, 300).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(), DROP_MALFORMED),
+        ]);
+    }
+    run(Policy::default(), &cases);
+}
+
+#[test]
+fn ipv4_header_length_is_the_real_one() {
+    let r1 = r1_syn(V4);
+    let opts = vec![1, 1, 1, 1, 0x44, 12, 5, 0, 0, 0, 0, 0];
+    let cases = vec![
+        Case::rule("IPv4 with 12 bytes of options", Outside, r1.clone().options(opts.clone()).build(), R1),
+        Case::rule("IPv4 with 40 bytes of options (IHL 15)", Outside, r1.clone().options(vec![1; 40]).build(), R1),
+        Case::new("IPv4 with options, wrong port", Outside,
+            tcp(PARTNER4, ACCESS4, 40000, 22, SYN).options(opts.clone()).build(), DROP_NO_RULE),
+        // Port 5269 sits right behind a 20-byte header: read at IHL 8 it is gone.
+        Case::new("IPv4 with options, port 5269 where a 20-byte header would end", Outside,
+            tcp(PARTNER4, ACCESS4, 5269, 5270, SYN).options(opts).build(), DROP_NO_RULE),
+        Case::new("IHL 4", Outside, packet::set_byte(r1.build(), 14, 0x44), DROP_MALFORMED),
+        Case::new("IHL 0", Outside, packet::set_byte(r1.build(), 14, 0x40), DROP_MALFORMED),
+        Case::new("version 6 in an IPv4 frame", Outside, packet::set_byte(r1.build(), 14, 0x65), DROP_MALFORMED),
+        Case::new("total length beyond the frame", Outside, {
+            let f = r1.build();
+            let n = f.len() - 1;
+            packet::truncate(f, n)
+        }, DROP_MALFORMED),
+        Case::new("total length shorter than IHL", Outside, packet::set_byte(packet::set_byte(r1.build(), 16, 0), 17, 19), DROP_MALFORMED),
+        Case::rule("Ethernet padding after the IP packet", Outside, {
+            let mut f = r1.build();
+            f.extend_from_slice(&[0; 6]);
+            f
+        }, R1),
+    ];
+    run(Policy::default(), &cases);
+}
+
+#[test]
+fn ipv6_extension_chain_is_walked_and_bounded() {
+    let r1 = r1_syn(V6);
+    let mut eight = r1.clone();
+    for _ in 0..8 {
+        eight = eight.ext(60, 8);
+    }
+    let nine = eight.clone().ext(60, 8);
+    let cases = vec![
+        Case::rule("hop-by-hop", Outside, r1.clone().ext(0, 8).build(), R1),
+        Case::rule("routing, 24 bytes", Outside, r1.clone().ext(43, 24).build(), R1),
+        Case::rule("destination options, 16 bytes", Outside, r1.clone().ext(60, 16).build(), R1),
+        Case::rule("hop-by-hop, routing, destination options", Outside,
+            r1.clone().ext(0, 8).ext(43, 24).ext(60, 16).build(), R1),
+        Case::rule("atomic fragment (offset 0, no more fragments)", Outside, r1.clone().fragment(0, false).build(), R1),
+        Case::new("wrong port behind three headers", Outside,
+            tcp(PARTNER6, ACCESS6, 40000, 22, SYN).ext(0, 8).ext(43, 24).ext(60, 16).build(), DROP_NO_RULE),
+        Case::rule("eight extension headers", Outside, eight.build(), R1),
+        Case::new("nine extension headers: too long to walk", Outside, nine.build(), DROP_MALFORMED),
+        Case::new("nine extension headers, wrong port: still never passed", Outside, {
+            let mut p = tcp(PARTNER6, ACCESS6, 40000, 22, SYN);
+            for _ in 0..9 {
+                p = p.ext(60, 8);
+            }
+            p.build()
+        }, DROP_MALFORMED),
+        Case::new("payload length beyond the frame", Outside, {
+            let f = r1.clone().ext(0, 8).build();
+            let n = f.len() - 1;
+            packet::truncate(f, n)
+        }, DROP_MALFORMED),
+        Case::new("extension header longer than the packet", Outside,
+            // Hop-by-hop length byte says 8 * (1 + 9) bytes; the packet has 8 + 20.
+            packet::set_byte(r1.clone().ext(0, 8).build(), 14 + 40 + 1, 9), DROP_MALFORMED),
+        Case::new("version 4 in an IPv6 frame", Outside, packet::set_byte(r1.build(), 14, 0x40), DROP_MALFORMED),
+    ];
+    run(Policy::default(), &cases);
+}
+
+fn fragment_cases(fragments: Fate) -> Vec<Case> {
+    let pass = fragments == Fate::Pass;
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let t = f.tag;
+        let first = r1_syn(f).payload(64).fragment(0, true);
+        let later = r1_syn(f).payload(64).fragment(185, false);
+        cases.extend([
+            if pass {
+                Case::rule(format!("{t} first fragment of R1"), Outside, first.build(), R1)
+            } else {
+                Case::new(format!("{t} first fragment of R1"), Outside, first.build(), DROP_FRAGMENT)
+            },
+            Case::new(format!("{t} non-first fragment to access-edge"), Outside, later.build(),
+                if pass { PASS_FRAGMENT } else { DROP_FRAGMENT }),
+            Case::new(format!("{t} non-first fragment whose payload looks like port 5269"), Outside,
+                tcp(f.partner, f.access, 5269, 5269, SYN).fragment(3, true).build(),
+                if pass { PASS_FRAGMENT } else { DROP_FRAGMENT }),
+            Case::new(format!("{t} first fragment without the whole TCP header"), Outside,
+                r1_syn(f).fragment(0, true).cut_l4(8).build(), DROP_FRAGMENT),
+            Case::new(format!("{t} first fragment to a wrong port"), Outside,
+                tcp(f.partner, f.access, 40000, 22, SYN).fragment(0, true).build(),
+                if pass { DROP_NO_RULE } else { DROP_FRAGMENT }),
+            Case::new(format!("{t} unpoliced fragments follow the unpoliced default"), Outside,
+                tcp(f.partner, f.frontend, 40000, 22, SYN).fragment(185, false).build(), PASS_UNPOLICED),
+        ]);
+    }
+    cases.push(Case::new(
+        "v6 first fragment whose header chain ends beyond it (RFC 7112)",
+        Outside,
+        // Fragment header, then a destination-options header that is cut off.
+        r1_syn(V6).fragment(0, true).ext(60, 64).cut_l4(0).build(),
+        DROP_FRAGMENT,
+    ));
+    cases
+}
+
+#[test]
+fn fragments_are_dropped_by_default() {
+    run(Policy::default(), &fragment_cases(Fate::Drop));
+}
+
+#[test]
+fn fragments_pass_when_the_setting_says_so() {
+    run(Policy { fragments: Fate::Pass, ..Policy::default() }, &fragment_cases(Fate::Pass));
+}
+
+#[test]
+fn truncated_at_every_header_is_malformed() {
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let full = r1_syn(f).ext_if_v6(0, 8).tag(TPID_8021Q, 100).build();
+        // BPF_PROG_TEST_RUN refuses frames under 14 bytes: 14 is the Ethernet header.
+        for len in 14..full.len() {
+            cases.push(Case::new(
+                format!("{} R1 cut to {len} of {} bytes", f.tag, full.len()),
+                Outside,
+                packet::truncate(full.clone(), len),
+                DROP_MALFORMED,
+            ));
+        }
+        for cut in [0, 1, 12, 19] {
+            cases.push(Case::new(
+                format!("{} TCP header of {cut} bytes inside a consistent IP packet", f.tag),
+                Outside,
+                r1_syn(f).cut_l4(cut).build(),
+                DROP_MALFORMED,
+            ));
+        }
+        // Data offset 15 (60 bytes) in a 20-byte header.
+        let l4 = 14 + if f.tag == "v4" { 20 } else { 40 };
+        cases.push(Case::new(
+            format!("{} TCP data offset beyond the packet", f.tag),
+            Outside,
+            packet::set_byte(r1_syn(f).build(), l4 + 12, 0xf0),
+            DROP_MALFORMED,
+        ));
+        cases.push(Case::new(
+            format!("{} TCP data offset under 5", f.tag),
+            Outside,
+            packet::set_byte(r1_syn(f).build(), l4 + 12, 0x40),
+            DROP_MALFORMED,
+        ));
+    }
+    run(Policy::default(), &cases);
+}
+
+trait ExtIfV6 {
+    fn ext_if_v6(self, kind: u8, len: usize) -> Self;
+}
+
+impl ExtIfV6 for packet::Pkt {
+    fn ext_if_v6(self, kind: u8, len: usize) -> Self {
+        if self.src.is_ipv6() { self.ext(kind, len) } else { self }
+    }
+}
+
+#[test]
+fn frame_sizes_from_14_bytes_to_jumbo() {
+    let cases = vec![
+        Case::new("14-byte frame, not IP", Outside, packet::non_ip(14), PASS_UNPOLICED),
+        Case::new("14-byte frame, IPv4 EtherType", Outside, packet::truncate(r1_syn(V4).build(), 14), DROP_MALFORMED),
+        Case::new("14-byte frame, IPv6 EtherType", Outside, packet::truncate(r1_syn(V6).build(), 14), DROP_MALFORMED),
+        Case::new("60-byte minimum frame, not IP", Outside, packet::non_ip(60), PASS_UNPOLICED),
+        Case::rule("v4 R1 in a 3000-byte frame", Outside, r1_syn(V4).payload(3000 - 54).build(), R1),
+        Case::rule("v6 R1 in a 3000-byte frame", Outside, r1_syn(V6).payload(3000 - 74).build(), R1),
+        Case::new("v4 wrong port in a 3000-byte frame", Outside,
+            tcp(PARTNER4, ACCESS4, 40000, 22, ACK).payload(3000 - 54).build(), DROP_NO_RULE),
+    ];
+    run(Policy::default(), &cases);
+}
+
+#[test]
+fn unpoliced_traffic_follows_the_setting() {
+    let drop = Policy { unpoliced: Fate::Drop, ..Policy::default() };
+    let mut cases = vec![
+        Case::new("non-IP frame", Outside, packet::non_ip(60), DROP_UNPOLICED),
+        Case::new("ARP still passes", Outside, packet::arp([198, 51, 100, 20], [198, 51, 100, 1]), PASS_ESSENTIAL),
+    ];
+    for f in [V4, V6] {
+        let t = f.tag;
+        cases.extend([
+            Case::new(format!("{t} TCP between outside hosts"), Outside,
+                tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED),
+            Case::new(format!("{t} echo between outside hosts"), Outside,
+                icmp(f.partner, f.frontend, f.echo, 0).build(), DROP_UNPOLICED),
+            Case::new(format!("{t} frag needed between outside hosts still passes"), Outside,
+                icmp(f.partner, f.frontend, f.frag_needed.0, f.frag_needed.1).payload(28).build(), PASS_ESSENTIAL),
+            Case::rule(format!("{t} R1 still passes"), Outside, r1_syn(f).build(), R1),
+        ]);
+    }
+    cases.push(Case::new("v6 neighbour solicitation between outside hosts still passes", Outside,
+        icmp(PARTNER6, FRONTEND6, 135, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL));
+    run(drop, &cases);
+}
+
+#[test]
+fn dry_run_drops_nothing_and_counts_what_it_would_have() {
+    let dry = Policy { dry_run: true, unpoliced: Fate::Drop, ..Policy::default() };
+    let off = DRY_RUN_OFFSET;
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let t = f.tag;
+        cases.extend([
+            Case::rule(format!("{t} R1"), Outside, r1_syn(f).build(), R1),
+            Case::new(format!("{t} wrong port"), Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE + off),
+            Case::new(format!("{t} spoofed"), Outside, tcp(f.access, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED + off),
+            Case::new(format!("{t} fragment"), Outside, r1_syn(f).fragment(185, false).build(), DROP_FRAGMENT + off),
+            Case::new(format!("{t} unpoliced"), Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED + off),
+            Case::new(format!("{t} malformed"), Outside, packet::truncate(r1_syn(f).build(), 30), DROP_MALFORMED + off),
+        ]);
+    }
+    run(dry, &cases);
+}
+
+#[test]
+fn a_nic_without_a_role_passes_everything_and_counts_it() {
+    let cases = vec![
+        Case::new("R1", Unattached, r1_syn(V4).build(), PASS_UNATTACHED),
+        Case::new("spoofed", Unattached, tcp(ACCESS6, PARTNER6, 1, 2, SYN).build(), PASS_UNATTACHED),
+        Case::new("malformed", Unattached, packet::truncate(r1_syn(V4).build(), 20), PASS_UNATTACHED),
+    ];
+    run(Policy { unpoliced: Fate::Drop, ..Policy::default() }, &cases);
+}
+
+#[test]
+fn ports_follow_the_settings() {
+    let moved = Policy {
+        federation_port: NonZeroU16::new(5270).unwrap(),
+        internal_port: NonZeroU16::new(5061).unwrap(),
+        ..Policy::default()
+    };
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let t = f.tag;
+        cases.extend([
+            Case::rule(format!("{t} R1 on the new port"), Outside, tcp(f.partner, f.access, 40000, 5270, SYN).build(), R1),
+            Case::new(format!("{t} R1 on 5269 no longer"), Outside, r1_syn(f).build(), DROP_NO_RULE),
+            Case::rule(format!("{t} R2 on the new port"), Edge, tcp(f.access, f.partner, 40000, 5270, SYN).build(), R2),
+            Case::rule(format!("{t} R3 on the new port"), Outside, tcp(f.frontend, f.internal, 40000, 5061, SYN).build(), R3),
+            Case::new(format!("{t} R3 on 23456 no longer"), Outside, tcp(f.frontend, f.internal, 40000, 23456, SYN).build(), DROP_NO_RULE),
+        ]);
+    }
+    run(moved, &cases);
+}
+
+/// A connection's packets in both directions, as (NIC, packet) for the opener and the
+/// responder side.
+struct Conn {
+    f: Fam,
+    opener_nic: Nic,
+    responder_nic: Nic,
+    client: IpAddr,
+    server: IpAddr,
+    cport: u16,
+    sport: u16,
+}
+
+impl Conn {
+    fn r1(f: Fam, cport: u16) -> Self {
+        Self { f, opener_nic: Outside, responder_nic: Edge, client: f.partner, server: f.access, cport, sport: 5269 }
+    }
+    fn r2(f: Fam, cport: u16) -> Self {
+        Self { f, opener_nic: Edge, responder_nic: Outside, client: f.access, server: f.partner, cport, sport: 5269 }
+    }
+    fn r3(f: Fam, cport: u16) -> Self {
+        Self { f, opener_nic: Outside, responder_nic: Edge, client: f.frontend, server: f.internal, cport, sport: 23456 }
+    }
+    fn rule_id(&self) -> u32 {
+        match (self.opener_nic, self.sport) {
+            (Edge, _) => R2,
+            (_, 5269) => R1,
+            _ => R3,
+        }
+    }
+    /// Opener to responder: allowed by the rule.
+    fn out(&self, what: &str, flags: u8) -> Case {
+        Case::rule(
+            format!("{} {what}", self.f.tag),
+            self.opener_nic,
+            tcp(self.client, self.server, self.cport, self.sport, flags).build(),
+            self.rule_id(),
+        )
+    }
+    /// Responder to opener, with the verdict it must get.
+    fn back(&self, what: &str, flags: u8, verdict: u32) -> Case {
+        Case::new(
+            format!("{} {what}", self.f.tag),
+            self.responder_nic,
+            tcp(self.server, self.client, self.sport, self.cport, flags).build(),
+            verdict,
+        )
+    }
+}
+
+#[test]
+fn replies_of_allowed_flows_pass_and_nothing_else() {
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let (r1, r2, r3) = (Conn::r1(f, 40001), Conn::r2(f, 40002), Conn::r3(f, 40003));
+        cases.extend([
+            r1.back("R1 reply before any flow", SYN_ACK, DROP_NO_RULE),
+            r1.out("R1 SYN", SYN),
+            r1.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
+            r1.out("R1 ACK", ACK),
+            r1.back("R1 data back", ACK | PSH, PASS_REPLY),
+            r2.back("R2 reply before any flow", SYN_ACK, DROP_NO_RULE),
+            r2.out("R2 SYN", SYN),
+            r2.back("R2 SYN-ACK from the partner's 5269", SYN_ACK, PASS_REPLY),
+            r2.back("R2 data from the partner", ACK | PSH, PASS_REPLY),
+            r3.out("R3 SYN", SYN),
+            r3.back("R3 SYN-ACK", SYN_ACK, PASS_REPLY),
+            // The R2 flow's reply arriving from the Edge side is not a reply.
+            Case::new(format!("{} R2 reply on the edge NIC", f.tag), Edge,
+                tcp(f.partner, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
+            // Another partner from port 5269 to the same Edge port: the flow is not theirs.
+            Case::new(format!("{} another host's 5269 to the R2 client port", f.tag), Outside,
+                tcp(f.frontend, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
+            Case::new(format!("{} the R2 partner from 5269 to another Edge port", f.tag), Outside,
+                tcp(f.partner, f.access, 5269, 40099, ACK).build(), DROP_NO_RULE),
+            // The R1 reply tuple from the other side of the firewall is spoofed.
+            Case::new(format!("{} R1 reply arriving on outside", f.tag), Outside,
+                tcp(f.access, f.partner, 5269, 40001, ACK).build(), DROP_SPOOFED),
+        ]);
+    }
+    run(Policy::default(), &cases);
+}
+
+#[test]
+fn rst_closes_a_flow_from_either_side() {
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let (a, b) = (Conn::r1(f, 40011), Conn::r2(f, 40012));
+        cases.extend([
+            a.out("R1 SYN", SYN),
+            a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
+            a.back("R1 RST from the Edge passes", RST_ACK, PASS_REPLY),
+            a.back("R1 after RST", ACK, DROP_NO_RULE),
+            b.out("R2 SYN", SYN),
+            b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
+            b.out("R2 RST from the Edge", RST),
+            b.back("R2 after the Edge's RST", ACK, DROP_NO_RULE),
+        ]);
+    }
+    run(Policy::default(), &cases);
+}
+
+fn short(syn: u64, established: u64, closing: u64) -> Policy {
+    Policy {
+        timeouts: Timeouts {
+            syn: Duration::from_millis(syn),
+            established: Duration::from_millis(established),
+            closing: Duration::from_millis(closing),
+        },
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn fin_closes_a_flow_after_the_closing_timeout() {
+    let h = harness(short(60_000, 60_000, 300));
+    for f in [V4, V6] {
+        let (a, b) = (Conn::r1(f, 40021), Conn::r2(f, 40022));
+        h.check_all(&[
+            a.out("R1 SYN", SYN),
+            a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
+            a.out("R1 FIN", FIN_ACK),
+            a.back("R1 FIN-ACK within the closing timeout", FIN_ACK, PASS_REPLY),
+            b.out("R2 SYN", SYN),
+            b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
+            b.back("R2 FIN from the partner", FIN_ACK, PASS_REPLY),
+            b.back("R2 last ACK within the closing timeout", ACK, PASS_REPLY),
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    sleep(Duration::from_millis(600));
+    for f in [V4, V6] {
+        let (a, b) = (Conn::r1(f, 40021), Conn::r2(f, 40022));
+        h.check_all(&[
+            a.back("R1 after FIN and the closing timeout", ACK, DROP_NO_RULE),
+            b.back("R2 after FIN and the closing timeout", ACK, DROP_NO_RULE),
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+#[test]
+fn idle_flows_expire_by_state() {
+    // Established flows live 400 ms, unanswered SYNs 100 ms.
+    let h = harness(short(100, 400, 60_000));
+    for f in [V4, V6] {
+        let (a, b) = (Conn::r1(f, 40031), Conn::r3(f, 40032));
+        h.check_all(&[a.out("R1 SYN", SYN), a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY), b.out("R3 SYN, never answered", SYN)])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    sleep(Duration::from_millis(250));
+    for f in [V4, V6] {
+        let (a, b) = (Conn::r1(f, 40031), Conn::r3(f, 40032));
+        h.check_all(&[
+            a.back("established flow, idle 250 ms of 400", ACK, PASS_REPLY),
+            b.back("unanswered SYN, idle 250 ms of 100", SYN_ACK, DROP_NO_RULE),
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    sleep(Duration::from_millis(800));
+    for f in [V4, V6] {
+        let a = Conn::r1(f, 40031);
+        h.check_all(&[a.back("established flow, idle 800 ms of 400", ACK, DROP_NO_RULE)])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+#[test]
+fn flows_are_recorded_with_their_rule_and_state() {
+    let h = harness(Policy::default());
+    let a = Conn::r2(V4, 40041);
+    h.check_all(&[a.out("R2 SYN", SYN)]).unwrap_or_else(|e| panic!("{e:#}"));
+    let flows = h.filter.flows().unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let (key, flow) = flows.iter().next().unwrap();
+    assert_eq!(&key.0.src[..4], &[203, 0, 113, 10]);
+    assert_eq!(&key.0.dst[..4], &[198, 51, 100, 20]);
+    assert_eq!(u16::from_be(key.0.dport_be), 5269);
+    assert_eq!(u16::from_be(key.0.sport_be), 40041);
+    assert_eq!(u32::from(flow.rule), R2);
+    assert_eq!(flow.state, edge_filter_common::flow_state::SYN_SENT);
+    h.check_all(&[a.back("SYN-ACK", SYN_ACK, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
+    let flows = h.filter.flows().unwrap();
+    assert_eq!(flows.values().next().unwrap().state, edge_filter_common::flow_state::ESTABLISHED);
+}
