@@ -49,11 +49,14 @@ pub mod map {
             assert!(ALL[i].len() <= 15, "kernel object names are cut to 15 bytes");
             i += 1;
         }
+        assert!(super::XDP_PROGRAM.len() <= 15 && super::XDP_PROGRAM_LINEAR.len() <= 15);
     };
 }
 
-/// Name of the XDP program in the object.
+/// Name of the multi-buffer XDP program (kernel 5.18+).
 pub const XDP_PROGRAM: &str = "edge_filter";
+/// Name of the single-buffer XDP program, for older kernels.
+pub const XDP_PROGRAM_LINEAR: &str = "edge_filter_lin";
 
 /// NICs the program can serve. Counter slot 0 is reserved for NICs without a role.
 pub const MAX_IFACES: u32 = 64;

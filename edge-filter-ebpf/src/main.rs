@@ -3,6 +3,12 @@
 //! The entry point maps the one verdict the policy returns to one action and one
 //! counter. `XDP_ABORTED` is never returned: it is not a policy verdict.
 //!
+//! The object carries the program twice, as the same code: [`edge_filter`] is
+//! multi-buffer aware (`xdp.frags`, kernel 5.18+), so it attaches to NICs with jumbo
+//! MTUs and counts a frame's whole length; [`edge_filter_lin`] is for older kernels,
+//! which know neither the flag nor `bpf_xdp_get_buff_len`. Headers are always in the
+//! first buffer, so both judge alike. The loader picks one by kernel version.
+//!
 //! - [`parse`]: from a frame to the facts the policy judges;
 //! - [`policy`]: the vendor table, rule by rule, and the order of judgement;
 //! - [`state`]: the flow table that lets replies of allowed connections back in;
@@ -17,21 +23,40 @@ mod parse;
 mod policy;
 mod state;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    EbpfContext as _, bindings::xdp_action, helpers::generated::bpf_xdp_get_buff_len, macros::xdp,
+    programs::XdpContext,
+};
 use edge_filter_common::{Settings, flags, verdict};
 
 use crate::{maps::SETTINGS, parse::Frame};
 
-#[xdp]
+/// The filter for kernels with multi-buffer XDP.
+#[xdp(frags)]
 pub fn edge_filter(ctx: XdpContext) -> u32 {
-    let frame = Frame::new(&ctx);
+    // SAFETY: the helper reads the context it is given, which the kernel passed us.
+    let bytes = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr().cast()) };
+    filter(&ctx, bytes)
+}
+
+/// The filter for kernels before 5.18: frames are one buffer.
+#[xdp]
+pub fn edge_filter_lin(ctx: XdpContext) -> u32 {
+    let bytes = ctx.data_end() - ctx.data();
+    filter(&ctx, bytes as u64)
+}
+
+/// Judge, count, act. `bytes` is the frame's whole length.
+#[inline(always)]
+fn filter(ctx: &XdpContext, bytes: u64) -> u32 {
+    let frame = Frame::new(ctx, bytes as usize);
     // Entry 0 of an array map always exists; userspace writes it before it attaches.
     let settings = SETTINGS.get(0).copied().unwrap_or(Settings::DEFAULT);
-    let (slot, mut v) = policy::judge(&ctx, &frame, &settings);
+    let (slot, mut v) = policy::judge(ctx, &frame, &settings, bytes);
     if verdict::is_drop(v) && settings.flags & flags::DRY_RUN != 0 {
         v += verdict::DRY_RUN_OFFSET;
     }
-    counters::count_verdict(slot, v, frame.len() as u64);
+    counters::count_verdict(slot, v, bytes);
     if verdict::is_drop(v) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 

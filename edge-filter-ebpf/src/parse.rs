@@ -6,8 +6,9 @@
 //! loop, then the upper-layer header.
 //!
 //! Contract:
-//! - Nothing outside the frame is read, and nothing beyond the IP packet's own length
-//!   is taken for an upper-layer header: Ethernet padding is not a TCP header.
+//! - Nothing outside the first buffer is read, and nothing beyond the IP packet's own
+//!   length is taken for an upper-layer header: Ethernet padding is not a TCP header.
+//!   Headers that reach past the first buffer of a multi-buffer frame count as cut.
 //! - Anything that cannot be judged is [`Malformed`]: a truncated IP header, IPv4 with
 //!   IHL < 5 or a total length beyond the frame, an IPv6 payload length beyond the
 //!   frame, an extension chain that runs past the packet or is longer than
@@ -84,21 +85,27 @@ pub mod tcp_flags {
 pub struct Malformed;
 
 /// The packet's bounds, read once from the context.
+///
+/// A multi-buffer frame is longer than the buffer the program can read: headers are
+/// read from the first buffer (`start..end`), lengths in headers are checked against
+/// the whole frame (`len`).
 pub struct Frame {
     start: usize,
     end: usize,
+    len: usize,
 }
 
 impl Frame {
+    /// The frame of `ctx`, `len` bytes long in all its buffers.
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
-        Self { start: ctx.data(), end: ctx.data_end() }
+    pub fn new(ctx: &XdpContext, len: usize) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end(), len }
     }
 
-    /// Bytes in the frame (the linear part the program sees).
+    /// Bytes in the whole frame.
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.end - self.start
+        self.len
     }
 
     /// A copy of the `T` at `off`, if all of it lies inside the frame.

@@ -45,9 +45,10 @@ use crate::{
 /// Counter slot of NICs that have no role.
 const UNATTACHED_SLOT: u32 = 0;
 
-/// The verdict for this packet and the counter slot of its NIC.
+/// The verdict for this packet and the counter slot of its NIC; `bytes` is the
+/// frame's whole length, for the rule counters.
 #[inline(always)]
-pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32) {
+pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -> (u32, u32) {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is copied out at once; userspace replaces entries whole.
     let Some(iface) = (unsafe { IFACES.get(&ifindex) }).copied() else {
@@ -58,7 +59,7 @@ pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32)
         Ok(Parsed::IncompleteFirstFragment) => verdict::DROP_FRAGMENT,
         Ok(Parsed::Arp) => verdict::PASS_ESSENTIAL,
         Ok(Parsed::Other) => unpoliced(settings),
-        Ok(Parsed::Ip(p)) => judge_ip(&p, iface.role, settings, frame.len() as u64),
+        Ok(Parsed::Ip(p)) => judge_ip(&p, iface.role, settings, bytes),
     };
     (iface.slot, v)
 }

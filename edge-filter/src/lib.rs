@@ -16,5 +16,5 @@ pub mod policy;
 
 pub use addr::{AddrError, AddressSets, EdgeSet, Prefix};
 pub use counters::{Counters, Delta, Row};
-pub use loader::{Error, Filter, IfaceEntry, LoadOptions};
+pub use loader::{Error, Filter, IfaceEntry, LoadOptions, Variant};
 pub use policy::{Fate, Policy, Role, Timeouts};

@@ -16,11 +16,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
-    util::nr_cpus,
+    util::{KernelVersion, nr_cpus},
 };
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, Settings,
-    XDP_PROGRAM, counter_index, map, rule, verdict,
+    XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, map, rule, verdict,
 };
 
 use crate::{
@@ -37,8 +37,12 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub enum Error {
     #[error("loading the eBPF object")]
     Object(#[source] aya::EbpfError),
-    #[error("program `{XDP_PROGRAM}`")]
-    Program(#[source] ProgramError),
+    #[error("program `{name}`")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map `{name}`")]
     Map {
         name: &'static str,
@@ -63,16 +67,46 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
     move |source| Error::Map { name, source }
 }
 
+/// The two builds of the XDP program in the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `xdp.frags`: jumbo frames, counted by their whole length. Kernel 5.18+.
+    MultiBuffer,
+    /// One buffer per frame, for older kernels.
+    Linear,
+}
+
+impl Variant {
+    /// The variant for the running kernel: multi-buffer from 5.18, where the kernel
+    /// learnt `BPF_F_XDP_HAS_FRAGS` and `bpf_xdp_get_buff_len`.
+    pub fn for_kernel() -> Self {
+        match KernelVersion::current() {
+            Ok(v) if v < KernelVersion::new(5, 18, 0) => Variant::Linear,
+            _ => Variant::MultiBuffer,
+        }
+    }
+
+    /// The program's name in the object.
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Variant::MultiBuffer => XDP_PROGRAM,
+            Variant::Linear => XDP_PROGRAM_LINEAR,
+        }
+    }
+}
+
 /// Load-time parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// Flow table entries.
     pub max_flows: u32,
+    /// The program build; `None` picks the one for the running kernel.
+    pub variant: Option<Variant>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_flows: DEFAULT_MAX_FLOWS }
+        Self { max_flows: DEFAULT_MAX_FLOWS, variant: None }
     }
 }
 
@@ -88,7 +122,10 @@ pub struct IfaceEntry {
 /// The loaded kernel object.
 pub struct Filter {
     ebpf: Ebpf,
+    /// The program variant this kernel runs.
+    program: &'static str,
 }
+
 
 impl Filter {
     /// Load and verify the program, size the flow table, write the default policy.
@@ -100,22 +137,32 @@ impl Filter {
             .map_max_entries(map::FLOWS, opts.max_flows)
             .load(OBJECT)
             .map_err(Error::Object)?;
-        let mut filter = Self { ebpf };
-        filter.program_mut()?.load().map_err(Error::Program)?;
+        let variant = opts.variant.unwrap_or_else(Variant::for_kernel);
+        let mut filter = Self { ebpf, program: variant.program_name() };
+        let name = filter.program;
+        filter.program_mut()?.load().map_err(|source| Error::Program { name, source })?;
         filter.set_policy(&Policy::default())?;
         Ok(filter)
     }
 
+    /// The name of the program variant in use.
+    pub fn program_name(&self) -> &'static str {
+        self.program
+    }
+
     /// The XDP program, loaded and ready to attach.
     pub fn program(&self) -> Result<&Xdp, Error> {
-        let prog = self.ebpf.program(XDP_PROGRAM).ok_or(Error::Program(ProgramError::NotLoaded))?;
-        prog.try_into().map_err(Error::Program)
+        let name = self.program;
+        let err = |source| Error::Program { name, source };
+        let prog = self.ebpf.program(name).ok_or(err(ProgramError::NotLoaded))?;
+        prog.try_into().map_err(err)
     }
 
     pub fn program_mut(&mut self) -> Result<&mut Xdp, Error> {
-        let prog =
-            self.ebpf.program_mut(XDP_PROGRAM).ok_or(Error::Program(ProgramError::NotLoaded))?;
-        prog.try_into().map_err(Error::Program)
+        let name = self.program;
+        let err = |source| Error::Program { name, source };
+        let prog = self.ebpf.program_mut(name).ok_or(err(ProgramError::NotLoaded))?;
+        prog.try_into().map_err(err)
     }
 
     fn map(&self, name: &'static str) -> Result<&Map, Error> {
@@ -315,7 +362,7 @@ impl Filter {
         let result = self
             .program()?
             .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() })
-            .map_err(Error::Program)?;
+            .map_err(|source| Error::Program { name: self.program, source })?;
         Ok(result.return_value)
     }
 }

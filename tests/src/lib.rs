@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use edge_filter::{AddressSets, Counters, EdgeSet, Filter, LoadOptions, Policy, Prefix, Role};
+use edge_filter::{AddressSets, Counters, EdgeSet, Filter, LoadOptions, Policy, Prefix, Role, Variant};
 use edge_filter_common::{rule, verdict};
 
 /// The test address plan (design §6): documentation ranges only.
@@ -171,8 +171,17 @@ impl Harness {
     }
 
     pub fn with_sets(policy: Policy, sets: &AddressSets) -> anyhow::Result<Self> {
+        Self::build(policy, sets, LoadOptions::default())
+    }
+
+    /// Load the given program variant with `policy` and the plan's address sets.
+    pub fn with_variant(policy: Policy, variant: Variant) -> anyhow::Result<Self> {
+        Self::build(policy, &plan::sets(), LoadOptions { variant: Some(variant), ..LoadOptions::default() })
+    }
+
+    fn build(policy: Policy, sets: &AddressSets, opts: LoadOptions) -> anyhow::Result<Self> {
         let lab = Lab::new(&["outside0", "edge0", "host0", "spare0"])?;
-        let mut filter = Filter::load(&LoadOptions::default()).context("load the XDP program")?;
+        let mut filter = Filter::load(&opts).context("load the XDP program")?;
         filter.set_policy(&policy)?;
         filter.set_address_sets(sets)?;
         let mut nics = Vec::new();
