@@ -1,1 +1,47 @@
-fn main(){}
+//! Orchestration for edge-filter: `cargo xtask <command>`.
+//!
+//! - `setup`: the toolchain pieces and Debian packages the build and tests need,
+//!   installed when missing; quick when everything is there;
+//! - `test`: setup, the host unit tests, then the privileged suite, one test at a time;
+//! - `clippy`: lints for the userspace crates and the BPF target.
+//!
+//! Nothing here is needed at run time; it only drives cargo, rustup and apt.
+
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, set-up and test tasks for edge-filter")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and the tests need: rust-src for nightly, bpf-linker
+    /// built against nightly's LLVM, Debian packages.
+    Setup,
+    /// Run set-up, the unit tests and the privileged BPF suite (needs root).
+    Test,
+    /// Lint the userspace crates and the eBPF crate for the BPF target.
+    Clippy,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test => test::run(),
+        Command::Clippy => setup::run().and_then(|()| test::clippy()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `cargo xtask test`: every test tier, in the order that fails fastest.
+//!
+//! 1. set-up (see `setup`);
+//! 2. host unit tests of every userspace crate;
+//! 3. the privileged suite (`tests/`): BPF_PROG_TEST_RUN against the real object, in
+//!    private network namespaces, one test at a time because the kernel is shared.
+//!
+//! The privileged suite needs root; without it this fails, it does not skip. The last
+//! line printed is the summary of all tiers.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::setup;
+
+/// Totals of libtest's `test result:` lines.
+#[derive(Default, Debug)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Run `cargo test` with these arguments, echoing its output and counting results.
+fn cargo_test(tier: &str, args: &[&str]) -> anyhow::Result<Tally> {
+    println!("== {tier}: cargo test {}", args.join(" "));
+    let mut child = Command::new(env!("CARGO"))
+        .arg("test")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start cargo test")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{tier}: cargo test failed ({status}); {} passed, {} failed", tally.passed, tally.failed);
+    }
+    ensure!(tally.passed > 0, "{tier}: no test ran");
+    Ok(tally)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    setup::run()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the privileged suite loads BPF programs and creates network namespaces: run as root");
+    }
+    let unit = cargo_test(
+        "unit",
+        &["--workspace", "--exclude", "edge-filter-ebpf", "--exclude", "edge-filter-tests"],
+    )?;
+    let privileged = cargo_test("privileged", &["--package", "edge-filter-tests", "--", "--test-threads=1"])?;
+    let total = unit.passed + privileged.passed;
+    println!(
+        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {})",
+        unit.ignored + privileged.ignored,
+        unit.passed,
+        privileged.passed
+    );
+    Ok(())
+}
+
+pub fn clippy() -> anyhow::Result<()> {
+    setup::status(Command::new(env!("CARGO")).args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "edge-filter-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    setup::status(
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "--package", "edge-filter-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+            .args(["--", "-D", "warnings"])
+            .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_sums_libtest_result_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 18 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 8.23s");
+        t.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add_line("running 5 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (21, 2, 1));
+    }
+}
