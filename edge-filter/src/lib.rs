@@ -4,17 +4,29 @@
 //! - [`addr`]: edge address sets and prefixes, validated;
 //! - [`policy`]: NIC roles and the policy settings, and their kernel encoding;
 //! - [`loader`]: loads the embedded object and reads and writes its maps;
-//! - [`counters`]: counter snapshots with the names the CLI and metrics use.
+//! - [`counters`]: counter snapshots with the names the CLI and metrics use;
+//! - [`config`]: the TOML configuration, validated;
+//! - [`pins`]: the pin directory that keeps the filter attached without a process;
+//! - [`statedir`]: runtime address changes kept across reboots;
+//! - [`report`]: the snapshot `stats`, `status` and `/metrics` show;
+//! - [`cli`] and [`daemon`]: the `edge-filter` command and its `run` loop.
 //!
 //! The kernel side is `edge-filter-ebpf`; the types both sides share are in
 //! `edge-filter-common`.
 
 pub mod addr;
+pub mod cli;
+pub mod config;
 pub mod counters;
+pub mod daemon;
 pub mod loader;
+pub mod pins;
 pub mod policy;
+pub mod report;
+pub mod statedir;
 
 pub use addr::{AddrError, AddressSets, EdgeSet, Prefix};
 pub use counters::{Counters, Delta, Row};
-pub use loader::{Error, Filter, IfaceEntry, LoadOptions, Variant};
+pub use config::Config;
+pub use loader::{Error, Filter, IfaceEntry, LoadOptions, Maps, Variant};
 pub use policy::{Fate, Policy, Role, Timeouts};

@@ -1,5 +1,9 @@
 //! The loader: the embedded kernel object, loaded, and its maps behind typed methods.
 //!
+//! [`Maps`] is the typed view of the maps, whether they come from a fresh load or
+//! from their pins (commands that change a running filter without the daemon);
+//! [`Filter`] is a loaded program with its [`Maps`].
+//!
 //! Contract:
 //! - [`Filter::load`] loads the XDP program (verifier included) and writes the default
 //!   policy, so a loaded filter enforces the vendor table as soon as it is attached and
@@ -10,7 +14,11 @@
 //! - Each NIC gets its own counter slot; a slot is zeroed when it is handed out, so a
 //!   NIC never inherits the counts of one that left.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    ops::{Deref, DerefMut},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -61,6 +69,18 @@ pub enum Error {
     ZeroFlows,
     #[error("reading the number of CPUs")]
     Cpus(#[source] std::io::Error),
+    #[error("pin directory {}", dir.display())]
+    PinDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinned map {}", path.display())]
+    Pinned {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
@@ -96,17 +116,20 @@ impl Variant {
 }
 
 /// Load-time parameters.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Flow table entries.
     pub max_flows: u32,
     /// The program build; `None` picks the one for the running kernel.
     pub variant: Option<Variant>,
+    /// Where the maps are pinned: maps already pinned there are reused (their counters,
+    /// flows and sets survive), the others are created and pinned. `None`: unpinned.
+    pub map_pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_flows: DEFAULT_MAX_FLOWS, variant: None }
+        Self { max_flows: DEFAULT_MAX_FLOWS, variant: None, map_pin_dir: None }
     }
 }
 
@@ -122,8 +145,28 @@ pub struct IfaceEntry {
 /// The loaded kernel object.
 pub struct Filter {
     ebpf: Ebpf,
+    maps: Maps,
     /// The program variant this kernel runs.
     program: &'static str,
+}
+
+impl Deref for Filter {
+    type Target = Maps;
+
+    fn deref(&self) -> &Maps {
+        &self.maps
+    }
+}
+
+impl DerefMut for Filter {
+    fn deref_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+}
+
+/// The maps of the object, by name.
+pub struct Maps {
+    maps: BTreeMap<&'static str, Map>,
 }
 
 
@@ -133,15 +176,28 @@ impl Filter {
         if opts.max_flows == 0 {
             return Err(Error::ZeroFlows);
         }
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(map::FLOWS, opts.max_flows)
-            .load(OBJECT)
-            .map_err(Error::Object)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map::FLOWS, opts.max_flows);
+        let pins: Vec<(&'static str, PathBuf)> = match &opts.map_pin_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| Error::PinDir { dir: dir.clone(), source })?;
+                map::ALL.iter().map(|name| (*name, dir.join(name))).collect()
+            }
+            None => Vec::new(),
+        };
+        let fresh = pins.iter().all(|(_, path)| !path.exists());
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(Error::Object)?;
+        let maps = Maps::take(&mut ebpf)?;
         let variant = opts.variant.unwrap_or_else(Variant::for_kernel);
-        let mut filter = Self { ebpf, program: variant.program_name() };
+        let mut filter = Self { ebpf, maps, program: variant.program_name() };
         let name = filter.program;
         filter.program_mut()?.load().map_err(|source| Error::Program { name, source })?;
-        filter.set_policy(&Policy::default())?;
+        if fresh {
+            filter.set_policy(&Policy::default())?;
+        }
         Ok(filter)
     }
 
@@ -165,12 +221,47 @@ impl Filter {
         prog.try_into().map_err(err)
     }
 
+    /// Run the program once on `frame` as if it arrived on `ifindex`
+    /// (BPF_PROG_TEST_RUN). Returns the XDP action. `ifindex` must name a device in the
+    /// caller's network namespace, or 0.
+    pub fn test_run(&self, frame: &[u8], ifindex: u32) -> Result<u32, Error> {
+        let ctx = xdp_md(frame.len(), ifindex);
+        let result = self
+            .program()?
+            .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() })
+            .map_err(|source| Error::Program { name: self.program, source })?;
+        Ok(result.return_value)
+    }
+}
+
+impl Maps {
+    /// Take the maps out of a loaded object.
+    fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let mut maps = BTreeMap::new();
+        for name in map::ALL {
+            maps.insert(name, ebpf.take_map(name).ok_or(Error::MissingMap { name })?);
+        }
+        Ok(Self { maps })
+    }
+
+    /// Open the maps a filter pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self, Error> {
+        let mut maps = BTreeMap::new();
+        for name in map::ALL {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| Error::Pinned { path: path.clone(), source })?;
+            let map = Map::from_map_data(data).map_err(|source| Error::Pinned { path, source })?;
+            maps.insert(name, map);
+        }
+        Ok(Self { maps })
+    }
+
     fn map(&self, name: &'static str) -> Result<&Map, Error> {
-        self.ebpf.map(name).ok_or(Error::MissingMap { name })
+        self.maps.get(name).ok_or(Error::MissingMap { name })
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
-        self.ebpf.map_mut(name).ok_or(Error::MissingMap { name })
+        self.maps.get_mut(name).ok_or(Error::MissingMap { name })
     }
 
     /// Replace the settings (ports, defaults, timeouts) in one map write.
@@ -335,6 +426,15 @@ impl Filter {
         Ok(Counters::new(by_index, rules))
     }
 
+    /// The flow table's size.
+    pub fn max_flows(&self) -> Result<u32, Error> {
+        let info = match self.map(map::FLOWS)? {
+            Map::LruHashMap(m) => m.info(),
+            _ => return Err(Error::Corrupt { name: map::FLOWS, what: "not an LRU hash".into() }),
+        };
+        Ok(info.map_err(map_err(map::FLOWS))?.max_entries())
+    }
+
     /// Every flow in the table.
     pub fn flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
         let flows: HashMap<&MapData, FlowKey, Flow> =
@@ -354,17 +454,6 @@ impl Filter {
         flows.insert(key, flow, 0).map_err(map_err(map::FLOWS))
     }
 
-    /// Run the program once on `frame` as if it arrived on `ifindex`
-    /// (BPF_PROG_TEST_RUN). Returns the XDP action. `ifindex` must name a device in the
-    /// caller's network namespace, or 0.
-    pub fn test_run(&self, frame: &[u8], ifindex: u32) -> Result<u32, Error> {
-        let ctx = xdp_md(frame.len(), ifindex);
-        let result = self
-            .program()?
-            .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() })
-            .map_err(|source| Error::Program { name: self.program, source })?;
-        Ok(result.return_value)
-    }
 }
 
 /// `struct xdp_md` for BPF_PROG_TEST_RUN: data, data_end, data_meta, ingress_ifindex,

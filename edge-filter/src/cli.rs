@@ -1,0 +1,416 @@
+//! The command line: `edge-filter <command>`.
+//!
+//! Contract: bad input is refused before anything changes, with one line naming the
+//! bad value (exit status 2); failures of the system are reported with their causes
+//! (`{:#}`, so a verifier log reaches the operator) and exit status 1. Commands that
+//! change the pin directory hold its lock.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    addr::{EdgeSet, Prefix},
+    config::Config,
+    daemon,
+    loader::Maps,
+    pins::{self, Pins},
+    report::Snapshot,
+    statedir::{Changes, Source},
+};
+
+/// An XDP firewall for XMPP federation through a Lync Server 2013 Edge server.
+#[derive(Parser, Debug)]
+#[command(name = "edge-filter", version)]
+pub struct Cli {
+    /// Where maps and links are pinned (a directory on a bpffs).
+    #[arg(long, global = true, env = "EDGE_FILTER_PIN_DIR", default_value = "/sys/fs/bpf/edge-filter")]
+    pub pin_dir: PathBuf,
+    /// Where runtime address changes are kept across reboots.
+    #[arg(long, global = true, env = "EDGE_FILTER_STATE_DIR", default_value = "/var/lib/edge-filter")]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load, attach to every configured NIC, pin, serve /metrics; SIGHUP re-reads the
+    /// config, SIGTERM/SIGINT exit leaving the filter attached.
+    ///
+    /// Example: edge-filter run --config /etc/edge-filter/edge-filter.toml
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config and print the effective policy; exit 0 if valid, 1 if not.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What is attached where, the settings, set sizes, flow-table use.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change or list the edge address sets while traffic flows.
+    #[command(subcommand)]
+    Addr(AddrCommand),
+    /// Counters per NIC and action/reason, and hits per rule.
+    Stats {
+        /// Print again every SECONDS.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove links, pins and programs (all of them when no --iface is given). The
+    /// state directory stays.
+    Detach {
+        /// Detach from this NIC only (repeatable).
+        #[arg(long = "iface", value_name = "NAME")]
+        ifaces: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AddrCommand {
+    /// Add addresses or prefixes to a set: all of them, or none if one is refused.
+    ///
+    /// Example: edge-filter addr add access-edge 203.0.113.11 2001:db8:203::11
+    Add {
+        /// access-edge or internal-edge.
+        set: String,
+        /// ADDR or ADDR/PREFIX.
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+    /// Remove addresses or prefixes from a set.
+    Del {
+        set: String,
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+    /// List the sets (or one), with where each entry came from.
+    List {
+        set: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Input refused before anything changed: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Run the command line; the exit code says how it went.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edge-filter: {e:#}");
+            if e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<crate::config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let pins = Pins::new(&cli.pin_dir);
+    match cli.command {
+        Command::Run { config: path } => {
+            let config = Config::load(&path)?;
+            need_root()?;
+            daemon::run(&path, config, pins, cli.state_dir)?;
+        }
+        Command::Check { config, json } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edge-filter: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            print_check(&config, json)?;
+        }
+        Command::Status { json } => status(&pins, json)?,
+        Command::Addr(cmd) => addr(&pins, &cli.state_dir, cmd)?,
+        Command::Stats { watch, json } => loop {
+            need_root()?;
+            let maps = open(&pins)?;
+            let snap = Snapshot::read(&maps)?;
+            if json {
+                println!("{}", serde_json::to_string(&snap)?);
+            } else {
+                print!("{}", snap.table());
+            }
+            match watch {
+                Some(s) => std::thread::sleep(Duration::from_secs(s.max(1))),
+                None => break,
+            }
+        },
+        Command::Detach { ifaces } => detach(&pins, &ifaces)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn need_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("edge-filter needs root (CAP_BPF and CAP_NET_ADMIN) to load and read BPF programs and maps");
+    }
+    Ok(())
+}
+
+/// The pinned maps of a running filter.
+pub fn open(pins: &Pins) -> anyhow::Result<Maps> {
+    if !pins.exists() {
+        bail!("no filter is pinned at {} (start one with `edge-filter run`)", pins.dir().display());
+    }
+    Maps::open_pinned(&pins.maps_dir()).context("open the pinned maps")
+}
+
+#[derive(Serialize)]
+struct CheckRow {
+    rule: &'static str,
+    id: &'static str,
+    port: u16,
+    source: String,
+    destination: String,
+    from_roles: &'static str,
+}
+
+fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
+    let set = |s: EdgeSet| {
+        let v: Vec<String> = config.sets.of(s).map(|p| p.to_string()).collect();
+        if v.is_empty() { format!("{s} (empty)") } else { format!("{s} [{}]", v.join(", ")) }
+    };
+    let fed = config.policy.federation_port.get();
+    let rows = [
+        CheckRow { rule: "R1", id: "federation-in", port: fed, source: "any".into(), destination: set(EdgeSet::AccessEdge), from_roles: "outside, host" },
+        CheckRow { rule: "R2", id: "federation-out", port: fed, source: set(EdgeSet::AccessEdge), destination: "any".into(), from_roles: "edge" },
+        CheckRow {
+            rule: "R3",
+            id: "internal-mtls",
+            port: config.policy.internal_port.get(),
+            source: "any".into(),
+            destination: set(EdgeSet::InternalEdge),
+            from_roles: "outside, host",
+        },
+    ];
+    let p = &config.policy;
+    let fate = |f: crate::Fate| if f == crate::Fate::Pass { "pass" } else { "drop" };
+    if json {
+        let ifaces: Vec<_> = config
+            .interfaces
+            .iter()
+            .map(|i| serde_json::json!({"name": i.name, "role": i.role.name(), "mode": i.mode.name()}))
+            .collect();
+        let v = serde_json::json!({
+            "rules": rows,
+            "interfaces": ifaces,
+            "unpoliced": fate(p.unpoliced),
+            "fragments": fate(p.fragments),
+            "dry_run": p.dry_run,
+            "max_flows": config.max_flows,
+            "metrics": config.metrics.map(|m| m.to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{:<4} {:<15} {:<9} {:<30} {:<30} {}", "RULE", "ID", "TCP PORT", "SOURCE", "DESTINATION", "OPENS FROM");
+    for r in &rows {
+        println!("{:<4} {:<15} {:<9} {:<30} {:<30} {}", r.rule, r.id, r.port, r.source, r.destination, r.from_roles);
+    }
+    println!();
+    for i in &config.interfaces {
+        println!("interface {} role {} mode {}", i.name, i.role, i.mode.name());
+    }
+    if config.interfaces.is_empty() {
+        println!("no interfaces: `run` would attach nowhere");
+    }
+    println!(
+        "unpoliced {}, fragments {}, dry-run {}, max-flows {}, metrics {}",
+        fate(p.unpoliced),
+        fate(p.fragments),
+        p.dry_run,
+        config.max_flows,
+        config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
+    );
+    Ok(())
+}
+
+fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
+    need_root()?;
+    let maps = open(pins)?;
+    let links = pins.links()?;
+    let ifaces = maps.ifaces()?;
+    let policy = maps.policy()?;
+    let snap = Snapshot::read(&maps)?;
+    let rows: Vec<_> = links
+        .iter()
+        .map(|l| {
+            let role = pins::ifindex(&l.interface)
+                .ok()
+                .and_then(|ix| ifaces.iter().find(|e| e.ifindex == ix))
+                .map_or("none", |e| e.role.name());
+            let mode = pins::xdp_mode(&l.interface).unwrap_or("unknown");
+            (l, role, mode)
+        })
+        .collect();
+    let fate = |f: crate::Fate| if f == crate::Fate::Pass { "pass" } else { "drop" };
+    if json {
+        let v = serde_json::json!({
+            "pin_dir": pins.dir(),
+            "interfaces": rows.iter().map(|(l, role, mode)| serde_json::json!({
+                "name": l.interface, "role": role, "mode": mode, "link_id": l.link_id, "program_id": l.program_id,
+            })).collect::<Vec<_>>(),
+            "federation_port": policy.federation_port.get(),
+            "internal_port": policy.internal_port.get(),
+            "unpoliced": fate(policy.unpoliced),
+            "fragments": fate(policy.fragments),
+            "dry_run": policy.dry_run,
+            "addresses": snap.addresses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "flows": snap.flows,
+            "max_flows": maps.max_flows()?,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("pinned at {}", pins.dir().display());
+    println!("{:<16} {:<8} {:<7} {:>8} {:>10}", "INTERFACE", "ROLE", "MODE", "LINK", "PROGRAM");
+    for (l, role, mode) in &rows {
+        println!("{:<16} {:<8} {:<7} {:>8} {:>10}", l.interface, role, mode, l.link_id, l.program_id);
+    }
+    println!(
+        "federation port {}, internal port {}, unpoliced {}, fragments {}, dry-run {}",
+        policy.federation_port,
+        policy.internal_port,
+        fate(policy.unpoliced),
+        fate(policy.fragments),
+        policy.dry_run
+    );
+    let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("addresses: {}; flows {} of {}", sets.join(", "), snap.flows, maps.max_flows()?);
+    Ok(())
+}
+
+fn parse_set(s: &str) -> anyhow::Result<EdgeSet> {
+    s.parse().map_err(|e: crate::AddrError| BadInput(e.to_string()).into())
+}
+
+fn parse_prefixes(addrs: &[String]) -> anyhow::Result<Vec<Prefix>> {
+    addrs.iter().map(|a| a.parse::<Prefix>().map_err(|e| BadInput(e.to_string()).into())).collect()
+}
+
+fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
+    match cmd {
+        AddrCommand::Add { set, addrs } => change(pins, state_dir, &set, &addrs, true),
+        AddrCommand::Del { set, addrs } => change(pins, state_dir, &set, &addrs, false),
+        AddrCommand::List { set, json } => {
+            let only = set.as_deref().map(parse_set).transpose()?;
+            need_root()?;
+            let maps = open(pins)?;
+            let changes = Changes::load(state_dir)?;
+            #[derive(Serialize)]
+            struct Entry {
+                set: &'static str,
+                address: String,
+                source: &'static str,
+            }
+            let entries: Vec<Entry> = maps
+                .address_sets()?
+                .iter()
+                .filter(|(_, s)| only.is_none_or(|o| o == *s))
+                .map(|(p, s)| Entry {
+                    set: s.name(),
+                    address: p.to_string(),
+                    source: if changes.is_added(s, &p) { Source::Runtime.name() } else { Source::Config.name() },
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                println!("{:<14} {:<40} {}", "SET", "ADDRESS", "SOURCE");
+                for e in &entries {
+                    println!("{:<14} {:<40} {}", e.set, e.address, e.source);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `addr add` / `addr del`: validate everything, then change the maps and the state
+/// directory.
+fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool) -> anyhow::Result<()> {
+    let set = parse_set(set)?;
+    let prefixes = parse_prefixes(addrs)?;
+    need_root()?;
+    let maps_and_lock = if pins.exists() { Some((pins.lock()?, open(pins)?)) } else { None };
+    let mut changes = Changes::load(state_dir)?;
+    for p in &prefixes {
+        if add {
+            changes.add(set, *p);
+        } else {
+            changes.remove(set, *p);
+        }
+    }
+    match maps_and_lock {
+        Some((_lock, mut maps)) => {
+            let mut want = maps.address_sets()?;
+            for p in &prefixes {
+                if add {
+                    want.insert(set, *p).map_err(|e| BadInput(e.to_string()))?;
+                } else {
+                    want.remove(set, p);
+                }
+            }
+            changes.save(state_dir)?;
+            maps.set_address_sets(&want)?;
+        }
+        None => {
+            changes.save(state_dir)?;
+            eprintln!("edge-filter: no filter is pinned at {}; the change applies at the next `run`", pins.dir().display());
+        }
+    }
+    Ok(())
+}
+
+fn detach(pins: &Pins, ifaces: &[String]) -> anyhow::Result<()> {
+    need_root()?;
+    if !pins.dir().exists() {
+        bail!("no filter is pinned at {}", pins.dir().display());
+    }
+    let _lock = pins.lock()?;
+    if ifaces.is_empty() {
+        pins.remove_all()?;
+        println!("detached from every interface; removed {}", pins.dir().display());
+        return Ok(());
+    }
+    let mut maps = open(pins)?;
+    for name in ifaces {
+        if !pins.detach(name)? {
+            bail!("edge-filter is not attached to `{name}`");
+        }
+        if let Ok(ix) = pins::ifindex(name) {
+            maps.remove_iface(ix)?;
+        }
+        println!("detached from {name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! `edge-filter run`: keep the configured filter in place.
+//!
+//! Contract:
+//! - Start: every configured NIC is checked (exists, carries no foreign XDP program)
+//!   before the kernel is touched. Maps pinned by an earlier run are adopted (counters,
+//!   flows and sets carry on); links pinned by an earlier run get the new program
+//!   atomically; other NICs are attached in the configured mode (`auto`: native, else
+//!   generic, and the log says which).
+//! - The address sets are the config's with the state directory's runtime changes.
+//! - SIGHUP re-reads the config; an invalid one is logged and changes nothing; a valid
+//!   one is applied: settings and sets rewritten, NICs attached or detached.
+//! - SIGTERM and SIGINT end the process and leave the filter attached and pinned, so
+//!   enforcement never lapses; the next `run` adopts it.
+//! - `/metrics` serves Prometheus text read from the pinned maps at each scrape.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use log::{error, info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::Config,
+    loader::{Filter, LoadOptions, Maps},
+    pins::{self, Pins},
+    report::Snapshot,
+    statedir::Changes,
+};
+
+pub fn run(config_path: &Path, config: Config, pins: Pins, state_dir: PathBuf) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
+    rt.block_on(serve(config_path, config, pins, state_dir))
+}
+
+async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: PathBuf) -> anyhow::Result<()> {
+    // Signals first: a SIGTERM during start-up must not kill the process half-way.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    for iface in &config.interfaces {
+        pins::preflight(&pins, &iface.name)?;
+    }
+    pins.create()?;
+    let mut filter = {
+        let _lock = pins.lock()?;
+        let adopted = pins.exists() && pins.maps_dir().join(edge_filter_common::map::SETTINGS).exists();
+        let mut filter = Filter::load(&LoadOptions {
+            max_flows: config.max_flows,
+            variant: None,
+            map_pin_dir: Some(pins.maps_dir()),
+        })
+        .context("load the XDP program")?;
+        if adopted {
+            info!("adopting the maps pinned at {}", pins.maps_dir().display());
+            let size = filter.max_flows()?;
+            if size != config.max_flows {
+                warn!("the pinned flow table has {size} entries, the config asks for {}; detach to resize", config.max_flows);
+            }
+        }
+        apply(&mut filter, &pins, &config, &state_dir)?;
+        filter
+    };
+
+    if let Some(addr) = config.metrics {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics listener {addr}"))?;
+        info!("metrics on http://{addr}/metrics");
+        tokio::spawn(metrics(listener, pins.maps_dir()));
+    }
+    info!("enforcing; SIGHUP re-reads {}, SIGTERM leaves the filter attached", config_path.display());
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match Config::load(config_path) {
+                    Err(e) => error!("{e}; keeping the running config"),
+                    Ok(new) => {
+                        let _lock = pins.lock()?;
+                        if new.max_flows != config.max_flows {
+                            warn!("state.max-flows changes only when the filter is detached and run again");
+                        }
+                        if let Some(old) = config.metrics.filter(|m| Some(*m) != new.metrics) {
+                            warn!("metrics.listen changes at the next start (still {old})");
+                        }
+                        match apply(&mut filter, &pins, &new, &state_dir) {
+                            Ok(()) => {
+                                info!("applied {}", config_path.display());
+                                config = Config { metrics: config.metrics, max_flows: config.max_flows, ..new };
+                            }
+                            Err(e) => error!("applying {}: {e:#}", config_path.display()),
+                        }
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("exiting; the filter stays attached and pinned at {}", pins.dir().display());
+    Ok(())
+}
+
+/// Make the kernel enforce `config`: settings, sets, roles, attachments.
+fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) -> anyhow::Result<()> {
+    // Everything that can be refused is checked before the first write.
+    let mut want = Vec::new();
+    for iface in &config.interfaces {
+        want.push((pins::preflight(pins, &iface.name)?, iface));
+    }
+    let sets = Changes::load(state_dir)?.effective(&config.sets).context("the config's sets with the runtime changes")?;
+
+    filter.set_policy(&config.policy)?;
+    filter.set_address_sets(&sets)?;
+    for (ifindex, iface) in &want {
+        filter.set_iface(*ifindex, iface.role)?;
+    }
+    for (_, iface) in &want {
+        let attached = pins.attach(filter, &iface.name, iface.mode)?;
+        match (attached.replaced, attached.mode) {
+            (true, _) => info!("{}: {} (program replaced in the pinned link)", iface.name, iface.role),
+            (false, "skb") if iface.mode == crate::config::Mode::Auto => {
+                warn!("{}: {} in generic (skb) mode: the driver has no native XDP", iface.name, iface.role)
+            }
+            (false, mode) => info!("{}: {} in {mode} mode", iface.name, iface.role),
+        }
+    }
+    // NICs the config no longer names.
+    for link in pins.links()? {
+        if !config.interfaces.iter().any(|i| i.name == link.interface) {
+            pins.detach(&link.interface)?;
+            info!("{}: detached (no longer in the config)", link.interface);
+        }
+    }
+    for entry in filter.ifaces()? {
+        if !want.iter().any(|(ix, _)| *ix == entry.ifindex) {
+            filter.remove_iface(entry.ifindex)?;
+        }
+    }
+    Ok(())
+}
+
+async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let maps_dir = maps_dir.clone();
+            async move {
+                let text = Maps::open_pinned(&maps_dir)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|m| Snapshot::read(&m).map_err(anyhow::Error::from));
+                match text {
+                    Ok(s) => (
+                        axum::http::StatusCode::OK,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        s.prometheus(),
+                    ),
+                    Err(e) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        format!("{e:#}\n"),
+                    ),
+                }
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        error!("metrics server: {e}");
+    }
+}

@@ -1,0 +1,176 @@
+//! What the operator reads: one snapshot of the pinned maps, shown as a table, as
+//! JSON (`--json`) or as Prometheus text (`/metrics`).
+//!
+//! Contract: every view is rendered from the same [`Snapshot`], so `stats`, `stats
+//! --json` and `/metrics` agree; names are the dataplane's (`pass/rule`,
+//! `federation-in`, ...) unchanged. A NIC's counters are labelled with its current
+//! name; counters of packets seen on NICs without a role are labelled `unattached`.
+
+use std::fmt::Write as _;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter as PromCounter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::Serialize;
+
+use crate::{addr::EdgeSet, loader::Maps};
+
+/// One counter row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CounterRow {
+    pub interface: String,
+    pub action: &'static str,
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Hits of one rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRow {
+    pub rule: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Everything the views show, read at one moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub counters: Vec<CounterRow>,
+    pub rules: Vec<RuleRow>,
+    /// Entries per set.
+    pub addresses: Vec<(&'static str, usize)>,
+    pub flows: usize,
+    pub dry_run: bool,
+}
+
+/// The name of the NIC with this ifindex, or `if<N>` when it has gone.
+pub fn interface_name(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("if{ifindex}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+impl Snapshot {
+    pub fn read(maps: &Maps) -> Result<Self, crate::loader::Error> {
+        let ifaces = maps.ifaces()?;
+        let counters = maps.counters()?;
+        let name_of = |slot: u32| {
+            ifaces
+                .iter()
+                .find(|e| e.slot == slot)
+                .map_or_else(|| if slot == 0 { "unattached".to_owned() } else { format!("slot{slot}") }, |e| interface_name(e.ifindex))
+        };
+        let rows = counters
+            .rows()
+            .map(|r| CounterRow { interface: name_of(r.slot), action: r.action, reason: r.reason, packets: r.packets, bytes: r.bytes })
+            .collect();
+        let rules = counters.rule_rows().map(|(rule, c)| RuleRow { rule, packets: c.packets, bytes: c.bytes }).collect();
+        let sets = maps.address_sets()?;
+        Ok(Self {
+            counters: rows,
+            rules,
+            addresses: EdgeSet::ALL.iter().map(|s| (s.name(), sets.of(*s).count())).collect(),
+            flows: maps.flows()?.len(),
+            dry_run: maps.policy()?.dry_run,
+        })
+    }
+
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{:<16} {:<11} {:<11} {:>14} {:>16}", "INTERFACE", "ACTION", "REASON", "PACKETS", "BYTES");
+        for r in &self.counters {
+            let _ = writeln!(out, "{:<16} {:<11} {:<11} {:>14} {:>16}", r.interface, r.action, r.reason, r.packets, r.bytes);
+        }
+        let _ = writeln!(out, "\n{:<16} {:>14} {:>16}", "RULE", "PACKETS", "BYTES");
+        for r in &self.rules {
+            let _ = writeln!(out, "{:<16} {:>14} {:>16}", r.rule, r.packets, r.bytes);
+        }
+        let sets: Vec<String> = self.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let _ = writeln!(out, "\naddresses: {}; flows: {}; dry-run: {}", sets.join(", "), self.flows, self.dry_run);
+        out
+    }
+
+    /// Prometheus text exposition.
+    pub fn prometheus(&self) -> String {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Verdict {
+            interface: String,
+            action: String,
+            reason: String,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Rule {
+            rule: String,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Set {
+            set: String,
+        }
+        let mut reg = Registry::default();
+        let packets = Family::<Verdict, PromCounter>::default();
+        let bytes = Family::<Verdict, PromCounter>::default();
+        for r in &self.counters {
+            let l = Verdict { interface: r.interface.clone(), action: r.action.into(), reason: r.reason.into() };
+            packets.get_or_create(&l).inc_by(r.packets);
+            bytes.get_or_create(&l).inc_by(r.bytes);
+        }
+        let hits = Family::<Rule, PromCounter>::default();
+        for r in &self.rules {
+            hits.get_or_create(&Rule { rule: r.rule.into() }).inc_by(r.packets);
+        }
+        let addresses = Family::<Set, Gauge>::default();
+        for (s, n) in &self.addresses {
+            addresses.get_or_create(&Set { set: (*s).into() }).set(*n as i64);
+        }
+        let flows = Gauge::<i64>::default();
+        flows.set(self.flows as i64);
+        let dry = Gauge::<i64>::default();
+        dry.set(i64::from(self.dry_run));
+        reg.register("edge_filter_packets", "Packets judged, per NIC, action and reason", packets);
+        reg.register("edge_filter_bytes", "Bytes judged, per NIC, action and reason", bytes);
+        reg.register("edge_filter_rule_hits", "Packets that matched each rule", hits);
+        reg.register("edge_filter_addresses", "Entries in each edge address set", addresses);
+        reg.register("edge_filter_flows", "Entries in the flow table", flows);
+        reg.register("edge_filter_dry_run", "1 when nothing is dropped and would-be drops are counted", dry);
+        let mut out = String::new();
+        encode(&mut out, &reg).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_carries_every_family_with_the_dataplane_names() {
+        let s = Snapshot {
+            counters: vec![CounterRow { interface: "eth0".into(), action: "drop", reason: "no_rule", packets: 3, bytes: 180 }],
+            rules: vec![RuleRow { rule: "federation-in", packets: 2, bytes: 120 }],
+            addresses: vec![("access-edge", 2), ("internal-edge", 1)],
+            flows: 4,
+            dry_run: false,
+        };
+        let text = s.prometheus();
+        for line in [
+            "edge_filter_packets_total{interface=\"eth0\",action=\"drop\",reason=\"no_rule\"} 3",
+            "edge_filter_bytes_total{interface=\"eth0\",action=\"drop\",reason=\"no_rule\"} 180",
+            "edge_filter_rule_hits_total{rule=\"federation-in\"} 2",
+            "edge_filter_addresses{set=\"access-edge\"} 2",
+            "edge_filter_flows 4",
+            "edge_filter_dry_run 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(s.table().contains("eth0             drop        no_rule"));
+    }
+}
