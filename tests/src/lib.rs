@@ -7,6 +7,7 @@
 //! It fails with the reason when it cannot run; it never skips.
 
 pub mod packet;
+pub mod topology;
 
 use std::{
     fmt::Write as _,

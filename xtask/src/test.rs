@@ -2,8 +2,9 @@
 //!
 //! 1. set-up (see `setup`);
 //! 2. host unit tests of every userspace crate;
-//! 3. the privileged suite (`tests/`): BPF_PROG_TEST_RUN against the real object, in
-//!    private network namespaces, one test at a time because the kernel is shared.
+//! 3. the privileged suite (`tests/`): BPF_PROG_TEST_RUN against the real object, and
+//!    the `edge-filter` binary end to end on a perimeter topology of network
+//!    namespaces, one test at a time because the kernel is shared.
 //!
 //! The privileged suite needs root; without it this fails, it does not skip. The last
 //! line printed is the summary of all tiers.
@@ -79,6 +80,8 @@ pub fn run() -> anyhow::Result<()> {
         "unit",
         &["--workspace", "--exclude", "edge-filter-ebpf", "--exclude", "edge-filter-tests"],
     )?;
+    // The end-to-end tests run the real binary.
+    setup::status(Command::new(env!("CARGO")).args(["build", "--package", "edge-filter", "--bin", "edge-filter"]))?;
     let privileged = cargo_test("privileged", &["--package", "edge-filter-tests", "--", "--test-threads=1"])?;
     let total = unit.passed + privileged.passed;
     println!(

@@ -1,0 +1,383 @@
+//! The perimeter topology of the design's address plan, in network namespaces, with
+//! the real `edge-filter` daemon on the firewall and real TCP between the hosts.
+//!
+//! ```text
+//!  partner ns          fw ns (edge-filter)                       edge ns
+//!  198.51.100.20 --- out0 [outside]   ext0 [edge] --- 203.0.113.10   (access-edge)
+//!  2001:db8:5100::20                  int0 [edge] --- 192.0.2.10     (internal-edge)
+//!  frontend ns                                        2001:db8:203::10, 2001:db8:192::10
+//!  198.18.0.20 ------ fe0  [outside]
+//!  2001:db8:198::20
+//! ```
+//!
+//! Every namespace, pin directory and state directory is named with the process id
+//! and a counter, and removed on drop, also when a test panics. Namespaces are
+//! entered with `setns` (network namespace only), so the bpffs stays visible.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this process: `ef-<what>-<pid>-<n>`.
+pub fn unique(what: &str) -> String {
+    format!("ef-{what}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(what: &str) -> anyhow::Result<Self> {
+        let name = unique(what);
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        // Interfaces made later skip duplicate address detection: their addresses,
+        // link-local ones included, are usable at once, so the first packets of a
+        // test do not race DAD.
+        ns.enter(|| {
+            std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0")?;
+            std::fs::write("/proc/sys/net/ipv6/conf/all/accept_dad", "0")
+        })??;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ...`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Run `f` on a thread inside this namespace. Sockets it creates stay in the
+    /// namespace wherever they are used later.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        let ns = File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on a namespace fd we opened; it changes this thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+    }
+
+    /// A command run in this namespace (network namespace only, via nsenter).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip (package iproute2)")?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// The outcome of a TCP connection attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected, and an echo round trip worked.
+    Connected,
+    /// No answer within the timeout: dropped on the way.
+    TimedOut,
+    /// Actively refused (RST): the packets got through, nothing listens.
+    Refused,
+}
+
+/// A listener that echoes every connection, running in the background.
+pub fn echo_server(ns: &Netns, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = ns.enter(move || TcpListener::bind(addr))??;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Connect from `ns` to `addr`, send a line and read it back.
+pub fn connect(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<Outcome> {
+    ns.enter(move || match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(timeout)).ok();
+            let ok = s.write_all(b"<stream/>\n").is_ok() && {
+                let mut buf = [0u8; 10];
+                s.read_exact(&mut buf).is_ok()
+            };
+            if ok { Outcome::Connected } else { Outcome::TimedOut }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        Err(_) => Outcome::TimedOut,
+    })
+}
+
+/// An open connection kept for later use (from inside its namespace).
+pub fn open_stream(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let s = ns.enter(move || TcpStream::connect_timeout(&addr, timeout))??;
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// One echo round trip on an open connection.
+pub fn echo(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 5];
+    stream.write_all(b"ping\n").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
+}
+
+/// The `edge-filter` binary next to the test executable (built by `cargo xtask test`).
+pub fn edge_filter_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test executable has no target directory")?;
+    let bin = dir.join("edge-filter");
+    ensure!(bin.is_file(), "{} is missing: build it with `cargo build -p edge-filter` (cargo xtask test does)", bin.display());
+    Ok(bin)
+}
+
+/// The perimeter: four host namespaces and the firewall between them.
+pub struct Topology {
+    pub fw: Netns,
+    pub partner: Netns,
+    pub edge: Netns,
+    pub frontend: Netns,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub work: PathBuf,
+}
+
+/// One link: a veth from the firewall to a host.
+struct Link<'a> {
+    fw_dev: &'a str,
+    host_dev: &'a str,
+    v4_fw: &'a str,
+    v4_host: &'a str,
+    v6_fw: &'a str,
+    v6_host: &'a str,
+}
+
+impl Topology {
+    pub fn new() -> anyhow::Result<Self> {
+        let id = unique("t");
+        let work = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&work)?;
+        let t = Self {
+            fw: Netns::new("fw")?,
+            partner: Netns::new("partner")?,
+            edge: Netns::new("edge")?,
+            frontend: Netns::new("frontend")?,
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
+            state_dir: work.join("state"),
+            work,
+        };
+        t.fw.enter(|| {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+        })??;
+        let links = [
+            (&t.partner, Link { fw_dev: "out0", host_dev: "eth0", v4_fw: "198.51.100.1/24", v4_host: "198.51.100.20/24", v6_fw: "2001:db8:5100::1/64", v6_host: "2001:db8:5100::20/64" }),
+            (&t.edge, Link { fw_dev: "ext0", host_dev: "ext0", v4_fw: "203.0.113.1/24", v4_host: "203.0.113.10/24", v6_fw: "2001:db8:203::1/64", v6_host: "2001:db8:203::10/64" }),
+            (&t.edge, Link { fw_dev: "int0", host_dev: "int0", v4_fw: "192.0.2.1/24", v4_host: "192.0.2.10/24", v6_fw: "2001:db8:192::1/64", v6_host: "2001:db8:192::10/64" }),
+            (&t.frontend, Link { fw_dev: "fe0", host_dev: "eth0", v4_fw: "198.18.0.1/24", v4_host: "198.18.0.20/24", v6_fw: "2001:db8:198::1/64", v6_host: "2001:db8:198::20/64" }),
+        ];
+        for (host, l) in &links {
+            t.fw.ip(&["link", "add", l.fw_dev, "type", "veth", "peer", "name", l.host_dev, "netns", &host.name])?;
+            for (ns, dev, v4, v6) in [(&t.fw, l.fw_dev, l.v4_fw, l.v6_fw), (*host, l.host_dev, l.v4_host, l.v6_host)] {
+                ns.ip(&["addr", "add", v4, "dev", dev])?;
+                ns.ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"])?;
+                ns.ip(&["link", "set", dev, "up"])?;
+            }
+        }
+        for (ns, v4, v6) in [(&t.partner, "198.51.100.1", "2001:db8:5100::1"), (&t.frontend, "198.18.0.1", "2001:db8:198::1")] {
+            ns.ip(&["route", "add", "default", "via", v4])?;
+            ns.ip(&["-6", "route", "add", "default", "via", v6])?;
+        }
+        // The Edge: partners through the external NIC, the corporate network through
+        // the internal one.
+        t.edge.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+        t.edge.ip(&["-6", "route", "add", "default", "via", "2001:db8:203::1"])?;
+        t.edge.ip(&["route", "add", "198.18.0.0/15", "via", "192.0.2.1"])?;
+        t.edge.ip(&["-6", "route", "add", "2001:db8:198::/64", "via", "2001:db8:192::1"])?;
+        Ok(t)
+    }
+
+    /// The config file for the plan's roles, with `extra` TOML appended.
+    pub fn write_config(&self, extra: &str) -> anyhow::Result<PathBuf> {
+        let path = self.work.join("edge-filter.toml");
+        std::fs::write(&path, format!("{}\n{extra}", self.base_config()))?;
+        Ok(path)
+    }
+
+    pub fn base_config(&self) -> String {
+        r#"[[interface]]
+name = "out0"
+role = "outside"
+
+[[interface]]
+name = "fe0"
+role = "outside"
+
+[[interface]]
+name = "ext0"
+role = "edge"
+
+[[interface]]
+name = "int0"
+role = "edge"
+
+[addresses]
+access-edge = ["203.0.113.10", "2001:db8:203::10"]
+internal-edge = ["192.0.2.10", "2001:db8:192::10"]
+"#
+        .to_owned()
+    }
+
+    /// `edge-filter ARGS` in the firewall namespace, with this topology's directories.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let out = self
+            .fw
+            .command(edge_filter_bin()?)
+            .args(args)
+            .env("EDGE_FILTER_PIN_DIR", &self.pin_dir)
+            .env("EDGE_FILTER_STATE_DIR", &self.state_dir)
+            .output()?;
+        Ok(out)
+    }
+
+    /// Start the daemon and wait until every configured NIC has its link.
+    pub fn start(&self, config: &Path) -> anyhow::Result<Daemon> {
+        let log = self.work.join(format!("daemon-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let child = self
+            .fw
+            .command(edge_filter_bin()?)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("EDGE_FILTER_PIN_DIR", &self.pin_dir)
+            .env("EDGE_FILTER_STATE_DIR", &self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(&log)?)
+            .stderr(File::create(&log)?.try_clone()?)
+            .spawn()?;
+        let mut daemon = Daemon { child: Some(child), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let links: Vec<_> = std::fs::read_dir(self.pin_dir.join("links")).map(|d| d.flatten().collect()).unwrap_or_default();
+            if links.len() == 4 && daemon.log_text().contains("enforcing") {
+                return Ok(daemon);
+            }
+            if let Some(st) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("edge-filter run exited ({st}):\n{}", daemon.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("edge-filter run did not attach within 20 s:\n{}", daemon.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET /metrics from inside the firewall namespace.
+    pub fn metrics(&self, addr: SocketAddr) -> anyhow::Result<String> {
+        self.fw.enter(move || -> anyhow::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            ensure!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "GET /metrics: {body}");
+            Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+        })?
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// A running `edge-filter run`; killed on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send a signal.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// SIGTERM and wait for the exit; the exit status.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take().context("already stopped")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("edge-filter run ignored SIGTERM for 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `ip:port` for a socket address built from an `IpAddr` and a port.
+pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
