@@ -160,13 +160,18 @@ pub fn echo(stream: &mut TcpStream) -> bool {
     stream.write_all(b"ping\n").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
 }
 
-/// The `edge-filter` binary next to the test executable (built by `cargo xtask test`).
+/// The `edge-filter` binary of this build (built by `cargo xtask test` and `demo`):
+/// beside a binary target, one directory up from a test executable in `deps/`.
 pub fn edge_filter_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test executable has no target directory")?;
-    let bin = dir.join("edge-filter");
-    ensure!(bin.is_file(), "{} is missing: build it with `cargo build -p edge-filter` (cargo xtask test does)", bin.display());
-    Ok(bin)
+    let dir = exe.parent().context("executable without a directory")?;
+    let candidates = [Some(dir), dir.parent()];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("edge-filter"))
+        .find(|b| b.is_file())
+        .with_context(|| format!("no edge-filter binary near {}: build it with `cargo build -p edge-filter`", exe.display()))
 }
 
 /// The perimeter: four host namespaces and the firewall between them.
@@ -324,6 +329,14 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
     }
 }
 
+impl Topology {
+    /// Leave the namespaces, pins and files in place (the demo's `--keep`).
+    pub fn keep(self) {
+        // Forgetting the topology skips every guard in it: nothing is removed.
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
@@ -348,6 +361,11 @@ impl Daemon {
             // SAFETY: kill on the pid of a child we spawned and have not reaped.
             unsafe { libc::kill(c.id() as libc::pid_t, sig) };
         }
+    }
+
+    /// Leave the daemon running after this handle goes (the demo's `--keep`); its pid.
+    pub fn keep(mut self) -> Option<u32> {
+        self.child.take().map(|c| c.id())
     }
 
     /// SIGTERM and wait for the exit; the exit status.

@@ -3,10 +3,12 @@
 //! - `setup`: the toolchain pieces and Debian packages the build and tests need,
 //!   installed when missing; quick when everything is there;
 //! - `test`: setup, the host unit tests, then the privileged suite, one test at a time;
-//! - `clippy`: lints for the userspace crates and the BPF target.
+//! - `clippy`: lints for the userspace crates and the BPF target;
+//! - `demo`: the policy enforced in network namespaces with real connections.
 //!
 //! Nothing here is needed at run time; it only drives cargo, rustup and apt.
 
+mod demo;
 mod setup;
 mod test;
 
@@ -28,6 +30,13 @@ enum Command {
     Test,
     /// Lint the userspace crates and the eBPF crate for the BPF target.
     Clippy,
+    /// The policy enforced in a sandbox of network namespaces, on the built-in
+    /// defaults, with real TCP connections (needs root).
+    Demo {
+        /// Leave the namespaces and the daemon up, and print how to explore them.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Clippy => setup::run().and_then(|()| test::clippy()),
+        Command::Demo { keep } => setup::run().and_then(|()| demo::run(keep)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
