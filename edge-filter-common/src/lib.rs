@@ -39,9 +39,16 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PerCpuArray<Counter>` indexed by rule id. Written by the kernel programs.
     pub const RULE_HITS: &str = "RULE_HITS";
+    /// `PerCpuArray<u64>` indexed by `event`: things that happen besides verdicts.
+    /// Written by the kernel programs.
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<LogBudget>` with one entry: the drop log's rate limit. Written by
+    /// the kernel programs.
+    pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 7] = [IFACES, EDGE_V4, EDGE_V6, SETTINGS, FLOWS, COUNTERS, RULE_HITS];
+    pub const ALL: [&str; 9] =
+        [IFACES, EDGE_V4, EDGE_V6, SETTINGS, FLOWS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
 
     const _: () = {
         let mut i = 0;
@@ -171,6 +178,18 @@ pub mod verdict {
     }
 }
 
+/// Indexes of [`map::EVENTS`].
+pub mod event {
+    /// Drops reported through the drop log.
+    pub const DROP_LOGGED: u32 = 0;
+    /// Drops the drop log's rate limit kept quiet.
+    pub const DROP_LOG_SUPPRESSED: u32 = 1;
+    /// Entries of the map.
+    pub const COUNT: u32 = 8;
+    /// Names as the CLI and metrics show them, for the indexes in use.
+    pub const NAMES: [(u32, &str); 2] = [(DROP_LOGGED, "drop_logged"), (DROP_LOG_SUPPRESSED, "drop_log_suppressed")];
+}
+
 /// Bits of [`Settings::flags`].
 pub mod flags {
     /// Unpoliced traffic is dropped (default: passed).
@@ -179,8 +198,10 @@ pub mod flags {
     pub const FRAGMENTS_PASS: u32 = 1 << 1;
     /// Dry-run: nothing is dropped, would-be drops are counted as `would_drop/*`.
     pub const DRY_RUN: u32 = 1 << 2;
+    /// Report drops (and would-be drops) through the log ring, rate-limited.
+    pub const DROP_LOG: u32 = 1 << 3;
     /// All defined bits.
-    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN;
+    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN | DROP_LOG;
 }
 
 /// Flow states, the values of [`Flow::state`].
@@ -219,6 +240,9 @@ pub struct Settings {
     pub established_timeout_ns: u64,
     /// Idle timeout of a flow after a FIN, nanoseconds.
     pub closing_timeout_ns: u64,
+    /// Drop log lines per second and CPU, when [`flags::DROP_LOG`] is set.
+    pub drop_log_per_sec: u32,
+    pub _pad: u32,
 }
 
 impl Settings {
@@ -232,6 +256,8 @@ impl Settings {
         // RFC 5382 REQ-5: an established idle timeout of no less than 2 h 4 min.
         established_timeout_ns: 7440 * NS_PER_SEC,
         closing_timeout_ns: 120 * NS_PER_SEC,
+        drop_log_per_sec: 10,
+        _pad: 0,
     };
 }
 
@@ -287,6 +313,17 @@ pub struct Flow {
     pub _pad: [u8; 5],
 }
 
+/// Value of [`map::LOG_BUDGET`] (per CPU): lines logged in the current one-second
+/// window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogBudget {
+    /// `bpf_ktime_get_ns` when the window began.
+    pub window_ns: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+
 /// Value of [`map::COUNTERS`] and [`map::RULE_HITS`] (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -297,7 +334,8 @@ pub struct Counter {
 
 const _: () = {
     assert!(size_of::<Iface>() == 8);
-    assert!(size_of::<Settings>() == 32);
+    assert!(size_of::<Settings>() == 40);
+    assert!(size_of::<LogBudget>() == 16);
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<Flow>() == 24);
     assert!(size_of::<Counter>() == 16);
@@ -326,6 +364,8 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LogBudget {}
 }
 
 #[cfg(test)]

@@ -13,11 +13,13 @@
 //! - [`policy`]: the vendor table, rule by rule, and the order of judgement;
 //! - [`state`]: the flow table that lets replies of allowed connections back in;
 //! - [`counters`]: per-CPU packet and byte counters;
+//! - [`droplog`]: rate-limited reports of dropped packets;
 //! - [`maps`]: the maps userspace fills and reads.
 #![no_std]
 #![no_main]
 
 mod counters;
+mod droplog;
 mod maps;
 mod parse;
 mod policy;
@@ -53,8 +55,11 @@ fn filter(ctx: &XdpContext, bytes: u64) -> u32 {
     // Entry 0 of an array map always exists; userspace writes it before it attaches.
     let settings = SETTINGS.get(0).copied().unwrap_or(Settings::DEFAULT);
     let (slot, mut v) = policy::judge(ctx, &frame, &settings, bytes);
-    if verdict::is_drop(v) && settings.flags & flags::DRY_RUN != 0 {
-        v += verdict::DRY_RUN_OFFSET;
+    if verdict::is_drop(v) {
+        droplog::report(ctx, &settings, ctx.ingress_ifindex() as u32, v);
+        if settings.flags & flags::DRY_RUN != 0 {
+            v += verdict::DRY_RUN_OFFSET;
+        }
     }
     counters::count_verdict(slot, v, bytes);
     if verdict::is_drop(v) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }

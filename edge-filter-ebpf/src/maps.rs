@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES,
-    MAX_SET_ENTRIES, Settings, rule,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, LogBudget, MAX_IFACES,
+    MAX_SET_ENTRIES, Settings, event, rule,
 };
 
 /// ifindex (host order) -> role and counter slot of the NIC. Written by userspace.
@@ -37,3 +37,11 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTE
 /// Rule id -> packets and bytes that matched the rule, per CPU. Written here.
 #[map]
 pub static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(rule::COUNT, 0);
+
+/// `event` index -> occurrences, per CPU. Written here.
+#[map]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
+
+/// Index 0 -> the drop log's window and lines used in it, per CPU. Written here.
+#[map]
+pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);

@@ -33,7 +33,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use edge_filter_common::{Settings, family, flags, role, rule, set, verdict};
 
 use crate::{
-    counters,
+    counters, droplog,
     maps::{EDGE_V4, EDGE_V6, IFACES},
     parse::{
         self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -47,7 +47,11 @@ const UNATTACHED_SLOT: u32 = 0;
 
 /// The verdict for this packet and the counter slot of its NIC; `bytes` is the
 /// frame's whole length, for the rule counters.
-#[inline(always)]
+///
+/// Verifier: a function of its own (a BPF-to-BPF call), so that its stack frame and
+/// the drop log's are siblings under the entry point rather than nested; together
+/// they would pass the 512-byte stack limit.
+#[inline(never)]
 pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -> (u32, u32) {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is copied out at once; userspace replaces entries whole.
@@ -55,11 +59,25 @@ pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -
         return (UNATTACHED_SLOT, verdict::PASS_UNATTACHED);
     };
     let v = match parse::parse(frame) {
-        Err(parse::Malformed) => verdict::DROP_MALFORMED,
-        Ok(Parsed::IncompleteFirstFragment) => verdict::DROP_FRAGMENT,
-        Ok(Parsed::Arp) => verdict::PASS_ESSENTIAL,
-        Ok(Parsed::Other) => unpoliced(settings),
-        Ok(Parsed::Ip(p)) => judge_ip(&p, iface.role, settings, bytes),
+        Ok(Parsed::Ip(p)) => {
+            let v = judge_ip(&p, iface.role, settings, bytes);
+            if verdict::is_drop(v) {
+                droplog::remember(settings, Some(&p));
+            }
+            v
+        }
+        other => {
+            let v = match other {
+                Ok(Parsed::Arp) => verdict::PASS_ESSENTIAL,
+                Ok(Parsed::Other) => unpoliced(settings),
+                Ok(Parsed::IncompleteFirstFragment) => verdict::DROP_FRAGMENT,
+                Err(parse::Malformed) | Ok(Parsed::Ip(_)) => verdict::DROP_MALFORMED,
+            };
+            if verdict::is_drop(v) {
+                droplog::remember(settings, None);
+            }
+            v
+        }
     };
     (iface.slot, v)
 }

@@ -103,6 +103,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("policy", &["federation-port", "internal-port", "unpoliced", "fragments", "dry-run"]),
     ("state", &["max-flows"]),
     ("metrics", &["listen"]),
+    ("log", &["drops", "drops-per-second"]),
 ];
 
 impl Config {
@@ -184,6 +185,14 @@ impl Config {
             && let Some(n) = cx.int(state.get("max-flows"), "state.max-flows", 1, i64::from(u32::MAX))?
         {
             config.max_flows = n as u32;
+        }
+
+        if let Some(log) = cx.table(&table, "log")? {
+            let per_second = cx.int(log.get("drops-per-second"), "log.drops-per-second", 1, 1_000_000)?;
+            if cx.bool(log.get("drops"), "log.drops")? == Some(true) {
+                config.policy.drop_log =
+                    Some(per_second.map_or(crate::policy::DEFAULT_DROP_LOG_PER_SEC, |n| n as u32));
+            }
         }
 
         if let Some(metrics) = cx.table(&table, "metrics")? {
@@ -369,6 +378,10 @@ mod tests {
             max-flows = 1024
 
             [metrics]
+
+            [log]
+            drops = true
+            drops-per-second = 5
             "#,
             "edge.toml",
         )
@@ -383,6 +396,9 @@ mod tests {
         assert!(c.policy.dry_run);
         assert_eq!(c.max_flows, 1024);
         assert_eq!(c.metrics, None, "an empty [metrics] table disables the endpoint");
+        assert_eq!(c.policy.drop_log, Some(5));
+        let quiet = Config::parse("[log]\ndrops = false\ndrops-per-second = 5\n", "edge.toml").unwrap();
+        assert_eq!(quiet.policy.drop_log, None);
     }
 
     #[test]
@@ -394,6 +410,8 @@ mod tests {
             ("[policy]\nfederation-port = 0", "edge.toml: policy.federation-port = 0: a TCP port from 1 to 65535"),
             ("[policy]\ninternal-port = 65536", "edge.toml: policy.internal-port = 65536: a TCP port from 1 to 65535"),
             ("[policy]\nunpoliced = \"reject\"", "edge.toml: policy.unpoliced = \"reject\": pass or drop"),
+            ("[log]\ndrops = \"yes\"", "edge.toml: log.drops = \"yes\": true or false"),
+            ("[log]\ndrops-per-second = 0", "edge.toml: log.drops-per-second = 0: an integer from 1 to 1000000"),
             ("[[interface]]\nname = \"eth0\"\nrole = \"inside\"", "edge.toml: interface[0].role = \"inside\": outside, edge or host"),
             ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\nmode = \"fast\"", "edge.toml: interface[0].mode = \"fast\": auto, native or skb"),
             ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\n[[interface]]\nname = \"eth0\"\nrole = \"outside\"", "edge.toml: interface `eth0` is listed twice"),

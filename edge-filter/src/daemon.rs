@@ -62,6 +62,14 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         filter
     };
 
+    // Drop log lines from the kernel, through this process's logger.
+    match aya_log::EbpfLogger::init(filter.ebpf_mut()) {
+        Ok(logger) => {
+            tokio::spawn(drop_log(logger));
+        }
+        Err(e) => warn!("no drop log reader: {e}"),
+    }
+
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics listener {addr}"))?;
         info!("metrics on http://{addr}/metrics");
@@ -137,6 +145,31 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
         }
     }
     Ok(())
+}
+
+async fn drop_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's descriptor for as long as it lives,
+    // and the AsyncFd owns the logger: the descriptor stays open and the same.
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!("drop log reader: {e}");
+            return;
+        }
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                error!("drop log reader: {e}");
+                return;
+            }
+        }
+    }
 }
 
 async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf) {

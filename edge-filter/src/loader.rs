@@ -201,6 +201,11 @@ impl Filter {
         Ok(filter)
     }
 
+    /// The loaded object, for what needs it whole (the drop log reader).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The name of the program variant in use.
     pub fn program_name(&self) -> &'static str {
         self.program
@@ -424,6 +429,15 @@ impl Maps {
             *r = sum(&hits.get(&(i as u32), 0).map_err(map_err(map::RULE_HITS))?);
         }
         Ok(Counters::new(by_index, rules))
+    }
+
+    /// Occurrences of each `event`, summed over CPUs.
+    pub fn events(&self) -> Result<Vec<u64>, Error> {
+        let events: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(map::EVENTS)?).map_err(map_err(map::EVENTS))?;
+        (0..edge_filter_common::event::COUNT)
+            .map(|i| Ok(events.get(&i, 0).map_err(map_err(map::EVENTS))?.iter().sum()))
+            .collect()
     }
 
     /// The flow table's size.

@@ -113,7 +113,13 @@ pub struct Policy {
     /// Count would-be drops, drop nothing.
     pub dry_run: bool,
     pub timeouts: Timeouts,
+    /// Report drops through the kernel log ring: `None` off, else lines per second
+    /// and CPU.
+    pub drop_log: Option<u32>,
 }
+
+/// Default drop log rate, lines per second and CPU.
+pub const DEFAULT_DROP_LOG_PER_SEC: u32 = 10;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -124,6 +130,7 @@ impl Default for Policy {
             fragments: Fate::Drop,
             dry_run: false,
             timeouts: Timeouts::default(),
+            drop_log: None,
         }
     }
 }
@@ -141,6 +148,9 @@ impl Policy {
         if self.dry_run {
             bits |= flags::DRY_RUN;
         }
+        if self.drop_log.is_some() {
+            bits |= flags::DROP_LOG;
+        }
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Settings {
             federation_port_be: self.federation_port.get().to_be(),
@@ -149,6 +159,8 @@ impl Policy {
             syn_timeout_ns: ns(self.timeouts.syn),
             established_timeout_ns: ns(self.timeouts.established),
             closing_timeout_ns: ns(self.timeouts.closing),
+            drop_log_per_sec: self.drop_log.unwrap_or(DEFAULT_DROP_LOG_PER_SEC),
+            _pad: 0,
         }
     }
 
@@ -169,6 +181,7 @@ impl Policy {
                 established: Duration::from_nanos(s.established_timeout_ns),
                 closing: Duration::from_nanos(s.closing_timeout_ns),
             },
+            drop_log: (s.flags & flags::DROP_LOG != 0).then_some(s.drop_log_per_sec),
         })
     }
 }
@@ -202,6 +215,7 @@ mod tests {
                 established: Duration::from_secs(2),
                 closing: Duration::from_millis(3),
             },
+            drop_log: Some(5),
         };
         let s = p.to_settings();
         assert_eq!(s.federation_port_be.to_ne_bytes(), 5270u16.to_be_bytes());

@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub addresses: Vec<(&'static str, usize)>,
     pub flows: usize,
     pub dry_run: bool,
+    /// `(event name, occurrences)`.
+    pub events: Vec<(&'static str, u64)>,
 }
 
 /// The name of the NIC with this ifindex, or `if<N>` when it has gone.
@@ -80,6 +82,10 @@ impl Snapshot {
             addresses: EdgeSet::ALL.iter().map(|s| (s.name(), sets.of(*s).count())).collect(),
             flows: maps.flows()?.len(),
             dry_run: maps.policy()?.dry_run,
+            events: {
+                let counts = maps.events()?;
+                edge_filter_common::event::NAMES.iter().map(|(i, n)| (*n, counts[*i as usize])).collect()
+            },
         })
     }
 
@@ -96,6 +102,8 @@ impl Snapshot {
         }
         let sets: Vec<String> = self.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
         let _ = writeln!(out, "\naddresses: {}; flows: {}; dry-run: {}", sets.join(", "), self.flows, self.dry_run);
+        let events: Vec<String> = self.events.iter().map(|(e, n)| format!("{e} {n}")).collect();
+        let _ = writeln!(out, "events: {}", events.join(", "));
         out
     }
 
@@ -135,12 +143,21 @@ impl Snapshot {
         flows.set(self.flows as i64);
         let dry = Gauge::<i64>::default();
         dry.set(i64::from(self.dry_run));
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Event {
+            event: String,
+        }
+        let events = Family::<Event, PromCounter>::default();
+        for (e, n) in &self.events {
+            events.get_or_create(&Event { event: (*e).into() }).inc_by(*n);
+        }
         reg.register("edge_filter_packets", "Packets judged, per NIC, action and reason", packets);
         reg.register("edge_filter_bytes", "Bytes judged, per NIC, action and reason", bytes);
         reg.register("edge_filter_rule_hits", "Packets that matched each rule", hits);
         reg.register("edge_filter_addresses", "Entries in each edge address set", addresses);
         reg.register("edge_filter_flows", "Entries in the flow table", flows);
         reg.register("edge_filter_dry_run", "1 when nothing is dropped and would-be drops are counted", dry);
+        reg.register("edge_filter_events", "Events besides verdicts: drop log lines and suppressions", events);
         let mut out = String::new();
         encode(&mut out, &reg).expect("writing to a String cannot fail");
         out
@@ -159,6 +176,7 @@ mod tests {
             addresses: vec![("access-edge", 2), ("internal-edge", 1)],
             flows: 4,
             dry_run: false,
+            events: vec![("drop_log_suppressed", 7)],
         };
         let text = s.prometheus();
         for line in [
@@ -168,6 +186,7 @@ mod tests {
             "edge_filter_addresses{set=\"access-edge\"} 2",
             "edge_filter_flows 4",
             "edge_filter_dry_run 0",
+            "edge_filter_events_total{event=\"drop_log_suppressed\"} 7",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -273,3 +273,43 @@ fn bad_input_is_one_line_naming_the_value_and_changes_nothing() {
     assert_ne!(code, 0);
     assert!(err.contains(&format!("interface `out0` already has XDP program id {id}")), "{err}");
 }
+
+#[test]
+fn the_drop_log_reports_refused_packets_within_its_limit() {
+    let t = ok(Topology::new());
+    servers(&t);
+    let config = ok(t.write_config("[log]\ndrops = true\ndrops-per-second = 5\n"));
+    let d = ok(t.start(&config));
+    assert_eq!(ok(connect(&t.partner, sa(ACCESS4, 22), T)), Outcome::TimedOut);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let probe = |log: &str| log.lines().any(|l| l.contains("drop/no_rule") && l.contains("198.51.100.20:") && l.contains("-> 203.0.113.10:22"));
+    while !probe(&d.log_text()) {
+        assert!(std::time::Instant::now() < deadline, "the refused probe is not in the daemon's log:\n{}", d.log_text());
+        sleep(Duration::from_millis(50));
+    }
+    sleep(Duration::from_millis(1100));
+    let lines = |log: &str| log.lines().filter(|l| l.contains("drop/")).count();
+    let before = lines(&d.log_text());
+    let events_before = stats(&t)["events"].clone();
+
+    // A burst of a thousand refused UDP datagrams.
+    let start = std::time::Instant::now();
+    ok(t.partner.enter(|| -> anyhow::Result<()> {
+        let s = std::net::UdpSocket::bind("198.51.100.20:0")?;
+        for _ in 0..1000 {
+            s.send_to(b"x", "203.0.113.10:9")?;
+        }
+        Ok(())
+    }).and_then(|r| r));
+    let elapsed = start.elapsed().as_secs() + 1;
+    sleep(Duration::from_millis(500));
+    let logged = lines(&d.log_text()) - before;
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+    let limit = 5 * cpus * (elapsed + 1);
+    assert!(logged as u64 <= limit, "{logged} lines for the burst, limit {limit}");
+    assert!(logged >= 1, "the burst is reported");
+    let after = stats(&t);
+    let suppressed = |e: &Value| e.as_array().unwrap().iter().find(|x| x[0] == "drop_log_suppressed").map_or(0, |x| x[1].as_u64().unwrap());
+    assert!(suppressed(&after["events"]) >= suppressed(&events_before) + 1000 - limit, "{after:#}");
+    drop(d);
+}

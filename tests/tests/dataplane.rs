@@ -668,3 +668,23 @@ fn flows_are_recorded_with_their_rule_and_state() {
     let flows = h.filter.flows().unwrap();
     assert_eq!(flows.values().next().unwrap().state, edge_filter_common::flow_state::ESTABLISHED);
 }
+
+#[test]
+fn the_drop_log_is_rate_limited_in_the_kernel_and_counts_what_it_kept_quiet() {
+    let cpus = aya::util::nr_cpus().expect("cpus") as u64;
+    let h = harness(Policy { drop_log: Some(3), ..Policy::default() });
+    let probe = tcp(PARTNER4, ACCESS4, 40000, 22, SYN).build();
+    let cases: Vec<Case> = (0..10).map(|i| Case::new(format!("refused probe {i}"), Outside, probe.clone(), DROP_NO_RULE)).collect();
+    h.check_all(&cases).unwrap_or_else(|e| panic!("{e:#}"));
+    // Passes are never logged.
+    h.check_all(&[Case::rule("R1", Outside, r1_syn(V4).build(), R1)]).unwrap_or_else(|e| panic!("{e:#}"));
+    let events = h.filter.events().unwrap();
+    let (logged, quiet) = (events[edge_filter_common::event::DROP_LOGGED as usize], events[edge_filter_common::event::DROP_LOG_SUPPRESSED as usize]);
+    assert_eq!(logged + quiet, 10, "every drop is logged or counted as suppressed");
+    assert!((3..=3 * cpus).contains(&logged), "3 lines per second and CPU: {logged} logged, {quiet} suppressed");
+
+    // Off: nothing is logged or counted.
+    let h = harness(Policy::default());
+    h.check_all(&cases).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(h.filter.events().unwrap()[..2], [0, 0]);
+}

@@ -1,0 +1,129 @@
+//! The drop log: dropped packets (and would-be drops in dry-run) reported through the
+//! aya-log ring, with the NIC, the reason, the protocol, addresses and ports.
+//!
+//! Contract: off unless the `DROP_LOG` setting is on; at most `drop_log_per_sec` lines
+//! per second and CPU, enforced here with a per-CPU window, so a flood cannot flood
+//! the log; what the limit keeps quiet is counted (`event::DROP_LOG_SUPPRESSED`). The
+//! hot path pays one flag test when the log is off.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
+use aya_log_ebpf::warn;
+use edge_filter_common::{NS_PER_SEC, Settings, event, family, flags, verdict};
+
+use crate::{
+    maps::{EVENTS, LOG_BUDGET},
+    parse::Packet,
+    state,
+};
+
+/// The tuple of the packet being dropped, handed from the policy to the log.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct DropTuple {
+    /// 0 when the packet had no IP tuple (malformed, not IP).
+    pub family: u8,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: [u8; 2],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// Index 0 -> the tuple of the drop being judged on this CPU. Scratch space of this
+/// program only: it keeps the tuple off the stack between `remember` and `report`.
+#[map]
+static DROP_TUPLE: PerCpuArray<DropTuple> = PerCpuArray::with_max_entries(1, 0);
+
+/// Keep the tuple of a packet the policy drops, for [`report`].
+#[inline(always)]
+pub fn remember(settings: &Settings, p: Option<&Packet>) {
+    if settings.flags & flags::DROP_LOG == 0 {
+        return;
+    }
+    let Some(t) = DROP_TUPLE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot, valid for this run and written by this CPU only.
+    let t = unsafe { &mut *t };
+    match p {
+        Some(p) => {
+            t.family = p.family;
+            t.proto = p.proto;
+            t.sport = u16::from_be(p.sport_be);
+            t.dport = u16::from_be(p.dport_be);
+            t.src = p.src;
+            t.dst = p.dst;
+        }
+        None => t.family = 0,
+    }
+}
+
+#[inline(always)]
+fn bump(e: u32) {
+    if let Some(n) = EVENTS.get_ptr_mut(e) {
+        // SAFETY: a per-CPU array slot, valid for this run and written by this CPU only.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Whether the budget of this CPU allows one more line now.
+#[inline(always)]
+fn allowed(settings: &Settings) -> bool {
+    let Some(b) = LOG_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as in `bump`.
+    let b = unsafe { &mut *b };
+    let now = state::now();
+    if now.saturating_sub(b.window_ns) >= NS_PER_SEC {
+        b.window_ns = now;
+        b.used = 0;
+    }
+    if b.used >= settings.drop_log_per_sec {
+        return false;
+    }
+    b.used += 1;
+    true
+}
+
+fn reason(v: u32) -> &'static str {
+    match v {
+        verdict::DROP_NO_RULE => "no_rule",
+        verdict::DROP_SPOOFED => "spoofed",
+        verdict::DROP_MALFORMED => "malformed",
+        verdict::DROP_FRAGMENT => "fragment",
+        _ => "unpoliced",
+    }
+}
+
+/// Report a drop verdict `v` (before dry-run turns it into `would_drop`), with the
+/// tuple [`remember`] kept.
+///
+/// Verifier: a function of its own; see `policy::judge`.
+#[inline(never)]
+pub fn report(ctx: &XdpContext, settings: &Settings, ifindex: u32, v: u32) {
+    if settings.flags & flags::DROP_LOG == 0 {
+        return;
+    }
+    if !allowed(settings) {
+        bump(event::DROP_LOG_SUPPRESSED);
+        return;
+    }
+    bump(event::DROP_LOGGED);
+    let action = if settings.flags & flags::DRY_RUN != 0 { "would_drop" } else { "drop" };
+    let why = reason(v);
+    let Some(t) = DROP_TUPLE.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: as in `remember`.
+    let t = unsafe { &*t };
+    if t.family == family::V4 {
+        let (src, dst) = ([t.src[0], t.src[1], t.src[2], t.src[3]], [t.dst[0], t.dst[1], t.dst[2], t.dst[3]]);
+        warn!(ctx, "{}/{} ifindex {} proto {} {:i}:{} -> {:i}:{}", action, why, ifindex, t.proto, src, t.sport, dst, t.dport);
+    } else if t.family == family::V6 {
+        warn!(ctx, "{}/{} ifindex {} proto {} [{:i}]:{} -> [{:i}]:{}", action, why, ifindex, t.proto, t.src, t.sport, t.dst, t.dport);
+    } else {
+        warn!(ctx, "{}/{} ifindex {}", action, why, ifindex);
+    }
+}
