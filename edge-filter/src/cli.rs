@@ -171,7 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn need_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("edge-filter needs root (CAP_BPF and CAP_NET_ADMIN) to load and read BPF programs and maps");
+        bail!("needs root (CAP_BPF and CAP_NET_ADMIN) to load and read BPF programs and maps");
     }
     Ok(())
 }
@@ -361,6 +361,9 @@ fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool)
     let set = parse_set(set)?;
     let prefixes = parse_prefixes(addrs)?;
     need_root()?;
+    // The state file is read, changed and written under a lock of its own, so that
+    // concurrent commands do not lose each other's changes even with no filter running.
+    let _state_lock = lock_dir(state_dir)?;
     let maps_and_lock = if pins.exists() { Some((pins.lock()?, open(pins)?)) } else { None };
     let mut changes = Changes::load(state_dir)?;
     for p in &prefixes {
@@ -389,6 +392,17 @@ fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool)
         }
     }
     Ok(())
+}
+
+/// An exclusive lock on a directory (created if missing), held until dropped.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let f = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("lock {}", dir.display()));
+    }
+    Ok(f)
 }
 
 fn detach(pins: &Pins, ifaces: &[String]) -> anyhow::Result<()> {

@@ -313,3 +313,101 @@ fn the_drop_log_reports_refused_packets_within_its_limit() {
     assert!(suppressed(&after["events"]) >= suppressed(&events_before) + 1000 - limit, "{after:#}");
     drop(d);
 }
+
+#[test]
+fn operator_commands_refuse_without_root_and_serialise_with_a_lock() {
+    let t = ok(Topology::new());
+    let d = ok(t.start(&ok(t.write_config(""))));
+    // Not root: one line that says so, nothing changed.
+    let bin = ok(edge_filter_tests::topology::edge_filter_bin());
+    for args in [vec!["status"], vec!["addr", "add", "access-edge", "203.0.113.12"], vec!["stats"]] {
+        let out = t
+            .fw
+            .command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(&args)
+            .env("EDGE_FILTER_PIN_DIR", &t.pin_dir)
+            .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim(), "edge-filter: needs root (CAP_BPF and CAP_NET_ADMIN) to load and read BPF programs and maps");
+    }
+    // Twenty concurrent `addr add`s: every one lands in the maps and the state file.
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            t.fw.command(&bin)
+                .args(["addr", "add", "access-edge", &format!("203.0.113.{}", 100 + i)])
+                .env("EDGE_FILTER_PIN_DIR", &t.pin_dir)
+                .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let list: Value = serde_json::from_slice(&ok(t.cli(&["addr", "list", "access-edge", "--json"])).stdout).unwrap();
+    let runtime = list.as_array().unwrap().iter().filter(|e| e["source"] == "runtime").count();
+    assert_eq!(runtime, 20, "{list:#}");
+    let state = std::fs::read_to_string(t.state_dir.join("addresses.toml")).unwrap();
+    for i in 0..20 {
+        assert!(state.contains(&format!("\"203.0.113.{}\"", 100 + i)), "{state}");
+    }
+    drop(d);
+}
+
+#[test]
+fn a_pin_directory_without_bpffs_gets_one_mounted() {
+    let t = ok(Topology::new());
+    // A pin directory whose parent is a plain directory: `run` mounts a bpffs there.
+    let parent = t.work.join("bpf");
+    std::fs::create_dir_all(&parent).unwrap();
+    let pins = parent.join("pins");
+    /// Unmounts what `run` mounted, also when the test fails.
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // SAFETY: a lazy unmount of the path this test owns; failure (nothing
+            // mounted) is harmless.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(std::ffi::CString::new(parent.to_str().unwrap()).unwrap());
+    let out = t
+        .fw
+        .command(ok(edge_filter_tests::topology::edge_filter_bin()))
+        .args(["check", "--config"])
+        .arg(ok(t.write_config("")))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut child = t
+        .fw
+        .command(ok(edge_filter_tests::topology::edge_filter_bin()))
+        .arg("run")
+        .arg("--config")
+        .arg(ok(t.write_config("[metrics]\n")))
+        .arg("--pin-dir")
+        .arg(&pins)
+        .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(pins.join("links")).map_or(0, |d| d.count()) < 4 {
+        assert!(std::time::Instant::now() < deadline, "run did not attach under {}", pins.display());
+        assert!(child.try_wait().unwrap().is_none(), "run exited: {:?}", child.wait_with_output());
+        sleep(Duration::from_millis(50));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(mounts.lines().any(|l| l.starts_with("bpf ") && l.contains(parent.to_str().unwrap())), "{mounts}");
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let out = t.fw.command(ok(edge_filter_tests::topology::edge_filter_bin())).args(["detach", "--pin-dir"]).arg(&pins).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.exists(), "detach removed the pins");
+}
