@@ -340,11 +340,7 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
             };
             p.icmp_type = hdr[0];
         }
-        IPPROTO_UDP => {
-            if l4 + 8 > end {
-                return;
-            }
-        }
+        IPPROTO_UDP if l4 + 8 > end => return,
         _ => {}
     }
     p.l4 = L4_WHOLE;

@@ -213,7 +213,6 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
         },
     ];
     let p = &config.policy;
-    let fate = |f: crate::Fate| if f == crate::Fate::Pass { "pass" } else { "drop" };
     if json {
         let ifaces: Vec<_> = config
             .interfaces
@@ -223,8 +222,8 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "rules": rows,
             "interfaces": ifaces,
-            "unpoliced": fate(p.unpoliced),
-            "fragments": fate(p.fragments),
+            "unpoliced": p.unpoliced.name(),
+            "fragments": p.fragments.name(),
             "dry_run": p.dry_run,
             "max_flows": config.max_flows,
             "metrics": config.metrics.map(|m| m.to_string()),
@@ -232,7 +231,7 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{:<4} {:<15} {:<9} {:<30} {:<30} {}", "RULE", "ID", "TCP PORT", "SOURCE", "DESTINATION", "OPENS FROM");
+    println!("{:<4} {:<15} {:<9} {:<30} {:<30} OPENS FROM", "RULE", "ID", "TCP PORT", "SOURCE", "DESTINATION");
     for r in &rows {
         println!("{:<4} {:<15} {:<9} {:<30} {:<30} {}", r.rule, r.id, r.port, r.source, r.destination, r.from_roles);
     }
@@ -245,8 +244,8 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!(
         "unpoliced {}, fragments {}, dry-run {}, max-flows {}, metrics {}",
-        fate(p.unpoliced),
-        fate(p.fragments),
+        p.unpoliced.name(),
+        p.fragments.name(),
         p.dry_run,
         config.max_flows,
         config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
@@ -272,7 +271,6 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
             (l, role, mode)
         })
         .collect();
-    let fate = |f: crate::Fate| if f == crate::Fate::Pass { "pass" } else { "drop" };
     if json {
         let v = serde_json::json!({
             "pin_dir": pins.dir(),
@@ -281,8 +279,8 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "federation_port": policy.federation_port.get(),
             "internal_port": policy.internal_port.get(),
-            "unpoliced": fate(policy.unpoliced),
-            "fragments": fate(policy.fragments),
+            "unpoliced": policy.unpoliced.name(),
+            "fragments": policy.fragments.name(),
             "dry_run": policy.dry_run,
             "addresses": snap.addresses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "flows": snap.flows,
@@ -300,8 +298,8 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
         "federation port {}, internal port {}, unpoliced {}, fragments {}, dry-run {}",
         policy.federation_port,
         policy.internal_port,
-        fate(policy.unpoliced),
-        fate(policy.fragments),
+        policy.unpoliced.name(),
+        policy.fragments.name(),
         policy.dry_run
     );
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
@@ -345,7 +343,7 @@ fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
-                println!("{:<14} {:<40} {}", "SET", "ADDRESS", "SOURCE");
+                println!("{:<14} {:<40} SOURCE", "SET", "ADDRESS");
                 for e in &entries {
                     println!("{:<14} {:<40} {}", e.set, e.address, e.source);
                 }
@@ -397,12 +395,7 @@ fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool)
 /// An exclusive lock on a directory (created if missing), held until dropped.
 fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let f = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
-    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("lock {}", dir.display()));
-    }
-    Ok(f)
+    pins::lock_dir(dir).with_context(|| format!("lock {}", dir.display()))
 }
 
 fn detach(pins: &Pins, ifaces: &[String]) -> anyhow::Result<()> {

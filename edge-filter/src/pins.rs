@@ -136,12 +136,7 @@ impl Pins {
 
     /// Hold an exclusive lock on the directory until the returned file is dropped.
     pub fn lock(&self) -> Result<File, PinError> {
-        let f = File::open(&self.dir).map_err(io(&self.dir))?;
-        // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(PinError::Io { path: self.dir.clone(), source: std::io::Error::last_os_error() });
-        }
-        Ok(f)
+        lock_dir(&self.dir).map_err(io(&self.dir))
     }
 
     /// Attach `filter`'s program to `iface`, or replace the program in the link we
@@ -225,6 +220,17 @@ impl Pins {
         }
         Ok(())
     }
+}
+
+/// An exclusive `flock` on a directory, held until the returned file is dropped;
+/// blocks until it is ours.
+pub fn lock_dir(dir: &Path) -> std::io::Result<File> {
+    let f = File::open(dir)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 fn on_bpffs(path: &Path) -> bool {

@@ -77,6 +77,15 @@ pub enum Fate {
     Drop,
 }
 
+impl Fate {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fate::Pass => "pass",
+            Fate::Drop => "drop",
+        }
+    }
+}
+
 /// Idle timeouts of the flow table, per flow state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {

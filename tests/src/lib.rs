@@ -90,7 +90,7 @@ impl Lab {
     /// Enter a fresh network namespace and create the devices `names` (an even number:
     /// they are made as veth pairs, `names[0]`-`names[1]`, ...).
     pub fn new(names: &[&str]) -> anyhow::Result<Self> {
-        ensure!(names.len() % 2 == 0, "veth devices come in pairs");
+        ensure!(names.len().is_multiple_of(2), "veth devices come in pairs");
         let original = File::open("/proc/thread-self/ns/net").context("open own network namespace")?;
         // SAFETY: unshare takes flags only; it affects the calling thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {

@@ -132,7 +132,7 @@ impl Pkt {
 
     /// IPv4 options (padded with end-of-list to a multiple of four).
     pub fn options(mut self, mut opts: Vec<u8>) -> Self {
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         self.ipv4_options = opts;
