@@ -31,9 +31,13 @@ pub mod map {
     /// `Array<Settings>` with one entry: ports, defaults, timeouts. Written by
     /// userspace.
     pub const SETTINGS: &str = "SETTINGS";
-    /// `LruHashMap<FlowKey, Flow>`: connections an allowed packet opened. Written by
+    /// `LruHashMap<FlowKey, Flow>`: connections whose handshake completed. Written by
     /// the kernel programs; userspace reads and may delete.
     pub const FLOWS: &str = "FLOWS";
+    /// `LruHashMap<FlowKey, Flow>`: connections an allowed SYN opened whose handshake
+    /// has not completed. Separate, so that a SYN flood evicts only its own kind.
+    /// Written by the kernel programs.
+    pub const EMBRYOS: &str = "EMBRYOS";
     /// `PerCpuArray<Counter>` indexed by `slot * VERDICT_SLOTS + verdict`. Written by
     /// the kernel programs.
     pub const COUNTERS: &str = "COUNTERS";
@@ -47,8 +51,8 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 9] =
-        [IFACES, EDGE_V4, EDGE_V6, SETTINGS, FLOWS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
+    pub const ALL: [&str; 10] =
+        [IFACES, EDGE_V4, EDGE_V6, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
 
     const _: () = {
         let mut i = 0;
@@ -57,9 +61,12 @@ pub mod map {
             i += 1;
         }
         assert!(super::XDP_PROGRAM.len() <= 15 && super::XDP_PROGRAM_LINEAR.len() <= 15);
+        assert!(super::TC_PROGRAM.len() <= 15);
     };
 }
 
+/// Name of the TC egress program that records the flows a host-mode machine opens.
+pub const TC_PROGRAM: &str = "edge_filter_eg";
 /// Name of the multi-buffer XDP program (kernel 5.18+).
 pub const XDP_PROGRAM: &str = "edge_filter";
 /// Name of the single-buffer XDP program, for older kernels.
@@ -71,6 +78,8 @@ pub const MAX_IFACES: u32 = 64;
 pub const MAX_SET_ENTRIES: u32 = 1 << 17;
 /// Default size of the flow table; userspace may set another at load time.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Default size of the embryonic table (handshakes in progress).
+pub const DEFAULT_MAX_EMBRYOS: u32 = 65_536;
 
 /// Role of a NIC, as stored in [`Iface::role`].
 pub mod role {
@@ -184,10 +193,37 @@ pub mod event {
     pub const DROP_LOGGED: u32 = 0;
     /// Drops the drop log's rate limit kept quiet.
     pub const DROP_LOG_SUPPRESSED: u32 = 1;
+    /// Handshakes completed: flows entered the flow table.
+    pub const FLOW_CREATED: u32 = 2;
+    /// Flows found expired and removed.
+    pub const FLOW_EXPIRED: u32 = 3;
+    /// Flows removed by an RST or a new SYN on their tuple.
+    pub const FLOW_CLOSED: u32 = 4;
+    /// Flows the table refused.
+    pub const FLOW_INSERT_FAILED: u32 = 5;
+    /// SYNs recorded in the embryonic table.
+    pub const EMBRYO_CREATED: u32 = 6;
+    /// Embryonic entries found expired and removed.
+    pub const EMBRYO_EXPIRED: u32 = 7;
+    /// Embryonic entries removed by an RST, or promoted to the flow table.
+    pub const EMBRYO_CLOSED: u32 = 8;
+    /// SYNs the embryonic table refused.
+    pub const EMBRYO_INSERT_FAILED: u32 = 9;
     /// Entries of the map.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 16;
     /// Names as the CLI and metrics show them, for the indexes in use.
-    pub const NAMES: [(u32, &str); 2] = [(DROP_LOGGED, "drop_logged"), (DROP_LOG_SUPPRESSED, "drop_log_suppressed")];
+    pub const NAMES: [(u32, &str); 10] = [
+        (DROP_LOGGED, "drop_logged"),
+        (DROP_LOG_SUPPRESSED, "drop_log_suppressed"),
+        (FLOW_CREATED, "flow_created"),
+        (FLOW_EXPIRED, "flow_expired"),
+        (FLOW_CLOSED, "flow_closed"),
+        (FLOW_INSERT_FAILED, "flow_insert_failed"),
+        (EMBRYO_CREATED, "embryo_created"),
+        (EMBRYO_EXPIRED, "embryo_expired"),
+        (EMBRYO_CLOSED, "embryo_closed"),
+        (EMBRYO_INSERT_FAILED, "embryo_insert_failed"),
+    ];
 }
 
 /// Bits of [`Settings::flags`].
@@ -206,12 +242,24 @@ pub mod flags {
 
 /// Flow states, the values of [`Flow::state`].
 pub mod flow_state {
-    /// The opener sent a SYN; no answer yet.
+    /// Embryonic: the opener sent a SYN; no answer yet.
     pub const SYN_SENT: u8 = 1;
-    /// Both sides have spoken.
+    /// The handshake completed (in the flow table).
     pub const ESTABLISHED: u8 = 2;
     /// A FIN was seen; the flow lives for the closing timeout.
     pub const CLOSING: u8 = 3;
+    /// Embryonic: the responder answered with a SYN-ACK.
+    pub const SYN_RECV: u8 = 4;
+    /// Names as the CLI shows them, indexed by state.
+    pub const fn name(state: u8) -> &'static str {
+        match state {
+            SYN_SENT => "syn_sent",
+            SYN_RECV => "syn_recv",
+            ESTABLISHED => "established",
+            CLOSING => "closing",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Value of [`map::IFACES`].
@@ -310,7 +358,10 @@ pub struct Flow {
     pub rule: u8,
     /// [`role::bit`]s of the NICs where replies may arrive.
     pub reply_roles: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Embryonic: the responder's initial sequence number, from its SYN-ACK. The
+    /// opener's ACK must acknowledge it for the flow to enter the flow table.
+    pub responder_isn: u32,
 }
 
 /// Value of [`map::LOG_BUDGET`] (per CPU): lines logged in the current one-second

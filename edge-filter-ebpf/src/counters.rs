@@ -1,9 +1,9 @@
-//! Per-CPU counters: one per NIC slot and verdict, one per rule. Per-CPU arrays need
-//! no atomics; userspace sums the CPUs.
+//! Per-CPU counters: one per NIC slot and verdict, one per rule, one per `event`.
+//! Per-CPU arrays need no atomics; userspace sums the CPUs.
 
 use edge_filter_common::{Counter, counter_index};
 
-use crate::maps::{COUNTERS, RULE_HITS};
+use crate::maps::{COUNTERS, EVENTS, RULE_HITS};
 
 #[inline(always)]
 fn add(counter: Option<*mut Counter>, bytes: u64) {
@@ -27,4 +27,13 @@ pub fn count_verdict(slot: u32, verdict: u32, bytes: u64) {
 #[inline(always)]
 pub fn count_rule(rule: u32, bytes: u64) {
     add(RULE_HITS.get_ptr_mut(rule), bytes);
+}
+
+/// Count one occurrence of `event` `e`.
+#[inline(always)]
+pub fn count_event(e: u32) {
+    if let Some(n) = EVENTS.get_ptr_mut(e) {
+        // SAFETY: as in `add`.
+        unsafe { *n += 1 };
+    }
 }

@@ -11,7 +11,8 @@ use aya_log_ebpf::warn;
 use edge_filter_common::{NS_PER_SEC, Settings, event, family, flags, verdict};
 
 use crate::{
-    maps::{EVENTS, LOG_BUDGET},
+    counters::count_event as bump,
+    maps::LOG_BUDGET,
     parse::Packet,
     state,
 };
@@ -59,13 +60,6 @@ pub fn remember(settings: &Settings, p: Option<&Packet>) {
     }
 }
 
-#[inline(always)]
-fn bump(e: u32) {
-    if let Some(n) = EVENTS.get_ptr_mut(e) {
-        // SAFETY: a per-CPU array slot, valid for this run and written by this CPU only.
-        unsafe { *n += 1 };
-    }
-}
 
 /// Whether the budget of this CPU allows one more line now.
 #[inline(always)]

@@ -11,7 +11,9 @@
 //!
 //! - [`parse`]: from a frame to the facts the policy judges;
 //! - [`policy`]: the vendor table, rule by rule, and the order of judgement;
-//! - [`state`]: the flow table that lets replies of allowed connections back in;
+//! - [`state`]: the flow tables that let replies of allowed connections back in;
+//! - [`egress`]: the TC egress program of host mode, which records the flows the
+//!   machine itself opens;
 //! - [`counters`]: per-CPU packet and byte counters;
 //! - [`droplog`]: rate-limited reports of dropped packets;
 //! - [`maps`]: the maps userspace fills and reads.
@@ -24,14 +26,18 @@
 
 mod counters;
 mod droplog;
+mod egress;
 mod maps;
 mod parse;
 mod policy;
 mod state;
 
 use aya_ebpf::{
-    EbpfContext as _, bindings::xdp_action, helpers::generated::bpf_xdp_get_buff_len, macros::xdp,
-    programs::XdpContext,
+    EbpfContext as _,
+    bindings::xdp_action,
+    helpers::generated::bpf_xdp_get_buff_len,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use edge_filter_common::{Settings, flags, verdict};
 
@@ -50,6 +56,15 @@ pub fn edge_filter(ctx: XdpContext) -> u32 {
 pub fn edge_filter_lin(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end() - ctx.data();
     filter(&ctx, bytes as u64)
+}
+
+/// Host mode: record the flows this machine opens or answers, at TC egress of a
+/// `host` NIC. Never drops: egress is the machine's own traffic.
+#[classifier]
+pub fn edge_filter_eg(ctx: TcContext) -> i32 {
+    egress::record(&ctx);
+    // TC_ACT_OK
+    0
 }
 
 /// Judge, count, act. `bytes` is the frame's whole length.

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, LogBudget, MAX_IFACES,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, LogBudget, MAX_IFACES,
     MAX_SET_ENTRIES, Settings, event, rule,
 };
 
@@ -26,9 +26,14 @@ pub static EDGE_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_SET_E
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Opener's 5-tuple -> flow state. Written here; size set by userspace at load time.
+/// Opener's 5-tuple -> flow whose handshake completed. Written here; size set by
+/// userspace at load time.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Opener's 5-tuple -> handshake in progress. Written here; size set by userspace.
+#[map]
+pub static EMBRYOS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS, 0);
 
 /// `slot * verdict::SLOTS + verdict` -> packets and bytes, per CPU. Written here.
 #[map]

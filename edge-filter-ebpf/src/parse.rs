@@ -27,7 +27,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use edge_filter_common::family;
 use network_types::{
     eth::EthHdr,
@@ -102,6 +102,12 @@ impl Frame {
         Self { start: ctx.data(), end: ctx.data_end(), len }
     }
 
+    /// A socket buffer at TC: headers in its linear part, `skb->len` in all.
+    #[inline(always)]
+    pub fn from_skb(ctx: &TcContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end(), len: ctx.len() as usize }
+    }
+
     /// Bytes in the whole frame.
     #[inline(always)]
     pub fn len(&self) -> usize {
@@ -156,6 +162,9 @@ pub struct Packet {
     pub icmp_type: u8,
     pub sport_be: u16,
     pub dport_be: u16,
+    /// TCP sequence and acknowledgement numbers, host order.
+    pub seq: u32,
+    pub ack_seq: u32,
     /// Network order.
     pub src: [u8; 16],
     /// Network order.
@@ -211,6 +220,8 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, Malformed> {
         icmp_type: 0,
         sport_be: 0,
         dport_be: 0,
+        seq: 0,
+        ack_seq: 0,
         src: [0; 16],
         dst: [0; 16],
     };
@@ -239,6 +250,8 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Parsed, Malformed> {
         icmp_type: 0,
         sport_be: 0,
         dport_be: 0,
+        seq: 0,
+        ack_seq: 0,
         src: hdr.src_addr,
         dst: hdr.dst_addr,
     };
@@ -325,6 +338,8 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
             }
             p.sport_be = u16::from_ne_bytes(hdr.source);
             p.dport_be = u16::from_ne_bytes(hdr.dest);
+            p.seq = u32::from_be_bytes(hdr.seq);
+            p.ack_seq = u32::from_be_bytes(hdr.ack_seq);
             p.tcp_flags = (u8::from(hdr.fin() != 0) * tcp_flags::FIN)
                 | (u8::from(hdr.syn() != 0) * tcp_flags::SYN)
                 | (u8::from(hdr.rst() != 0) * tcp_flags::RST)

@@ -93,7 +93,7 @@ fn unpoliced(settings: &Settings) -> u32 {
 
 /// `set` bits of the address (0: in no edge set).
 #[inline(always)]
-fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
+pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
     if fam == family::V4 {
         let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
         EDGE_V4.get(&key).copied().unwrap_or(0)

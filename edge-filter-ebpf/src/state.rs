@@ -1,30 +1,39 @@
-//! The flow table: connections that an allowed packet opened, so that their replies
-//! pass and nothing else does.
+//! The state table: connections that an allowed packet opened, so that their replies
+//! pass and nothing else does, in two tables so that a SYN flood cannot push
+//! established federation flows out.
 //!
-//! Contract:
-//! - A flow is keyed by the 5-tuple in the direction of the packet a rule allowed (the
-//!   opener). A reply is looked up by its swapped tuple; no rule ever has to name the
-//!   ephemeral port a reply goes to.
-//! - A reply passes only if the flow exists, has not expired and the reply arrives on
-//!   a NIC whose role the flow names ([`Flow::reply_roles`]): the Edge's answers come
-//!   from `edge` NICs, the partners' answers to the Edge from `outside` or `host` ones.
-//! - RST from either side removes the flow (the RST itself passes). FIN from either
-//!   side moves it to `CLOSING`, which lives for the closing timeout so the last
-//!   segments of the close get through.
-//! - Expiry is judged on every lookup against the timeout of the flow's state, so an
-//!   idle flow is not honoured even while the LRU still holds it.
+//! Design:
+//! - `EMBRYOS` holds handshakes in progress. An allowed SYN creates an entry
+//!   (`SYN_SENT`); the responder's SYN-ACK, arriving where replies may, records the
+//!   responder's initial sequence number (`SYN_RECV`); the opener's ACK that
+//!   acknowledges exactly that number completes the handshake and moves the flow to
+//!   `FLOWS`. A spoofed source never sees the SYN-ACK, so it cannot complete the
+//!   handshake: a SYN flood, however large, churns `EMBRYOS` only, and the SYN-ACKs
+//!   the responder sends to spoofed sources promote nothing.
+//! - `FLOWS` holds flows whose handshake completed. Only an RST, a new SYN on the
+//!   tuple, expiry, or LRU eviction by other *completed* flows removes one.
+//! - Keys are the 5-tuple in the direction of the opener; a reply is looked up by its
+//!   swapped tuple. A reply passes only from a NIC whose role the flow names
+//!   ([`Flow::reply_roles`]); before the handshake completes only the SYN-ACK and an
+//!   RST cross back.
+//! - Timeouts per state (`SYN_SENT`/`SYN_RECV`: syn, `ESTABLISHED`, `CLOSING`) are
+//!   judged on every lookup, so an idle entry is not honoured even while the LRU
+//!   still holds it.
+//! - Every entry that enters or leaves a table by our hand is counted (`event`);
+//!   userspace derives LRU evictions as created - removed - live.
 //! - Writes to a found entry are plain stores: two CPUs racing on one flow can only
 //!   disagree about the last-seen time or a state both would set.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use edge_filter_common::{Flow, FlowKey, Settings, flow_state, role};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
+use edge_filter_common::{Flow, FlowKey, Settings, event, flow_state};
 
 use crate::{
-    maps::FLOWS,
+    counters::count_event as bump,
+    maps::{EMBRYOS, FLOWS},
     parse::{Packet, tcp_flags},
 };
 
-/// The current time in the flow table's clock.
+/// The current time in the state table's clock.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: a helper without arguments or side effects.
@@ -61,55 +70,111 @@ fn reply_key(p: &Packet) -> FlowKey {
 #[inline(always)]
 fn expired(flow: &Flow, settings: &Settings, now: u64) -> bool {
     let timeout = match flow.state {
-        flow_state::SYN_SENT => settings.syn_timeout_ns,
+        flow_state::SYN_SENT | flow_state::SYN_RECV => settings.syn_timeout_ns,
         flow_state::ESTABLISHED => settings.established_timeout_ns,
         _ => settings.closing_timeout_ns,
     };
     now.saturating_sub(flow.last_seen_ns) > timeout
 }
 
-/// Record or refresh the flow that `rule` allowed this packet to open or continue.
+#[inline(always)]
+fn has(p: &Packet, bits: u8) -> bool {
+    p.tcp_flags & bits == bits
+}
+
+/// A found entry, or `None` if there is none or it expired (then it is removed and
+/// counted).
+#[inline(always)]
+fn live<'a>(
+    table: &LruHashMap<FlowKey, Flow>,
+    key: &FlowKey,
+    settings: &Settings,
+    now: u64,
+    expired_event: u32,
+) -> Option<&'a mut Flow> {
+    let flow = table.get_ptr_mut(key)?;
+    // SAFETY: a pointer from a map lookup, valid for this run (RCU); see the module
+    // comment for concurrent writers.
+    let flow = unsafe { &mut *flow };
+    if expired(flow, settings, now) {
+        if table.remove(key).is_ok() {
+            bump(expired_event);
+        }
+        return None;
+    }
+    Some(flow)
+}
+
+#[inline(always)]
+fn remove(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, closed_event: u32) {
+    if table.remove(key).is_ok() {
+        bump(closed_event);
+    }
+}
+
+/// A packet `rule` allowed, in the opener's direction: start, complete or continue
+/// its flow.
 #[inline(always)]
 pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u64) {
     let key = key(p);
-    let opening = p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
-        // SAFETY: a pointer from a map lookup, valid for this run (RCU); see the
-        // module comment for concurrent writers.
-        let flow = unsafe { &mut *flow };
-        if p.tcp_flags & tcp_flags::RST != 0 {
-            let _ = FLOWS.remove(&key);
-            return;
-        }
-        if !opening && !expired(flow, settings, now) {
+    let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
+    if let Some(flow) = live(&FLOWS, &key, settings, now, event::FLOW_EXPIRED) {
+        if has(p, tcp_flags::RST) || syn {
+            // Closed, or the tuple is reused by a new connection.
+            remove(&FLOWS, &key, event::FLOW_CLOSED);
+        } else {
             flow.last_seen_ns = now;
-            if p.tcp_flags & tcp_flags::FIN != 0 {
+            if has(p, tcp_flags::FIN) {
                 flow.state = flow_state::CLOSING;
             }
             return;
         }
-        // A new SYN on the tuple, or an expired flow: start over.
-    } else if p.tcp_flags & tcp_flags::RST != 0 {
+    }
+    if syn {
+        if let Some(embryo) = live(&EMBRYOS, &key, settings, now, event::EMBRYO_EXPIRED) {
+            // A retransmitted SYN: the same handshake, started again.
+            embryo.last_seen_ns = now;
+            embryo.state = flow_state::SYN_SENT;
+            return;
+        }
+        let embryo = Flow {
+            created_ns: now,
+            last_seen_ns: now,
+            state: flow_state::SYN_SENT,
+            rule: rule as u8,
+            reply_roles,
+            _pad: 0,
+            responder_isn: 0,
+        };
+        // The table is an LRU: it makes room by evicting the oldest handshake.
+        bump(if EMBRYOS.insert(&key, &embryo, 0).is_ok() { event::EMBRYO_CREATED } else { event::EMBRYO_INSERT_FAILED });
         return;
     }
-    let state = if opening {
-        flow_state::SYN_SENT
-    } else if p.tcp_flags & tcp_flags::FIN != 0 {
-        flow_state::CLOSING
-    } else {
-        flow_state::ESTABLISHED
+    let Some(embryo) = live(&EMBRYOS, &key, settings, now, event::EMBRYO_EXPIRED) else {
+        return;
     };
+    if has(p, tcp_flags::RST) {
+        remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+        return;
+    }
+    if embryo.state != flow_state::SYN_RECV
+        || !has(p, tcp_flags::ACK)
+        || p.ack_seq != embryo.responder_isn.wrapping_add(1)
+    {
+        return;
+    }
+    // The opener acknowledged the responder's SYN-ACK: a completed handshake.
     let flow = Flow {
-        created_ns: now,
+        created_ns: embryo.created_ns,
         last_seen_ns: now,
-        state,
-        rule: rule as u8,
-        reply_roles,
-        _pad: [0; 5],
+        state: if has(p, tcp_flags::FIN) { flow_state::CLOSING } else { flow_state::ESTABLISHED },
+        rule: embryo.rule,
+        reply_roles: embryo.reply_roles,
+        _pad: 0,
+        responder_isn: embryo.responder_isn,
     };
-    // An LRU table makes room by evicting the least recently used flow; a failure here
-    // leaves the opener's own packet allowed and only its replies unrecorded.
-    let _ = FLOWS.insert(&key, &flow, 0);
+    bump(if FLOWS.insert(&key, &flow, 0).is_ok() { event::FLOW_CREATED } else { event::FLOW_INSERT_FAILED });
+    remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
 }
 
 /// Whether this packet is the reply of a live flow, arriving where replies may; moves
@@ -117,27 +182,37 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
 #[inline(always)]
 pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, now: u64) -> bool {
     let key = reply_key(p);
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
-        return false;
-    };
-    // SAFETY: as in `open`.
-    let flow = unsafe { &mut *flow };
-    if expired(flow, settings, now) {
-        let _ = FLOWS.remove(&key);
-        return false;
-    }
-    if flow.reply_roles & role::bit(nic_role) == 0 {
-        return false;
-    }
-    if p.tcp_flags & tcp_flags::RST != 0 {
-        let _ = FLOWS.remove(&key);
+    let bit = edge_filter_common::role::bit(nic_role);
+    if let Some(flow) = live(&FLOWS, &key, settings, now, event::FLOW_EXPIRED) {
+        if flow.reply_roles & bit == 0 {
+            return false;
+        }
+        if has(p, tcp_flags::RST) {
+            remove(&FLOWS, &key, event::FLOW_CLOSED);
+        } else {
+            flow.last_seen_ns = now;
+            if has(p, tcp_flags::FIN) {
+                flow.state = flow_state::CLOSING;
+            }
+        }
         return true;
     }
-    flow.last_seen_ns = now;
-    if p.tcp_flags & tcp_flags::FIN != 0 {
-        flow.state = flow_state::CLOSING;
-    } else if flow.state == flow_state::SYN_SENT {
-        flow.state = flow_state::ESTABLISHED;
+    let Some(embryo) = live(&EMBRYOS, &key, settings, now, event::EMBRYO_EXPIRED) else {
+        return false;
+    };
+    if embryo.reply_roles & bit == 0 {
+        return false;
     }
+    if has(p, tcp_flags::RST) {
+        remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+        return true;
+    }
+    if !has(p, tcp_flags::SYN | tcp_flags::ACK) {
+        // Before the handshake completes, nothing but the SYN-ACK crosses back.
+        return false;
+    }
+    embryo.responder_isn = p.seq;
+    embryo.state = flow_state::SYN_RECV;
+    embryo.last_seen_ns = now;
     true
 }

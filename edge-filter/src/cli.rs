@@ -72,6 +72,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The state tables: each connection's tuple, state, age and the rule that opened it.
+    Flows {
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove links, pins and programs (all of them when no --iface is given). The
     /// state directory stays.
     Detach {
@@ -163,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => break,
             }
         },
+        Command::Flows { json } => flows(&pins, json)?,
         Command::Detach { ifaces } => detach(&pins, &ifaces)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -285,6 +291,9 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
             "addresses": snap.addresses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "flows": snap.flows,
             "max_flows": maps.max_flows()?,
+            "max_embryos": maps.max_embryos()?,
+            "flow_events": maps.flow_events()?,
+            "egress": pins.egress_links(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -304,6 +313,48 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
     );
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!("addresses: {}; flows {} of {}", sets.join(", "), snap.flows, maps.max_flows()?);
+    let ev = maps.flow_events()?;
+    for (name, t, max) in [("flows", ev.flows, maps.max_flows()?), ("handshakes", ev.embryos, maps.max_embryos()?)] {
+        println!(
+            "{name}: {} of {max} in use; created {}, expired {}, closed {}, evicted {}, insert failures {}",
+            t.live, t.created, t.expired, t.closed, t.evicted, t.insert_failed
+        );
+    }
+    let egress = pins.egress_links();
+    if !egress.is_empty() {
+        println!("host-mode egress (TCX): {}", egress.join(", "));
+    }
+    Ok(())
+}
+
+fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
+    need_root()?;
+    let maps = open(pins)?;
+    let now = crate::report::monotonic_ns();
+    let rows: Vec<crate::report::FlowRow> = maps
+        .flows()?
+        .iter()
+        .chain(maps.embryos()?.iter())
+        .map(|(k, f)| crate::report::FlowRow::new(&k.0, f, now))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<5} {:<46} {:<46} {:<12} {:>9} {:>9}  RULE", "PROTO", "OPENER", "RESPONDER", "STATE", "AGE", "IDLE");
+    for r in &rows {
+        println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", "tcp", r.opener, r.responder, r.state, r.age_secs, r.idle_secs, r.rule);
+    }
+    let ev = maps.flow_events()?;
+    println!(
+        "{} established of {}, {} handshakes of {}; evicted: {} flows, {} handshakes",
+        ev.flows.live,
+        maps.max_flows()?,
+        ev.embryos.live,
+        maps.max_embryos()?,
+        ev.flows.evicted,
+        ev.embryos.evicted
+    );
     Ok(())
 }
 
@@ -414,6 +465,7 @@ fn detach(pins: &Pins, ifaces: &[String]) -> anyhow::Result<()> {
         if !pins.detach(name)? {
             bail!("edge-filter is not attached to `{name}`");
         }
+        pins.detach_egress(name)?;
         if let Ok(ix) = pins::ifindex(name) {
             maps.remove_iface(ix)?;
         }

@@ -77,6 +77,8 @@ pub struct Config {
     pub sets: AddressSets,
     pub policy: Policy,
     pub max_flows: u32,
+    /// Handshakes in progress the embryonic table holds.
+    pub max_embryos: u32,
     /// `None`: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
 }
@@ -91,6 +93,7 @@ impl Default for Config {
             sets: AddressSets::default(),
             policy: Policy::default(),
             max_flows: edge_filter_common::DEFAULT_MAX_FLOWS,
+            max_embryos: edge_filter_common::DEFAULT_MAX_EMBRYOS,
             metrics: Some(DEFAULT_METRICS.parse().expect("valid default")),
         }
     }
@@ -101,7 +104,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("interface*", &["name", "role", "mode"]),
     ("addresses", &["access-edge", "internal-edge"]),
     ("policy", &["federation-port", "internal-port", "unpoliced", "fragments", "dry-run"]),
-    ("state", &["max-flows"]),
+    ("state", &["max-flows", "max-embryonic", "syn-timeout", "established-timeout", "closing-timeout"]),
     ("metrics", &["listen"]),
     ("log", &["drops", "drops-per-second"]),
 ];
@@ -181,10 +184,19 @@ impl Config {
             }
         }
 
-        if let Some(state) = cx.table(&table, "state")?
-            && let Some(n) = cx.int(state.get("max-flows"), "state.max-flows", 1, i64::from(u32::MAX))?
-        {
-            config.max_flows = n as u32;
+        if let Some(state) = cx.table(&table, "state")? {
+            if let Some(n) = cx.int(state.get("max-flows"), "state.max-flows", 1, i64::from(u32::MAX))? {
+                config.max_flows = n as u32;
+            }
+            if let Some(n) = cx.int(state.get("max-embryonic"), "state.max-embryonic", 1, i64::from(u32::MAX))? {
+                config.max_embryos = n as u32;
+            }
+            let t = &mut config.policy.timeouts;
+            for (key, slot) in [("syn-timeout", &mut t.syn), ("established-timeout", &mut t.established), ("closing-timeout", &mut t.closing)] {
+                if let Some(secs) = cx.int(state.get(key), &format!("state.{key}"), 1, 30 * 24 * 3600)? {
+                    *slot = std::time::Duration::from_secs(secs as u64);
+                }
+            }
         }
 
         if let Some(log) = cx.table(&table, "log")? {
@@ -376,6 +388,10 @@ mod tests {
 
             [state]
             max-flows = 1024
+            max-embryonic = 256
+            syn-timeout = 5
+            established-timeout = 3600
+            closing-timeout = 30
 
             [metrics]
 
@@ -395,6 +411,10 @@ mod tests {
         assert_eq!(c.policy.fragments, Fate::Pass);
         assert!(c.policy.dry_run);
         assert_eq!(c.max_flows, 1024);
+        assert_eq!(c.max_embryos, 256);
+        assert_eq!(c.policy.timeouts.syn.as_secs(), 5);
+        assert_eq!(c.policy.timeouts.established.as_secs(), 3600);
+        assert_eq!(c.policy.timeouts.closing.as_secs(), 30);
         assert_eq!(c.metrics, None, "an empty [metrics] table disables the endpoint");
         assert_eq!(c.policy.drop_log, Some(5));
         let quiet = Config::parse("[log]\ndrops = false\ndrops-per-second = 5\n", "edge.toml").unwrap();
@@ -418,6 +438,7 @@ mod tests {
             ("[addresses]\naccess-edge = [\"203.0.113.300\"]", "edge.toml: addresses.access-edge = \"203.0.113.300\": `203.0.113.300` is not an IP address or prefix"),
             ("[addresses]\naccess-edge = [\"203.0.113.0/24\"]\ninternal-edge = [\"203.0.113.10\"]", "edge.toml: addresses.internal-edge = \"203.0.113.10\": 203.0.113.10 in internal-edge overlaps 203.0.113.0/24 in access-edge"),
             ("[state]\nmax-flows = 0", "edge.toml: state.max-flows = 0: an integer from 1 to 4294967295"),
+            ("[state]\nsyn-timeout = 0", "edge.toml: state.syn-timeout = 0: an integer from 1 to 2592000"),
             ("[metrics]\nlisten = \"localhost\"", "edge.toml: metrics.listen = \"localhost\": an address and port such as 127.0.0.1:9435"),
             ("policy = 3", "edge.toml: policy = 3: a table ([policy])"),
             ("[policy", "edge.toml: "),

@@ -47,6 +47,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         let adopted = pins.exists() && pins.maps_dir().join(edge_filter_common::map::SETTINGS).exists();
         let mut filter = Filter::load(&LoadOptions {
             max_flows: config.max_flows,
+            max_embryos: config.max_embryos,
             variant: None,
             map_pin_dir: Some(pins.maps_dir()),
         })
@@ -84,8 +85,8 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                     Err(e) => error!("{e}; keeping the running config"),
                     Ok(new) => {
                         let _lock = pins.lock()?;
-                        if new.max_flows != config.max_flows {
-                            warn!("state.max-flows changes only when the filter is detached and run again");
+                        if new.max_flows != config.max_flows || new.max_embryos != config.max_embryos {
+                            warn!("state.max-flows and state.max-embryonic change only when the filter is detached and run again");
                         }
                         if let Some(old) = config.metrics.filter(|m| Some(*m) != new.metrics) {
                             warn!("metrics.listen changes at the next start (still {old})");
@@ -93,7 +94,12 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                         match apply(&mut filter, &pins, &new, &state_dir) {
                             Ok(()) => {
                                 info!("applied {}", config_path.display());
-                                config = Config { metrics: config.metrics, max_flows: config.max_flows, ..new };
+                                config = Config {
+                                    metrics: config.metrics,
+                                    max_flows: config.max_flows,
+                                    max_embryos: config.max_embryos,
+                                    ..new
+                                };
                             }
                             Err(e) => error!("applying {}: {e:#}", config_path.display()),
                         }
@@ -131,11 +137,19 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
             }
             (false, mode) => info!("{}: {} in {mode} mode", iface.name, iface.role),
         }
+        if iface.role == crate::policy::Role::Host {
+            let how = pins::EgressAttach::for_kernel();
+            let replaced = pins.attach_egress(filter, &iface.name, how)?;
+            info!("{}: egress flows recorded by TC ({how:?}{})", iface.name, if replaced { ", program replaced" } else { "" });
+        } else {
+            pins.detach_egress(&iface.name)?;
+        }
     }
     // NICs the config no longer names.
     for link in pins.links()? {
         if !config.interfaces.iter().any(|i| i.name == link.interface) {
             pins.detach(&link.interface)?;
+            pins.detach_egress(&link.interface)?;
             info!("{}: detached (no longer in the config)", link.interface);
         }
     }

@@ -23,12 +23,12 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     util::{KernelVersion, nr_cpus},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, Settings,
-    XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, map, rule, verdict,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, Settings,
+    TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, map, rule, verdict,
 };
 
 use crate::{
@@ -65,7 +65,7 @@ pub enum Error {
     Addr(#[from] AddrError),
     #[error("all {max} interface slots are in use", max = MAX_IFACES - 1)]
     NoFreeSlot,
-    #[error("the flow table size must be at least 1")]
+    #[error("the flow and embryonic table sizes must be at least 1")]
     ZeroFlows,
     #[error("reading the number of CPUs")]
     Cpus(#[source] std::io::Error),
@@ -118,8 +118,10 @@ impl Variant {
 /// Load-time parameters.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Flow table entries.
+    /// Flow table entries (completed handshakes).
     pub max_flows: u32,
+    /// Embryonic table entries (handshakes in progress).
+    pub max_embryos: u32,
     /// The program build; `None` picks the one for the running kernel.
     pub variant: Option<Variant>,
     /// Where the maps are pinned: maps already pinned there are reused (their counters,
@@ -129,7 +131,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_flows: DEFAULT_MAX_FLOWS, variant: None, map_pin_dir: None }
+        Self { max_flows: DEFAULT_MAX_FLOWS, max_embryos: DEFAULT_MAX_EMBRYOS, variant: None, map_pin_dir: None }
     }
 }
 
@@ -173,11 +175,11 @@ pub struct Maps {
 impl Filter {
     /// Load and verify the program, size the flow table, write the default policy.
     pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
-        if opts.max_flows == 0 {
+        if opts.max_flows == 0 || opts.max_embryos == 0 {
             return Err(Error::ZeroFlows);
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map::FLOWS, opts.max_flows);
+        loader.map_max_entries(map::FLOWS, opts.max_flows).map_max_entries(map::EMBRYOS, opts.max_embryos);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.map_pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| Error::PinDir { dir: dir.clone(), source })?;
@@ -199,6 +201,17 @@ impl Filter {
             filter.set_policy(&Policy::default())?;
         }
         Ok(filter)
+    }
+
+    /// The host-mode TC egress program, loaded on first use.
+    pub fn egress_program_mut(&mut self) -> Result<&mut SchedClassifier, Error> {
+        let err = |source| Error::Program { name: TC_PROGRAM, source };
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(TC_PROGRAM).ok_or(err(ProgramError::NotLoaded))?.try_into().map_err(err)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
+        Ok(prog)
     }
 
     /// The loaded object, for what needs it whole (the drop log reader).
@@ -440,25 +453,62 @@ impl Maps {
             .collect()
     }
 
-    /// The flow table's size.
-    pub fn max_flows(&self) -> Result<u32, Error> {
-        let info = match self.map(map::FLOWS)? {
+    fn table_size(&self, name: &'static str) -> Result<u32, Error> {
+        let info = match self.map(name)? {
             Map::LruHashMap(m) => m.info(),
-            _ => return Err(Error::Corrupt { name: map::FLOWS, what: "not an LRU hash".into() }),
+            _ => return Err(Error::Corrupt { name, what: "not an LRU hash".into() }),
         };
-        Ok(info.map_err(map_err(map::FLOWS))?.max_entries())
+        Ok(info.map_err(map_err(name))?.max_entries())
     }
 
-    /// Every flow in the table.
-    pub fn flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
-        let flows: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(self.map(map::FLOWS)?).map_err(map_err(map::FLOWS))?;
+    /// The flow table's size.
+    pub fn max_flows(&self) -> Result<u32, Error> {
+        self.table_size(map::FLOWS)
+    }
+
+    /// The embryonic table's size.
+    pub fn max_embryos(&self) -> Result<u32, Error> {
+        self.table_size(map::EMBRYOS)
+    }
+
+    fn table(&self, name: &'static str) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
+        let flows: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         let mut out = BTreeMap::new();
         for entry in flows.iter() {
-            let (k, v) = entry.map_err(map_err(map::FLOWS))?;
+            let (k, v) = entry.map_err(map_err(name))?;
             out.insert(FlowKeyOrd(k), v);
         }
         Ok(out)
+    }
+
+    /// Every flow whose handshake completed.
+    pub fn flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
+        self.table(map::FLOWS)
+    }
+
+    /// Every handshake in progress.
+    pub fn embryos(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
+        self.table(map::EMBRYOS)
+    }
+
+    /// What happened in both state tables, with LRU evictions derived from the rest.
+    pub fn flow_events(&self) -> Result<FlowEvents, Error> {
+        use edge_filter_common::event as e;
+        let ev = self.events()?;
+        let at = |i: u32| ev[i as usize];
+        let table = |created, expired, closed, failed, live: usize| TableEvents {
+            created,
+            expired,
+            closed,
+            insert_failed: failed,
+            // Every entry that left by our hand is counted; the rest the LRU evicted.
+            evicted: created.saturating_sub(expired + closed + live as u64),
+            live: live as u64,
+        };
+        Ok(FlowEvents {
+            flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), self.flows()?.len()),
+            embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), self.embryos()?.len()),
+        })
     }
 
     /// Overwrite one flow entry (tests age flows this way).
@@ -477,6 +527,25 @@ pub fn xdp_md(frame_len: usize, ifindex: u32) -> [u8; 24] {
     ctx[4..8].copy_from_slice(&(frame_len as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
+}
+
+/// What happened in one state table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableEvents {
+    pub created: u64,
+    pub expired: u64,
+    /// Removed by an RST or a new SYN; for embryos, also promoted to the flow table.
+    pub closed: u64,
+    pub evicted: u64,
+    pub insert_failed: u64,
+    pub live: u64,
+}
+
+/// What happened in the flow table and the embryonic table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlowEvents {
+    pub flows: TableEvents,
+    pub embryos: TableEvents,
 }
 
 /// A [`FlowKey`] ordered by its bytes, for stable listings.

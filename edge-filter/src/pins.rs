@@ -2,7 +2,11 @@
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/edge-filter`):
 //! - `maps/<MAP>`: every map, so counters, flows, roles and sets outlive the daemon;
-//! - `links/<ifname>`: one XDP link per NIC; the link holds the program on the NIC.
+//! - `links/<ifname>`: one XDP link per NIC; the link holds the program on the NIC;
+//! - `tc/<ifname>`: for `host` NICs, the TCX link of the egress program (kernel 6.6+).
+//!   Older kernels attach it as a clsact filter at a fixed priority and handle
+//!   ([`TC_PRIORITY`], [`TC_HANDLE`]), which the kernel keeps without a pin and a new
+//!   `run` replaces in place.
 //!
 //! Contract:
 //! - Attaching to a NIC that already has our pinned link replaces the program in that
@@ -20,10 +24,14 @@ use std::{
     process::Command,
 };
 
-use aya::programs::{
-    XdpMode,
-    links::{FdLink, LinkError, PinnedLink},
-    xdp::XdpLink,
+use aya::{
+    programs::{
+        TcAttachType, XdpMode,
+        links::{FdLink, Link as _, LinkError, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
+        xdp::XdpLink,
+    },
+    util::KernelVersion,
 };
 
 use crate::{config::Mode, loader::Filter};
@@ -91,6 +99,34 @@ pub struct LinkEntry {
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
+/// clsact filter priority of the egress program on kernels without TCX.
+pub const TC_PRIORITY: u16 = 0xef00;
+/// clsact filter handle of the egress program on kernels without TCX.
+pub const TC_HANDLE: TcHandle = TcHandle::new(0, 0xef);
+
+/// How the egress program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressAttach {
+    /// A TCX link, pinned (kernel 6.6+).
+    Tcx,
+    /// A clsact filter at [`TC_PRIORITY`] / [`TC_HANDLE`].
+    Clsact,
+}
+
+impl EgressAttach {
+    /// TCX where the kernel has it; `EDGE_FILTER_TC_ATTACH=clsact` forces the older
+    /// path (so it can be tested on new kernels).
+    pub fn for_kernel() -> Self {
+        if std::env::var("EDGE_FILTER_TC_ATTACH").is_ok_and(|v| v == "clsact") {
+            return EgressAttach::Clsact;
+        }
+        match KernelVersion::current() {
+            Ok(v) if v < KernelVersion::new(6, 6, 0) => EgressAttach::Clsact,
+            _ => EgressAttach::Tcx,
+        }
+    }
+}
+
 impl Pins {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
@@ -110,6 +146,77 @@ impl Pins {
 
     fn link_path(&self, iface: &str) -> PathBuf {
         self.links_dir().join(iface)
+    }
+
+    fn tc_dir(&self) -> PathBuf {
+        self.dir.join("tc")
+    }
+
+    fn tc_path(&self, iface: &str) -> PathBuf {
+        self.tc_dir().join(iface)
+    }
+
+    /// Attach the host-mode egress program to `iface`, or replace the program of our
+    /// earlier attachment in place.
+    pub fn attach_egress(&self, filter: &mut Filter, iface: &str, how: EgressAttach) -> Result<bool, PinError> {
+        let program = filter.egress_program_mut()?;
+        let err = |source| PinError::Attach { name: iface.to_owned(), mode: "tc egress", source };
+        match how {
+            EgressAttach::Tcx => {
+                let path = self.tc_path(iface);
+                if path.exists() {
+                    let pinned = PinnedLink::from_pin(&path).map_err(|source| PinError::Link { path: path.clone(), source })?;
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|source| PinError::Link { path: path.clone(), source })?;
+                    program.attach_to_link(link).map_err(err)?;
+                    return Ok(true);
+                }
+                std::fs::create_dir_all(self.tc_dir()).map_err(io(&self.tc_dir()))?;
+                let id = program.attach(iface, TcAttachType::Egress).map_err(err)?;
+                let link = program.take_link(id).map_err(err)?;
+                let fd = FdLink::try_from(link).map_err(|source| PinError::Link { path: path.clone(), source })?;
+                fd.pin(&path).map_err(|e| PinError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+                Ok(false)
+            }
+            EgressAttach::Clsact => {
+                // The qdisc may exist already; attaching tells if it really is missing.
+                let _ = qdisc_add_clsact(iface);
+                let ours = SchedClassifierLink::attached(iface, TcAttachType::Egress, TC_PRIORITY, TC_HANDLE, None)
+                    .map_err(|source| PinError::Io { path: PathBuf::from(iface), source })?;
+                // A link the program keeps is detached when the program is dropped;
+                // taken out and forgotten, the filter stays with the kernel.
+                if let Ok(id) = program.attach_to_link(ours) {
+                    std::mem::forget(program.take_link(id).map_err(err)?);
+                    return Ok(true);
+                }
+                let opts = NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, ..NlOptions::default() };
+                let id = program.attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(opts)).map_err(err)?;
+                std::mem::forget(program.take_link(id).map_err(err)?);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Remove the egress program from `iface`, however it was attached.
+    pub fn detach_egress(&self, iface: &str) -> Result<(), PinError> {
+        let path = self.tc_path(iface);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        if let Ok(link) = SchedClassifierLink::attached(iface, TcAttachType::Egress, TC_PRIORITY, TC_HANDLE, None) {
+            // Absent unless the clsact path attached it.
+            let _ = link.detach();
+        }
+        Ok(())
+    }
+
+    /// The NICs with a pinned egress link.
+    pub fn egress_links(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.tc_dir())
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
     }
 
     /// Whether a filter has pinned its maps here.
@@ -214,6 +321,10 @@ impl Pins {
     pub fn remove_all(&self) -> Result<(), PinError> {
         for link in self.links()? {
             self.detach(&link.interface)?;
+            self.detach_egress(&link.interface)?;
+        }
+        for iface in self.egress_links() {
+            self.detach_egress(&iface)?;
         }
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))?;

@@ -15,7 +15,50 @@ use prometheus_client::{
 };
 use serde::Serialize;
 
-use crate::{addr::EdgeSet, loader::Maps};
+use crate::{
+    addr::EdgeSet,
+    loader::{FlowEvents, Maps},
+};
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One connection of the state tables, for `flows`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlowRow {
+    pub opener: String,
+    pub responder: String,
+    pub state: &'static str,
+    pub rule: &'static str,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+}
+
+impl FlowRow {
+    pub fn new(k: &edge_filter_common::FlowKey, f: &edge_filter_common::Flow, now_ns: u64) -> Self {
+        let addr = |a: &[u8; 16]| -> std::net::IpAddr {
+            if k.family == edge_filter_common::family::V4 {
+                std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+            } else {
+                std::net::Ipv6Addr::from(*a).into()
+            }
+        };
+        let secs = |ns: u64| now_ns.saturating_sub(ns) as f64 / 1e9;
+        Self {
+            opener: std::net::SocketAddr::new(addr(&k.src), u16::from_be(k.sport_be)).to_string(),
+            responder: std::net::SocketAddr::new(addr(&k.dst), u16::from_be(k.dport_be)).to_string(),
+            state: edge_filter_common::flow_state::name(f.state),
+            rule: edge_filter_common::rule::NAMES.get(usize::from(f.rule)).copied().unwrap_or("unknown"),
+            age_secs: secs(f.created_ns),
+            idle_secs: secs(f.last_seen_ns),
+        }
+    }
+}
 
 /// One counter row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -46,6 +89,7 @@ pub struct Snapshot {
     pub dry_run: bool,
     /// `(event name, occurrences)`.
     pub events: Vec<(&'static str, u64)>,
+    pub flow_events: FlowEvents,
 }
 
 /// The name of the NIC with this ifindex, or `if<N>` when it has gone.
@@ -84,8 +128,9 @@ impl Snapshot {
             dry_run: maps.policy()?.dry_run,
             events: {
                 let counts = maps.events()?;
-                edge_filter_common::event::NAMES.iter().map(|(i, n)| (*n, counts[*i as usize])).collect()
+                edge_filter_common::event::NAMES[..2].iter().map(|(i, n)| (*n, counts[*i as usize])).collect()
             },
+            flow_events: maps.flow_events()?,
         })
     }
 
@@ -158,6 +203,26 @@ impl Snapshot {
         reg.register("edge_filter_flows", "Entries in the flow table", flows);
         reg.register("edge_filter_dry_run", "1 when nothing is dropped and would-be drops are counted", dry);
         reg.register("edge_filter_events", "Events besides verdicts: drop log lines and suppressions", events);
+        let flow_events = Family::<Event, PromCounter>::default();
+        let embryos = Gauge::<i64>::default();
+        let (f, e) = (&self.flow_events.flows, &self.flow_events.embryos);
+        for (name, n) in [
+            ("created", f.created),
+            ("expired", f.expired),
+            ("closed", f.closed),
+            ("evicted", f.evicted),
+            ("insert_failed", f.insert_failed),
+            ("handshake_started", e.created),
+            ("handshake_expired", e.expired),
+            ("handshake_closed", e.closed),
+            ("handshake_evicted", e.evicted),
+            ("handshake_insert_failed", e.insert_failed),
+        ] {
+            flow_events.get_or_create(&Event { event: name.into() }).inc_by(n);
+        }
+        embryos.set(e.live as i64);
+        reg.register("edge_filter_flow_events", "State-table events: flows and handshakes created, expired, closed, evicted, refused", flow_events);
+        reg.register("edge_filter_handshakes", "Entries in the embryonic (handshake) table", embryos);
         let mut out = String::new();
         encode(&mut out, &reg).expect("writing to a String cannot fail");
         out
@@ -177,6 +242,7 @@ mod tests {
             flows: 4,
             dry_run: false,
             events: vec![("drop_log_suppressed", 7)],
+            flow_events: FlowEvents::default(),
         };
         let text = s.prometheus();
         for line in [
@@ -187,6 +253,8 @@ mod tests {
             "edge_filter_flows 4",
             "edge_filter_dry_run 0",
             "edge_filter_events_total{event=\"drop_log_suppressed\"} 7",
+            "edge_filter_flow_events_total{event=\"evicted\"} 0",
+            "edge_filter_handshakes 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -175,6 +175,11 @@ impl Harness {
         Self::build(policy, sets, LoadOptions::default())
     }
 
+    /// Load with state tables of these sizes.
+    pub fn with_tables(policy: Policy, max_flows: u32, max_embryos: u32) -> anyhow::Result<Self> {
+        Self::build(policy, &plan::sets(), LoadOptions { max_flows, max_embryos, ..LoadOptions::default() })
+    }
+
     /// Load the given program variant with `policy` and the plan's address sets.
     pub fn with_variant(policy: Policy, variant: Variant) -> anyhow::Result<Self> {
         Self::build(policy, &plan::sets(), LoadOptions { variant: Some(variant), ..LoadOptions::default() })

@@ -37,7 +37,8 @@ pub const IPV6_LEN: usize = 40;
 /// The upper layer of a packet.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
+    /// TCP; `seq` and `ack` are the sequence and acknowledgement numbers.
+    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32 },
     Udp { sport: u16, dport: u16 },
     /// ICMP or ICMPv6 (by the address family): type and code, 8-byte header.
     Icmp { kind: u8, code: u8 },
@@ -82,9 +83,9 @@ pub struct Pkt {
     pub l4_cut: Option<usize>,
 }
 
-/// A TCP packet with the given flags.
+/// A TCP packet with the given flags (sequence 1000, acknowledging 2000).
 pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Pkt {
-    Pkt::new(src, dst, L4::Tcp { sport, dport, flags })
+    Pkt::new(src, dst, L4::Tcp { sport, dport, flags, seq: 1000, ack: 2000 })
 }
 
 pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Pkt {
@@ -111,6 +112,14 @@ impl Pkt {
             ipv6_exts: Vec::new(),
             l4_cut: None,
         }
+    }
+
+    /// TCP sequence and acknowledgement numbers.
+    pub fn seq_ack(mut self, seq: u32, ack: u32) -> Self {
+        if let L4::Tcp { seq: s, ack: a, .. } = &mut self.l4 {
+            (*s, *a) = (seq, ack);
+        }
+        self
     }
 
     /// Add a VLAN tag (outermost first).
@@ -166,15 +175,15 @@ impl Pkt {
     fn l4_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match &self.l4 {
-            L4::Tcp { sport, dport, flags: f } => {
-                let mut h = TcpHeader::new(*sport, *dport, 1000, 64240);
+            L4::Tcp { sport, dport, flags: f, seq, ack } => {
+                let mut h = TcpHeader::new(*sport, *dport, *seq, 64240);
                 h.fin = f & flags::FIN != 0;
                 h.syn = f & flags::SYN != 0;
                 h.rst = f & flags::RST != 0;
                 h.psh = f & flags::PSH != 0;
                 h.ack = f & flags::ACK != 0;
                 if h.ack {
-                    h.acknowledgment_number = 2000;
+                    h.acknowledgment_number = *ack;
                 }
                 h.write(&mut out).expect("write to Vec");
             }

@@ -513,23 +513,30 @@ impl Conn {
             _ => R3,
         }
     }
-    /// Opener to responder: allowed by the rule.
+    /// Opener to responder: allowed by the rule. Sequence numbers are those of a real
+    /// handshake: the opener's ISN is 1000, the responder's 5000.
     fn out(&self, what: &str, flags: u8) -> Case {
+        let seq = if flags & (SYN | ACK) == SYN { 1000 } else { 1001 };
         Case::rule(
             format!("{} {what}", self.f.tag),
             self.opener_nic,
-            tcp(self.client, self.server, self.cport, self.sport, flags).build(),
+            tcp(self.client, self.server, self.cport, self.sport, flags).seq_ack(seq, 5001).build(),
             self.rule_id(),
         )
     }
     /// Responder to opener, with the verdict it must get.
     fn back(&self, what: &str, flags: u8, verdict: u32) -> Case {
+        let seq = if flags & SYN != 0 { 5000 } else { 5001 };
         Case::new(
             format!("{} {what}", self.f.tag),
             self.responder_nic,
-            tcp(self.server, self.client, self.sport, self.cport, flags).build(),
+            tcp(self.server, self.client, self.sport, self.cport, flags).seq_ack(seq, 1001).build(),
             verdict,
         )
+    }
+    /// SYN, SYN-ACK, ACK.
+    fn handshake(&self) -> [Case; 3] {
+        [self.out("SYN", SYN), self.back("SYN-ACK", SYN_ACK, PASS_REPLY), self.out("ACK", ACK)]
     }
 }
 
@@ -547,6 +554,8 @@ fn replies_of_allowed_flows_pass_and_nothing_else() {
             r2.back("R2 reply before any flow", SYN_ACK, DROP_NO_RULE),
             r2.out("R2 SYN", SYN),
             r2.back("R2 SYN-ACK from the partner's 5269", SYN_ACK, PASS_REPLY),
+            r2.back("R2 data before the handshake completed", ACK | PSH, DROP_NO_RULE),
+            r2.out("R2 ACK", ACK),
             r2.back("R2 data from the partner", ACK | PSH, PASS_REPLY),
             r3.out("R3 SYN", SYN),
             r3.back("R3 SYN-ACK", SYN_ACK, PASS_REPLY),
@@ -604,10 +613,12 @@ fn fin_closes_a_flow_after_the_closing_timeout() {
         h.check_all(&[
             a.out("R1 SYN", SYN),
             a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
+            // The opener's FIN completes the handshake and starts the close at once.
             a.out("R1 FIN", FIN_ACK),
             a.back("R1 FIN-ACK within the closing timeout", FIN_ACK, PASS_REPLY),
             b.out("R2 SYN", SYN),
             b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
+            b.out("R2 ACK", ACK),
             b.back("R2 FIN from the partner", FIN_ACK, PASS_REPLY),
             b.back("R2 last ACK within the closing timeout", ACK, PASS_REPLY),
         ])
@@ -630,8 +641,8 @@ fn idle_flows_expire_by_state() {
     let h = harness(short(100, 400, 60_000));
     for f in [V4, V6] {
         let (a, b) = (Conn::r1(f, 40031), Conn::r3(f, 40032));
-        h.check_all(&[a.out("R1 SYN", SYN), a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY), b.out("R3 SYN, never answered", SYN)])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let [syn, syn_ack, ack] = a.handshake();
+        h.check_all(&[syn, syn_ack, ack, b.out("R3 SYN, never answered", SYN)]).unwrap_or_else(|e| panic!("{e:#}"));
     }
     sleep(Duration::from_millis(250));
     for f in [V4, V6] {
@@ -651,22 +662,63 @@ fn idle_flows_expire_by_state() {
 }
 
 #[test]
-fn flows_are_recorded_with_their_rule_and_state() {
+fn flows_enter_the_flow_table_only_when_the_handshake_completes() {
+    use edge_filter_common::flow_state::*;
     let h = harness(Policy::default());
     let a = Conn::r2(V4, 40041);
+    let only = |t: std::collections::BTreeMap<edge_filter::loader::FlowKeyOrd, edge_filter_common::Flow>| {
+        assert!(t.len() <= 1, "{t:?}");
+        t.into_iter().next()
+    };
     h.check_all(&[a.out("R2 SYN", SYN)]).unwrap_or_else(|e| panic!("{e:#}"));
-    let flows = h.filter.flows().unwrap();
-    assert_eq!(flows.len(), 1, "{flows:?}");
-    let (key, flow) = flows.iter().next().unwrap();
+    let (key, embryo) = only(h.filter.embryos().unwrap()).expect("the SYN is recorded as a handshake");
     assert_eq!(&key.0.src[..4], &[203, 0, 113, 10]);
     assert_eq!(&key.0.dst[..4], &[198, 51, 100, 20]);
-    assert_eq!(u16::from_be(key.0.dport_be), 5269);
-    assert_eq!(u16::from_be(key.0.sport_be), 40041);
-    assert_eq!(u32::from(flow.rule), R2);
-    assert_eq!(flow.state, edge_filter_common::flow_state::SYN_SENT);
+    assert_eq!((u16::from_be(key.0.sport_be), u16::from_be(key.0.dport_be)), (40041, 5269));
+    assert_eq!((u32::from(embryo.rule), embryo.state), (R2, SYN_SENT));
+    assert!(h.filter.flows().unwrap().is_empty());
+
     h.check_all(&[a.back("SYN-ACK", SYN_ACK, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
-    let flows = h.filter.flows().unwrap();
-    assert_eq!(flows.values().next().unwrap().state, edge_filter_common::flow_state::ESTABLISHED);
+    let (_, embryo) = only(h.filter.embryos().unwrap()).unwrap();
+    assert_eq!((embryo.state, embryo.responder_isn), (SYN_RECV, 5000));
+
+    // An ACK that does not acknowledge the responder's ISN completes nothing.
+    let blind = Case::rule("ACK with a guessed number", Edge,
+        tcp(ACCESS4, PARTNER4, 40041, 5269, ACK).seq_ack(1001, 777).build(), R2);
+    h.check_all(&[blind, a.back("data before the handshake completed", ACK | PSH, DROP_NO_RULE)])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(h.filter.flows().unwrap().is_empty());
+
+    h.check_all(&[a.out("ACK", ACK), a.back("data", ACK | PSH, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, flow) = only(h.filter.flows().unwrap()).expect("the completed handshake is a flow");
+    assert_eq!((u32::from(flow.rule), flow.state), (R2, ESTABLISHED));
+    assert!(h.filter.embryos().unwrap().is_empty());
+    let ev = h.filter.flow_events().unwrap();
+    assert_eq!((ev.flows.created, ev.flows.live, ev.embryos.created, ev.embryos.closed, ev.embryos.evicted), (1, 1, 1, 1, 0));
+}
+
+#[test]
+fn a_syn_flood_churns_the_handshake_table_and_never_touches_established_flows() {
+    // Small tables: 64 flows, 16 handshakes; 10 completed connections, then 2,000
+    // spoofed SYNs to the federation port (125 times the handshake table).
+    let h = Harness::with_tables(Policy::default(), 64, 16).unwrap_or_else(|e| panic!("{e:#}"));
+    let conns: Vec<Conn> = (0..10).map(|i| if i % 2 == 0 { Conn::r1(V4, 41000 + i) } else { Conn::r2(V6, 41000 + i) }).collect();
+    for c in &conns {
+        h.check_all(&c.handshake()).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    for i in 0..2000u32 {
+        let src = IpAddr::from([198, 51, 100, 128 + (i % 100) as u8]);
+        let frame = tcp(src, ACCESS4, 1024 + (i / 100) as u16 * 7, 5269, SYN).build();
+        h.check(&Case::rule(format!("spoofed SYN {i}"), Outside, frame, R1)).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    for c in &conns {
+        h.check_all(&[c.back("data after the flood", ACK | PSH, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let ev = h.filter.flow_events().unwrap();
+    assert_eq!((ev.flows.live, ev.flows.evicted, ev.flows.insert_failed), (10, 0, 0), "{ev:?}");
+    assert_eq!(ev.embryos.created, 2000 + 10, "{ev:?}");
+    assert!(ev.embryos.evicted >= 2000 - 16, "the flood evicted its own kind: {ev:?}");
+    assert!(ev.embryos.live <= 16, "{ev:?}");
 }
 
 #[test]
