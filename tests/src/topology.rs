@@ -34,16 +34,17 @@ pub fn unique(what: &str) -> String {
     format!("ef-{what}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A named network namespace, deleted on drop.
+/// A named network namespace, deleted on drop unless it is an alias of another.
 pub struct Netns {
     pub name: String,
+    owned: bool,
 }
 
 impl Netns {
     pub fn new(what: &str) -> anyhow::Result<Self> {
         let name = unique(what);
         ip(&["netns", "add", &name])?;
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         // Interfaces made later skip duplicate address detection: their addresses,
         // link-local ones included, are usable at once, so the first packets of a
@@ -53,6 +54,11 @@ impl Netns {
             std::fs::write("/proc/sys/net/ipv6/conf/all/accept_dad", "0")
         })??;
         Ok(ns)
+    }
+
+    /// Another handle on the same namespace, which does not delete it.
+    pub fn alias(&self) -> Self {
+        Self { name: self.name.clone(), owned: false }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -91,7 +97,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
+        if self.owned {
+            let _ = ip(&["netns", "del", &self.name]);
+        }
     }
 }
 
@@ -133,7 +141,26 @@ pub fn echo_server(ns: &Netns, addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Connect from `ns` to `addr`, send a line and read it back.
 pub fn connect(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<Outcome> {
-    ns.enter(move || match TcpStream::connect_timeout(&addr, timeout) {
+    ns.enter(move || outcome(TcpStream::connect_timeout(&addr, timeout), timeout))
+}
+
+/// [`connect`] from a chosen local address and port (port 0: any), as a server that
+/// binds its outgoing connections to its federation address does.
+pub fn connect_from(ns: &Netns, local: SocketAddr, to: SocketAddr, timeout: Duration) -> anyhow::Result<Outcome> {
+    ns.enter(move || {
+        let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let stream = socket2::Socket::new(domain, socket2::Type::STREAM, None).and_then(|s| {
+            s.set_reuse_address(true)?;
+            s.bind(&local.into())?;
+            s.connect_timeout(&to.into(), timeout)?;
+            Ok(TcpStream::from(s))
+        });
+        outcome(stream, timeout)
+    })
+}
+
+fn outcome(stream: std::io::Result<TcpStream>, timeout: Duration) -> Outcome {
+    match stream {
         Ok(mut s) => {
             s.set_read_timeout(Some(timeout)).ok();
             let ok = s.write_all(b"<stream/>\n").is_ok() && {
@@ -144,7 +171,7 @@ pub fn connect(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Resul
         }
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
         Err(_) => Outcome::TimedOut,
-    })
+    }
 }
 
 /// An open connection kept for later use (from inside its namespace).
@@ -174,7 +201,9 @@ pub fn edge_filter_bin() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no edge-filter binary near {}: build it with `cargo build -p edge-filter`", exe.display()))
 }
 
-/// The perimeter: four host namespaces and the firewall between them.
+/// The perimeter: four host namespaces and the firewall between them; or, in host
+/// mode ([`Topology::host_mode`]), the Edge itself carrying the filter, with the
+/// partner and the Front End on its links (then `edge` is an alias of `fw`).
 pub struct Topology {
     pub fw: Netns,
     pub partner: Netns,
@@ -183,16 +212,41 @@ pub struct Topology {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub work: PathBuf,
+    pub host_mode: bool,
 }
 
-/// One link: a veth from the firewall to a host.
+/// One link: a veth from the firewall to a host, with the addresses of each end.
 struct Link<'a> {
     fw_dev: &'a str,
     host_dev: &'a str,
-    v4_fw: &'a str,
-    v4_host: &'a str,
-    v6_fw: &'a str,
-    v6_host: &'a str,
+    fw_addrs: &'a [&'a str],
+    host_addrs: &'a [&'a str],
+}
+
+impl Link<'_> {
+    fn build(&self, fw: &Netns, host: &Netns) -> anyhow::Result<()> {
+        fw.ip(&["link", "add", self.fw_dev, "type", "veth", "peer", "name", self.host_dev, "netns", &host.name])?;
+        for (ns, dev, addrs) in [(fw, self.fw_dev, self.fw_addrs), (host, self.host_dev, self.host_addrs)] {
+            for a in addrs {
+                if a.contains(':') {
+                    ns.ip(&["-6", "addr", "add", a, "dev", dev, "nodad"])?;
+                } else {
+                    ns.ip(&["addr", "add", a, "dev", dev])?;
+                }
+            }
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+}
+
+/// Default routes of the partner and the Front End, through the filtering machine.
+fn outside_routes(partner: &Netns, frontend: &Netns) -> anyhow::Result<()> {
+    for (ns, v4, v6) in [(partner, "198.51.100.1", "2001:db8:5100::1"), (frontend, "198.18.0.1", "2001:db8:198::1")] {
+        ns.ip(&["route", "add", "default", "via", v4])?;
+        ns.ip(&["-6", "route", "add", "default", "via", v6])?;
+    }
+    Ok(())
 }
 
 impl Topology {
@@ -208,35 +262,57 @@ impl Topology {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
             state_dir: work.join("state"),
             work,
+            host_mode: false,
         };
         t.fw.enter(|| {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
             std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
         })??;
         let links = [
-            (&t.partner, Link { fw_dev: "out0", host_dev: "eth0", v4_fw: "198.51.100.1/24", v4_host: "198.51.100.20/24", v6_fw: "2001:db8:5100::1/64", v6_host: "2001:db8:5100::20/64" }),
-            (&t.edge, Link { fw_dev: "ext0", host_dev: "ext0", v4_fw: "203.0.113.1/24", v4_host: "203.0.113.10/24", v6_fw: "2001:db8:203::1/64", v6_host: "2001:db8:203::10/64" }),
-            (&t.edge, Link { fw_dev: "int0", host_dev: "int0", v4_fw: "192.0.2.1/24", v4_host: "192.0.2.10/24", v6_fw: "2001:db8:192::1/64", v6_host: "2001:db8:192::10/64" }),
-            (&t.frontend, Link { fw_dev: "fe0", host_dev: "eth0", v4_fw: "198.18.0.1/24", v4_host: "198.18.0.20/24", v6_fw: "2001:db8:198::1/64", v6_host: "2001:db8:198::20/64" }),
+            (&t.partner, Link { fw_dev: "out0", host_dev: "eth0", fw_addrs: &["198.51.100.1/24", "2001:db8:5100::1/64"], host_addrs: &["198.51.100.20/24", "2001:db8:5100::20/64"] }),
+            (&t.edge, Link { fw_dev: "ext0", host_dev: "ext0", fw_addrs: &["203.0.113.1/24", "2001:db8:203::1/64"], host_addrs: &["203.0.113.10/24", "2001:db8:203::10/64"] }),
+            (&t.edge, Link { fw_dev: "int0", host_dev: "int0", fw_addrs: &["192.0.2.1/24", "2001:db8:192::1/64"], host_addrs: &["192.0.2.10/24", "2001:db8:192::10/64"] }),
+            (&t.frontend, Link { fw_dev: "fe0", host_dev: "eth0", fw_addrs: &["198.18.0.1/24", "2001:db8:198::1/64"], host_addrs: &["198.18.0.20/24", "2001:db8:198::20/64"] }),
         ];
         for (host, l) in &links {
-            t.fw.ip(&["link", "add", l.fw_dev, "type", "veth", "peer", "name", l.host_dev, "netns", &host.name])?;
-            for (ns, dev, v4, v6) in [(&t.fw, l.fw_dev, l.v4_fw, l.v6_fw), (*host, l.host_dev, l.v4_host, l.v6_host)] {
-                ns.ip(&["addr", "add", v4, "dev", dev])?;
-                ns.ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"])?;
-                ns.ip(&["link", "set", dev, "up"])?;
-            }
+            l.build(&t.fw, host)?;
         }
-        for (ns, v4, v6) in [(&t.partner, "198.51.100.1", "2001:db8:5100::1"), (&t.frontend, "198.18.0.1", "2001:db8:198::1")] {
-            ns.ip(&["route", "add", "default", "via", v4])?;
-            ns.ip(&["-6", "route", "add", "default", "via", v6])?;
-        }
+        outside_routes(&t.partner, &t.frontend)?;
         // The Edge: partners through the external NIC, the corporate network through
         // the internal one.
         t.edge.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
         t.edge.ip(&["-6", "route", "add", "default", "via", "2001:db8:203::1"])?;
         t.edge.ip(&["route", "add", "198.18.0.0/15", "via", "192.0.2.1"])?;
         t.edge.ip(&["-6", "route", "add", "2001:db8:198::/64", "via", "2001:db8:192::1"])?;
+        Ok(t)
+    }
+
+    /// Host mode: the Edge's addresses are local to the machine that runs the filter.
+    /// Its `ext0` faces the partner (access-edge 203.0.113.10, 2001:db8:203::10, and
+    /// the partner's gateway address), its `int0` the Front End (internal-edge
+    /// 192.0.2.10, 2001:db8:192::10, and the Front End's gateway).
+    pub fn host_mode() -> anyhow::Result<Self> {
+        let id = unique("h");
+        let work = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&work)?;
+        let fw = Netns::new("host")?;
+        let t = Self {
+            edge: fw.alias(),
+            fw,
+            partner: Netns::new("partner")?,
+            frontend: Netns::new("frontend")?,
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
+            state_dir: work.join("state"),
+            work,
+            host_mode: true,
+        };
+        let ext = ["203.0.113.10/24", "2001:db8:203::10/64", "198.51.100.1/24", "2001:db8:5100::1/64"];
+        let int = ["192.0.2.10/24", "2001:db8:192::10/64", "198.18.0.1/24", "2001:db8:198::1/64"];
+        Link { fw_dev: "ext0", host_dev: "eth0", fw_addrs: &ext, host_addrs: &["198.51.100.20/24", "2001:db8:5100::20/64"] }
+            .build(&t.fw, &t.partner)?;
+        Link { fw_dev: "int0", host_dev: "eth0", fw_addrs: &int, host_addrs: &["198.18.0.20/24", "2001:db8:198::20/64"] }
+            .build(&t.fw, &t.frontend)?;
+        outside_routes(&t.partner, &t.frontend)?;
         Ok(t)
     }
 
@@ -248,6 +324,21 @@ impl Topology {
     }
 
     pub fn base_config(&self) -> String {
+        if self.host_mode {
+            return r#"[[interface]]
+name = "ext0"
+role = "host"
+
+[[interface]]
+name = "int0"
+role = "host"
+
+[addresses]
+access-edge = ["203.0.113.10", "2001:db8:203::10"]
+internal-edge = ["192.0.2.10", "2001:db8:192::10"]
+"#
+            .to_owned();
+        }
         r#"[[interface]]
 name = "out0"
 role = "outside"
@@ -285,6 +376,12 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
 
     /// Start the daemon and wait until every configured NIC has its link.
     pub fn start(&self, config: &Path) -> anyhow::Result<Daemon> {
+        self.start_with_env(config, &[])
+    }
+
+    /// [`Topology::start`] with extra environment for the daemon.
+    pub fn start_with_env(&self, config: &Path, env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
+        let nics = std::fs::read_to_string(config)?.matches("[[interface]]").count();
         let log = self.work.join(format!("daemon-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
         let child = self
             .fw
@@ -294,6 +391,7 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
             .arg(config)
             .env("EDGE_FILTER_PIN_DIR", &self.pin_dir)
             .env("EDGE_FILTER_STATE_DIR", &self.state_dir)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&log)?)
             .stderr(File::create(&log)?.try_clone()?)
@@ -302,7 +400,7 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let links: Vec<_> = std::fs::read_dir(self.pin_dir.join("links")).map(|d| d.flatten().collect()).unwrap_or_default();
-            if links.len() == 4 && daemon.log_text().contains("enforcing") {
+            if links.len() == nics && daemon.log_text().contains("enforcing") {
                 return Ok(daemon);
             }
             if let Some(st) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

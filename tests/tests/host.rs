@@ -1,0 +1,110 @@
+//! Host mode end to end: the Edge's addresses are local to the machine that runs the
+//! filter, its NICs have role `host`, and its own outbound connections are recorded by
+//! the TC egress program so that their replies pass the XDP program, and nothing else.
+//!
+//! Privileged: run as root, one test at a time.
+
+use std::time::Duration;
+
+use edge_filter_tests::{
+    packet::{flags::*, tcp},
+    plan::*,
+    topology::{Netns, Outcome, Topology, connect, connect_from, echo_server, sa},
+};
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+
+const T: Duration = Duration::from_millis(1500);
+
+fn ok<T>(r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn drops(t: &Topology, iface: &str) -> u64 {
+    let out = ok(t.cli(&["stats", "--json"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["interface"] == iface && r["action"] == "drop" && r["reason"] == "no_rule")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum()
+}
+
+/// Send a raw frame out of `dev` in `ns` (an AF_PACKET socket).
+fn inject(ns: &Netns, dev: &'static str, frame: Vec<u8>) {
+    ok(ok(ns.enter(move || -> anyhow::Result<()> {
+        let s = Socket::new(Domain::PACKET, Type::RAW, None)?;
+        let ifindex = edge_filter::pins::ifindex(dev)?;
+        // SAFETY: a zeroed sockaddr_ll is valid; sendto reads `frame` and the address
+        // for the lengths given, on a socket we own.
+        let sent = unsafe {
+            let mut ll: libc::sockaddr_ll = std::mem::zeroed();
+            ll.sll_family = libc::AF_PACKET as u16;
+            ll.sll_ifindex = ifindex as i32;
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        anyhow::ensure!(sent == frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+        Ok(())
+    })))
+}
+
+fn host_mode(env: &[(&str, &str)]) {
+    let t = ok(Topology::host_mode());
+    for (ip, port) in [(ACCESS4, 5269), (ACCESS6, 5269), (INTERNAL4, 23456), (INTERNAL6, 23456), (ACCESS4, 40000), (ACCESS6, 40000)] {
+        ok(echo_server(&t.edge, sa(ip, port)));
+    }
+    for ip in [PARTNER4, PARTNER6] {
+        ok(echo_server(&t.partner, sa(ip, 5269)));
+    }
+    // A second partner address for the one posing with port 5269 (the first listens on it).
+    let (attacker4, attacker6) = (std::net::IpAddr::from([198, 51, 100, 21]), "2001:db8:5100::21".parse().unwrap());
+    ok(t.partner.ip(&["addr", "add", "198.51.100.21/24", "dev", "eth0"]));
+    ok(t.partner.ip(&["-6", "addr", "add", "2001:db8:5100::21/64", "dev", "eth0", "nodad"]));
+    let d = ok(t.start_with_env(&ok(t.write_config("")), env));
+    for (fam, access, internal, partner, attacker) in
+        [("v4", ACCESS4, INTERNAL4, PARTNER4, attacker4), ("v6", ACCESS6, INTERNAL6, PARTNER6, attacker6)]
+    {
+        assert_eq!(ok(connect(&t.partner, sa(access, 5269), T)), Outcome::Connected, "{fam} R1 in");
+        assert_eq!(ok(connect(&t.frontend, sa(internal, 23456), T)), Outcome::Connected, "{fam} R3 in");
+        // The server binds its federation connections to its access-edge address.
+        assert_eq!(ok(connect_from(&t.edge, sa(access, 0), sa(partner, 5269), T)), Outcome::Connected, "{fam} R2 out, replies back in");
+        assert_eq!(ok(connect(&t.partner, sa(access, 40000), T)), Outcome::TimedOut, "{fam} another local port");
+        let before = drops(&t, "ext0");
+        assert_eq!(
+            ok(connect_from(&t.partner, sa(attacker, 5269), sa(access, 40000), T)),
+            Outcome::TimedOut,
+            "{fam} a SYN from port 5269 to another local port"
+        );
+        assert!(drops(&t, "ext0") > before, "{fam} the SYN from 5269 is dropped");
+        for flags in [ACK, RST, RST_ACK] {
+            let before = drops(&t, "ext0");
+            inject(&t.partner, "eth0", tcp(attacker, access, 5269, 40000, flags).build());
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(drops(&t, "ext0"), before + 1, "{fam} a {flags:#04x} from port 5269 with no flow");
+        }
+    }
+    // The Edge's own connections are in the flow table with the rule that opened them.
+    let flows: Value = serde_json::from_slice(&ok(t.cli(&["flows", "--json"])).stdout).unwrap();
+    let out: Vec<&Value> = flows.as_array().unwrap().iter().filter(|f| f["rule"] == "federation-out").collect();
+    assert!(out.len() >= 2 && out.iter().all(|f| f["opener"].as_str().unwrap().contains("203")), "{flows:#}");
+    drop(d);
+}
+
+#[test]
+fn host_mode_with_tcx() {
+    host_mode(&[]);
+}
+
+#[test]
+fn host_mode_with_clsact_as_on_kernels_before_6_6() {
+    host_mode(&[("EDGE_FILTER_TC_ATTACH", "clsact")]);
+}
