@@ -40,6 +40,10 @@ use crate::{
 /// The kernel object, built by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge-filter"));
 
+/// The traffic generator for tests and benchmarks (`edge-filter-ebpf/src/gen.rs`):
+/// an XDP program named `traffic_gen` to run in live-frames mode.
+pub static TRAFFIC_GEN: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traffic-gen"));
+
 /// What the loader reports when the kernel or the maps refuse.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -497,3 +497,39 @@ impl Drop for Daemon {
 pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
+
+/// The MAC address of `dev` in `ns`.
+pub fn mac_of(ns: &Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
+    let out = Command::new("ip").args(["-n", &ns.name, "-j", "link", "show", "dev", dev]).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let text = v[0]["address"].as_str().context("no address")?;
+    let mut mac = [0u8; 6];
+    for (i, part) in text.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
+/// Transmit `count` copies of `frame` out of `dev` in `ns` with the in-kernel traffic
+/// generator (BPF_PROG_TEST_RUN, live frames), each from another source address and
+/// port. Returns how long the kernel took.
+pub fn flood(ns: &Netns, dev: &'static str, frame: Vec<u8>, count: u32) -> anyhow::Result<Duration> {
+    ns.enter(move || -> anyhow::Result<Duration> {
+        use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
+        let mut ebpf = aya::Ebpf::load(edge_filter::loader::TRAFFIC_GEN).context("load the traffic generator")?;
+        let prog: &mut Xdp = ebpf.program_mut("traffic_gen").context("traffic_gen")?.try_into()?;
+        prog.load()?;
+        let ifindex = edge_filter::pins::ifindex(dev)?;
+        let ctx = edge_filter::loader::xdp_md(frame.len(), ifindex);
+        let start = Instant::now();
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN with live frames")?;
+        Ok(start.elapsed())
+    })?
+}
