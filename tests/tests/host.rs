@@ -96,7 +96,25 @@ fn host_mode(env: &[(&str, &str)]) {
     let flows: Value = serde_json::from_slice(&ok(t.cli(&["flows", "--json"])).stdout).unwrap();
     let out: Vec<&Value> = flows.as_array().unwrap().iter().filter(|f| f["rule"] == "federation-out").collect();
     assert!(out.len() >= 2 && out.iter().all(|f| f["opener"].as_str().unwrap().contains("203")), "{flows:#}");
+
+    // The egress program outlives the daemon and is adopted by the next run.
+    let egress_attached = || {
+        let out = std::process::Command::new("tc").args(["-n", &t.fw.name, "filter", "show", "dev", "ext0", "egress"]).output();
+        let tc = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let status: Value = serde_json::from_slice(&ok(t.cli(&["status", "--json"])).stdout).unwrap_or(Value::Null);
+        tc.contains("edge_filter_eg") || status["egress"].as_array().is_some_and(|e| e.iter().any(|i| i == "ext0"))
+    };
+    assert!(d.stop().unwrap().success());
+    assert!(egress_attached(), "the egress program stays when the daemon stops");
+    assert_eq!(ok(connect_from(&t.edge, sa(ACCESS4, 0), sa(PARTNER4, 5269), T)), Outcome::Connected, "R2 with no daemon");
+    let d = ok(t.start_with_env(&ok(t.write_config("")), env));
+    assert!(d.log_text().contains("egress flows recorded by TC") && d.log_text().contains("program replaced"), "{}", d.log_text());
+    assert_eq!(ok(connect_from(&t.edge, sa(ACCESS6, 0), sa(PARTNER6, 5269), T)), Outcome::Connected, "R2 after the restart");
     drop(d);
+    let out = ok(t.cli(&["detach"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tc = std::process::Command::new("tc").args(["-n", &t.fw.name, "filter", "show", "dev", "ext0", "egress"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tc.stdout).contains("edge_filter_eg"), "detach removed the egress program");
 }
 
 #[test]
