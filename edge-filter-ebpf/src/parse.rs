@@ -171,6 +171,28 @@ pub struct Packet {
     pub dst: [u8; 16],
 }
 
+impl Packet {
+    /// The facts of an IP header; not a fragment, no upper layer read yet.
+    #[inline(always)]
+    fn ip(family: u8, proto: u8, hop_limit: u8, src: [u8; 16], dst: [u8; 16]) -> Self {
+        Self {
+            family,
+            proto,
+            frag: FRAG_NONE,
+            hop_limit,
+            l4: L4_ABSENT,
+            tcp_flags: 0,
+            icmp_type: 0,
+            sport_be: 0,
+            dport_be: 0,
+            seq: 0,
+            ack_seq: 0,
+            src,
+            dst,
+        }
+    }
+}
+
 /// Parse the frame down to the upper-layer header.
 #[inline(always)]
 pub fn parse(frame: &Frame) -> Result<Parsed, Malformed> {
@@ -210,21 +232,8 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, Malformed> {
     } else {
         FRAG_NONE
     };
-    let mut p = Packet {
-        family: family::V4,
-        proto: hdr.proto,
-        frag,
-        hop_limit: hdr.ttl,
-        l4: L4_ABSENT,
-        tcp_flags: 0,
-        icmp_type: 0,
-        sport_be: 0,
-        dport_be: 0,
-        seq: 0,
-        ack_seq: 0,
-        src: [0; 16],
-        dst: [0; 16],
-    };
+    let mut p = Packet::ip(family::V4, hdr.proto, hdr.ttl, [0; 16], [0; 16]);
+    p.frag = frag;
     p.src[..4].copy_from_slice(&hdr.src_addr);
     p.dst[..4].copy_from_slice(&hdr.dst_addr);
     if frag != FRAG_LATER {
@@ -240,21 +249,7 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Parsed, Malformed> {
     if hdr.version() != 6 || end > frame.len() {
         return Err(Malformed);
     }
-    let mut p = Packet {
-        family: family::V6,
-        proto: hdr.next_hdr,
-        frag: FRAG_NONE,
-        hop_limit: hdr.hop_limit,
-        l4: L4_ABSENT,
-        tcp_flags: 0,
-        icmp_type: 0,
-        sport_be: 0,
-        dport_be: 0,
-        seq: 0,
-        ack_seq: 0,
-        src: hdr.src_addr,
-        dst: hdr.dst_addr,
-    };
+    let mut p = Packet::ip(family::V6, hdr.next_hdr, hdr.hop_limit, hdr.src_addr, hdr.dst_addr);
     let mut l4 = off + Ipv6Hdr::LEN;
     // Bit 0: a fragment header with the M flag was seen (at offset 0).
     let mut more = 0u16;

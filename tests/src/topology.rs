@@ -362,16 +362,16 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
         .to_owned()
     }
 
-    /// `edge-filter ARGS` in the firewall namespace, with this topology's directories.
+    /// `edge-filter` in the firewall namespace, with this topology's directories.
+    pub fn edge_filter(&self) -> anyhow::Result<Command> {
+        let mut c = self.fw.command(edge_filter_bin()?);
+        c.env("EDGE_FILTER_PIN_DIR", &self.pin_dir).env("EDGE_FILTER_STATE_DIR", &self.state_dir);
+        Ok(c)
+    }
+
+    /// `edge-filter ARGS`, run to completion.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let out = self
-            .fw
-            .command(edge_filter_bin()?)
-            .args(args)
-            .env("EDGE_FILTER_PIN_DIR", &self.pin_dir)
-            .env("EDGE_FILTER_STATE_DIR", &self.state_dir)
-            .output()?;
-        Ok(out)
+        Ok(self.edge_filter()?.args(args).output()?)
     }
 
     /// Start the daemon and wait until every configured NIC has its link.
@@ -384,13 +384,10 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
         let nics = std::fs::read_to_string(config)?.matches("[[interface]]").count();
         let log = self.work.join(format!("daemon-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
         let child = self
-            .fw
-            .command(edge_filter_bin()?)
+            .edge_filter()?
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("EDGE_FILTER_PIN_DIR", &self.pin_dir)
-            .env("EDGE_FILTER_STATE_DIR", &self.state_dir)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&log)?)

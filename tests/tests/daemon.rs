@@ -338,12 +338,7 @@ fn operator_commands_refuse_without_root_and_serialise_with_a_lock() {
     // Twenty concurrent `addr add`s: every one lands in the maps and the state file.
     let children: Vec<_> = (0..20)
         .map(|i| {
-            t.fw.command(&bin)
-                .args(["addr", "add", "access-edge", &format!("203.0.113.{}", 100 + i)])
-                .env("EDGE_FILTER_PIN_DIR", &t.pin_dir)
-                .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
-                .spawn()
-                .unwrap()
+            ok(t.edge_filter()).args(["addr", "add", "access-edge", &format!("203.0.113.{}", 100 + i)]).spawn().unwrap()
         })
         .collect();
     for mut c in children {
