@@ -257,8 +257,12 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Parsed, Malformed> {
         if !is_extension(p.proto) {
             break;
         }
-        // Next header, length, and for the fragment header its offset and flags: every
-        // extension header is at least eight bytes, so four are always there.
+        // Next header, length, and for the fragment header its offset and flags. Every
+        // extension header is at least eight bytes, and they must lie inside the IP
+        // packet: bytes past its end (Ethernet padding) are not a header.
+        if l4 + 8 > end {
+            return chain_cut(more);
+        }
         let Ok(ext) = frame.read::<[u8; 4]>(l4) else {
             return chain_cut(more);
         };

@@ -9,6 +9,7 @@
 //! - [`pins`]: the pin directory that keeps the filter attached without a process;
 //! - [`statedir`]: runtime address changes kept across reboots;
 //! - [`report`]: the snapshot `stats`, `status` and `/metrics` show;
+//! - [`model`]: the policy as plain Rust, for differential tests against the kernel;
 //! - [`cli`] and [`daemon`]: the `edge-filter` command and its `run` loop.
 //!
 //! The kernel side is `edge-filter-ebpf`; the types both sides share are in
@@ -20,6 +21,7 @@ pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod loader;
+pub mod model;
 pub mod pins;
 pub mod policy;
 pub mod report;

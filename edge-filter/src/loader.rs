@@ -485,6 +485,18 @@ impl Maps {
         Ok(out)
     }
 
+    /// Packets and bytes of one NIC slot, by verdict (summed over CPUs): a cheaper read
+    /// than [`Maps::counters`] when one NIC is watched.
+    pub fn slot_counters(&self, slot: u32) -> Result<[Counter; verdict::SLOTS as usize], Error> {
+        let counters: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
+        let mut out = [Counter::default(); verdict::SLOTS as usize];
+        for (v, c) in out.iter_mut().enumerate() {
+            *c = sum(&counters.get(&counter_index(slot, v as u32), 0).map_err(map_err(map::COUNTERS))?);
+        }
+        Ok(out)
+    }
+
     /// Every flow whose handshake completed.
     pub fn flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
         self.table(map::FLOWS)
@@ -513,6 +525,22 @@ impl Maps {
             flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), self.flows()?.len()),
             embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), self.embryos()?.len()),
         })
+    }
+
+    /// Empty both state tables.
+    pub fn clear_state(&mut self) -> Result<(), Error> {
+        for name in [map::FLOWS, map::EMBRYOS] {
+            let mut table: HashMap<&mut MapData, FlowKey, Flow> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            let keys: Vec<FlowKey> = table.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+            for k in keys {
+                match table.remove(&k) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(name)(e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Overwrite one flow entry (tests age flows this way).

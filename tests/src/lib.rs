@@ -6,6 +6,8 @@
 //! Privileged: the harness needs root (to unshare a network namespace and load BPF).
 //! It fails with the reason when it cannot run; it never skips.
 
+pub mod fuzz;
+pub mod generator;
 pub mod packet;
 pub mod topology;
 
@@ -202,9 +204,16 @@ impl Harness {
         Ok(Self { filter, nics, _lab: lab })
     }
 
-    fn nic(&self, nic: Nic) -> (u32, u32) {
+    /// The ifindex and counter slot of a NIC.
+    pub fn nic(&self, nic: Nic) -> (u32, u32) {
         let (_, ifindex, slot) = self.nics.iter().find(|(n, ..)| *n == nic).expect("every NIC exists");
         (*ifindex, *slot)
+    }
+
+    /// Empty the state tables, as after a fresh load.
+    pub fn reset_state(&mut self) -> anyhow::Result<()> {
+        self.filter.clear_state()?;
+        Ok(())
     }
 
     /// Run one case; `Err` describes every way it went wrong.

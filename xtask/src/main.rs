@@ -4,7 +4,9 @@
 //!   installed when missing; quick when everything is there;
 //! - `test`: setup, the host unit tests, then the privileged suite, one test at a time;
 //! - `clippy`: lints for the userspace crates and the BPF target;
-//! - `demo`: the policy enforced in network namespaces with real connections.
+//! - `demo`: the policy enforced in network namespaces with real connections;
+//! - `fuzz`: the differential run of the kernel program against the reference model;
+//! - `fuzz-parsers`: libFuzzer on the config and address parsers.
 //!
 //! Nothing here is needed at run time; it only drives cargo, rustup and apt.
 
@@ -30,6 +32,22 @@ enum Command {
     Test,
     /// Lint the userspace crates and the eBPF crate for the BPF target.
     Clippy,
+    /// Differential test: generated frames through the kernel program and the
+    /// reference model, failing on the first disagreement (needs root).
+    Fuzz {
+        /// Frames to compare.
+        #[arg(long, default_value_t = 20_000)]
+        packets: u64,
+        /// Generator seed; the same seed replays the same frames.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// libFuzzer on the parsers of operator input (config, addresses), via cargo fuzz.
+    FuzzParsers {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// The policy enforced in a sandbox of network namespaces, on the built-in
     /// defaults, with real TCP connections (needs root).
     Demo {
@@ -46,6 +64,8 @@ fn main() -> std::process::ExitCode {
         Command::Test => test::run(),
         Command::Clippy => setup::run().and_then(|()| test::clippy()),
         Command::Demo { keep } => setup::run().and_then(|()| demo::run(keep)),
+        Command::Fuzz { packets, seed } => setup::run().and_then(|()| test::fuzz(packets, seed)),
+        Command::FuzzParsers { seconds } => setup::run().and_then(|()| test::fuzz_parsers(seconds)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

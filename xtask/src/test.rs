@@ -6,6 +6,9 @@
 //!    the `edge-filter` binary end to end on a perimeter topology of network
 //!    namespaces, one test at a time because the kernel is shared.
 //!
+//! 4. the differential run: 20,000 generated frames through the kernel program and the
+//!    reference model.
+//!
 //! The privileged suite needs root; without it this fails, it does not skip. The last
 //! line printed is the summary of all tiers.
 
@@ -83,14 +86,29 @@ pub fn run() -> anyhow::Result<()> {
     // The end-to-end tests run the real binary.
     setup::status(Command::new(env!("CARGO")).args(["build", "--package", "edge-filter", "--bin", "edge-filter"]))?;
     let privileged = cargo_test("privileged", &["--package", "edge-filter-tests", "--", "--test-threads=1"])?;
+    fuzz(FUZZ_PACKETS, 1)?;
     let total = unit.passed + privileged.passed;
     println!(
-        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {})",
+        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames, 0 disagreements)",
         unit.ignored + privileged.ignored,
         unit.passed,
         privileged.passed
     );
     Ok(())
+}
+
+/// Frames of the differential run in `cargo xtask test`.
+const FUZZ_PACKETS: u64 = 20_000;
+
+/// The differential run (`tests/src/bin/fuzz.rs`).
+pub fn fuzz(packets: u64, seed: u64) -> anyhow::Result<()> {
+    println!("== differential: {packets} frames, seed {seed}");
+    setup::status(Command::new(env!("CARGO")).args(["run", "--quiet", "--package", "edge-filter-tests", "--bin", "fuzz", "--"]).args([
+        "--packets",
+        &packets.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]))
 }
 
 pub fn clippy() -> anyhow::Result<()> {
@@ -125,4 +143,23 @@ mod tests {
         t.add_line("running 5 tests");
         assert_eq!((t.passed, t.failed, t.ignored), (21, 2, 1));
     }
+}
+
+/// libFuzzer on the operator-input parsers (`edge-filter/fuzz`), installing
+/// cargo-fuzz when it is missing.
+pub fn fuzz_parsers(seconds: u64) -> anyhow::Result<()> {
+    let have = Command::new(env!("CARGO")).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        println!("setup: installing cargo-fuzz");
+        setup::status(Command::new(env!("CARGO")).args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for target in ["config", "addr"] {
+        println!("== cargo fuzz run {target} for {seconds} s");
+        setup::status(
+            Command::new("cargo")
+                .args(["+nightly", "fuzz", "run", target, "--", &format!("-max_total_time={seconds}")])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../edge-filter")),
+        )?;
+    }
+    Ok(())
 }
