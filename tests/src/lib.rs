@@ -9,6 +9,7 @@
 pub mod fuzz;
 pub mod generator;
 pub mod packet;
+pub mod subset;
 pub mod topology;
 
 use std::{
@@ -90,7 +91,7 @@ pub struct Lab {
 
 impl Lab {
     /// Enter a fresh network namespace and create the devices `names` (an even number:
-    /// they are made as veth pairs, `names[0]`-`names[1]`, ...).
+    /// they are made as veth pairs, `names[0]`-`names[1]`, ...; none may be `vethN`).
     pub fn new(names: &[&str]) -> anyhow::Result<Self> {
         ensure!(names.len().is_multiple_of(2), "veth devices come in pairs");
         let original = File::open("/proc/thread-self/ns/net").context("open own network namespace")?;
@@ -103,8 +104,11 @@ impl Lab {
         }
         let lab = Self { original, names: names.iter().map(|s| s.to_string()).collect() };
         for pair in names.chunks(2) {
-            // A child forked from this thread starts in this thread's namespace.
-            run_ip(&["link", "add", pair[0], "type", "veth", "peer", "name", pair[1]])?;
+            // A child forked from this thread starts in this thread's namespace. The
+            // peer gets the kernel's first free name (veth0 in a fresh namespace) and is
+            // renamed: busybox `ip`, in the kernel-matrix VMs, ignores `peer name`.
+            run_ip(&["link", "add", "name", pair[0], "type", "veth"])?;
+            run_ip(&["link", "set", "veth0", "name", pair[1]])?;
         }
         Ok(lab)
     }

@@ -740,3 +740,13 @@ fn the_drop_log_is_rate_limited_in_the_kernel_and_counts_what_it_kept_quiet() {
     h.check_all(&cases).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(h.filter.events().unwrap()[..2], [0, 0]);
 }
+
+#[test]
+fn the_kernel_matrix_subset_holds_here_in_both_program_builds() {
+    for variant in [Variant::MultiBuffer, Variant::Linear] {
+        for (what, policy, cases) in edge_filter_tests::subset::groups() {
+            let h = Harness::with_variant(policy, variant).unwrap_or_else(|e| panic!("{e:#}"));
+            h.check_all(&cases).unwrap_or_else(|e| panic!("{what} ({variant:?}): {e:#}"));
+        }
+    }
+}

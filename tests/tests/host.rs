@@ -12,7 +12,6 @@ use edge_filter_tests::{
     topology::{Netns, Outcome, Topology, connect, connect_from, echo_server, sa},
 };
 use serde_json::Value;
-use socket2::{Domain, Socket, Type};
 
 const T: Duration = Duration::from_millis(1500);
 
@@ -32,29 +31,9 @@ fn drops(t: &Topology, iface: &str) -> u64 {
         .sum()
 }
 
-/// Send a raw frame out of `dev` in `ns` (an AF_PACKET socket).
+/// Send a raw frame out of `dev` in `ns`.
 fn inject(ns: &Netns, dev: &'static str, frame: Vec<u8>) {
-    ok(ok(ns.enter(move || -> anyhow::Result<()> {
-        let s = Socket::new(Domain::PACKET, Type::RAW, None)?;
-        let ifindex = edge_filter::pins::ifindex(dev)?;
-        // SAFETY: a zeroed sockaddr_ll is valid; sendto reads `frame` and the address
-        // for the lengths given, on a socket we own.
-        let sent = unsafe {
-            let mut ll: libc::sockaddr_ll = std::mem::zeroed();
-            ll.sll_family = libc::AF_PACKET as u16;
-            ll.sll_ifindex = ifindex as i32;
-            libc::sendto(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        anyhow::ensure!(sent == frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-        Ok(())
-    })))
+    ok(ok(ns.enter(move || edge_filter_tests::topology::inject(dev, &frame))));
 }
 
 fn host_mode(env: &[(&str, &str)]) {

@@ -6,11 +6,13 @@
 //! - `clippy`: lints for the userspace crates and the BPF target;
 //! - `demo`: the policy enforced in network namespaces with real connections;
 //! - `fuzz`: the differential run of the kernel program against the reference model;
-//! - `fuzz-parsers`: libFuzzer on the config and address parsers.
+//! - `fuzz-parsers`: libFuzzer on the config and address parsers;
+//! - `kernels`: the kernel matrix, Debian's kernels booted with qemu.
 //!
 //! Nothing here is needed at run time; it only drives cargo, rustup and apt.
 
 mod demo;
+mod kernels;
 mod setup;
 mod test;
 
@@ -48,6 +50,9 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels with qemu and check the programs in
+    /// each, and on this machine's kernel (needs root).
+    Kernels,
     /// The policy enforced in a sandbox of network namespaces, on the built-in
     /// defaults, with real TCP connections (needs root).
     Demo {
@@ -63,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Clippy => setup::run().and_then(|()| test::clippy()),
+        Command::Kernels => setup::run().and_then(|()| kernels::run()),
         Command::Demo { keep } => setup::run().and_then(|()| demo::run(keep)),
         Command::Fuzz { packets, seed } => setup::run().and_then(|()| test::fuzz(packets, seed)),
         Command::FuzzParsers { seconds } => setup::run().and_then(|()| test::fuzz_parsers(seconds)),

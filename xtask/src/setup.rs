@@ -15,8 +15,17 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests need: `ip` creates the test devices.
-const PACKAGES: &[(&str, &str)] = &[("iproute2", "ip")];
+/// Debian packages the tests need, by a command each provides: `ip` and `tc` create
+/// and inspect the test devices; the kernel matrix boots kernels with qemu in an
+/// initramfs of busybox, packed with cpio, modules unpacked with xz.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "busybox"),
+    ("cpio", "cpio"),
+    ("xz-utils", "xz"),
+    ("zstd", "zstd"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     rust_src()?;
