@@ -1,6 +1,9 @@
 //! The drop log: dropped packets (and would-be drops in dry-run) reported through the
 //! aya-log ring, with the NIC, the reason, the protocol, addresses and ports.
 //!
+//! Records carry the verdict as its number and the NIC as its ifindex; the daemon
+//! names both (`drop/no_rule`, `eth0`).
+//!
 //! Contract: off unless the `DROP_LOG` setting is on; at most `drop_log_per_sec` lines
 //! per second and CPU, enforced here with a per-CPU window, so a flood cannot flood
 //! the log; what the limit keeps quiet is counted (`event::DROP_LOG_SUPPRESSED`). The
@@ -81,16 +84,6 @@ fn allowed(settings: &Settings) -> bool {
     true
 }
 
-fn reason(v: u32) -> &'static str {
-    match v {
-        verdict::DROP_NO_RULE => "no_rule",
-        verdict::DROP_SPOOFED => "spoofed",
-        verdict::DROP_MALFORMED => "malformed",
-        verdict::DROP_FRAGMENT => "fragment",
-        _ => "unpoliced",
-    }
-}
-
 /// Report a drop verdict `v` (before dry-run turns it into `would_drop`), with the
 /// tuple [`remember`] kept.
 ///
@@ -105,8 +98,10 @@ pub fn report(ctx: &XdpContext, settings: &Settings, ifindex: u32, v: u32) {
         return;
     }
     bump(event::DROP_LOGGED);
-    let action = if settings.flags & flags::DRY_RUN != 0 { "would_drop" } else { "drop" };
-    let why = reason(v);
+    // The verdict goes as its number: userspace names it. A string chosen at run time
+    // would be copied with a length older verifiers (5.10, 6.1) cannot tie to the
+    // string, and they refuse the program.
+    let v = if settings.flags & flags::DRY_RUN != 0 { v + verdict::DRY_RUN_OFFSET } else { v };
     let Some(t) = DROP_TUPLE.get_ptr(0) else {
         return;
     };
@@ -114,10 +109,10 @@ pub fn report(ctx: &XdpContext, settings: &Settings, ifindex: u32, v: u32) {
     let t = unsafe { &*t };
     if t.family == family::V4 {
         let (src, dst) = ([t.src[0], t.src[1], t.src[2], t.src[3]], [t.dst[0], t.dst[1], t.dst[2], t.dst[3]]);
-        warn!(ctx, "{}/{} ifindex {} proto {} {:i}:{} -> {:i}:{}", action, why, ifindex, t.proto, src, t.sport, dst, t.dport);
+        warn!(ctx, "verdict {} ifindex {} proto {} {:i}:{} -> {:i}:{}", v, ifindex, t.proto, src, t.sport, dst, t.dport);
     } else if t.family == family::V6 {
-        warn!(ctx, "{}/{} ifindex {} proto {} [{:i}]:{} -> [{:i}]:{}", action, why, ifindex, t.proto, t.src, t.sport, t.dst, t.dport);
+        warn!(ctx, "verdict {} ifindex {} proto {} [{:i}]:{} -> [{:i}]:{}", v, ifindex, t.proto, t.src, t.sport, t.dst, t.dport);
     } else {
-        warn!(ctx, "{}/{} ifindex {}", action, why, ifindex);
+        warn!(ctx, "verdict {} ifindex {}", v, ifindex);
     }
 }

@@ -63,8 +63,8 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         filter
     };
 
-    // Drop log lines from the kernel, through this process's logger.
-    match aya_log::EbpfLogger::init(filter.ebpf_mut()) {
+    // Drop log lines from the kernel, named and passed to this process's logger.
+    match aya_log::EbpfLogger::init_with_logger(filter.ebpf_mut(), DropLogNames) {
         Ok(logger) => {
             tokio::spawn(drop_log(logger));
         }
@@ -161,7 +161,48 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
     Ok(())
 }
 
-async fn drop_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+/// Names what the kernel's drop log records carry as numbers: `verdict 8 ifindex 3`
+/// becomes `drop/no_rule out0`; then hands the line to the process's logger.
+struct DropLogNames;
+
+impl DropLogNames {
+    fn rewrite(message: &str) -> String {
+        let mut words = message.split(' ').peekable();
+        let mut out = Vec::new();
+        while let Some(w) = words.next() {
+            let next = words.peek().and_then(|n| n.parse::<u32>().ok());
+            match (w, next) {
+                ("verdict", Some(v)) => {
+                    words.next();
+                    out.push(crate::report::verdict_name(v));
+                }
+                ("ifindex", Some(ix)) => {
+                    words.next();
+                    out.push(crate::report::interface_name(ix));
+                }
+                _ => out.push(w.to_owned()),
+            }
+        }
+        out.join(" ")
+    }
+}
+
+impl log::Log for DropLogNames {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = Self::rewrite(&record.args().to_string());
+        log::logger().log(
+            &log::Record::builder().args(format_args!("{line}")).level(record.level()).target("edge_filter::drop").build(),
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+async fn drop_log(logger: aya_log::EbpfLogger<DropLogNames>) {
     // SAFETY: the logger owns its ring buffer's descriptor for as long as it lives,
     // and the AsyncFd owns the logger: the descriptor stays open and the same.
     let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
@@ -212,5 +253,19 @@ async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf) {
     );
     if let Err(e) = axum::serve(listener, app).await {
         error!("metrics server: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropLogNames;
+
+    #[test]
+    fn drop_log_records_get_their_names() {
+        assert_eq!(
+            DropLogNames::rewrite("verdict 8 ifindex 1 proto 6 198.51.100.20:40000 -> 203.0.113.10:22"),
+            "drop/no_rule lo proto 6 198.51.100.20:40000 -> 203.0.113.10:22"
+        );
+        assert_eq!(DropLogNames::rewrite("verdict 17 ifindex 999999"), "would_drop/spoofed if999999");
     }
 }

@@ -244,15 +244,27 @@ impl Filter {
     }
 
     /// Run the program once on `frame` as if it arrived on `ifindex`
-    /// (BPF_PROG_TEST_RUN). Returns the XDP action. `ifindex` must name a device in the
-    /// caller's network namespace, or 0.
+    /// (BPF_PROG_TEST_RUN with an `xdp_md` context, kernel 5.13+). Returns the XDP
+    /// action. `ifindex` must name a device in the caller's network namespace.
     pub fn test_run(&self, frame: &[u8], ifindex: u32) -> Result<u32, Error> {
         let ctx = xdp_md(frame.len(), ifindex);
-        let result = self
-            .program()?
-            .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() })
-            .map_err(|source| Error::Program { name: self.program, source })?;
+        self.run_test(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() })
+    }
+
+    /// Run the program once on `frame` without a context: older kernels (before
+    /// 5.13) take none and present the frame as arriving on the loopback device.
+    pub fn test_run_on_loopback(&self, frame: &[u8]) -> Result<u32, Error> {
+        self.run_test(TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() })
+    }
+
+    fn run_test(&self, opts: TestRunOptions<'_>) -> Result<u32, Error> {
+        let result = self.program()?.test_run(opts).map_err(|source| Error::Program { name: self.program, source })?;
         Ok(result.return_value)
+    }
+
+    /// Whether BPF_PROG_TEST_RUN takes an `xdp_md` context here (kernel 5.13+).
+    pub fn test_run_takes_context() -> bool {
+        !matches!(KernelVersion::current(), Ok(v) if v < KernelVersion::new(5, 13, 0))
     }
 }
 
@@ -262,6 +274,21 @@ impl Maps {
         let mut maps = BTreeMap::new();
         for name in map::ALL {
             maps.insert(name, ebpf.take_map(name).ok_or(Error::MissingMap { name })?);
+        }
+        Ok(Self { maps })
+    }
+
+    /// A second handle on the same maps (by id).
+    pub fn reopen(&self) -> Result<Self, Error> {
+        let mut maps = BTreeMap::new();
+        for (name, map) in &self.maps {
+            let data = match map {
+                Map::Array(m) | Map::HashMap(m) | Map::LpmTrie(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) => m,
+                _ => return Err(Error::Corrupt { name, what: "a map type edge-filter does not use".into() }),
+            };
+            let id = data.info().map_err(map_err(name))?.id();
+            let copy = MapData::from_id(id).map_err(map_err(name))?;
+            maps.insert(*name, Map::from_map_data(copy).map_err(map_err(name))?);
         }
         Ok(Self { maps })
     }

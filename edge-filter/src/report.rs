@@ -92,6 +92,11 @@ pub struct Snapshot {
     pub flow_events: FlowEvents,
 }
 
+/// `action/reason` of a verdict code, or `verdict#N` for a code this version lacks.
+pub fn verdict_name(v: u32) -> String {
+    edge_filter_common::verdict::name(v).map_or_else(|| format!("verdict#{v}"), |(a, r)| format!("{a}/{r}"))
+}
+
 /// The name of the NIC with this ifindex, or `if<N>` when it has gone.
 pub fn interface_name(ifindex: u32) -> String {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];

@@ -53,9 +53,9 @@ fn hex(frame: &[u8]) -> String {
 
 /// The kernel's verdict: the one counter of the NIC that moved.
 fn kernel_verdict(h: &Harness, frame: &[u8], nic: Nic) -> anyhow::Result<u32> {
-    let (ifindex, slot) = h.nic(nic);
+    let (ifindex, slot) = h.prepare(nic)?;
     let before = h.filter.slot_counters(slot)?;
-    h.filter.test_run(frame, ifindex)?;
+    h.send(frame, ifindex)?;
     let after = h.filter.slot_counters(slot)?;
     let moved: Vec<u32> = (0..verdict::SLOTS).filter(|v| after[*v as usize].packets != before[*v as usize].packets).collect();
     match moved[..] {

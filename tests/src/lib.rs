@@ -167,6 +167,9 @@ impl Case {
 pub struct Harness {
     pub filter: Filter,
     nics: Vec<(Nic, u32, u32)>,
+    /// Kernels before 5.13 run test frames on the loopback device only: then each
+    /// case gives the loopback device the role of its NIC, through this handle.
+    loopback: Option<std::cell::RefCell<edge_filter::Maps>>,
     // Dropped last: the namespace must outlive nothing that uses its ifindexes.
     _lab: Lab,
 }
@@ -205,7 +208,8 @@ impl Harness {
             };
             nics.push((nic, ifindex, slot));
         }
-        Ok(Self { filter, nics, _lab: lab })
+        let loopback = if Filter::test_run_takes_context() { None } else { Some(std::cell::RefCell::new(filter.reopen()?)) };
+        Ok(Self { filter, nics, loopback, _lab: lab })
     }
 
     /// The ifindex and counter slot of a NIC.
@@ -222,10 +226,9 @@ impl Harness {
 
     /// Run one case; `Err` describes every way it went wrong.
     pub fn check(&self, case: &Case) -> anyhow::Result<()> {
-        let (ifindex, slot) = self.nic(case.nic);
-        if std::env::var_os("EF_TRACE").is_some() { eprintln!("case {}", case.name); }
+        let (ifindex, slot) = self.prepare(case.nic)?;
         let before = self.filter.counters()?;
-        let action = self.filter.test_run(&case.frame, ifindex)?;
+        let action = self.send(&case.frame, ifindex)?;
         let after = self.filter.counters()?;
         let mut problems = String::new();
         let want_action = if verdict::is_drop(case.verdict) { XDP_DROP } else { XDP_PASS };
@@ -238,6 +241,33 @@ impl Harness {
         } else {
             bail!("{} [{:?}, {} bytes]:{problems}", case.name, case.nic, case.frame.len())
         }
+    }
+
+    /// Get ready to send a frame as arriving on `nic`: the ifindex to give the test
+    /// run (`None`: the loopback device of kernels before 5.13, which then takes the
+    /// NIC's role) and the counter slot the frame will count under.
+    pub fn prepare(&self, nic: Nic) -> anyhow::Result<(Option<u32>, u32)> {
+        let (ifindex, slot) = self.nic(nic);
+        let Some(lo) = &self.loopback else {
+            return Ok((Some(ifindex), slot));
+        };
+        const LOOPBACK: u32 = 1;
+        let slot = match nic.role() {
+            Some(role) => lo.borrow_mut().set_iface(LOOPBACK, role)?,
+            None => {
+                lo.borrow_mut().remove_iface(LOOPBACK)?;
+                0
+            }
+        };
+        Ok((None, slot))
+    }
+
+    /// Run one frame (after [`Harness::prepare`]); the XDP action.
+    pub fn send(&self, frame: &[u8], ifindex: Option<u32>) -> anyhow::Result<u32> {
+        Ok(match ifindex {
+            Some(ix) => self.filter.test_run(frame, ix)?,
+            None => self.filter.test_run_on_loopback(frame)?,
+        })
     }
 
     /// Run cases in order (a sequence shares flow state); all failures are reported.

@@ -53,6 +53,8 @@ impl Apt {
             format!("-oDir::State::Lists={d}/lists"),
             format!("-oDir::Cache={d}/cache"),
             "-oDebug::NoLocking=1".into(),
+            // Downloads go to a directory of ours, which apt's sandbox user cannot write.
+            "-oAPT::Sandbox::User=root".into(),
         ]
     }
 
@@ -129,6 +131,7 @@ poweroff -f
 fn prepare(deb: &Path, work: &Path, check: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let tree = work.join("tree");
     if !tree.exists() {
+        std::fs::create_dir_all(work)?;
         status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))?;
     }
     let vmlinuz = std::fs::read_dir(tree.join("boot"))?
