@@ -7,7 +7,8 @@
 //!    namespaces, one test at a time because the kernel is shared.
 //!
 //! 4. the differential run: 20,000 generated frames through the kernel program and the
-//!    reference model.
+//!    reference model;
+//! 5. the kernel matrix: Debian's 5.10, 6.1 and 6.12 booted with qemu, and the host.
 //!
 //! The privileged suite needs root; without it this fails, it does not skip. The last
 //! line printed is the summary of all tiers.
@@ -87,9 +88,11 @@ pub fn run() -> anyhow::Result<()> {
     setup::status(Command::new(env!("CARGO")).args(["build", "--package", "edge-filter", "--bin", "edge-filter"]))?;
     let privileged = cargo_test("privileged", &["--package", "edge-filter-tests", "--", "--test-threads=1"])?;
     fuzz(FUZZ_PACKETS, 1)?;
+    println!("== kernel matrix");
+    crate::kernels::run()?;
     let total = unit.passed + privileged.passed;
     println!(
-        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames, 0 disagreements)",
+        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames, 0 disagreements; kernels 5.10, 6.1, 6.12 and the host pass)",
         unit.ignored + privileged.ignored,
         unit.passed,
         privileged.passed
