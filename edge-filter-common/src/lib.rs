@@ -197,7 +197,7 @@ pub mod event {
     pub const FLOW_CREATED: u32 = 2;
     /// Flows found expired and removed.
     pub const FLOW_EXPIRED: u32 = 3;
-    /// Flows removed by an RST or a new SYN on their tuple.
+    /// Flows removed by an RST at the right sequence number.
     pub const FLOW_CLOSED: u32 = 4;
     /// Flows the table refused.
     pub const FLOW_INSERT_FAILED: u32 = 5;
@@ -362,6 +362,10 @@ pub struct Flow {
     /// Embryonic: the responder's initial sequence number, from its SYN-ACK. The
     /// opener's ACK must acknowledge it for the flow to enter the flow table.
     pub responder_isn: u32,
+    /// The sequence number the opener's next segment carries (host order).
+    pub opener_next: u32,
+    /// The sequence number the responder's next segment carries (host order).
+    pub responder_next: u32,
 }
 
 /// Value of [`map::LOG_BUDGET`] (per CPU): lines logged in the current one-second
@@ -388,7 +392,7 @@ const _: () = {
     assert!(size_of::<Settings>() == 40);
     assert!(size_of::<LogBudget>() == 16);
     assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<Flow>() == 24);
+    assert!(size_of::<Flow>() == 32);
     assert!(size_of::<Counter>() == 16);
     assert!(verdict::DROP_BASE + 2 * verdict::DRY_RUN_OFFSET == verdict::SLOTS);
     assert!(MAX_IFACES * verdict::SLOTS <= 4096);

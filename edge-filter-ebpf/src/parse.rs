@@ -165,6 +165,8 @@ pub struct Packet {
     /// TCP sequence and acknowledgement numbers, host order.
     pub seq: u32,
     pub ack_seq: u32,
+    /// TCP payload bytes (what follows the TCP header inside the IP packet).
+    pub tcp_payload: u16,
     /// Network order.
     pub src: [u8; 16],
     /// Network order.
@@ -187,6 +189,7 @@ impl Packet {
             dport_be: 0,
             seq: 0,
             ack_seq: 0,
+            tcp_payload: 0,
             src,
             dst,
         }
@@ -339,6 +342,7 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
             p.dport_be = u16::from_ne_bytes(hdr.dest);
             p.seq = u32::from_be_bytes(hdr.seq);
             p.ack_seq = u32::from_be_bytes(hdr.ack_seq);
+            p.tcp_payload = (end - l4 - hdr_len) as u16;
             p.tcp_flags = (u8::from(hdr.fin() != 0) * tcp_flags::FIN)
                 | (u8::from(hdr.syn() != 0) * tcp_flags::SYN)
                 | (u8::from(hdr.rst() != 0) * tcp_flags::RST)

@@ -10,8 +10,11 @@
 //!   `FLOWS`. A spoofed source never sees the SYN-ACK, so it cannot complete the
 //!   handshake: a SYN flood, however large, churns `EMBRYOS` only, and the SYN-ACKs
 //!   the responder sends to spoofed sources promote nothing.
-//! - `FLOWS` holds flows whose handshake completed. Only an RST, a new SYN on the
-//!   tuple, expiry, or LRU eviction by other *completed* flows removes one.
+//! - `FLOWS` holds flows whose handshake completed. Only an RST at the exact sequence
+//!   number its sender is at (tracked per direction; RFC 5961 §3.2), expiry, or LRU
+//!   eviction by other *completed* flows removes one. A blind RST or SYN, which cannot
+//!   know the sequence numbers, passes to the endpoint (which answers it with a
+//!   challenge ACK) and leaves the flow in place.
 //! - Keys are the 5-tuple in the direction of the opener; a reply is looked up by its
 //!   swapped tuple. A reply passes only from a NIC whose role the flow names
 //!   ([`Flow::reply_roles`]); before the handshake completes only the SYN-ACK and an
@@ -82,6 +85,22 @@ fn has(p: &Packet, bits: u8) -> bool {
     p.tcp_flags & bits == bits
 }
 
+/// The sequence number after this segment: SYN and FIN count one each.
+#[inline(always)]
+fn seq_end(p: &Packet) -> u32 {
+    let syn_fin = u32::from(has(p, tcp_flags::SYN)) + u32::from(has(p, tcp_flags::FIN));
+    p.seq.wrapping_add(u32::from(p.tcp_payload)).wrapping_add(syn_fin)
+}
+
+/// Move a direction's next sequence number forward (modulo 2^32) past this segment.
+#[inline(always)]
+fn advance(next: &mut u32, p: &Packet) {
+    let end = seq_end(p);
+    if end.wrapping_sub(*next) as i32 > 0 {
+        *next = end;
+    }
+}
+
 /// A found entry, or `None` if there is none or it expired (then it is removed and
 /// counted).
 #[inline(always)]
@@ -119,16 +138,18 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
     let key = key(p);
     let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
     if let Some(flow) = live(&FLOWS, &key, settings, now, event::FLOW_EXPIRED) {
-        if has(p, tcp_flags::RST) || syn {
-            // Closed, or the tuple is reused by a new connection.
-            remove(&FLOWS, &key, event::FLOW_CLOSED);
-        } else {
+        if has(p, tcp_flags::RST) {
+            if p.seq == flow.opener_next {
+                remove(&FLOWS, &key, event::FLOW_CLOSED);
+            }
+        } else if !syn {
             flow.last_seen_ns = now;
+            advance(&mut flow.opener_next, p);
             if has(p, tcp_flags::FIN) {
                 flow.state = flow_state::CLOSING;
             }
-            return;
         }
+        return;
     }
     if syn {
         if let Some(embryo) = live(&EMBRYOS, &key, settings, now, event::EMBRYO_EXPIRED) {
@@ -145,6 +166,8 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
             reply_roles,
             _pad: 0,
             responder_isn: 0,
+            opener_next: 0,
+            responder_next: 0,
         };
         // The table is an LRU: it makes room by evicting the oldest handshake.
         bump(if EMBRYOS.insert(&key, &embryo, 0).is_ok() { event::EMBRYO_CREATED } else { event::EMBRYO_INSERT_FAILED });
@@ -172,6 +195,8 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
         reply_roles: embryo.reply_roles,
         _pad: 0,
         responder_isn: embryo.responder_isn,
+        opener_next: seq_end(p),
+        responder_next: embryo.responder_isn.wrapping_add(1),
     };
     bump(if FLOWS.insert(&key, &flow, 0).is_ok() { event::FLOW_CREATED } else { event::FLOW_INSERT_FAILED });
     remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
@@ -188,9 +213,12 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, now: u64) -> bool {
             return false;
         }
         if has(p, tcp_flags::RST) {
-            remove(&FLOWS, &key, event::FLOW_CLOSED);
+            if p.seq == flow.responder_next {
+                remove(&FLOWS, &key, event::FLOW_CLOSED);
+            }
         } else {
             flow.last_seen_ns = now;
+            advance(&mut flow.responder_next, p);
             if has(p, tcp_flags::FIN) {
                 flow.state = flow_state::CLOSING;
             }

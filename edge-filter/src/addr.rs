@@ -31,6 +31,8 @@ pub enum AddrError {
     UnknownSet { input: String },
     #[error("{prefix} in {set} overlaps {other} in {other_set}: an address may be in one edge set only")]
     Overlap { prefix: Prefix, set: EdgeSet, other: Prefix, other_set: EdgeSet },
+    #[error("{prefix}: the sets hold at most {max} prefixes per address family")]
+    Full { prefix: Prefix, max: u32 },
 }
 
 /// An IPv4 or IPv6 network: an address and how many leading bits of it count.
@@ -201,6 +203,11 @@ pub struct AddressSets {
 impl AddressSets {
     /// Add `prefix` to `set`. Adding a prefix the set already has is a no-op.
     pub fn insert(&mut self, set: EdgeSet, prefix: Prefix) -> Result<(), AddrError> {
+        let max = edge_filter_common::MAX_SET_ENTRIES;
+        let same_family = self.entries.iter().filter(|(p, _)| p.addr.is_ipv4() == prefix.addr.is_ipv4()).count();
+        if same_family >= max as usize && !self.entries.iter().any(|(p, _)| *p == prefix) {
+            return Err(AddrError::Full { prefix, max });
+        }
         if let Some((other, other_set)) =
             self.entries.iter().find(|(p, s)| *s != set && p.overlaps(&prefix))
         {

@@ -1,7 +1,7 @@
 //! The command line: `edge-filter <command>`.
 //!
 //! Contract: bad input is refused before anything changes, with one line naming the
-//! bad value (exit status 2); failures of the system are reported with their causes
+//! bad value (exit status 2; `check` says 1 for an invalid config, as a verdict); failures of the system are reported with their causes
 //! (`{:#}`, so a verifier log reaches the operator) and exit status 1. Commands that
 //! change the pin directory hold its lock.
 
@@ -125,7 +125,11 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edge-filter: {e:#}");
-            if e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<crate::config::ConfigError>().is_some() {
+            let bad_nic = matches!(
+                e.downcast_ref::<crate::pins::PinError>(),
+                Some(crate::pins::PinError::UnknownInterface { .. } | crate::pins::PinError::Foreign { .. })
+            );
+            if bad_nic || e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<crate::config::ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -404,41 +408,36 @@ fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `addr add` / `addr del`: validate everything, then change the maps and the state
-/// directory.
+/// `addr add` / `addr del`: validate everything against the running filter's sets,
+/// change the maps, then record the change in the state directory; a failure on the
+/// way puts the maps back, so the change happens whole or not at all.
 fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool) -> anyhow::Result<()> {
     let set = parse_set(set)?;
     let prefixes = parse_prefixes(addrs)?;
     need_root()?;
-    // The state file is read, changed and written under a lock of its own, so that
-    // concurrent commands do not lose each other's changes even with no filter running.
+    if !pins.exists() {
+        // Without the running filter's sets, overlaps with the config cannot be
+        // checked; a change recorded unchecked could stop the next `run`.
+        bail!("no filter is pinned at {} (start one with `edge-filter run`); nothing changed", pins.dir().display());
+    }
     let _state_lock = lock_dir(state_dir)?;
-    let maps_and_lock = if pins.exists() { Some((pins.lock()?, open(pins)?)) } else { None };
+    let _pin_lock = pins.lock()?;
+    let mut maps = open(pins)?;
     let mut changes = Changes::load(state_dir)?;
+    let have = maps.address_sets()?;
+    let mut want = have.clone();
     for p in &prefixes {
         if add {
+            want.insert(set, *p).map_err(|e| BadInput(e.to_string()))?;
             changes.add(set, *p);
-        } else {
+        } else if want.remove(set, p) {
             changes.remove(set, *p);
         }
     }
-    match maps_and_lock {
-        Some((_lock, mut maps)) => {
-            let mut want = maps.address_sets()?;
-            for p in &prefixes {
-                if add {
-                    want.insert(set, *p).map_err(|e| BadInput(e.to_string()))?;
-                } else {
-                    want.remove(set, p);
-                }
-            }
-            changes.save(state_dir)?;
-            maps.set_address_sets(&want)?;
-        }
-        None => {
-            changes.save(state_dir)?;
-            eprintln!("edge-filter: no filter is pinned at {}; the change applies at the next `run`", pins.dir().display());
-        }
+    let written = maps.set_address_sets(&want).map_err(anyhow::Error::from).and_then(|()| Ok(changes.save(state_dir)?));
+    if let Err(e) = written {
+        let restored = maps.set_address_sets(&have);
+        return Err(e).context(if restored.is_ok() { "nothing changed" } else { "and restoring the previous sets failed too" });
     }
     Ok(())
 }
@@ -455,16 +454,18 @@ fn detach(pins: &Pins, ifaces: &[String]) -> anyhow::Result<()> {
         bail!("no filter is pinned at {}", pins.dir().display());
     }
     let _lock = pins.lock()?;
-    if ifaces.is_empty() {
+    let attached: Vec<String> = pins.links()?.into_iter().map(|l| l.interface).collect();
+    if let Some(name) = ifaces.iter().find(|n| !attached.contains(n)) {
+        return Err(BadInput(format!("edge-filter is not attached to `{name}` (attached: {}); nothing changed", attached.join(", "))).into());
+    }
+    if ifaces.is_empty() || attached.iter().all(|a| ifaces.contains(a)) {
         pins.remove_all()?;
         println!("detached from every interface; removed {}", pins.dir().display());
         return Ok(());
     }
     let mut maps = open(pins)?;
     for name in ifaces {
-        if !pins.detach(name)? {
-            bail!("edge-filter is not attached to `{name}`");
-        }
+        pins.detach(name)?;
         pins.detach_egress(name)?;
         if let Ok(ix) = pins::ifindex(name) {
             maps.remove_iface(ix)?;

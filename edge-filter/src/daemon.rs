@@ -8,7 +8,8 @@
 //!   generic, and the log says which).
 //! - The address sets are the config's with the state directory's runtime changes.
 //! - SIGHUP re-reads the config; an invalid one is logged and changes nothing; a valid
-//!   one is applied: settings and sets rewritten, NICs attached or detached.
+//!   one is applied: settings and sets rewritten, NICs attached or detached. If the
+//!   kernel refuses a step, the running config is applied again.
 //! - SIGTERM and SIGINT end the process and leave the filter attached and pinned, so
 //!   enforcement never lapses; the next `run` adopts it.
 //! - `/metrics` serves Prometheus text read from the pinned maps at each scrape.
@@ -92,6 +93,12 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                             warn!("metrics.listen changes at the next start (still {old})");
                         }
                         match apply(&mut filter, &pins, &new, &state_dir) {
+                            Err(e) => {
+                                error!("applying {}: {e:#}; restoring the running config", config_path.display());
+                                if let Err(e) = apply(&mut filter, &pins, &config, &state_dir) {
+                                    error!("restoring the running config: {e:#}");
+                                }
+                            }
                             Ok(()) => {
                                 info!("applied {}", config_path.display());
                                 config = Config {
@@ -101,7 +108,6 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                                     ..new
                                 };
                             }
-                            Err(e) => error!("applying {}: {e:#}", config_path.display()),
                         }
                     }
                 }
@@ -116,7 +122,10 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
 
 /// Make the kernel enforce `config`: settings, sets, roles, attachments.
 fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) -> anyhow::Result<()> {
-    // Everything that can be refused is checked before the first write.
+    // What can be checked without the kernel is checked before the first write: the
+    // NICs exist and carry no foreign program, the sets are consistent. The kernel can
+    // still refuse later steps (a counter slot, an attach mode); the SIGHUP path then
+    // applies the running config again.
     let mut want = Vec::new();
     for iface in &config.interfaces {
         want.push((pins::preflight(pins, &iface.name)?, iface));

@@ -570,12 +570,6 @@ impl Maps {
         Ok(())
     }
 
-    /// Overwrite one flow entry (tests age flows this way).
-    pub fn put_flow(&mut self, key: FlowKey, flow: Flow) -> Result<(), Error> {
-        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
-            HashMap::try_from(self.map_mut(map::FLOWS)?).map_err(map_err(map::FLOWS))?;
-        flows.insert(key, flow, 0).map_err(map_err(map::FLOWS))
-    }
 
 }
 

@@ -6,8 +6,8 @@
 //! Given a frame, the ingress NIC's role (`None`: a NIC without one), the address
 //! sets and the policy, [`Model::judge`] returns the verdict (a
 //! `edge_filter_common::verdict` code, dry-run applied) and updates the model's own
-//! state tables as the kernel's must change. Timeouts and LRU eviction are not
-//! modelled: differential runs keep tables larger than their traffic and timeouts
+//! state tables as the kernel's must change. Timeouts, the closing state and LRU
+//! eviction are not modelled: differential runs keep tables larger than their traffic and timeouts
 //! longer than the run.
 
 use std::{collections::HashMap, net::IpAddr};
@@ -79,6 +79,14 @@ impl Ip {
 
     fn ack(&self) -> u32 {
         u32::from_be_bytes([self.upper[8], self.upper[9], self.upper[10], self.upper[11]])
+    }
+
+    /// The sequence number after this segment: its payload, and one each for SYN and
+    /// FIN.
+    fn seq_end(&self) -> u32 {
+        let payload = self.upper.len() - usize::from(self.upper[12] >> 4) * 4;
+        let f = self.tcp_flags();
+        self.seq().wrapping_add(payload as u32).wrapping_add(u32::from(f & SYN != 0) + u32::from(f & FIN != 0))
     }
 }
 
@@ -202,6 +210,15 @@ struct Conn {
     reply_roles: &'static [Role],
     /// The responder's ISN once its SYN-ACK was seen.
     responder_isn: Option<u32>,
+    /// Once established: the sequence number each side's next segment carries. Only
+    /// an RST at exactly that number closes the connection.
+    opener_next: u32,
+    responder_next: u32,
+}
+
+/// `next` moved forward (modulo 2^32) past `end`.
+fn advanced(next: u32, end: u32) -> u32 {
+    if end.wrapping_sub(next) as i32 > 0 { end } else { next }
 }
 
 /// The policy, the sets, and the connections the model has seen.
@@ -292,15 +309,18 @@ impl Model {
     fn opener(&mut self, t: Tuple, ip: &Ip, reply_roles: &'static [Role]) {
         let f = ip.tcp_flags();
         let syn = f & SYN != 0 && f & ACK == 0;
-        if self.flows.contains_key(&t) {
-            if f & RST != 0 || syn {
-                self.flows.remove(&t);
-            } else {
-                return;
+        if let Some(c) = self.flows.get_mut(&t) {
+            if f & RST != 0 {
+                if ip.seq() == c.opener_next {
+                    self.flows.remove(&t);
+                }
+            } else if !syn {
+                c.opener_next = advanced(c.opener_next, ip.seq_end());
             }
+            return;
         }
         if syn {
-            let c = self.handshakes.entry(t).or_insert(Conn { reply_roles, responder_isn: None });
+            let c = self.handshakes.entry(t).or_insert(Conn { reply_roles, responder_isn: None, opener_next: 0, responder_next: 0 });
             // A retransmitted SYN restarts the handshake it belongs to.
             c.responder_isn = None;
             return;
@@ -315,19 +335,23 @@ impl Model {
             && ip.ack() == isn.wrapping_add(1)
         {
             self.handshakes.remove(&t);
-            self.flows.insert(t, c);
+            self.flows.insert(t, Conn { opener_next: ip.seq_end(), responder_next: isn.wrapping_add(1), ..c });
         }
     }
 
     /// Whether this is a reply of connection `t`, arriving on `role`.
     fn reply(&mut self, t: Tuple, ip: &Ip, role: Role) -> bool {
         let f = ip.tcp_flags();
-        if let Some(c) = self.flows.get(&t) {
+        if let Some(c) = self.flows.get_mut(&t) {
             if !c.reply_roles.contains(&role) {
                 return false;
             }
             if f & RST != 0 {
-                self.flows.remove(&t);
+                if ip.seq() == c.responder_next {
+                    self.flows.remove(&t);
+                }
+            } else {
+                c.responder_next = advanced(c.responder_next, ip.seq_end());
             }
             return true;
         }
@@ -343,7 +367,6 @@ impl Model {
             return false;
         }
         c.responder_isn = Some(ip.seq());
-        let _ = FIN;
         true
     }
 }

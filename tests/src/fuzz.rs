@@ -32,17 +32,10 @@ pub fn policy(name: &str) -> anyhow::Result<Policy> {
 pub const POLICIES: [&str; 3] = ["default", "strict", "dry-run"];
 
 fn role(nic: Nic) -> Option<edge_filter::Role> {
-    match nic {
-        Nic::Outside => Some(edge_filter::Role::Outside),
-        Nic::Edge => Some(edge_filter::Role::Edge),
-        Nic::Host => Some(edge_filter::Role::Host),
-        Nic::Unattached => None,
-    }
+    nic.role()
 }
 
-pub fn verdict_name(v: u32) -> String {
-    verdict::name(v).map_or_else(|| format!("#{v}"), |(a, r)| format!("{a}/{r}"))
-}
+pub use edge_filter::report::verdict_name;
 
 fn hex(frame: &[u8]) -> String {
     frame.iter().fold(String::new(), |mut s, b| {

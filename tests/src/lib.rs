@@ -17,7 +17,6 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
-    process::Command,
 };
 
 use anyhow::{Context as _, bail, ensure};
@@ -71,7 +70,8 @@ pub enum Nic {
 impl Nic {
     pub const ALL: [Nic; 4] = [Nic::Outside, Nic::Edge, Nic::Host, Nic::Unattached];
 
-    fn role(self) -> Option<Role> {
+    /// The role of the NIC, `None` for the one without.
+    pub fn role(self) -> Option<Role> {
         match self {
             Nic::Outside => Some(Role::Outside),
             Nic::Edge => Some(Role::Edge),
@@ -107,8 +107,8 @@ impl Lab {
             // A child forked from this thread starts in this thread's namespace. The
             // peer gets the kernel's first free name (veth0 in a fresh namespace) and is
             // renamed: busybox `ip`, in the kernel-matrix VMs, ignores `peer name`.
-            run_ip(&["link", "add", "name", pair[0], "type", "veth"])?;
-            run_ip(&["link", "set", "veth0", "name", pair[1]])?;
+            topology::ip(&["link", "add", "name", pair[0], "type", "veth"])?;
+            topology::ip(&["link", "set", "veth0", "name", pair[1]])?;
         }
         Ok(lab)
     }
@@ -134,11 +134,6 @@ impl Drop for Lab {
     }
 }
 
-fn run_ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("run ip (package iproute2)")?;
-    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    Ok(())
-}
 
 /// One packet and what must happen to it.
 #[derive(Clone, Debug)]
@@ -293,9 +288,7 @@ fn action_name(a: u32) -> &'static str {
     }
 }
 
-fn verdict_name(v: u32) -> String {
-    verdict::name(v).map_or_else(|| format!("#{v}"), |(a, r)| format!("{a}/{r}"))
-}
+use edge_filter::report::verdict_name;
 
 /// Exactly one packet of the frame's size under (slot, verdict), exactly one hit on
 /// the expected rule, nothing else.

@@ -159,7 +159,8 @@ impl Pkt {
         self
     }
 
-    /// An IPv6 extension header of `len` bytes (a multiple of 8, at least 8).
+    /// An IPv6 extension header of `len` bytes (a multiple of 8, at least 8): hop-by-hop
+    /// (0), routing (43), destination options (60) or authentication (51).
     pub fn ext(mut self, kind: u8, len: usize) -> Self {
         self.ipv6_exts.push(Ext::Raw { kind, len });
         self
@@ -243,6 +244,13 @@ impl Pkt {
         for (i, e) in self.ipv6_exts.iter().enumerate() {
             let next = IpNumber(kinds[i + 1]);
             match e {
+                Ext::Raw { kind: 51, len } => {
+                    // AH counts its length in 4-byte units, minus 2 (RFC 4302).
+                    let mut h = vec![0u8; *len];
+                    h[0] = next.0;
+                    h[1] = u8::try_from(len / 4 - 2).expect("AH length");
+                    exts.extend_from_slice(&h);
+                }
                 Ext::Raw { len, .. } => {
                     // Pad1/PadN options are zero bytes and type-1 TLVs; zeros are Pad1s.
                     let h = Ipv6RawExtHeader::new_raw(next, &vec![0u8; len - 2]).expect("ext length");

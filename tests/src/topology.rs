@@ -383,6 +383,9 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
     pub fn start_with_env(&self, config: &Path, env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let nics = std::fs::read_to_string(config)?.matches("[[interface]]").count();
         let log = self.work.join(format!("daemon-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
+        // One open file description for both streams, appending.
+        File::create(&log)?;
+        let out = File::options().append(true).open(&log)?;
         let child = self
             .edge_filter()?
             .arg("run")
@@ -390,8 +393,8 @@ internal-edge = ["192.0.2.10", "2001:db8:192::10"]
             .arg(config)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(File::create(&log)?)
-            .stderr(File::create(&log)?.try_clone()?)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()?;
         let mut daemon = Daemon { child: Some(child), log };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -474,6 +477,7 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
+                let _ = c.wait();
                 bail!("edge-filter run ignored SIGTERM for 10 s");
             }
             std::thread::sleep(Duration::from_millis(20));

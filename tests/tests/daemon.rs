@@ -388,20 +388,29 @@ fn a_pin_directory_without_bpffs_gets_one_mounted() {
         .arg("--pin-dir")
         .arg(&pins)
         .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    /// Kills the daemon when the test ends early.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut reap = Reap(child);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir(pins.join("links")).map_or(0, |d| d.count()) < 4 {
         assert!(std::time::Instant::now() < deadline, "run did not attach under {}", pins.display());
-        assert!(child.try_wait().unwrap().is_none(), "run exited: {:?}", child.wait_with_output());
+        assert!(reap.0.try_wait().unwrap().is_none(), "run exited early");
         sleep(Duration::from_millis(50));
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(mounts.lines().any(|l| l.starts_with("bpf ") && l.contains(parent.to_str().unwrap())), "{mounts}");
     // SAFETY: kill on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
+    unsafe { libc::kill(reap.0.id() as i32, libc::SIGTERM) };
+    reap.0.wait().unwrap();
     let out = t.fw.command(ok(edge_filter_tests::topology::edge_filter_bin())).args(["detach", "--pin-dir"]).arg(&pins).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!pins.exists(), "detach removed the pins");

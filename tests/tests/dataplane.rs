@@ -750,3 +750,34 @@ fn the_kernel_matrix_subset_holds_here_in_both_program_builds() {
         }
     }
 }
+
+#[test]
+fn blind_rst_and_syn_leave_established_flows_alone() {
+    // RFC 5961: an RST closes a flow only at the exact sequence number its sender is
+    // at; a blind one, or a SYN on the tuple, passes to the endpoint and the flow stays.
+    let mut cases = Vec::new();
+    for f in [V4, V6] {
+        let (a, b) = (Conn::r1(f, 40061), Conn::r2(f, 40062));
+        cases.extend(a.handshake());
+        cases.extend([
+            Case::rule(format!("{} R1 blind RST from the partner's tuple", f.tag), Outside,
+                tcp(f.partner, f.access, 40061, 5269, RST).seq_ack(77_777, 0).build(), R1),
+            Case::rule(format!("{} R1 SYN on the established tuple", f.tag), Outside,
+                tcp(f.partner, f.access, 40061, 5269, SYN).seq_ack(12_345, 0).build(), R1),
+            Case::new(format!("{} R1 blind RST from the Edge's side", f.tag), Edge,
+                tcp(f.access, f.partner, 5269, 40061, RST).seq_ack(99, 0).build(), PASS_REPLY),
+            a.back("R1 data after the blind packets", ACK | PSH, PASS_REPLY),
+            a.back("R1 RST at the Edge's sequence number", RST, PASS_REPLY),
+            a.back("R1 after the real RST", ACK, DROP_NO_RULE),
+        ]);
+        cases.extend(b.handshake());
+        cases.extend([
+            Case::new(format!("{} R2 blind RST from the partner's 5269", f.tag), Outside,
+                tcp(f.partner, f.access, 5269, 40062, RST_ACK).seq_ack(31_337, 1001).build(), PASS_REPLY),
+            b.back("R2 data after the blind RST", ACK | PSH, PASS_REPLY),
+            b.out("R2 RST from the Edge at its sequence number", RST),
+            b.back("R2 after the real RST", ACK, DROP_NO_RULE),
+        ]);
+    }
+    run(Policy::default(), &cases);
+}
