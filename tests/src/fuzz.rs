@@ -141,7 +141,7 @@ pub fn run(seed: u64, packets: u64, fixtures: Option<&Path>) -> anyhow::Result<R
         let mut h = Harness::with_tables(policy, 1 << 16, 1 << 16).context("load the filter")?;
         let mut model = Model::new(plan::sets(), policy);
         for _ in 0..per_policy.min(packets - done) {
-            let s = frames.next();
+            let s = frames.sample();
             let kernel = kernel_verdict(&h, &s.frame, s.nic).with_context(|| format!("frame {done}: {}", hex(&s.frame)))?;
             let expected = model.judge(&s.frame, role(s.nic));
             if kernel != expected {

@@ -207,7 +207,7 @@ impl Generator {
     }
 
     /// The next frame.
-    pub fn next(&mut self) -> Sample {
+    pub fn sample(&mut self) -> Sample {
         let mut s = if self.rng.random_bool(0.35) {
             self.connection()
         } else {

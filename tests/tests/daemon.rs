@@ -379,7 +379,7 @@ fn a_pin_directory_without_bpffs_gets_one_mounted() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let mut child = t
+    let child = t
         .fw
         .command(ok(edge_filter_tests::topology::edge_filter_bin()))
         .arg("run")

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: every test tier, in the order that fails fastest.
 //!
-//! 1. set-up (see `setup`);
+//! 1. set-up (see `setup`) and the lints (`cargo xtask clippy`);
 //! 2. host unit tests of every userspace crate;
 //! 3. the privileged suite (`tests/`): BPF_PROG_TEST_RUN against the real object, and
 //!    the `edge-filter` binary end to end on a perimeter topology of network
@@ -80,6 +80,8 @@ pub fn run() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the privileged suite loads BPF programs and creates network namespaces: run as root");
     }
+    println!("== lints");
+    clippy()?;
     let unit = cargo_test(
         "unit",
         &["--workspace", "--exclude", "edge-filter-ebpf", "--exclude", "edge-filter-tests"],
@@ -134,20 +136,6 @@ pub fn clippy() -> anyhow::Result<()> {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Tally;
-
-    #[test]
-    fn tally_sums_libtest_result_lines() {
-        let mut t = Tally::default();
-        t.add_line("test result: ok. 18 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 8.23s");
-        t.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
-        t.add_line("running 5 tests");
-        assert_eq!((t.passed, t.failed, t.ignored), (21, 2, 1));
-    }
-}
-
 /// libFuzzer on the operator-input parsers (`edge-filter/fuzz`), installing
 /// cargo-fuzz when it is missing.
 pub fn fuzz_parsers(seconds: u64) -> anyhow::Result<()> {
@@ -165,4 +153,18 @@ pub fn fuzz_parsers(seconds: u64) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_sums_libtest_result_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 18 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 8.23s");
+        t.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add_line("running 5 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (21, 2, 1));
+    }
 }
