@@ -55,9 +55,13 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         .context("load the XDP program")?;
         if adopted {
             info!("adopting the maps pinned at {}", pins.maps_dir().display());
-            let size = filter.max_flows()?;
-            if size != config.max_flows {
-                warn!("the pinned flow table has {size} entries, the config asks for {}; detach to resize", config.max_flows);
+            for (what, have, want) in [
+                ("flow table", filter.max_flows()?, config.max_flows),
+                ("handshake table", filter.max_embryos()?, config.max_embryos),
+            ] {
+                if have != want {
+                    warn!("the pinned {what} has {have} entries, the config asks for {want}; detach to resize");
+                }
             }
         }
         apply(&mut filter, &pins, &config, &state_dir)?;
@@ -139,12 +143,12 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
     }
     for (_, iface) in &want {
         let attached = pins.attach(filter, &iface.name, iface.mode)?;
-        match (attached.replaced, attached.mode) {
-            (true, _) => info!("{}: {} (program replaced in the pinned link)", iface.name, iface.role),
-            (false, "skb") if iface.mode == crate::config::Mode::Auto => {
-                warn!("{}: {} in generic (skb) mode: the driver has no native XDP", iface.name, iface.role)
+        match (attached.replaced, attached.mode, &attached.native_refused) {
+            (true, ..) => info!("{}: {} (program replaced in the pinned link)", iface.name, iface.role),
+            (false, "skb", Some(why)) => {
+                warn!("{}: {} in generic (skb) mode: native mode was refused: {why}", iface.name, iface.role)
             }
-            (false, mode) => info!("{}: {} in {mode} mode", iface.name, iface.role),
+            (false, mode, _) => info!("{}: {} in {mode} mode", iface.name, iface.role),
         }
         if iface.role == crate::policy::Role::Host {
             let how = pins::EgressAttach::for_kernel();

@@ -81,12 +81,14 @@ pub struct Pins {
 }
 
 /// What an attachment did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attached {
     /// `native` or `skb`, or `kept` when an existing link's mode was kept.
     pub mode: &'static str,
     /// The program in an existing link was replaced.
     pub replaced: bool,
+    /// In `auto` mode, why native mode was refused before generic mode was taken.
+    pub native_refused: Option<String>,
 }
 
 /// An XDP link found under `links/`.
@@ -258,7 +260,7 @@ impl Pins {
             program
                 .attach_to_link(link)
                 .map_err(|source| PinError::Attach { name: iface.to_owned(), mode: "kept", source })?;
-            return Ok(Attached { mode: "kept", replaced: true });
+            return Ok(Attached { mode: "kept", replaced: true, native_refused: None });
         }
         let ifindex = ifindex(iface)?;
         if let Some(id) = xdp_program_on(iface) {
@@ -276,7 +278,8 @@ impl Pins {
                     let link = program.take_link(id).map_err(|source| PinError::Attach { name: iface.to_owned(), mode: name, source })?;
                     let fd = FdLink::try_from(link).map_err(|_| PinError::NoLink { name: iface.to_owned() })?;
                     fd.pin(&path).map_err(|e| PinError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
-                    return Ok(Attached { mode: name, replaced: false });
+                    let native_refused = last.as_ref().map(|(_, e): &(&str, aya::programs::ProgramError)| format!("{e}"));
+                    return Ok(Attached { mode: name, replaced: false, native_refused });
                 }
                 Err(source) => last = Some((name, source)),
             }
