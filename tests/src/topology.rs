@@ -324,42 +324,16 @@ impl Topology {
     }
 
     pub fn base_config(&self) -> String {
-        if self.host_mode {
-            return r#"[[interface]]
-name = "ext0"
-role = "host"
-
-[[interface]]
-name = "int0"
-role = "host"
-
-[addresses]
-access-edge = ["203.0.113.10", "2001:db8:203::10"]
-internal-edge = ["192.0.2.10", "2001:db8:192::10"]
-"#
-            .to_owned();
-        }
-        r#"[[interface]]
-name = "out0"
-role = "outside"
-
-[[interface]]
-name = "fe0"
-role = "outside"
-
-[[interface]]
-name = "ext0"
-role = "edge"
-
-[[interface]]
-name = "int0"
-role = "edge"
-
-[addresses]
-access-edge = ["203.0.113.10", "2001:db8:203::10"]
-internal-edge = ["192.0.2.10", "2001:db8:192::10"]
-"#
-        .to_owned()
+        let nics: &[(&str, &str)] = if self.host_mode {
+            &[("ext0", "host"), ("int0", "host")]
+        } else {
+            &[("out0", "outside"), ("fe0", "outside"), ("ext0", "edge"), ("int0", "edge")]
+        };
+        let mut config: String = nics.iter().map(|(name, role)| format!("[[interface]]\nname = \"{name}\"\nrole = \"{role}\"\n\n")).collect();
+        config.push_str(
+            "[addresses]\naccess-edge = [\"203.0.113.10\", \"2001:db8:203::10\"]\ninternal-edge = [\"192.0.2.10\", \"2001:db8:192::10\"]\n",
+        );
+        config
     }
 
     /// `edge-filter` in the firewall namespace, with this topology's directories.
