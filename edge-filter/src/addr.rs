@@ -89,6 +89,14 @@ impl Prefix {
         mask(self.addr, len) == mask(other.addr, len)
     }
 
+    /// The prefix's highest address.
+    fn last(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) | u32::MAX.checked_shr(u32::from(self.len)).unwrap_or(0))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) | u128::MAX.checked_shr(u32::from(self.len)).unwrap_or(0))),
+        }
+    }
+
     /// Whether `addr` lies inside the prefix.
     pub fn contains(&self, addr: IpAddr) -> bool {
         self.overlaps(&Prefix::host(addr))
@@ -195,31 +203,56 @@ impl FromStr for EdgeSet {
 }
 
 /// The two edge address sets, free of cross-set overlaps.
+///
+/// Every operation is logarithmic in the number of prefixes (an overlap check looks
+/// up each shorter prefix that could contain the new one and scans only the entries
+/// inside it), so sets of 100k prefixes load as fast as the kernel takes them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AddressSets {
     entries: BTreeSet<(Prefix, EdgeSet)>,
+    /// Entries per family: IPv4, IPv6.
+    counts: [usize; 2],
 }
 
 impl AddressSets {
     /// Add `prefix` to `set`. Adding a prefix the set already has is a no-op.
     pub fn insert(&mut self, set: EdgeSet, prefix: Prefix) -> Result<(), AddrError> {
+        if self.entries.contains(&(prefix, set)) {
+            return Ok(());
+        }
+        if let Some((other, other_set)) = self.overlapping(&prefix).find(|(_, s)| *s != set) {
+            return Err(AddrError::Overlap { prefix, set, other, other_set });
+        }
         let max = edge_filter_common::MAX_SET_ENTRIES;
-        let same_family = self.entries.iter().filter(|(p, _)| p.addr.is_ipv4() == prefix.addr.is_ipv4()).count();
-        if same_family >= max as usize && !self.entries.iter().any(|(p, _)| *p == prefix) {
+        let count = &mut self.counts[usize::from(prefix.addr.is_ipv6())];
+        if *count >= max as usize {
             return Err(AddrError::Full { prefix, max });
         }
-        if let Some((other, other_set)) =
-            self.entries.iter().find(|(p, s)| *s != set && p.overlaps(&prefix))
-        {
-            return Err(AddrError::Overlap { prefix, set, other: *other, other_set: *other_set });
-        }
+        *count += 1;
         self.entries.insert((prefix, set));
         Ok(())
     }
 
     /// Remove `prefix` from `set`; whether it was there.
     pub fn remove(&mut self, set: EdgeSet, prefix: &Prefix) -> bool {
-        self.entries.remove(&(*prefix, set))
+        let removed = self.entries.remove(&(*prefix, set));
+        if removed {
+            self.counts[usize::from(prefix.addr.is_ipv6())] -= 1;
+        }
+        removed
+    }
+
+    /// Every entry that shares an address with `prefix`: those that contain it, and
+    /// those inside it (whose network addresses lie in its range).
+    fn overlapping(&self, prefix: &Prefix) -> impl Iterator<Item = (Prefix, EdgeSet)> + '_ {
+        let prefix = *prefix;
+        let containing = (0..prefix.len).flat_map(move |len| {
+            let outer = Prefix { addr: mask(prefix.addr, len), len };
+            EdgeSet::ALL.into_iter().filter(move |s| self.entries.contains(&(outer, *s))).map(move |s| (outer, s))
+        });
+        let first = (Prefix { addr: prefix.addr, len: 0 }, EdgeSet::ALL[0]);
+        let last = (Prefix { addr: prefix.last(), len: u8::MAX }, EdgeSet::ALL[EdgeSet::ALL.len() - 1]);
+        containing.chain(self.entries.range(first..=last).copied())
     }
 
     /// Every `(prefix, set)`, ordered by prefix.
@@ -247,11 +280,11 @@ impl AddressSets {
 
     /// The set `addr` belongs to, by longest prefix as the kernel decides.
     pub fn lookup(&self, addr: IpAddr) -> Option<EdgeSet> {
-        self.entries
-            .iter()
-            .filter(|(p, _)| p.contains(addr))
-            .max_by_key(|(p, _)| p.len())
-            .map(|(_, s)| *s)
+        let host = Prefix::host(addr);
+        (0..=host.len).rev().find_map(|len| {
+            let p = Prefix { addr: mask(addr, len), len };
+            self.set_of(&p)
+        })
     }
 }
 
@@ -324,6 +357,51 @@ mod tests {
         assert!(sets.remove(EdgeSet::AccessEdge, &p("203.0.113.0/24")));
         assert!(!sets.remove(EdgeSet::AccessEdge, &p("203.0.113.0/24")));
         assert_eq!(sets.of(EdgeSet::AccessEdge).collect::<Vec<_>>(), vec![p("203.0.113.10")]);
+    }
+
+    /// The indexed overlap check and lookup agree with their definitions, on prefixes
+    /// drawn from a small space so that nesting and collisions are frequent.
+    #[test]
+    fn indexed_overlap_and_lookup_match_the_definitions() {
+        let mut rng = 0x2026_1129_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut sets = AddressSets::default();
+        let mut kept: Vec<(Prefix, EdgeSet)> = Vec::new();
+        for _ in 0..3000 {
+            let r = next();
+            let (addr, width): (IpAddr, u8) = if r & 1 == 0 {
+                (Ipv4Addr::new(198, 18, (r >> 8) as u8 & 3, (r >> 16) as u8).into(), 32)
+            } else {
+                (format!("2001:db8::{:x}:{:x}", (r >> 8) & 3, (r >> 16) & 0xff).parse::<Ipv6Addr>().unwrap().into(), 128)
+            };
+            let len = width - ((r >> 32) % 12) as u8;
+            let prefix = Prefix { addr: mask(addr, len), len };
+            let set = EdgeSet::ALL[((r >> 48) & 1) as usize];
+            let clash = kept.iter().find(|(q, s)| *s != set && q.overlaps(&prefix)).copied();
+            match (sets.insert(set, prefix), clash) {
+                (Ok(()), None) => {
+                    if !kept.contains(&(prefix, set)) {
+                        kept.push((prefix, set));
+                    }
+                }
+                (Err(AddrError::Overlap { .. }), Some(_)) => {}
+                (got, want) => panic!("{prefix} into {set}: got {got:?}, a clash with {want:?} exists"),
+            }
+            let probe: IpAddr = if r & 1 == 0 {
+                Ipv4Addr::new(198, 18, (r >> 40) as u8 & 3, (r >> 52) as u8).into()
+            } else {
+                format!("2001:db8::{:x}:{:x}", (r >> 40) & 3, (r >> 52) & 0xff).parse::<Ipv6Addr>().unwrap().into()
+            };
+            let want = kept.iter().filter(|(q, _)| q.contains(probe)).max_by_key(|(q, _)| q.len()).map(|(_, s)| *s);
+            assert_eq!(sets.lookup(probe), want, "lookup {probe}");
+        }
+        assert_eq!(sets.len(), kept.len());
+        assert!(kept.len() > 100, "the draw nests and clashes, yet fills the sets: {}", kept.len());
     }
 
     #[test]

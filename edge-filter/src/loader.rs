@@ -44,6 +44,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// an XDP program named `traffic_gen` to run in live-frames mode.
 pub static TRAFFIC_GEN: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traffic-gen"));
 
+/// The benchmark floor (`edge-filter-ebpf/src/floor.rs`): XDP programs `floor_pass`
+/// and `floor_drop`, which return their action without reading the frame.
+pub static FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
+
 /// What the loader reports when the kernel or the maps refuse.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

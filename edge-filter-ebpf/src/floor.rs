@@ -1,0 +1,31 @@
+//! The floor of every benchmark, not part of the filter: the cheapest XDP programs
+//! there are, returning one action without looking at the frame. Whatever a filter
+//! costs above these is the filter's own cost; what these cost is the kernel's
+//! (BPF_PROG_TEST_RUN's loop, or the veth driver's receive path).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// Passes every frame.
+#[xdp]
+pub fn floor_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Drops every frame.
+#[xdp]
+pub fn floor_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach a panic, so this is dead code.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
