@@ -558,6 +558,19 @@ impl Maps {
         })
     }
 
+    /// Write flows into the flow table, as if their handshakes had completed here:
+    /// how a benchmark fills the table to size. Existing entries with the same keys
+    /// are replaced.
+    pub fn insert_flows(&mut self, flows: impl IntoIterator<Item = (FlowKey, Flow)>) -> Result<(), Error> {
+        let name = map::FLOWS;
+        let mut table: HashMap<&mut MapData, FlowKey, Flow> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for (key, flow) in flows {
+            table.insert(key, flow, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
     /// Empty both state tables.
     pub fn clear_state(&mut self) -> Result<(), Error> {
         for name in [map::FLOWS, map::EMBRYOS] {

@@ -6,6 +6,7 @@
 //! Privileged: the harness needs root (to unshare a network namespace and load BPF).
 //! It fails with the reason when it cannot run; it never skips.
 
+pub mod bench;
 pub mod fuzz;
 pub mod generator;
 pub mod packet;
@@ -189,7 +190,8 @@ impl Harness {
         Self::build(policy, &plan::sets(), LoadOptions { variant: Some(variant), ..LoadOptions::default() })
     }
 
-    fn build(policy: Policy, sets: &AddressSets, opts: LoadOptions) -> anyhow::Result<Self> {
+    /// Load with `policy`, `sets` and load options of the caller's choosing.
+    pub fn build(policy: Policy, sets: &AddressSets, opts: LoadOptions) -> anyhow::Result<Self> {
         let lab = Lab::new(&["outside0", "edge0", "host0", "spare0"])?;
         let mut filter = Filter::load(&opts).context("load the XDP program")?;
         filter.set_policy(&policy)?;

@@ -17,9 +17,14 @@ use anyhow::{Context as _, bail, ensure};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests need, by a command each provides: `ip` and `tc` create
 /// and inspect the test devices; the kernel matrix boots kernels with qemu in an
-/// initramfs of busybox, packed with cpio, modules unpacked with xz.
+/// initramfs of busybox, packed with cpio, modules unpacked with xz; the benchmark
+/// measures xdp-filter and nftables beside edge-filter and reads veth statistics
+/// with ethtool.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
+    ("xdp-tools", "xdp-filter"),
+    ("nftables", "nft"),
+    ("ethtool", "ethtool"),
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "busybox"),
     ("cpio", "cpio"),

@@ -1,0 +1,482 @@
+//! Cost per packet, with BPF_PROG_TEST_RUN `repeat` on the real object.
+//!
+//! Every verdict path is one frame on one NIC of the [`Harness`] (the plan's address
+//! sets, one NIC per role); paths that need a flow get its handshake first. The same
+//! frame, with the same `xdp_md`, goes through the floor programs and xdp-filter in
+//! the same round. The kernel reports the mean time of one run of the program over
+//! the repetitions; that is the figure.
+//!
+//! Growth: the address sets filled to 1, 1k and 64k entries (exact addresses, and
+//! prefixes), the flow table to 1, 100k and 1M flows. Each figure cycles through
+//! [`KEYS`] distinct keys spread over the whole table, so the program walks different
+//! buckets and trie nodes run after run rather than one hot entry.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Context as _, ensure};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use edge_filter::{AddressSets, EdgeSet, LoadOptions, Policy, Prefix, loader::xdp_md};
+use edge_filter_common::{Flow, FlowKey, family, flow_state, role, rule, verdict};
+
+use super::{Figure, Plan, rivals, rotated};
+use crate::{
+    Harness, Nic, XDP_DROP, XDP_PASS,
+    packet::{TPID_8021Q, arp, flags::*, tcp},
+    plan::*,
+};
+
+/// Distinct keys a growth figure cycles through.
+pub const KEYS: usize = 64;
+
+/// One verdict path: a frame, the NIC it arrives on, the verdict it must get, and the
+/// frames that must go first (a handshake).
+#[derive(Clone, Debug)]
+pub struct Path {
+    pub name: String,
+    pub nic: Nic,
+    pub frame: Vec<u8>,
+    pub verdict: u32,
+    pub setup: Vec<(Nic, Vec<u8>)>,
+}
+
+impl Path {
+    fn new(name: impl Into<String>, nic: Nic, frame: Vec<u8>, verdict: u32) -> Self {
+        Self { name: name.into(), nic, frame, verdict, setup: Vec::new() }
+    }
+}
+
+/// A completed handshake between `client`:`cport` on `opener` and `server`:`sport`
+/// on `responder`, then `frame` from the opener (`back` false) or the responder.
+fn on_flow(name: String, conn: (Nic, IpAddr, u16, Nic, IpAddr, u16), back: bool, verdict: u32) -> Path {
+    let (opener, client, cport, responder, server, sport) = conn;
+    let setup = vec![
+        (opener, tcp(client, server, cport, sport, SYN).seq_ack(1000, 0).build()),
+        (responder, tcp(server, client, sport, cport, SYN_ACK).seq_ack(5000, 1001).build()),
+        (opener, tcp(client, server, cport, sport, ACK).seq_ack(1001, 5001).build()),
+    ];
+    let (nic, frame) = if back {
+        (responder, tcp(server, client, sport, cport, ACK | PSH).seq_ack(5001, 1101).payload(100).build())
+    } else {
+        (opener, tcp(client, server, cport, sport, ACK | PSH).seq_ack(1001, 5001).payload(100).build())
+    };
+    Path { name, nic, frame, verdict, setup }
+}
+
+/// Every verdict path the benchmark measures.
+pub fn paths() -> Vec<Path> {
+    use Nic::*;
+    use verdict::*;
+    let mut v = vec![
+        Path::new("drop/no_rule v4", Outside, tcp(PARTNER4, ACCESS4, 40000, 80, SYN).build(), DROP_NO_RULE),
+        Path::new("drop/no_rule v6", Outside, tcp(PARTNER6, ACCESS6, 40000, 80, SYN).build(), DROP_NO_RULE),
+        Path::new("drop/spoofed v4", Outside, tcp(ACCESS4, PARTNER4, 5269, 40000, SYN).build(), DROP_SPOOFED),
+        Path::new("drop/spoofed v6", Outside, tcp(ACCESS6, PARTNER6, 5269, 40000, SYN).build(), DROP_SPOOFED),
+        Path::new(
+            "drop/fragment v4",
+            Outside,
+            tcp(PARTNER4, ACCESS4, 40000, 5269, ACK).payload(64).fragment(185, false).build(),
+            DROP_FRAGMENT,
+        ),
+    ];
+    for (fam, partner, access, frontend, internal) in
+        [("v4", PARTNER4, ACCESS4, FRONTEND4, INTERNAL4), ("v6", PARTNER6, ACCESS6, FRONTEND6, INTERNAL6)]
+    {
+        v.push(on_flow(format!("pass/rule R1 {fam}"), (Outside, partner, 41001, Edge, access, 5269), false, PASS_RULE));
+        v.push(on_flow(format!("pass/rule R2 {fam}"), (Edge, access, 41002, Outside, partner, 5269), false, PASS_RULE));
+        v.push(on_flow(format!("pass/rule R3 {fam}"), (Outside, frontend, 41003, Edge, internal, 23456), false, PASS_RULE));
+        v.push(on_flow(format!("pass/reply {fam}"), (Outside, partner, 41004, Edge, access, 5269), true, PASS_REPLY));
+    }
+    v.push(Path::new("pass/rule R1 SYN v4", Outside, tcp(PARTNER4, ACCESS4, 41005, 5269, SYN).build(), verdict::PASS_RULE));
+    let mut tagged = on_flow("pass/rule R1 VLAN v4".into(), (Outside, PARTNER4, 41006, Edge, ACCESS4, 5269), false, PASS_RULE);
+    tagged.setup = tagged.setup.into_iter().map(|(n, f)| (n, vlan_tag(f, 42))).collect();
+    tagged.frame = vlan_tag(tagged.frame, 42);
+    v.push(tagged);
+    v.push(Path::new("pass/essential ARP", Outside, arp([198, 51, 100, 20], [203, 0, 113, 10]), PASS_ESSENTIAL));
+    v.push(Path::new("pass/unpoliced v4", Outside, tcp(PARTNER4, FRONTEND4, 40000, 443, SYN).build(), PASS_UNPOLICED));
+    v
+}
+
+/// `frame` with an 802.1Q tag inserted after the MAC addresses.
+fn vlan_tag(frame: Vec<u8>, vid: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend(TPID_8021Q.to_be_bytes());
+    out.extend(vid.to_be_bytes());
+    out.extend(&frame[12..]);
+    out
+}
+
+/// The programs measured on each path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contender {
+    EdgeFilter,
+    /// The floor of the path's action: `floor_pass` or `floor_drop`.
+    Floor,
+    XdpFilter(rivals::XdpFilterFeatures),
+}
+
+impl Contender {
+    pub const ALL: [Contender; 4] = [
+        Contender::EdgeFilter,
+        Contender::Floor,
+        Contender::XdpFilter(rivals::XdpFilterFeatures::Tcp),
+        Contender::XdpFilter(rivals::XdpFilterFeatures::All),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::EdgeFilter => "edge-filter",
+            Contender::Floor => "floor",
+            Contender::XdpFilter(rivals::XdpFilterFeatures::Tcp) => "xdp-filter tcp",
+            Contender::XdpFilter(rivals::XdpFilterFeatures::All) => "xdp-filter all",
+        }
+    }
+}
+
+/// Cost figures of one path: nanoseconds per packet, for each contender.
+#[derive(Clone, Debug)]
+pub struct PathCost {
+    pub path: String,
+    pub drop: bool,
+    pub figures: Vec<(Contender, Figure)>,
+    /// xdp-filter's actions on this path (they differ from edge-filter's: it cannot
+    /// express the policy).
+    pub rival_actions: Vec<(Contender, u32)>,
+}
+
+/// The floor programs, loaded.
+pub struct Floor {
+    ebpf: aya::Ebpf,
+}
+
+impl Floor {
+    pub fn load() -> anyhow::Result<Self> {
+        let mut ebpf = aya::Ebpf::load(edge_filter::loader::FLOOR).context("load the floor programs")?;
+        for name in ["floor_pass", "floor_drop"] {
+            let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+            prog.load()?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    fn name(drop: bool) -> &'static str {
+        if drop { "floor_drop" } else { "floor_pass" }
+    }
+
+    /// `floor_drop` or `floor_pass`.
+    pub fn of(&self, drop: bool) -> &Xdp {
+        let prog = self.ebpf.program(Self::name(drop)).expect("loaded in Floor::load");
+        prog.try_into().expect("an XDP program")
+    }
+
+    pub fn of_mut(&mut self, drop: bool) -> &mut Xdp {
+        let prog = self.ebpf.program_mut(Self::name(drop)).expect("loaded in Floor::load");
+        prog.try_into().expect("an XDP program")
+    }
+}
+
+/// Run `prog` `repeat` times on `frame` arriving on `ifindex`: (action, ns per run).
+pub fn run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(u32, f64)> {
+    let ctx = xdp_md(frame.len(), ifindex);
+    let r = prog
+        .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat, ..TestRunOptions::new() })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.return_value, r.duration.as_nanos() as f64))
+}
+
+fn action_of(v: u32) -> u32 {
+    if verdict::is_drop(v) { XDP_DROP } else { XDP_PASS }
+}
+
+/// Send `repeat` frames through edge-filter and check the action and that the
+/// verdict's counter moved by exactly `repeat`; ns per run.
+fn measure_edge(h: &Harness, frame: &[u8], nic: Nic, want: u32, repeat: u32, what: &str) -> anyhow::Result<f64> {
+    let (ifindex, slot) = h.nic(nic);
+    let before = h.filter.slot_counters(slot)?[want as usize].packets;
+    let (action, ns) = run(h.filter.program()?, frame, ifindex, repeat)?;
+    let after = h.filter.slot_counters(slot)?[want as usize].packets;
+    ensure!(action == action_of(want), "{what}: action {action}, want {}", action_of(want));
+    ensure!(
+        after - before == u64::from(repeat),
+        "{what}: {} counter moved by {}, want {repeat}",
+        edge_filter::report::verdict_name(want),
+        after - before
+    );
+    Ok(ns)
+}
+
+/// The per-path cost figures, `plan.rounds` rounds.
+pub fn paths_cost(plan: &Plan) -> anyhow::Result<Vec<PathCost>> {
+    let h = Harness::new(Policy::default())?;
+    let floor = Floor::load()?;
+    let xdp_tcp = rivals::xdp_filter("spare0", rivals::XdpFilterFeatures::Tcp)?;
+    // xdp-filter may serve one feature set per namespace's devices: the second one
+    // goes on the other end of the pair.
+    let xdp_all = rivals::xdp_filter("host0", rivals::XdpFilterFeatures::All)?;
+    let paths = paths();
+    for p in &paths {
+        for (nic, frame) in &p.setup {
+            h.send(frame, Some(h.nic(*nic).0))?;
+        }
+    }
+    let mut out: Vec<PathCost> = paths
+        .iter()
+        .map(|p| PathCost {
+            path: p.name.clone(),
+            drop: verdict::is_drop(p.verdict),
+            figures: Contender::ALL.iter().map(|c| (*c, Figure::default())).collect(),
+            rival_actions: Vec::new(),
+        })
+        .collect();
+    for round in 0..plan.rounds {
+        for (p, cost) in paths.iter().zip(&mut out) {
+            let ifindex = h.nic(p.nic).0;
+            let mut ns = [0.0; Contender::ALL.len()];
+            for c in rotated(&Contender::ALL, round) {
+                let i = Contender::ALL.iter().position(|x| *x == c).expect("a contender");
+                ns[i] = match c {
+                    Contender::EdgeFilter => measure_edge(&h, &p.frame, p.nic, p.verdict, plan.repeat, &p.name)?,
+                    Contender::Floor => {
+                        let (action, t) = run(floor.of(cost.drop), &p.frame, ifindex, plan.repeat)?;
+                        ensure!(action == action_of(p.verdict), "floor returned {action} on {}", p.name);
+                        t
+                    }
+                    Contender::XdpFilter(f) => {
+                        let prog = if f == rivals::XdpFilterFeatures::Tcp { &xdp_tcp } else { &xdp_all };
+                        let (action, t) = run(prog, &p.frame, ifindex, plan.repeat)?;
+                        if round == 0 {
+                            cost.rival_actions.push((c, action));
+                        }
+                        t
+                    }
+                };
+            }
+            let floor_ns = ns[1];
+            for (i, (_, fig)) in cost.figures.iter_mut().enumerate() {
+                fig.record(ns[i], floor_ns);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One growth dimension at one size.
+#[derive(Clone, Debug)]
+pub struct GrowthPoint {
+    /// `sets exact v4`, `sets prefixes v6`, `flows v4`, ...
+    pub table: String,
+    pub size: usize,
+    pub path: String,
+    /// ns per packet, ratio to the floor of the same round.
+    pub figure: Figure,
+}
+
+/// The `i`th of `n` addresses or prefixes of a growth set: exact addresses from
+/// 198.18.0.0/15 and 2001:db8:1::/64; prefixes /31 from 198.18.0.0/15 and /64 from
+/// 2001:db8:2::/48 (none overlap, none is a plan address). With it, an address inside
+/// the entry.
+fn growth_entry(i: usize, v4: bool, exact: bool) -> (Prefix, IpAddr) {
+    let i = i as u32;
+    let (addr, len, inside): (IpAddr, u8, IpAddr) = match (v4, exact) {
+        (true, true) => {
+            let a = Ipv4Addr::from(0xc612_0000 + i);
+            (a.into(), 32, a.into())
+        }
+        (true, false) => {
+            let a = 0xc612_0000 + 2 * i;
+            (Ipv4Addr::from(a).into(), 31, Ipv4Addr::from(a + 1).into())
+        }
+        (false, true) => {
+            let a = Ipv6Addr::from(0x2001_0db8_0001_0000_0000_0000_0000_0000_u128 + u128::from(i) + 1);
+            (a.into(), 128, a.into())
+        }
+        (false, false) => {
+            let a = 0x2001_0db8_0002_0000_0000_0000_0000_0000_u128 + (u128::from(i) << 64);
+            (Ipv6Addr::from(a).into(), 64, Ipv6Addr::from(a + 0x20).into())
+        }
+    };
+    (Prefix::new(addr, len).expect("a network address"), inside)
+}
+
+/// Address sets of `n` entries in access-edge, beside the plan's own.
+fn growth_sets(n: usize, v4: bool, exact: bool) -> anyhow::Result<AddressSets> {
+    let mut sets = crate::plan::sets();
+    for i in 0..n {
+        sets.insert(EdgeSet::AccessEdge, growth_entry(i, v4, exact).0)?;
+    }
+    Ok(sets)
+}
+
+/// `KEYS` members of a set of `n`, spread over all of it.
+fn spread(n: usize) -> impl Iterator<Item = usize> {
+    let keys = KEYS.min(n);
+    (0..keys).map(move |k| k * n / keys)
+}
+
+/// Mean cost over a batch of frames, each run `repeat / frames` times, checked.
+fn batch(h: &Harness, frames: &[(Nic, Vec<u8>)], want: u32, repeat: u32, what: &str) -> anyhow::Result<f64> {
+    let each = (repeat / frames.len() as u32).max(1);
+    let mut total = 0.0;
+    for (nic, f) in frames {
+        total += measure_edge(h, f, *nic, want, each, what)?;
+    }
+    Ok(total / frames.len() as f64)
+}
+
+fn floor_batch(floor: &Floor, h: &Harness, frames: &[(Nic, Vec<u8>)], drop: bool, repeat: u32) -> anyhow::Result<f64> {
+    let each = (repeat / frames.len() as u32).max(1);
+    let mut total = 0.0;
+    for (nic, f) in frames {
+        total += run(floor.of(drop), f, h.nic(*nic).0, each)?.1;
+    }
+    Ok(total / frames.len() as f64)
+}
+
+/// Cost as the address sets grow: for each family and kind (exact, prefixes), the
+/// drop/no_rule, drop/spoofed and pass/rule (R1 SYN) paths on members of the set.
+pub fn set_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
+    let mut h = Harness::new(Policy::default())?;
+    let floor = Floor::load()?;
+    let mut points: Vec<GrowthPoint> = Vec::new();
+    let kinds = [(true, true), (false, true), (true, false), (false, false)];
+    for round in 0..plan.rounds {
+        for (v4, exact) in rotated(&kinds, round) {
+            let table = format!("sets {} {}", if exact { "exact" } else { "prefixes" }, if v4 { "v4" } else { "v6" });
+            for &n in plan.set_sizes {
+                h.filter.set_address_sets(&growth_sets(n, v4, exact)?)?;
+                h.reset_state()?;
+                let partner = if v4 { PARTNER4 } else { PARTNER6 };
+                let members: Vec<IpAddr> = spread(n).map(|i| growth_entry(i, v4, exact).1).collect();
+                let cases: [(&str, u32, Vec<(Nic, Vec<u8>)>); 3] = [
+                    (
+                        "drop/no_rule",
+                        verdict::DROP_NO_RULE,
+                        members.iter().map(|m| (Nic::Outside, tcp(partner, *m, 40000, 80, SYN).build())).collect(),
+                    ),
+                    (
+                        "drop/spoofed",
+                        verdict::DROP_SPOOFED,
+                        members.iter().map(|m| (Nic::Outside, tcp(*m, partner, 5269, 40000, SYN).build())).collect(),
+                    ),
+                    (
+                        "pass/rule R1 SYN",
+                        verdict::PASS_RULE,
+                        members.iter().map(|m| (Nic::Outside, tcp(partner, *m, 40000, 5269, SYN).build())).collect(),
+                    ),
+                ];
+                for (path, want, frames) in cases {
+                    let what = format!("{table} {n} {path}");
+                    let ns = batch(&h, &frames, want, plan.repeat, &what)?;
+                    let fl = floor_batch(&floor, &h, &frames, verdict::is_drop(want), plan.repeat)?;
+                    point(&mut points, &table, n, path).record(ns, fl);
+                }
+            }
+        }
+    }
+    Ok(points)
+}
+
+fn point<'a>(points: &'a mut Vec<GrowthPoint>, table: &str, size: usize, path: &str) -> &'a mut Figure {
+    let i = match points.iter().position(|p| p.table == table && p.size == size && p.path == path) {
+        Some(i) => i,
+        None => {
+            points.push(GrowthPoint { table: table.into(), size, path: path.into(), figure: Figure::default() });
+            points.len() - 1
+        }
+    };
+    &mut points[i].figure
+}
+
+/// The `i`th flow of a filled table: an R1 flow from 198.18.0.0/15 (source address
+/// and port vary) to access-edge:5269, established, with the sequence numbers of
+/// [`on_flow`]'s handshake.
+fn growth_flow(i: usize, now_ns: u64) -> (FlowKey, Flow, IpAddr, u16) {
+    let src = Ipv4Addr::from(0xc612_0000 + (i >> 14) as u32);
+    let sport = 1024 + (i & 0x3fff) as u16;
+    let mut key = FlowKey { src: [0; 16], dst: [0; 16], sport_be: sport.to_be(), dport_be: 5269u16.to_be(), family: family::V4, proto: 6, _pad: [0; 2] };
+    key.src[..4].copy_from_slice(&src.octets());
+    let IpAddr::V4(access) = ACCESS4 else { unreachable!("ACCESS4 is IPv4") };
+    key.dst[..4].copy_from_slice(&access.octets());
+    let flow = Flow {
+        created_ns: now_ns,
+        last_seen_ns: now_ns,
+        state: flow_state::ESTABLISHED,
+        rule: rule::FEDERATION_IN as u8,
+        reply_roles: role::bit(role::EDGE),
+        _pad: 0,
+        responder_isn: 5000,
+        opener_next: 1001,
+        responder_next: 5001,
+    };
+    (key, flow, src.into(), sport)
+}
+
+/// Cost as the flow table grows (IPv4): pass/rule and pass/reply on flows spread
+/// over the table, and drop/no_rule, which misses it.
+pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
+    let biggest = plan.flow_sizes.iter().copied().max().unwrap_or(1);
+    // Room to spare: an LRU table starts evicting before it is full.
+    let opts = LoadOptions { max_flows: (biggest * 2).next_power_of_two() as u32, ..LoadOptions::default() };
+    let mut h = Harness::build(Policy::default(), &crate::plan::sets(), opts)?;
+    let floor = Floor::load()?;
+    let mut points = Vec::new();
+    for _ in 0..plan.rounds {
+        h.reset_state()?;
+        let mut filled = 0;
+        for &n in plan.flow_sizes {
+            // Timestamps from now, so no flow expires while measured.
+            let now = edge_filter::report::monotonic_ns();
+            h.filter.insert_flows((filled..n).map(|i| {
+                let (k, f, ..) = growth_flow(i, now);
+                (k, f)
+            }))?;
+            filled = n;
+            let flows: Vec<(IpAddr, u16)> = spread(n).map(|i| {
+                let (_, _, src, sport) = growth_flow(i, now);
+                (src, sport)
+            }).collect();
+            let cases: [(&str, u32, Vec<(Nic, Vec<u8>)>); 3] = [
+                (
+                    "pass/rule R1",
+                    verdict::PASS_RULE,
+                    flows.iter().map(|(s, p)| (Nic::Outside, tcp(*s, ACCESS4, *p, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build())).collect(),
+                ),
+                (
+                    "pass/reply",
+                    verdict::PASS_REPLY,
+                    flows.iter().map(|(s, p)| (Nic::Edge, tcp(ACCESS4, *s, 5269, *p, ACK | PSH).seq_ack(5001, 1101).payload(100).build())).collect(),
+                ),
+                (
+                    "drop/no_rule",
+                    verdict::DROP_NO_RULE,
+                    flows.iter().map(|(s, p)| (Nic::Outside, tcp(*s, ACCESS4, *p, 80, ACK).build())).collect(),
+                ),
+            ];
+            for (path, want, frames) in cases {
+                let what = format!("flows {n} {path}");
+                let ns = batch(&h, &frames, want, plan.repeat, &what)?;
+                let fl = floor_batch(&floor, &h, &frames, verdict::is_drop(want), plan.repeat)?;
+                point(&mut points, "flows v4", n, path).record(ns, fl);
+            }
+        }
+    }
+    h.reset_state()?;
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_entries_are_distinct_and_disjoint_from_the_plan() {
+        for (v4, exact) in [(true, true), (false, true), (true, false), (false, false)] {
+            let sets = growth_sets(65_536, v4, exact).unwrap();
+            assert_eq!(sets.len(), crate::plan::sets().len() + 65_536);
+            let (p, inside) = growth_entry(65_535, v4, exact);
+            assert!(p.contains(inside));
+            assert_eq!(sets.lookup(inside), Some(EdgeSet::AccessEdge));
+        }
+        assert_eq!(spread(65_536).count(), KEYS);
+        assert_eq!(spread(1).collect::<Vec<_>>(), vec![0]);
+    }
+}

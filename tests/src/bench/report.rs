@@ -1,0 +1,456 @@
+//! What a benchmark run leaves behind: the terminal table, the JSON record
+//! (`bench/results/`), and `docs/benchmark.md` with its SVG charts, all from the same
+//! figures. The targets are checked here, against medians.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Context as _;
+
+use super::{
+    Figure, Machine, Plan, Series,
+    cost::{Contender, GrowthPoint, PathCost},
+    throughput::{Rates, Receiver},
+};
+
+/// One benchmark run.
+pub struct Results {
+    pub machine: Machine,
+    pub plan: Plan,
+    pub quick: bool,
+    pub costs: Vec<PathCost>,
+    pub growth: Vec<GrowthPoint>,
+    pub rates: Vec<Rates>,
+}
+
+/// A target and how the run compares.
+pub struct Verdict {
+    pub target: &'static str,
+    pub measured: String,
+    pub met: bool,
+    /// Why a missed target is missed (structural reasons, not noise).
+    pub why: &'static str,
+}
+
+fn fig<'a>(c: &'a PathCost, who: Contender) -> &'a Figure {
+    &c.figures.iter().find(|(k, _)| *k == who).expect("every contender is measured").1
+}
+
+fn rate<'a>(r: &'a Rates, who: Receiver) -> Option<&'a Figure> {
+    r.figures.iter().find(|(k, _)| *k == who).map(|(_, f)| f)
+}
+
+/// Per-round quotient of two series taken in the same rounds.
+fn quotient(a: &Series, b: &Series) -> Series {
+    Series(a.0.iter().zip(&b.0).map(|(x, y)| x / y).collect())
+}
+
+impl Results {
+    /// The targets, each against the measured medians.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        for (drop, limit, target, why) in [
+            (true, 1.3, "every drop path within 1.3x the floor", WHY_DROP),
+            (false, 2.0, "every pass path within 2x the floor", WHY_PASS),
+        ] {
+            let worst = self
+                .costs
+                .iter()
+                .filter(|c| c.drop == drop)
+                .map(|c| (c.path.as_str(), fig(c, Contender::EdgeFilter).ratio.median()))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((path, r)) = worst {
+                out.push(Verdict { target, measured: format!("worst {r:.2}x ({path})"), met: r <= limit, why });
+            }
+        }
+        let all = Contender::XdpFilter(super::rivals::XdpFilterFeatures::All);
+        let least = self
+            .costs
+            .iter()
+            .map(|c| (c.path.as_str(), quotient(&fig(c, all).value, &fig(c, Contender::EdgeFilter).value).median()))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((path, r)) = least {
+            out.push(Verdict {
+                target: "every path at least 2x cheaper than xdp-filter (all features)",
+                measured: format!("least {r:.2}x cheaper ({path})"),
+                met: r >= 2.0,
+                why: WHY_XDP_FILTER,
+            });
+        }
+        if let Some(drop) = self.rates.iter().find(|r| r.path == "drop") {
+            if let Some(edge) = rate(drop, Receiver::EdgeFilter) {
+                let r = edge.ratio.median();
+                out.push(Verdict {
+                    target: "veth drop-path throughput at least 0.95x the XDP_DROP floor",
+                    measured: format!("{r:.2}x"),
+                    met: r >= 0.95,
+                    why: WHY_VETH_FLOOR,
+                });
+                if let Some(nft) = rate(drop, Receiver::Nft(super::rivals::Nft::NetdevIngress)) {
+                    let r = quotient(&edge.value, &nft.value).median();
+                    out.push(Verdict {
+                        target: "veth drop-path throughput at least 3x nftables netdev",
+                        measured: format!("{r:.2}x"),
+                        met: r >= 3.0,
+                        why: WHY_NFT,
+                    });
+                }
+            }
+        }
+        let mut worst: Option<(String, f64)> = None;
+        for table in ["sets exact v4", "sets exact v6", "flows v4"] {
+            let of_table: Vec<&GrowthPoint> = self.growth.iter().filter(|p| p.table == table).collect();
+            let (Some(small), Some(large)) =
+                (of_table.iter().map(|p| p.size).min(), of_table.iter().map(|p| p.size).max())
+            else {
+                continue;
+            };
+            for p in of_table.iter().filter(|p| p.size == large) {
+                let Some(s) = of_table.iter().find(|q| q.size == small && q.path == p.path) else { continue };
+                let growth = p.figure.value.median() / s.figure.value.median() - 1.0;
+                if worst.as_ref().is_none_or(|(_, w)| growth > *w) {
+                    worst = Some((format!("{table}, {}, {small} -> {large}", p.path), growth));
+                }
+            }
+        }
+        if let Some((what, g)) = worst {
+            out.push(Verdict {
+                target: "cost within 15% from the smallest to the largest sets and flow table (exact addresses)",
+                measured: format!("worst {:+.0}% ({what})", g * 100.0),
+                met: g <= 0.15,
+                why: WHY_GROWTH,
+            });
+        }
+        out
+    }
+
+    /// The terminal table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "edge-filter benchmark, {} UTC, kernel {}, {} ({} CPUs), {} round(s)", m.date, m.kernel, m.cpu, m.cpus, self.plan.rounds);
+        let _ = writeln!(s, "\ncost per packet (ns, median of rounds [min..max]; x = ratio to the floor of the round)");
+        let _ = writeln!(s, "{:<24} {:>22} {:>14} {:>16} {:>16}", "path", "edge-filter", "floor", "xdp-filter tcp", "xdp-filter all");
+        for c in &self.costs {
+            let e = fig(c, Contender::EdgeFilter);
+            let _ = write!(s, "{:<24} {:>7.1} [{:>5.0}..{:<5.0}] {:>4.2}x", c.path, e.value.median(), e.value.min(), e.value.max(), e.ratio.median());
+            for who in &Contender::ALL[1..] {
+                let f = fig(c, *who);
+                let _ = write!(s, " {:>9.1} {:>5.2}x", f.value.median(), f.ratio.median());
+            }
+            s.push('\n');
+        }
+        let _ = writeln!(s, "\ngrowth (edge-filter ns per packet, {} keys per figure)", super::cost::KEYS);
+        for p in &self.growth {
+            let f = &p.figure;
+            let _ = writeln!(s, "{:<20} {:>9} {:<18} {:>7.1} [{:>5.0}..{:<5.0}] {:>4.2}x", p.table, p.size, p.path, f.value.median(), f.value.min(), f.value.max(), f.ratio.median());
+        }
+        let _ = writeln!(s, "\nveth throughput (Mpps, {} frames per figure)", self.plan.frames);
+        for r in &self.rates {
+            for (who, f) in &r.figures {
+                let _ = writeln!(s, "{:<5} {:<24} {:>6.2} [{:>5.2}..{:<5.2}] {:>4.2}x", r.path, who.name(), f.value.median(), f.value.min(), f.value.max(), f.ratio.median());
+            }
+        }
+        let _ = writeln!(s, "\ntargets");
+        for v in self.verdicts() {
+            let _ = writeln!(s, "{:<6} {} : {}", if v.met { "met" } else { "MISSED" }, v.target, v.measured);
+        }
+        s
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let m = &self.machine;
+        serde_json::json!({
+            "machine": { "kernel": m.kernel, "cpu": m.cpu, "cpus": m.cpus, "date_utc": m.date },
+            "plan": { "rounds": self.plan.rounds, "repeat": self.plan.repeat, "frames": self.plan.frames, "quick": self.quick },
+            "cost_ns": self.costs.iter().map(|c| serde_json::json!({
+                "path": c.path,
+                "drop": c.drop,
+                "figures": c.figures.iter().map(|(who, f)| (who.name().to_owned(), f.json())).collect::<serde_json::Map<_, _>>(),
+                "rival_actions": c.rival_actions.iter().map(|(who, a)| (who.name().to_owned(), serde_json::json!(a))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
+            "growth_ns": self.growth.iter().map(|p| serde_json::json!({
+                "table": p.table, "size": p.size, "path": p.path, "figure": p.figure.json(),
+            })).collect::<Vec<_>>(),
+            "veth_mpps": self.rates.iter().map(|r| serde_json::json!({
+                "path": r.path,
+                "figures": r.figures.iter().map(|(who, f)| (who.name().to_owned(), f.json())).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
+            "targets": self.verdicts().iter().map(|v| serde_json::json!({
+                "target": v.target, "measured": v.measured, "met": v.met,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Write the JSON record to `results_dir` and the page with its charts to
+    /// `docs_dir`; the path of the JSON file.
+    pub fn write(&self, results_dir: &Path, docs_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+        std::fs::create_dir_all(results_dir).with_context(|| format!("create {}", results_dir.display()))?;
+        std::fs::create_dir_all(docs_dir).with_context(|| format!("create {}", docs_dir.display()))?;
+        let stamp = self.machine.date.replace([' ', ':'], "-");
+        let json_path = results_dir.join(format!("{stamp}_{}.json", self.machine.kernel));
+        std::fs::write(&json_path, serde_json::to_string_pretty(&self.json())? + "\n")?;
+        std::fs::write(docs_dir.join("benchmark-cost.svg"), self.cost_chart())?;
+        std::fs::write(docs_dir.join("benchmark-growth.svg"), self.growth_chart())?;
+        std::fs::write(docs_dir.join("benchmark-veth.svg"), self.rate_chart())?;
+        let json_name = json_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        std::fs::write(docs_dir.join("benchmark.md"), self.page(&json_name))?;
+        Ok(json_path)
+    }
+
+    fn cost_chart(&self) -> String {
+        let series: Vec<&str> = Contender::ALL.iter().map(|c| c.name()).collect();
+        let groups = self
+            .costs
+            .iter()
+            .map(|c| (c.path.clone(), Contender::ALL.iter().map(|who| bar(&fig(c, *who).value)).collect()))
+            .collect::<Vec<_>>();
+        svg::bars("Cost per packet by verdict path (ns, BPF_PROG_TEST_RUN; whiskers: min..max of rounds)", "ns", &series, &groups)
+    }
+
+    fn growth_chart(&self) -> String {
+        let mut sizes: Vec<usize> = self.growth.iter().map(|p| p.size).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut groups: Vec<(String, Vec<Option<(f64, f64, f64)>>)> = Vec::new();
+        for p in &self.growth {
+            let label = format!("{}: {}", p.table, p.path);
+            if groups.iter().any(|(l, _)| *l == label) {
+                continue;
+            }
+            let bars = sizes
+                .iter()
+                .map(|n| {
+                    self.growth
+                        .iter()
+                        .find(|q| q.table == p.table && q.path == p.path && q.size == *n)
+                        .and_then(|q| bar(&q.figure.value))
+                })
+                .collect();
+            groups.push((label, bars));
+        }
+        let names: Vec<String> = sizes.iter().map(|n| format!("{n} entries")).collect();
+        let series: Vec<&str> = names.iter().map(String::as_str).collect();
+        svg::bars("edge-filter cost as the tables grow (ns per packet; 64 keys spread over each table)", "ns", &series, &groups)
+    }
+
+    fn rate_chart(&self) -> String {
+        let mut names: Vec<&str> = Vec::new();
+        for r in &self.rates {
+            for (who, _) in &r.figures {
+                if !names.contains(&who.name()) {
+                    names.push(who.name());
+                }
+            }
+        }
+        let groups = self
+            .rates
+            .iter()
+            .map(|r| {
+                let bars = names.iter().map(|n| r.figures.iter().find(|(w, _)| w.name() == *n).and_then(|(_, f)| bar(&f.value))).collect();
+                (format!("{} frames", r.path), bars)
+            })
+            .collect::<Vec<_>>();
+        svg::bars("veth throughput, one CPU for generator and receiver (Mpps)", "Mpps", &names, &groups)
+    }
+
+    fn page(&self, json_name: &str) -> String {
+        let m = &self.machine;
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "# Benchmark\n\n\
+             Measured with `cargo xtask bench` on {date} UTC: kernel {kernel}, {cpu}, {cpus} CPUs, {rounds} rounds. \
+             The record of this run is `bench/results/{json_name}`.\n\n\
+             Every figure is the median over the rounds, with the spread (min..max), and a ratio to the floor \
+             measured in the same round: the floor is an XDP program of this project that returns its action \
+             without reading the frame (`edge-filter-ebpf/src/floor.rs`). Variants are interleaved round by \
+             round. The machine is shared and has no CPU performance counters, so absolute figures drift \
+             between runs; ratios drift much less.\n\n",
+            date = m.date,
+            kernel = m.kernel,
+            cpu = m.cpu,
+            cpus = m.cpus,
+            rounds = self.plan.rounds
+        );
+        s.push_str("## Targets\n\n| target | measured | |\n|---|---|---|\n");
+        let verdicts = self.verdicts();
+        for v in &verdicts {
+            let _ = writeln!(s, "| {} | {} | {} |", v.target, v.measured, if v.met { "met" } else { "**missed**" });
+        }
+        let missed: Vec<&Verdict> = verdicts.iter().filter(|v| !v.met).collect();
+        if !missed.is_empty() {
+            s.push_str("\n### Why the missed targets are missed\n\n");
+            for v in missed {
+                let _ = writeln!(s, "- *{}*: {}\n", v.target, v.why);
+            }
+        }
+        let _ = write!(
+            s,
+            "\n## Cost per packet\n\n\
+             BPF_PROG_TEST_RUN with `repeat` {repeat} on the real object, the maps filled as in production (the test \
+             plan's address sets, one NIC per role, flows created by real handshakes). The same frames, with the \
+             same `xdp_md`, go through the floor and through xdp-filter 1.3.1 (Debian's xdp-tools), loaded without \
+             libxdp's dispatcher, default deny with TCP ports 5269 and 23456 allowed: the nearest it comes to the \
+             policy, as it judges fields one by one and keeps no state.\n\n\
+             ![cost per path](benchmark-cost.svg)\n\n\
+             | path | edge-filter ns | x floor | floor ns | xdp-filter tcp ns | xdp-filter all ns |\n|---|---|---|---|---|---|\n",
+            repeat = self.plan.repeat
+        );
+        let all = Contender::XdpFilter(super::rivals::XdpFilterFeatures::All);
+        let tcp = Contender::XdpFilter(super::rivals::XdpFilterFeatures::Tcp);
+        for c in &self.costs {
+            let e = fig(c, Contender::EdgeFilter);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                c.path,
+                spread(&e.value, 1),
+                e.ratio.median(),
+                fig(c, Contender::Floor).value.median(),
+                fig(c, tcp).value.median(),
+                fig(c, all).value.median()
+            );
+        }
+        let _ = write!(
+            s,
+            "\n## Growth\n\n\
+             The address sets filled to each size with exact addresses or with prefixes (/31, /64) in access-edge; \
+             the flow table filled with established R1 flows. Each figure cycles through {keys} keys spread over the \
+             whole table, so the program walks different buckets and trie nodes from one key to the next.\n\n\
+             ![growth](benchmark-growth.svg)\n\n\
+             | table | entries | path | ns | x floor |\n|---|---|---|---|---|\n",
+            keys = super::cost::KEYS
+        );
+        for p in &self.growth {
+            let _ = writeln!(s, "| {} | {} | {} | {} | {:.2} |", p.table, p.size, p.path, spread(&p.figure.value, 1), p.figure.ratio.median());
+        }
+        let _ = write!(
+            s,
+            "\n## Throughput through a veth pair\n\n\
+             The in-kernel generator (BPF_PROG_TEST_RUN, live frames, `XDP_TX`) sends {frames} frames per figure from \
+             one namespace into a veth whose other end holds the receiver, each frame from another source address \
+             and port. Sender and receiver share one CPU, so a rate is 1 / (generator + receiver). Drop frames are \
+             TCP to access-edge port 80; pass frames are data of established R1 flows, one flow per frame, all in the \
+             table. nftables at netdev ingress is stateless (that hook has no connection tracking; R2's replies pass by \
+             source port); the inet input chain uses connection tracking. \"no filter\" is the kernel's stack alone \
+             (GRO on, as veth needs it or an XDP program to take the generator's frames).\n\n\
+             ![veth throughput](benchmark-veth.svg)\n\n\
+             | frames | receiver | Mpps | x floor |\n|---|---|---|---|\n",
+            frames = self.plan.frames
+        );
+        for r in &self.rates {
+            for (who, f) in &r.figures {
+                let _ = writeln!(s, "| {} | {} | {} | {:.2} |", r.path, who.name(), spread(&f.value, 2), f.ratio.median());
+            }
+        }
+        s.push_str(
+            "\n## Reproduce\n\n\
+             ```\ncargo xtask bench            # five rounds, about ten minutes; rewrites this page\n\
+             cargo xtask bench --quick    # one short round: checks every verdict, keeps no figures\n```\n\n\
+             Both need root. The benchmark installs xdp-tools, nftables and ethtool from Debian when they are \
+             missing. Leave `kernel.bpf_stats_enabled` off: it slows every program down.\n",
+        );
+        s
+    }
+}
+
+/// `median [min..max]`.
+fn spread(s: &Series, digits: usize) -> String {
+    format!("{:.d$} [{:.d$}..{:.d$}]", s.median(), s.min(), s.max(), d = digits)
+}
+
+fn bar(s: &Series) -> Option<(f64, f64, f64)> {
+    (!s.0.is_empty()).then(|| (s.median(), s.min(), s.max()))
+}
+
+const WHY_DROP: &str = "the floor returns without reading the frame, while every drop verdict needs the \
+    frame parsed and at least one address-set lookup (drop/no_rule also looks for a flow the packet could \
+    be the reply of). BPF_PROG_TEST_RUN's own loop is most of the floor, so any lookup at all is a large \
+    fraction of it.";
+const WHY_PASS: &str = "a pass verdict for a federation packet finds its flow in the state table and \
+    updates it, after the parse and the address-set lookups; the floor does nothing.";
+const WHY_XDP_FILTER: &str = "on paths where xdp-filter stops early (ARP, or a port it allows), it does \
+    less than edge-filter must: xdp-filter keeps no state and judges one field at a time.";
+const WHY_VETH_FLOOR: &str = "the generator and the receiver share one CPU, so the receiver's extra work \
+    shows in full in the rate.";
+const WHY_NFT: &str = "nftables at netdev ingress runs after the veth has built a socket buffer for every \
+    frame; that cost is shared by both, so the ratio is bounded by the generator's and the veth's own \
+    cost.";
+const WHY_GROWTH: &str = "larger tables spread keys over more cache lines; a hash or trie lookup that \
+    missed the cache costs more.";
+
+/// SVG drawn here, dependency-free: horizontal grouped bars with whiskers.
+mod svg {
+    use std::fmt::Write as _;
+
+    const PALETTE: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    }
+
+    /// Groups of bars, one bar per series: (median, min, max), `None` when absent.
+    pub fn bars(title: &str, unit: &str, series: &[&str], groups: &[(String, Vec<Option<(f64, f64, f64)>>)]) -> String {
+        let (label_w, plot_w, bar_h, gap) = (260.0, 560.0, 11.0, 10.0);
+        let n = series.len().max(1) as f64;
+        let group_h = n * bar_h + gap;
+        let top = 50.0 + 18.0 * series.len() as f64;
+        let height = top + group_h * groups.len() as f64 + 40.0;
+        let width = label_w + plot_w + 90.0;
+        let max = groups
+            .iter()
+            .flat_map(|(_, b)| b.iter().flatten().map(|(_, _, hi)| *hi))
+            .fold(0.0_f64, f64::max)
+            .max(1e-9);
+        let step = nice_step(max / 5.0);
+        let scale_max = (max / step).ceil() * step;
+        let x = |v: f64| label_w + v / scale_max * plot_w;
+        let mut s = String::new();
+        let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#);
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(s, r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#, esc(title));
+        for (i, name) in series.iter().enumerate() {
+            let y = 36.0 + 18.0 * i as f64;
+            let _ = writeln!(s, r#"<rect x="{label_w}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#, y - 10.0, PALETTE[i % PALETTE.len()], label_w + 18.0, y, esc(name));
+        }
+        let mut v = 0.0;
+        while v <= scale_max + step / 2.0 {
+            let _ = writeln!(s, r##"<line x1="{0}" x2="{0}" y1="{1}" y2="{2}" stroke="#ddd"/><text x="{0}" y="{3}" text-anchor="middle">{4}</text>"##, x(v), top - 4.0, height - 30.0, height - 16.0, fmt(v));
+            v += step;
+        }
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, label_w + plot_w / 2.0, height - 3.0, esc(unit));
+        for (g, (label, bars)) in groups.iter().enumerate() {
+            let y0 = top + group_h * g as f64;
+            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, label_w - 8.0, y0 + n * bar_h / 2.0 + 4.0, esc(label));
+            for (i, b) in bars.iter().enumerate() {
+                let Some((med, lo, hi)) = b else { continue };
+                let y = y0 + bar_h * i as f64;
+                let _ = writeln!(s, r#"<rect x="{label_w}" y="{y}" width="{:.1}" height="{}" fill="{}"><title>{}: {}</title></rect>"#, x(*med) - label_w, bar_h - 2.0, PALETTE[i % PALETTE.len()], esc(series.get(i).copied().unwrap_or("")), fmt(*med));
+                let _ = writeln!(s, r#"<line x1="{:.1}" x2="{:.1}" y1="{2}" y2="{2}" stroke="black"/>"#, x(*lo), x(*hi), y + (bar_h - 2.0) / 2.0);
+                let _ = writeln!(s, r#"<text x="{:.1}" y="{}" font-size="9">{}</text>"#, x(*hi) + 4.0, y + bar_h - 3.0, fmt(*med));
+            }
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
+    fn nice_step(raw: f64) -> f64 {
+        let mag = 10f64.powf(raw.log10().floor());
+        [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag)
+    }
+
+    fn fmt(v: f64) -> String {
+        if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_chart_has_a_bar_per_figure_and_escapes_labels() {
+            let svg = super::bars("t", "ns", &["a", "b"], &[("x<y".into(), vec![Some((10.0, 9.0, 11.0)), None])]);
+            assert_eq!(svg.matches("<rect x=\"260\" y=").count(), 2 + 1, "two legend keys and one bar");
+            assert!(svg.contains("x&lt;y"));
+            assert!(svg.ends_with("</svg>\n"));
+        }
+    }
+}
