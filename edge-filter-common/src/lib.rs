@@ -22,12 +22,15 @@ pub mod map {
     /// `HashMap<u32 ifindex (host order), Iface>`: role and counter slot of each NIC
     /// the program serves. Written by userspace.
     pub const IFACES: &str = "IFACES";
-    /// `LpmTrie<[u8; 4] network order, u32 set bits>`: IPv4 edge address sets.
+    /// `HashMap<SetKey4, u32 set bits>`: IPv4 edge address sets, one entry per
+    /// prefix, keyed by its length and network address. Written by userspace.
+    pub const EDGE4: &str = "EDGE4";
+    /// `HashMap<SetKey6, u32 set bits>`: IPv6 edge address sets, as [`EDGE4`].
     /// Written by userspace.
-    pub const EDGE_V4: &str = "EDGE_V4";
-    /// `LpmTrie<[u8; 16] network order, u32 set bits>`: IPv6 edge address sets.
-    /// Written by userspace.
-    pub const EDGE_V6: &str = "EDGE_V6";
+    pub const EDGE6: &str = "EDGE6";
+    /// `Array<PrefixLens>` with one entry: the prefix lengths [`EDGE4`] and [`EDGE6`]
+    /// hold, longest first. Written by userspace.
+    pub const EDGE_LENS: &str = "EDGE_LENS";
     /// `Array<Settings>` with one entry: ports, defaults, timeouts. Written by
     /// userspace.
     pub const SETTINGS: &str = "SETTINGS";
@@ -51,8 +54,8 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 10] =
-        [IFACES, EDGE_V4, EDGE_V6, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
+    pub const ALL: [&str; 11] =
+        [IFACES, EDGE4, EDGE6, EDGE_LENS, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
 
     const _: () = {
         let mut i = 0;
@@ -74,8 +77,11 @@ pub const XDP_PROGRAM_LINEAR: &str = "edge_filter_lin";
 
 /// NICs the program can serve. Counter slot 0 is reserved for NICs without a role.
 pub const MAX_IFACES: u32 = 64;
-/// Entries per address-set trie (per family).
+/// Entries per address-set table (per family).
 pub const MAX_SET_ENTRIES: u32 = 1 << 17;
+/// Distinct prefix lengths the address sets may hold per family: an address is
+/// looked up once per length present, longest first.
+pub const MAX_PREFIX_LENS: usize = 8;
 /// Default size of the flow table; userspace may set another at load time.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 /// Default size of the embryonic table (handshakes in progress).
@@ -96,7 +102,7 @@ pub mod role {
     }
 }
 
-/// Bits of the value stored in the address-set tries.
+/// Bits of the value stored in the address-set tables.
 pub mod set {
     /// The Access Edge service interface addresses (R1, R2).
     pub const ACCESS_EDGE: u32 = 1;
@@ -272,6 +278,35 @@ pub struct Iface {
     pub slot: u32,
 }
 
+/// Key of [`map::EDGE4`]: a prefix length and the network address (network order,
+/// bits beyond `len` zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SetKey4 {
+    pub len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of [`map::EDGE6`]: as [`SetKey4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SetKey6 {
+    pub len: u32,
+    pub addr: [u8; 16],
+}
+
+/// The one value of [`map::EDGE_LENS`]: for each family, the prefix lengths its set
+/// table holds, longest first; the first `*_count` entries count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixLens {
+    pub v4: [u8; MAX_PREFIX_LENS],
+    pub v6: [u8; MAX_PREFIX_LENS],
+    pub v4_count: u8,
+    pub v6_count: u8,
+    pub _pad: [u8; 2],
+}
+
 /// The one value of [`map::SETTINGS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,6 +429,9 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<Flow>() == 32);
     assert!(size_of::<Counter>() == 16);
+    assert!(size_of::<SetKey4>() == 8);
+    assert!(size_of::<SetKey6>() == 20);
+    assert!(size_of::<PrefixLens>() == 2 * MAX_PREFIX_LENS + 4);
     assert!(verdict::DROP_BASE + 2 * verdict::DRY_RUN_OFFSET == verdict::SLOTS);
     assert!(MAX_IFACES * verdict::SLOTS <= 4096);
 };
@@ -421,6 +459,12 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LogBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetKey4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PrefixLens {}
 }
 
 #[cfg(test)]

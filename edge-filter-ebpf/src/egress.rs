@@ -13,7 +13,7 @@ use edge_filter_common::{Settings, role, rule, set};
 use crate::{
     maps::SETTINGS,
     parse::{self, FRAG_NONE, Frame, IPPROTO_TCP, L4_WHOLE, Parsed},
-    policy::sets_of,
+    sets::sets_of,
     state,
 };
 
@@ -31,11 +31,12 @@ pub fn record(ctx: &TcContext) {
     if src_sets == 0 {
         return;
     }
-    let now = state::now();
+    let mut clock = state::Clock::new();
     if src_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be {
         let replies = role::bit(role::OUTSIDE) | role::bit(role::HOST);
-        state::open(&p, rule::FEDERATION_OUT, replies, &settings, now);
-    } else {
-        state::reply(&p, role::EDGE, &settings, now);
+        state::open(&p, rule::FEDERATION_OUT, replies, &settings, &mut clock);
+    } else if p.sport_be == settings.federation_port_be || p.sport_be == settings.internal_port_be {
+        // Only an answer from a rule's port can belong to an R1 or R3 flow.
+        state::reply(&p, role::EDGE, &settings, &mut clock);
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! - [`parse`]: from a frame to the facts the policy judges;
 //! - [`policy`]: the vendor table, rule by rule, and the order of judgement;
+//! - [`sets`]: which edge address sets an address is in;
 //! - [`state`]: the flow tables that let replies of allowed connections back in;
 //! - [`egress`]: the TC egress program of host mode, which records the flows the
 //!   machine itself opens;
@@ -30,6 +31,7 @@ mod egress;
 mod maps;
 mod parse;
 mod policy;
+mod sets;
 mod state;
 
 use aya_ebpf::{

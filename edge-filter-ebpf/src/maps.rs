@@ -3,24 +3,31 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, LogBudget, MAX_IFACES,
-    MAX_SET_ENTRIES, Settings, event, rule,
+    MAX_SET_ENTRIES, PrefixLens, SetKey4, SetKey6, Settings, event, rule,
 };
 
 /// ifindex (host order) -> role and counter slot of the NIC. Written by userspace.
 #[map]
 pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
 
-/// IPv4 address or prefix (network order) -> `set` bits. Written by userspace.
+/// IPv4 prefix (length, network address in network order) -> `set` bits. Written by
+/// userspace.
 #[map]
-pub static EDGE_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SET_ENTRIES, 0);
+pub static EDGE4: HashMap<SetKey4, u32> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
 
-/// IPv6 address or prefix (network order) -> `set` bits. Written by userspace.
+/// IPv6 prefix (length, network address in network order) -> `set` bits. Written by
+/// userspace.
 #[map]
-pub static EDGE_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_SET_ENTRIES, 0);
+pub static EDGE6: HashMap<SetKey6, u32> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
+
+/// Index 0 -> the prefix lengths of `EDGE4` and `EDGE6`, longest first. Written by
+/// userspace.
+#[map]
+pub static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(1, 0);
 
 /// Index 0 -> the settings (ports in network order). Written by userspace.
 #[map]

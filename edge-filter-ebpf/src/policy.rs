@@ -23,22 +23,24 @@
 //! 7. TCP matching R1, R2 or R3: `pass/rule`; the flow is recorded.
 //! 8. TCP that is the reply of a recorded flow: `pass/reply`. A source port of 5269
 //!    opens nothing: that is how a reply looks, and only a recorded flow makes it one.
+//!    A reply's source port is the port its flow was opened to (5269 or 23456).
 //! 9. Everything else policed: `drop/no_rule`. Before 6, a policed packet whose
 //!    TCP, UDP or ICMP header is cut short is `drop/malformed` (`drop/fragment` for a
 //!    first fragment).
 //!
 //! Dry-run is applied by the caller: it turns any drop into `would_drop/<reason>`.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use edge_filter_common::{Settings, family, flags, role, rule, set, verdict};
 
 use crate::{
     counters, droplog,
-    maps::{EDGE_V4, EDGE_V6, IFACES},
+    maps::IFACES,
     parse::{
         self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         L4_WHOLE, Packet, Parsed,
     },
+    sets::sets_of,
     state,
 };
 
@@ -91,17 +93,6 @@ fn unpoliced(settings: &Settings) -> u32 {
     }
 }
 
-/// `set` bits of the address (0: in no edge set).
-#[inline(always)]
-pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
-    if fam == family::V4 {
-        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
-        EDGE_V4.get(&key).copied().unwrap_or(0)
-    } else {
-        EDGE_V6.get(&Key::new(128, *addr)).copied().unwrap_or(0)
-    }
-}
-
 #[inline(always)]
 fn judge_ip(p: &Packet, nic_role: u32, settings: &Settings, bytes: u64) -> u32 {
     let src_sets = sets_of(p.family, &p.src);
@@ -134,7 +125,7 @@ fn judge_ip(p: &Packet, nic_role: u32, settings: &Settings, bytes: u64) -> u32 {
     if p.proto != IPPROTO_TCP {
         return verdict::DROP_NO_RULE;
     }
-    let now = state::now();
+    let mut clock = state::Clock::new();
     let matched = match nic_role {
         role::OUTSIDE | role::HOST => {
             if dst_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be {
@@ -158,11 +149,17 @@ fn judge_ip(p: &Packet, nic_role: u32, settings: &Settings, bytes: u64) -> u32 {
         } else {
             role::bit(role::EDGE)
         };
-        state::open(p, r, reply_roles, settings, now);
+        state::open(p, r, reply_roles, settings, &mut clock);
         counters::count_rule(r, bytes);
         return verdict::PASS_RULE;
     }
-    if state::reply(p, nic_role, settings, now) {
+    // A reply comes from the port its flow was opened to, which a rule named: from
+    // any other port, no flow need be looked for. (Flows of a port the settings no
+    // longer name are dead already: their opener's packets match no rule.)
+    if p.sport_be != settings.federation_port_be && p.sport_be != settings.internal_port_be {
+        return verdict::DROP_NO_RULE;
+    }
+    if state::reply(p, nic_role, settings, &mut clock) {
         return verdict::PASS_REPLY;
     }
     verdict::DROP_NO_RULE

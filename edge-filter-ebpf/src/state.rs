@@ -43,6 +43,27 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The time, read once and only when a packet needs it: a packet that finds no entry
+/// and creates none (most drops) never pays for the clock.
+pub struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    pub fn new() -> Self {
+        Self(0)
+    }
+
+    /// [`now`], the same value for every call on this packet. (The clock is never 0
+    /// once the machine has booted.)
+    #[inline(always)]
+    pub fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now();
+        }
+        self.0
+    }
+}
+
 #[inline(always)]
 fn key(p: &Packet) -> FlowKey {
     FlowKey {
@@ -108,14 +129,14 @@ fn live<'a>(
     table: &LruHashMap<FlowKey, Flow>,
     key: &FlowKey,
     settings: &Settings,
-    now: u64,
+    clock: &mut Clock,
     expired_event: u32,
 ) -> Option<&'a mut Flow> {
     let flow = table.get_ptr_mut(key)?;
     // SAFETY: a pointer from a map lookup, valid for this run (RCU); see the module
     // comment for concurrent writers.
     let flow = unsafe { &mut *flow };
-    if expired(flow, settings, now) {
+    if expired(flow, settings, clock.now()) {
         if table.remove(key).is_ok() {
             bump(expired_event);
         }
@@ -134,16 +155,16 @@ fn remove(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, closed_event: u32) {
 /// A packet `rule` allowed, in the opener's direction: start, complete or continue
 /// its flow.
 #[inline(always)]
-pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u64) {
+pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, clock: &mut Clock) {
     let key = key(p);
     let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
-    if let Some(flow) = live(&FLOWS, &key, settings, now, event::FLOW_EXPIRED) {
+    if let Some(flow) = live(&FLOWS, &key, settings, clock, event::FLOW_EXPIRED) {
         if has(p, tcp_flags::RST) {
             if p.seq == flow.opener_next {
                 remove(&FLOWS, &key, event::FLOW_CLOSED);
             }
         } else if !syn {
-            flow.last_seen_ns = now;
+            flow.last_seen_ns = clock.now();
             advance(&mut flow.opener_next, p);
             if has(p, tcp_flags::FIN) {
                 flow.state = flow_state::CLOSING;
@@ -152,12 +173,13 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
         return;
     }
     if syn {
-        if let Some(embryo) = live(&EMBRYOS, &key, settings, now, event::EMBRYO_EXPIRED) {
+        if let Some(embryo) = live(&EMBRYOS, &key, settings, clock, event::EMBRYO_EXPIRED) {
             // A retransmitted SYN: the same handshake, started again.
-            embryo.last_seen_ns = now;
+            embryo.last_seen_ns = clock.now();
             embryo.state = flow_state::SYN_SENT;
             return;
         }
+        let now = clock.now();
         let embryo = Flow {
             created_ns: now,
             last_seen_ns: now,
@@ -173,7 +195,7 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
         bump(if EMBRYOS.insert(&key, &embryo, 0).is_ok() { event::EMBRYO_CREATED } else { event::EMBRYO_INSERT_FAILED });
         return;
     }
-    let Some(embryo) = live(&EMBRYOS, &key, settings, now, event::EMBRYO_EXPIRED) else {
+    let Some(embryo) = live(&EMBRYOS, &key, settings, clock, event::EMBRYO_EXPIRED) else {
         return;
     };
     if has(p, tcp_flags::RST) {
@@ -189,7 +211,7 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
     // The opener acknowledged the responder's SYN-ACK: a completed handshake.
     let flow = Flow {
         created_ns: embryo.created_ns,
-        last_seen_ns: now,
+        last_seen_ns: clock.now(),
         state: if has(p, tcp_flags::FIN) { flow_state::CLOSING } else { flow_state::ESTABLISHED },
         rule: embryo.rule,
         reply_roles: embryo.reply_roles,
@@ -205,10 +227,10 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, now: u6
 /// Whether this packet is the reply of a live flow, arriving where replies may; moves
 /// the flow's state along.
 #[inline(always)]
-pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, now: u64) -> bool {
+pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) -> bool {
     let key = reply_key(p);
     let bit = edge_filter_common::role::bit(nic_role);
-    if let Some(flow) = live(&FLOWS, &key, settings, now, event::FLOW_EXPIRED) {
+    if let Some(flow) = live(&FLOWS, &key, settings, clock, event::FLOW_EXPIRED) {
         if flow.reply_roles & bit == 0 {
             return false;
         }
@@ -217,7 +239,7 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, now: u64) -> bool {
                 remove(&FLOWS, &key, event::FLOW_CLOSED);
             }
         } else {
-            flow.last_seen_ns = now;
+            flow.last_seen_ns = clock.now();
             advance(&mut flow.responder_next, p);
             if has(p, tcp_flags::FIN) {
                 flow.state = flow_state::CLOSING;
@@ -225,7 +247,12 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, now: u64) -> bool {
         }
         return true;
     }
-    let Some(embryo) = live(&EMBRYOS, &key, settings, now, event::EMBRYO_EXPIRED) else {
+    // Before the handshake completes, nothing but the SYN-ACK and an RST crosses
+    // back: anything else need not look for a handshake.
+    if !has(p, tcp_flags::RST) && !has(p, tcp_flags::SYN | tcp_flags::ACK) {
+        return false;
+    }
+    let Some(embryo) = live(&EMBRYOS, &key, settings, clock, event::EMBRYO_EXPIRED) else {
         return false;
     };
     if embryo.reply_roles & bit == 0 {
@@ -236,11 +263,10 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, now: u64) -> bool {
         return true;
     }
     if !has(p, tcp_flags::SYN | tcp_flags::ACK) {
-        // Before the handshake completes, nothing but the SYN-ACK crosses back.
         return false;
     }
     embryo.responder_isn = p.seq;
     embryo.state = flow_state::SYN_RECV;
-    embryo.last_seen_ns = now;
+    embryo.last_seen_ns = clock.now();
     true
 }

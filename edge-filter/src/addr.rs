@@ -10,7 +10,7 @@
 //! - The kernel key is the address in network order, as LPM tries need.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
@@ -33,6 +33,8 @@ pub enum AddrError {
     Overlap { prefix: Prefix, set: EdgeSet, other: Prefix, other_set: EdgeSet },
     #[error("{prefix}: the sets hold at most {max} prefixes per address family")]
     Full { prefix: Prefix, max: u32 },
+    #[error("{prefix}: the sets hold prefixes of at most {max} different lengths per address family (they have {have})")]
+    TooManyLengths { prefix: Prefix, max: usize, have: String },
 }
 
 /// An IPv4 or IPv6 network: an address and how many leading bits of it count.
@@ -212,6 +214,8 @@ pub struct AddressSets {
     entries: BTreeSet<(Prefix, EdgeSet)>,
     /// Entries per family: IPv4, IPv6.
     counts: [usize; 2],
+    /// Entries per prefix length, per family.
+    lens: [BTreeMap<u8, usize>; 2],
 }
 
 impl AddressSets {
@@ -223,12 +227,19 @@ impl AddressSets {
         if let Some((other, other_set)) = self.overlapping(&prefix).find(|(_, s)| *s != set) {
             return Err(AddrError::Overlap { prefix, set, other, other_set });
         }
+        let fam = usize::from(prefix.addr.is_ipv6());
         let max = edge_filter_common::MAX_SET_ENTRIES;
-        let count = &mut self.counts[usize::from(prefix.addr.is_ipv6())];
-        if *count >= max as usize {
+        if self.counts[fam] >= max as usize {
             return Err(AddrError::Full { prefix, max });
         }
-        *count += 1;
+        let lens = &mut self.lens[fam];
+        let max_lens = edge_filter_common::MAX_PREFIX_LENS;
+        if !lens.contains_key(&prefix.len) && lens.len() >= max_lens {
+            let have = lens.keys().map(|l| format!("/{l}")).collect::<Vec<_>>().join(" ");
+            return Err(AddrError::TooManyLengths { prefix, max: max_lens, have });
+        }
+        *lens.entry(prefix.len).or_default() += 1;
+        self.counts[fam] += 1;
         self.entries.insert((prefix, set));
         Ok(())
     }
@@ -237,9 +248,21 @@ impl AddressSets {
     pub fn remove(&mut self, set: EdgeSet, prefix: &Prefix) -> bool {
         let removed = self.entries.remove(&(*prefix, set));
         if removed {
-            self.counts[usize::from(prefix.addr.is_ipv6())] -= 1;
+            let fam = usize::from(prefix.addr.is_ipv6());
+            self.counts[fam] -= 1;
+            if let Some(n) = self.lens[fam].get_mut(&prefix.len) {
+                *n -= 1;
+                if *n == 0 {
+                    self.lens[fam].remove(&prefix.len);
+                }
+            }
         }
         removed
+    }
+
+    /// The prefix lengths the sets hold in one family, longest first.
+    pub fn lengths(&self, ipv6: bool) -> Vec<u8> {
+        self.lens[usize::from(ipv6)].keys().rev().copied().collect()
     }
 
     /// Every entry that shares an address with `prefix`: those that contain it, and
@@ -359,6 +382,29 @@ mod tests {
         assert_eq!(sets.of(EdgeSet::AccessEdge).collect::<Vec<_>>(), vec![p("203.0.113.10")]);
     }
 
+    #[test]
+    fn sets_refuse_a_ninth_prefix_length_per_family() {
+        let mut sets = AddressSets::default();
+        for (i, len) in (25..=32).enumerate() {
+            let addr = Ipv4Addr::new(198, 18, i as u8, 0);
+            sets.insert(EdgeSet::AccessEdge, Prefix::new(addr.into(), len).unwrap()).unwrap();
+        }
+        assert_eq!(sets.lengths(false), vec![32, 31, 30, 29, 28, 27, 26, 25]);
+        let err = sets.insert(EdgeSet::AccessEdge, p("198.19.0.0/24")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "198.19.0.0/24: the sets hold prefixes of at most 8 different lengths per address family \
+             (they have /25 /26 /27 /28 /29 /30 /31 /32)"
+        );
+        // Another prefix of a length already there, and the other family, still fit.
+        sets.insert(EdgeSet::AccessEdge, p("198.19.0.0/25")).unwrap();
+        sets.insert(EdgeSet::InternalEdge, p("2001:db8::/64")).unwrap();
+        // A length whose last prefix goes is free again.
+        assert!(sets.remove(EdgeSet::AccessEdge, &Prefix::new(Ipv4Addr::new(198, 18, 7, 0).into(), 32).unwrap()));
+        sets.insert(EdgeSet::AccessEdge, p("198.19.1.0/24")).unwrap();
+        assert_eq!(sets.lengths(false), vec![31, 30, 29, 28, 27, 26, 25, 24]);
+    }
+
     /// The indexed overlap check and lookup agree with their definitions, on prefixes
     /// drawn from a small space so that nesting and collisions are frequent.
     #[test]
@@ -379,7 +425,7 @@ mod tests {
             } else {
                 (format!("2001:db8::{:x}:{:x}", (r >> 8) & 3, (r >> 16) & 0xff).parse::<Ipv6Addr>().unwrap().into(), 128)
             };
-            let len = width - ((r >> 32) % 12) as u8;
+            let len = width - ((r >> 32) % edge_filter_common::MAX_PREFIX_LENS as u64) as u8;
             let prefix = Prefix { addr: mask(addr, len), len };
             let set = EdgeSet::ALL[((r >> 48) & 1) as usize];
             let clash = kept.iter().find(|(q, s)| *s != set && q.overlaps(&prefix)).copied();

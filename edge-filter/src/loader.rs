@@ -22,12 +22,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     util::{KernelVersion, nr_cpus},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, Settings,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, MAX_PREFIX_LENS,
+    PrefixLens, SetKey4, SetKey6, Settings,
     TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, map, rule, verdict,
 };
 
@@ -287,7 +288,7 @@ impl Maps {
         let mut maps = BTreeMap::new();
         for (name, map) in &self.maps {
             let data = match map {
-                Map::Array(m) | Map::HashMap(m) | Map::LpmTrie(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) => m,
+                Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) => m,
                 _ => return Err(Error::Corrupt { name, what: "a map type edge-filter does not use".into() }),
             };
             let id = data.info().map_err(map_err(name))?.id();
@@ -395,30 +396,41 @@ impl Maps {
     /// The address sets the kernel holds.
     pub fn address_sets(&self) -> Result<AddressSets, Error> {
         let mut sets = AddressSets::default();
-        let v4: LpmTrie<&MapData, [u8; 4], u32> =
-            LpmTrie::try_from(self.map(map::EDGE_V4)?).map_err(map_err(map::EDGE_V4))?;
+        let v4: HashMap<&MapData, SetKey4, u32> =
+            HashMap::try_from(self.map(map::EDGE4)?).map_err(map_err(map::EDGE4))?;
         for entry in v4.iter() {
-            let (key, bits) = entry.map_err(map_err(map::EDGE_V4))?;
-            let addr = std::net::Ipv4Addr::from(key.data()).into();
-            insert_read(&mut sets, map::EDGE_V4, addr, key.prefix_len(), bits)?;
+            let (key, bits) = entry.map_err(map_err(map::EDGE4))?;
+            insert_read(&mut sets, map::EDGE4, std::net::Ipv4Addr::from(key.addr).into(), key.len, bits)?;
         }
-        let v6: LpmTrie<&MapData, [u8; 16], u32> =
-            LpmTrie::try_from(self.map(map::EDGE_V6)?).map_err(map_err(map::EDGE_V6))?;
+        let v6: HashMap<&MapData, SetKey6, u32> =
+            HashMap::try_from(self.map(map::EDGE6)?).map_err(map_err(map::EDGE6))?;
         for entry in v6.iter() {
-            let (key, bits) = entry.map_err(map_err(map::EDGE_V6))?;
-            let addr = std::net::Ipv6Addr::from(key.data()).into();
-            insert_read(&mut sets, map::EDGE_V6, addr, key.prefix_len(), bits)?;
+            let (key, bits) = entry.map_err(map_err(map::EDGE6))?;
+            insert_read(&mut sets, map::EDGE6, std::net::Ipv6Addr::from(key.addr).into(), key.len, bits)?;
         }
         Ok(sets)
     }
 
-    /// Make the kernel's sets equal to `want`: new entries are written before stale
-    /// ones are removed, so an address that stays in its set is never missing.
+    /// Make the kernel's sets equal to `want`, so that an address that stays in its
+    /// set is never missing: the prefix lengths of both old and new sets are listed
+    /// first (when they fit), new entries are written, the lengths narrowed to the new
+    /// sets', and only then are stale entries removed.
     pub fn set_address_sets(&mut self, want: &AddressSets) -> Result<(), Error> {
         let have = self.address_sets()?;
+        let union = |v6: bool| {
+            let mut lens = have.lengths(v6);
+            lens.extend(want.lengths(v6));
+            lens
+        };
+        if let Some(both) = prefix_lens(union(false), union(true)) {
+            self.write_lens(both)?;
+        }
         for (prefix, set) in want.iter() {
             self.write_prefix(prefix, Some(set))?;
         }
+        let wanted = prefix_lens(want.lengths(false), want.lengths(true))
+            .expect("AddressSets holds at most MAX_PREFIX_LENS lengths per family");
+        self.write_lens(wanted)?;
         for (prefix, _) in have.iter() {
             // A prefix that moved to the other set was overwritten above.
             if want.set_of(&prefix).is_none() {
@@ -426,6 +438,12 @@ impl Maps {
             }
         }
         Ok(())
+    }
+
+    fn write_lens(&mut self, lens: PrefixLens) -> Result<(), Error> {
+        let name = map::EDGE_LENS;
+        let mut array: Array<&mut MapData, PrefixLens> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        array.set(0, lens, 0).map_err(map_err(name))
     }
 
     /// Add prefixes to a set: all of them, or none when one is refused.
@@ -450,14 +468,14 @@ impl Maps {
         let len = u32::from(prefix.len());
         match prefix.addr() {
             std::net::IpAddr::V4(a) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
-                    LpmTrie::try_from(self.map_mut(map::EDGE_V4)?).map_err(map_err(map::EDGE_V4))?;
-                write_trie(&mut trie, Key::new(len, a.octets()), set).map_err(map_err(map::EDGE_V4))
+                let mut table: HashMap<&mut MapData, SetKey4, u32> =
+                    HashMap::try_from(self.map_mut(map::EDGE4)?).map_err(map_err(map::EDGE4))?;
+                write_entry(&mut table, SetKey4 { len, addr: a.octets() }, set).map_err(map_err(map::EDGE4))
             }
             std::net::IpAddr::V6(a) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
-                    LpmTrie::try_from(self.map_mut(map::EDGE_V6)?).map_err(map_err(map::EDGE_V6))?;
-                write_trie(&mut trie, Key::new(len, a.octets()), set).map_err(map_err(map::EDGE_V6))
+                let mut table: HashMap<&mut MapData, SetKey6, u32> =
+                    HashMap::try_from(self.map_mut(map::EDGE6)?).map_err(map_err(map::EDGE6))?;
+                write_entry(&mut table, SetKey6 { len, addr: a.octets() }, set).map_err(map_err(map::EDGE6))
             }
         }
     }
@@ -662,16 +680,32 @@ fn insert_read(
     sets.insert(set, prefix).map_err(|e| corrupt(e.to_string()))
 }
 
-fn write_trie<K: aya::Pod>(
-    trie: &mut LpmTrie<&mut MapData, K, u32>,
-    key: Key<K>,
+fn write_entry<K: aya::Pod>(
+    table: &mut HashMap<&mut MapData, K, u32>,
+    key: K,
     set: Option<EdgeSet>,
 ) -> Result<(), MapError> {
     match set {
-        Some(set) => trie.insert(&key, set.bit(), 0),
-        None => match trie.remove(&key) {
+        Some(set) => table.insert(key, set.bit(), 0),
+        None => match table.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e),
         },
     }
+}
+
+/// The value of `EDGE_LENS` for these prefix lengths (duplicates allowed), or `None`
+/// when a family has more than the kernel looks up.
+fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
+    let mut out = PrefixLens::default();
+    for (lens, slots, count) in [(&mut v4, &mut out.v4, &mut out.v4_count), (&mut v6, &mut out.v6, &mut out.v6_count)] {
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        if lens.len() > MAX_PREFIX_LENS {
+            return None;
+        }
+        slots[..lens.len()].copy_from_slice(lens);
+        *count = lens.len() as u8;
+    }
+    Some(out)
 }

@@ -301,6 +301,10 @@ impl Model {
             self.opener(tuple, &ip, replies);
             return v::PASS_RULE;
         }
+        // A reply comes from the port its connection was opened to, a rule's port.
+        if sport != fed && sport != int {
+            return v::DROP_NO_RULE;
+        }
         let back = Tuple { src: ip.dst, dst: ip.src, sport: dport, dport: sport };
         if self.reply(back, &ip, role) { v::PASS_REPLY } else { v::DROP_NO_RULE }
     }

@@ -8,7 +8,7 @@
 
 use std::{net::IpAddr, num::NonZeroU16, thread::sleep, time::Duration};
 
-use edge_filter::{Fate, Policy, Timeouts, Variant};
+use edge_filter::{EdgeSet, Fate, Policy, Prefix, Timeouts, Variant};
 use edge_filter_common::{
     rule::{FEDERATION_IN as R1, FEDERATION_OUT as R2, INTERNAL_MTLS as R3},
     verdict::*,
@@ -780,4 +780,59 @@ fn blind_rst_and_syn_leave_established_flows_alone() {
         ]);
     }
     run(Policy::default(), &cases);
+}
+
+/// The set tables match an address by its longest prefix, whatever lengths the sets
+/// hold, and follow changes of those lengths at run time: a length whose last prefix
+/// goes stops matching, a new one matches at once.
+#[test]
+fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
+    let prefixes = [
+        (EdgeSet::AccessEdge, "198.18.0.0/16"),
+        (EdgeSet::AccessEdge, "198.18.4.0/24"),
+        (EdgeSet::AccessEdge, "198.18.4.128/28"),
+        (EdgeSet::AccessEdge, "198.18.4.130"),
+        (EdgeSet::AccessEdge, "2001:db8:aa::/48"),
+        (EdgeSet::AccessEdge, "2001:db8:aa:1::/64"),
+        (EdgeSet::AccessEdge, "2001:db8:aa:1::7"),
+        (EdgeSet::InternalEdge, "2001:db8:bb::/127"),
+    ];
+    let mut sets = edge_filter_tests::plan::sets();
+    for (set, p) in prefixes {
+        sets.insert(set, p.parse::<Prefix>().unwrap()).unwrap();
+    }
+    let mut h = Harness::with_sets(Policy::default(), &sets).unwrap_or_else(|e| panic!("{e:#}"));
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // Each is an R1 SYN to an access-edge member; a stranger's gets no rule.
+    let probe = |dst: &str, want: Option<u32>| {
+        let frame = tcp(if dst.contains(':') { PARTNER6 } else { PARTNER4 }, ip(dst), 40000, 5269, SYN).build();
+        match want {
+            Some(r) => Case::rule(format!("R1 to {dst}"), Outside, frame, r),
+            None => Case::new(format!("R1 to {dst}"), Outside, frame, PASS_UNPOLICED),
+        }
+    };
+    h.check_all(&[
+        probe("198.18.200.1", Some(R1)),
+        probe("198.18.4.1", Some(R1)),
+        probe("198.18.4.129", Some(R1)),
+        probe("198.18.4.130", Some(R1)),
+        probe("198.19.0.1", None),
+        probe("2001:db8:aa:ffff::1", Some(R1)),
+        probe("2001:db8:aa:1::7", Some(R1)),
+        probe("2001:db8:ab::1", None),
+        // In internal-edge: R1's port matches no rule there.
+        Case::new("R1 to internal-edge /127", Outside, tcp(PARTNER6, ip("2001:db8:bb::1"), 40000, 5269, SYN).build(), DROP_NO_RULE),
+        Case::rule("R3 to internal-edge /127", Outside, tcp(PARTNER6, ip("2001:db8:bb::1"), 40000, 23456, SYN).build(), R3),
+    ])
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The /16 goes: its length is no longer looked up; the nested /24 still matches.
+    sets.remove(EdgeSet::AccessEdge, &"198.18.0.0/16".parse().unwrap());
+    h.filter.set_address_sets(&sets).unwrap();
+    h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]).unwrap_or_else(|e| panic!("{e:#}"));
+    // A /20 is a new length: it matches at once.
+    sets.insert(EdgeSet::AccessEdge, "198.18.32.0/20".parse().unwrap()).unwrap();
+    h.filter.set_address_sets(&sets).unwrap();
+    h.check_all(&[probe("198.18.47.254", Some(R1)), probe("198.18.48.1", None)]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(h.filter.address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }

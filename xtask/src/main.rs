@@ -7,7 +7,8 @@
 //! - `demo`: the policy enforced in network namespaces with real connections;
 //! - `fuzz`: the differential run of the kernel program against the reference model;
 //! - `fuzz-parsers`: libFuzzer on the config and address parsers;
-//! - `kernels`: the kernel matrix, Debian's kernels booted with qemu.
+//! - `kernels`: the kernel matrix, Debian's kernels booted with qemu;
+//! - `bench`: edge-filter measured beside the floor, xdp-filter and nftables.
 //!
 //! Nothing here is needed at run time; it only drives cargo, rustup and apt.
 
@@ -53,6 +54,17 @@ enum Command {
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels with qemu and check the programs in
     /// each, and on this machine's kernel (needs root).
     Kernels,
+    /// Measure edge-filter beside the floor, xdp-filter and nftables: cost per
+    /// verdict path, growth with the tables, veth throughput (needs root). Writes
+    /// bench/results/*.json and docs/benchmark.md.
+    Bench {
+        /// One short round that checks the harness and every verdict (for CI).
+        #[arg(long)]
+        quick: bool,
+        /// Rounds to interleave (default 5; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// The policy enforced in a sandbox of network namespaces, on the built-in
     /// defaults, with real TCP connections (needs root).
     Demo {
@@ -62,13 +74,29 @@ enum Command {
     },
 }
 
+/// The tools the tests and the benchmark run (`ip`, `nft`, `ethtool`) live in the
+/// sbin directories, which a minimal root environment may leave off `PATH`.
+fn sbin_on_path() {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut dirs: Vec<&str> = path.split(':').filter(|d| !d.is_empty()).collect();
+    for d in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe { std::env::set_var("PATH", dirs.join(":")) };
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    sbin_on_path();
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Clippy => setup::run().and_then(|()| test::clippy()),
         Command::Kernels => setup::run().and_then(|()| kernels::run()),
+        Command::Bench { quick, rounds } => setup::run().and_then(|()| test::bench(quick, rounds)),
         Command::Demo { keep } => setup::run().and_then(|()| demo::run(keep)),
         Command::Fuzz { packets, seed } => setup::run().and_then(|()| test::fuzz(packets, seed)),
         Command::FuzzParsers { seconds } => setup::run().and_then(|()| test::fuzz_parsers(seconds)),

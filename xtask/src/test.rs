@@ -8,7 +8,9 @@
 //!
 //! 4. the differential run: 20,000 generated frames through the kernel program and the
 //!    reference model;
-//! 5. the kernel matrix: Debian's 5.10, 6.1 and 6.12 booted with qemu, and the host.
+//! 5. the benchmark's quick round (`cargo xtask bench --quick`): every measured path
+//!    and receiver, verdicts checked, figures not judged;
+//! 6. the kernel matrix: Debian's 5.10, 6.1 and 6.12 booted with qemu, and the host.
 //!
 //! The privileged suite needs root; without it this fails, it does not skip. The last
 //! line printed is the summary of all tiers.
@@ -90,16 +92,37 @@ pub fn run() -> anyhow::Result<()> {
     setup::status(Command::new(env!("CARGO")).args(["build", "--package", "edge-filter", "--bin", "edge-filter"]))?;
     let privileged = cargo_test("privileged", &["--package", "edge-filter-tests", "--", "--test-threads=1"])?;
     fuzz(FUZZ_PACKETS, 1)?;
+    bench(true, None)?;
     println!("== kernel matrix");
     crate::kernels::run()?;
     let total = unit.passed + privileged.passed;
     println!(
-        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames, 0 disagreements; kernels 5.10, 6.1, 6.12 and the host pass)",
+        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames, 0 disagreements; bench --quick verdicts ok; kernels 5.10, 6.1, 6.12 and the host pass)",
         unit.ignored + privileged.ignored,
         unit.passed,
         privileged.passed
     );
     Ok(())
+}
+
+/// The benchmark (`tests/src/bin/bench.rs`). The full run is a release build and
+/// writes `bench/results/` and `docs/benchmark.md`; the quick round checks the harness
+/// and the verdicts and writes under `target/bench-quick/`.
+pub fn bench(quick: bool, rounds: Option<usize>) -> anyhow::Result<()> {
+    println!("== benchmark{}", if quick { " (quick)" } else { "" });
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["run", "--quiet", "--package", "edge-filter-tests", "--bin", "bench"]);
+    if !quick {
+        cmd.arg("--release");
+    }
+    cmd.arg("--");
+    if quick {
+        cmd.args(["--quick", "--results", "target/bench-quick/results", "--docs", "target/bench-quick/docs"]);
+    }
+    if let Some(r) = rounds {
+        cmd.args(["--rounds", &r.to_string()]);
+    }
+    setup::status(&mut cmd)
 }
 
 /// Frames of the differential run in `cargo xtask test`.

@@ -25,6 +25,9 @@ use crate::{
     plan::*,
 };
 
+/// Frames, each with the NIC it arrives on.
+type Frames = Vec<(Nic, Vec<u8>)>;
+
 /// Distinct keys a growth figure cycles through.
 pub const KEYS: usize = 64;
 
@@ -346,7 +349,7 @@ pub fn set_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
                 h.reset_state()?;
                 let partner = if v4 { PARTNER4 } else { PARTNER6 };
                 let members: Vec<IpAddr> = spread(n).map(|i| growth_entry(i, v4, exact).1).collect();
-                let cases: [(&str, u32, Vec<(Nic, Vec<u8>)>); 3] = [
+                let cases: [(&str, u32, Frames); 3] = [
                     (
                         "drop/no_rule",
                         verdict::DROP_NO_RULE,
@@ -434,7 +437,7 @@ pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
                 let (_, _, src, sport) = growth_flow(i, now);
                 (src, sport)
             }).collect();
-            let cases: [(&str, u32, Vec<(Nic, Vec<u8>)>); 3] = [
+            let cases: [(&str, u32, Frames); 3] = [
                 (
                     "pass/rule R1",
                     verdict::PASS_RULE,

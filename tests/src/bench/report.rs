@@ -31,11 +31,11 @@ pub struct Verdict {
     pub why: &'static str,
 }
 
-fn fig<'a>(c: &'a PathCost, who: Contender) -> &'a Figure {
+fn fig(c: &PathCost, who: Contender) -> &Figure {
     &c.figures.iter().find(|(k, _)| *k == who).expect("every contender is measured").1
 }
 
-fn rate<'a>(r: &'a Rates, who: Receiver) -> Option<&'a Figure> {
+fn rate(r: &Rates, who: Receiver) -> Option<&Figure> {
     r.figures.iter().find(|(k, _)| *k == who).map(|(_, f)| f)
 }
 
@@ -76,24 +76,24 @@ impl Results {
                 why: WHY_XDP_FILTER,
             });
         }
-        if let Some(drop) = self.rates.iter().find(|r| r.path == "drop") {
-            if let Some(edge) = rate(drop, Receiver::EdgeFilter) {
-                let r = edge.ratio.median();
+        if let Some(drop) = self.rates.iter().find(|r| r.path == "drop")
+            && let Some(edge) = rate(drop, Receiver::EdgeFilter)
+        {
+            let r = edge.ratio.median();
+            out.push(Verdict {
+                target: "veth drop-path throughput at least 0.95x the XDP_DROP floor",
+                measured: format!("{r:.2}x"),
+                met: r >= 0.95,
+                why: WHY_VETH_FLOOR,
+            });
+            if let Some(nft) = rate(drop, Receiver::Nft(super::rivals::Nft::NetdevIngress)) {
+                let r = quotient(&edge.value, &nft.value).median();
                 out.push(Verdict {
-                    target: "veth drop-path throughput at least 0.95x the XDP_DROP floor",
+                    target: "veth drop-path throughput at least 3x nftables netdev",
                     measured: format!("{r:.2}x"),
-                    met: r >= 0.95,
-                    why: WHY_VETH_FLOOR,
+                    met: r >= 3.0,
+                    why: WHY_NFT,
                 });
-                if let Some(nft) = rate(drop, Receiver::Nft(super::rivals::Nft::NetdevIngress)) {
-                    let r = quotient(&edge.value, &nft.value).median();
-                    out.push(Verdict {
-                        target: "veth drop-path throughput at least 3x nftables netdev",
-                        measured: format!("{r:.2}x"),
-                        met: r >= 3.0,
-                        why: WHY_NFT,
-                    });
-                }
             }
         }
         let mut worst: Option<(String, f64)> = None;
@@ -211,7 +211,7 @@ impl Results {
         let mut sizes: Vec<usize> = self.growth.iter().map(|p| p.size).collect();
         sizes.sort_unstable();
         sizes.dedup();
-        let mut groups: Vec<(String, Vec<Option<(f64, f64, f64)>>)> = Vec::new();
+        let mut groups: Vec<svg::Group> = Vec::new();
         for p in &self.growth {
             let label = format!("{}: {}", p.table, p.path);
             if groups.iter().any(|(l, _)| *l == label) {
@@ -389,8 +389,11 @@ mod svg {
         s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
     }
 
-    /// Groups of bars, one bar per series: (median, min, max), `None` when absent.
-    pub fn bars(title: &str, unit: &str, series: &[&str], groups: &[(String, Vec<Option<(f64, f64, f64)>>)]) -> String {
+    /// A labelled group of bars: (median, min, max) per series, `None` when absent.
+    pub type Group = (String, Vec<Option<(f64, f64, f64)>>);
+
+    /// Groups of bars, one bar per series, with min..max whiskers.
+    pub fn bars(title: &str, unit: &str, series: &[&str], groups: &[Group]) -> String {
         let (label_w, plot_w, bar_h, gap) = (260.0, 560.0, 11.0, 10.0);
         let n = series.len().max(1) as f64;
         let group_h = n * bar_h + gap;

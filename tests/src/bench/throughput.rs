@@ -219,25 +219,26 @@ impl Rig {
         }
         let took: Duration = took?;
         let n = u64::from(frames);
-        match receiver {
-            Receiver::EdgeFilter => {
-                let moved = counted(&self.filter)? - edge_before;
-                ensure!(moved == n, "{what}: {} moved by {moved}, want {n}", edge_filter::report::verdict_name(want));
+        // Frames the receiver judged. The generator can outrun a slow receiver: veth
+        // then drops what its ring cannot hold, before any filter sees it. A rate is
+        // of judged frames, and at most 1% may be lost so.
+        let judged = match receiver {
+            Receiver::EdgeFilter => counted(&self.filter)? - edge_before,
+            Receiver::Floor | Receiver::XdpFilter(_) if !pass => xdp_drops()? - drops_before,
+            Receiver::Nft(_) => nft_dropped.expect("nft")?,
+            // The device also takes in the odd frame of its own (neighbour discovery).
+            _ => (r0_rx_packets()? - rx_before).min(n),
+        };
+        ensure!(
+            judged <= n && judged * 100 >= n * 99,
+            "{what}: {judged} of {n} frames judged{}",
+            if receiver == Receiver::EdgeFilter {
+                format!(" as {}", edge_filter::report::verdict_name(want))
+            } else {
+                String::new()
             }
-            Receiver::Floor | Receiver::XdpFilter(_) if !pass => {
-                let dropped = xdp_drops()? - drops_before;
-                ensure!(dropped == n, "{what}: r0 dropped {dropped} frames in XDP, want {n}");
-            }
-            Receiver::Nft(_) => {
-                let dropped = nft_dropped.expect("nft")?;
-                ensure!(dropped == n, "{what}: nftables dropped {dropped}, want {n}");
-            }
-            _ => {
-                let rx = r0_rx_packets()? - rx_before;
-                ensure!(rx >= n, "{what}: r0 received {rx} frames, want {n}");
-            }
-        }
-        Ok(frames as f64 / took.as_secs_f64() / 1e6)
+        );
+        Ok(judged as f64 / took.as_secs_f64() / 1e6)
     }
 
 }

@@ -25,6 +25,20 @@ struct Args {
     /// Where benchmark.md and its charts go.
     #[arg(long, default_value = "docs")]
     docs: PathBuf,
+    /// Parts to measure (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// The parts of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Cost per verdict path.
+    Cost,
+    /// Cost as the address sets and the flow table grow.
+    Growth,
+    /// veth throughput.
+    Veth,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,15 +48,25 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(r >= 1, "--rounds must be at least 1");
         plan.rounds = r;
     }
+    let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let machine = Machine::read();
-    eprintln!("bench: cost per path ({} rounds, repeat {})", plan.rounds, plan.repeat);
-    let costs = bench::cost::paths_cost(&plan).context("cost per path")?;
-    eprintln!("bench: growth of the address sets");
-    let mut growth = bench::cost::set_growth(&plan).context("address-set growth")?;
-    eprintln!("bench: growth of the flow table");
-    growth.extend(bench::cost::flow_growth(&plan).context("flow-table growth")?);
-    eprintln!("bench: veth throughput ({} frames per figure)", plan.frames);
-    let rates = bench::throughput::rates(&plan).context("veth throughput")?;
+    let mut costs = Vec::new();
+    if wants(Part::Cost) {
+        eprintln!("bench: cost per path ({} rounds, repeat {})", plan.rounds, plan.repeat);
+        costs = bench::cost::paths_cost(&plan).context("cost per path")?;
+    }
+    let mut growth = Vec::new();
+    if wants(Part::Growth) {
+        eprintln!("bench: growth of the address sets");
+        growth = bench::cost::set_growth(&plan).context("address-set growth")?;
+        eprintln!("bench: growth of the flow table");
+        growth.extend(bench::cost::flow_growth(&plan).context("flow-table growth")?);
+    }
+    let mut rates = Vec::new();
+    if wants(Part::Veth) {
+        eprintln!("bench: veth throughput ({} frames per figure)", plan.frames);
+        rates = bench::throughput::rates(&plan).context("veth throughput")?;
+    }
     let results = Results { machine, plan, quick: args.quick, costs, growth, rates };
     print!("{}", results.table());
     let json = results.write(&args.results, &args.docs)?;
