@@ -19,8 +19,9 @@ use core::mem::size_of;
 /// Map names. The kernel caps object names at 15 bytes; `const` checks below hold
 /// every name to that.
 pub mod map {
-    /// `HashMap<u32 ifindex (host order), Iface>`: role and counter slot of each NIC
-    /// the program serves. Written by userspace.
+    /// `Array<Iface>` indexed by ifindex (below [`super::MAX_IFINDEX`]): role and
+    /// counter slot of each NIC the program serves; role 0 for the rest. Written by
+    /// userspace.
     pub const IFACES: &str = "IFACES";
     /// `HashMap<SetKey4, u32 set bits>`: IPv4 edge address sets, one entry per
     /// prefix, keyed by its length and network address. Written by userspace.
@@ -31,6 +32,11 @@ pub mod map {
     /// `Array<PrefixLens>` with one entry: the prefix lengths [`EDGE4`] and [`EDGE6`]
     /// hold, longest first. Written by userspace.
     pub const EDGE_LENS: &str = "EDGE_LENS";
+    /// `Array<u64>`, [`super::hint::WORDS`] words per family (IPv4 first): a bit per
+    /// [`super::hint`] bucket that some edge prefix falls in. An address whose bucket
+    /// bit is clear is in no set, found without probing the set tables. Written by
+    /// userspace.
+    pub const EDGE_HINTS: &str = "EDGE_HINTS";
     /// `Array<Settings>` with one entry: ports, defaults, timeouts. Written by
     /// userspace.
     pub const SETTINGS: &str = "SETTINGS";
@@ -54,8 +60,8 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 11] =
-        [IFACES, EDGE4, EDGE6, EDGE_LENS, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
+    pub const ALL: [&str; 12] =
+        [IFACES, EDGE4, EDGE6, EDGE_LENS, EDGE_HINTS, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
 
     const _: () = {
         let mut i = 0;
@@ -77,6 +83,9 @@ pub const XDP_PROGRAM_LINEAR: &str = "edge_filter_lin";
 
 /// NICs the program can serve. Counter slot 0 is reserved for NICs without a role.
 pub const MAX_IFACES: u32 = 64;
+/// NICs are found by ifindex in an array (a lookup the verifier inlines, where a hash
+/// lookup is a call), so the program serves NICs whose ifindex is below this.
+pub const MAX_IFINDEX: u32 = 1024;
 /// Entries per address-set table (per family).
 pub const MAX_SET_ENTRIES: u32 = 1 << 17;
 /// Distinct prefix lengths the address sets may hold per family: an address is
@@ -272,7 +281,7 @@ pub mod flow_state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Iface {
-    /// One of [`role`].
+    /// One of [`role`]; 0 for a NIC without one.
     pub role: u32,
     /// Counter slot, `1..MAX_IFACES`; slot 0 counts NICs without a role.
     pub slot: u32,
@@ -296,7 +305,8 @@ pub struct SetKey6 {
 }
 
 /// The one value of [`map::EDGE_LENS`]: for each family, the prefix lengths its set
-/// table holds, longest first; the first `*_count` entries count.
+/// table holds, longest first; the first `*_count` entries count. `*_hint` is the
+/// length [`hint`] buckets are taken at: at most the shortest length held.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrefixLens {
@@ -304,7 +314,57 @@ pub struct PrefixLens {
     pub v6: [u8; MAX_PREFIX_LENS],
     pub v4_count: u8,
     pub v6_count: u8,
-    pub _pad: [u8; 2],
+    pub v4_hint: u8,
+    pub v6_hint: u8,
+}
+
+/// Prefix arithmetic both sides share, and the buckets of [`map::EDGE_HINTS`].
+///
+/// Every prefix of a family is at least `hint` bits long, so an address inside a
+/// prefix agrees with it on its first `hint` bits: both fall in the bucket of those
+/// bits. A clear bucket bit proves an address is in no set.
+pub mod hint {
+    /// Words per family; `WORDS * 64` buckets.
+    pub const WORDS: u32 = 1024;
+    /// Knuth's multiplicative hashing constant (2^32 / golden ratio).
+    const K: u32 = 0x9e37_79b1;
+
+    /// The leading `keep` bits of a 32-bit word (`keep` is capped at 32).
+    #[inline(always)]
+    pub fn mask32(keep: u32) -> u32 {
+        if keep == 0 { 0 } else { u32::MAX << (32 - keep.min(32)) }
+    }
+
+    /// An IPv6 address (network order) with every bit after the first `len` cleared.
+    #[inline(always)]
+    pub fn mask6(addr: &[u8; 16], len: u32) -> [u8; 16] {
+        let mut out = *addr;
+        for w in 0..4 {
+            let keep = len.saturating_sub(32 * w as u32);
+            let word = u32::from_be_bytes([out[4 * w], out[4 * w + 1], out[4 * w + 2], out[4 * w + 3]]) & mask32(keep);
+            out[4 * w..4 * w + 4].copy_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+
+    /// The bucket (below `WORDS * 64`) of an IPv4 address (host-order value).
+    #[inline(always)]
+    pub fn bucket4(addr: u32, hint: u32) -> u32 {
+        (addr & mask32(hint)).wrapping_mul(K) >> 16
+    }
+
+    /// The bucket of an IPv6 address (network order).
+    #[inline(always)]
+    pub fn bucket6(addr: &[u8; 16], hint: u32) -> u32 {
+        let m = mask6(addr, hint);
+        let mut h = 0u32;
+        for w in 0..4 {
+            h = (h ^ u32::from_be_bytes([m[4 * w], m[4 * w + 1], m[4 * w + 2], m[4 * w + 3]])).wrapping_mul(K);
+        }
+        h >> 16
+    }
+
+    const _: () = assert!(WORDS * 64 == 1 << 16, "buckets are the top 16 bits of the hash");
 }
 
 /// The one value of [`map::SETTINGS`].
@@ -470,6 +530,40 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An address inside a prefix at least `hint` bits long falls in the prefix's
+    /// bucket, whatever its other bits: the property that lets a clear bit say "in no
+    /// set".
+    #[test]
+    fn addresses_share_the_bucket_of_every_prefix_that_holds_them() {
+        let mut x = 0x1234_5678_9abc_def0_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..10_000 {
+            let (a, b) = (next(), next());
+            let hint = (a % 33) as u32;
+            let len = hint + (b % u64::from(33 - hint)) as u32;
+            let addr = a as u32;
+            let network = addr & hint::mask32(len);
+            assert_eq!(hint::bucket4(addr, hint), hint::bucket4(network, hint), "{addr:#x} in /{len}, hint {hint}");
+            assert!(hint::bucket4(addr, hint) < hint::WORDS * 64);
+            let mut a6 = [0u8; 16];
+            a6[..8].copy_from_slice(&a.to_be_bytes());
+            a6[8..].copy_from_slice(&b.to_be_bytes());
+            let hint6 = (b % 129) as u32;
+            let len6 = hint6 + (a % u64::from(129 - hint6)) as u32;
+            let n6 = hint::mask6(&a6, len6);
+            assert_eq!(hint::bucket6(&a6, hint6), hint::bucket6(&n6, hint6));
+            assert!(hint::bucket6(&a6, hint6) < hint::WORDS * 64);
+        }
+        assert_eq!(hint::mask6(&[0xff; 16], 12)[..3], [0xff, 0xf0, 0]);
+        assert_eq!(hint::mask32(0), 0);
+        assert_eq!(hint::mask32(32), u32::MAX);
+    }
 
     #[test]
     fn verdict_names_cover_every_slot_once() {

@@ -77,7 +77,10 @@ fn filter(ctx: &XdpContext, bytes: u64) -> u32 {
     let settings = SETTINGS.get(0).copied().unwrap_or(Settings::DEFAULT);
     let (slot, mut v) = policy::judge(ctx, &frame, &settings, bytes);
     if verdict::is_drop(v) {
-        droplog::report(ctx, &settings, ctx.ingress_ifindex() as u32, v);
+        // Tested here too, so that a drop without the log makes no call.
+        if settings.flags & flags::DROP_LOG != 0 {
+            droplog::report(ctx, &settings, ctx.ingress_ifindex() as u32, v);
+        }
         if settings.flags & flags::DRY_RUN != 0 {
             v += verdict::DRY_RUN_OFFSET;
         }

@@ -6,13 +6,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, LogBudget, MAX_IFACES,
-    MAX_SET_ENTRIES, PrefixLens, SetKey4, SetKey6, Settings, event, rule,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, LogBudget, MAX_IFINDEX,
+    MAX_SET_ENTRIES, PrefixLens, SetKey4, SetKey6, Settings, event, hint, rule,
 };
 
-/// ifindex (host order) -> role and counter slot of the NIC. Written by userspace.
+/// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
 #[map]
-pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
 
 /// IPv4 prefix (length, network address in network order) -> `set` bits. Written by
 /// userspace.
@@ -28,6 +28,11 @@ pub static EDGE6: HashMap<SetKey6, u32> = HashMap::with_max_entries(MAX_SET_ENTR
 /// userspace.
 #[map]
 pub static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(1, 0);
+
+/// Word -> 64 bucket bits, `hint::WORDS` words per family (IPv4 first): which buckets
+/// of leading address bits some edge prefix falls in. Written by userspace.
+#[map]
+pub static EDGE_HINTS: Array<u64> = Array::with_max_entries(2 * hint::WORDS, 0);
 
 /// Index 0 -> the settings (ports in network order). Written by userspace.
 #[map]

@@ -56,10 +56,10 @@ const UNATTACHED_SLOT: u32 = 0;
 #[inline(never)]
 pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -> (u32, u32) {
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: the value is copied out at once; userspace replaces entries whole.
-    let Some(iface) = (unsafe { IFACES.get(&ifindex) }).copied() else {
+    let iface = IFACES.get(ifindex).copied().unwrap_or_default();
+    if iface.role == 0 {
         return (UNATTACHED_SLOT, verdict::PASS_UNATTACHED);
-    };
+    }
     let v = match parse::parse(frame) {
         Ok(Parsed::Ip(p)) => {
             let v = judge_ip(&p, iface.role, settings, bytes);

@@ -4,24 +4,29 @@
 //! and `EDGE_LENS` lists the lengths the table holds, longest first. An address is
 //! looked up at each of those lengths in turn, with its bits beyond the length
 //! cleared; the first hit is its longest matching prefix, and its value the address's
-//! `set` bits. Userspace allows at most [`MAX_PREFIX_LENS`] lengths per family, so a
-//! lookup is at most that many hash probes, and one when the sets hold exact
-//! addresses only. This replaced LPM tries: one trie walk cost as much as four hash
-//! probes (`cargo xtask bench`), and it was paid twice per packet.
+//! `set` bits. Userspace allows at most [`MAX_PREFIX_LENS`] lengths per family.
 //!
-//! Contract with userspace: a length is listed in `EDGE_LENS` before entries of that
-//! length are written and unlisted only after the last is removed, so a lookup never
-//! misses an entry that is in the table. A length listed with no entries costs one
-//! probe and finds nothing.
+//! Before any probe, `EDGE_HINTS` is asked: one bit per bucket of leading address
+//! bits ([`hint`]), set where some prefix falls. Most addresses a firewall sees are
+//! partners in no set; their bit is clear, and the answer costs an array read the
+//! verifier inlines. A hash probe is a call, and calls are what a packet pays for on
+//! machines with return-thunk mitigations (`cargo xtask bench`); LPM tries, which this
+//! replaced, cost four probes' worth per walk.
+//!
+//! Contract with userspace: while the sets change, every hint bit is set and the
+//! lengths listed are those of the old and new sets together, so a lookup never misses
+//! an entry that is in the table; afterwards the hints are exact again. A listed length
+//! with no entries costs one probe and finds nothing.
 
-use edge_filter_common::{MAX_PREFIX_LENS, SetKey4, SetKey6, family};
+use edge_filter_common::{MAX_PREFIX_LENS, SetKey4, SetKey6, family, hint};
 
-use crate::maps::{EDGE_LENS, EDGE4, EDGE6};
+use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE4, EDGE6};
 
-/// The leading `keep` bits of a 32-bit word (`keep` <= 32).
+/// Whether bucket `b` of the family whose words start at `base` may hold a prefix.
 #[inline(always)]
-fn mask32(keep: u32) -> u32 {
-    u32::MAX.checked_shl(32 - keep).unwrap_or(0)
+fn hinted(base: u32, b: u32) -> bool {
+    // A missing word (it cannot be: the array is sized for every bucket) means probe.
+    EDGE_HINTS.get(base + (b >> 6)).is_none_or(|w| (w >> (b & 63)) & 1 != 0)
 }
 
 /// `set` bits of the address (0: in no edge set). `addr` is network order; IPv4 in
@@ -33,30 +38,30 @@ pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
     };
     if fam == family::V4 {
         let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        if !hinted(0, hint::bucket4(a, u32::from(lens.v4_hint))) {
+            return 0;
+        }
         for i in 0..MAX_PREFIX_LENS {
             if i >= usize::from(lens.v4_count) {
                 break;
             }
             let len = u32::from(lens.v4[i]).min(32);
-            let key = SetKey4 { len, addr: (a & mask32(len)).to_be_bytes() };
+            let key = SetKey4 { len, addr: (a & hint::mask32(len)).to_be_bytes() };
             // SAFETY: the value is copied out at once; userspace replaces entries whole.
             if let Some(bits) = unsafe { EDGE4.get(&key) } {
                 return *bits;
             }
         }
     } else {
+        if !hinted(hint::WORDS, hint::bucket6(addr, u32::from(lens.v6_hint))) {
+            return 0;
+        }
         for i in 0..MAX_PREFIX_LENS {
             if i >= usize::from(lens.v6_count) {
                 break;
             }
             let len = u32::from(lens.v6[i]).min(128);
-            let mut key = SetKey6 { len, addr: *addr };
-            for w in 0..4 {
-                let keep = len.saturating_sub(32 * w as u32).min(32);
-                let word = [key.addr[4 * w], key.addr[4 * w + 1], key.addr[4 * w + 2], key.addr[4 * w + 3]];
-                let masked = (u32::from_be_bytes(word) & mask32(keep)).to_be_bytes();
-                key.addr[4 * w..4 * w + 4].copy_from_slice(&masked);
-            }
+            let key = SetKey6 { len, addr: hint::mask6(addr, len) };
             // SAFETY: as above.
             if let Some(bits) = unsafe { EDGE6.get(&key) } {
                 return *bits;

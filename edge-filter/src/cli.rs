@@ -127,7 +127,11 @@ pub fn main() -> ExitCode {
             eprintln!("edge-filter: {e:#}");
             let bad_nic = matches!(
                 e.downcast_ref::<crate::pins::PinError>(),
-                Some(crate::pins::PinError::UnknownInterface { .. } | crate::pins::PinError::Foreign { .. })
+                Some(
+                    crate::pins::PinError::UnknownInterface { .. }
+                        | crate::pins::PinError::Foreign { .. }
+                        | crate::pins::PinError::IfindexTooHigh { .. }
+                )
             );
             if bad_nic || e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<crate::config::ConfigError>().is_some() {
                 ExitCode::from(2)

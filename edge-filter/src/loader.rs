@@ -27,8 +27,8 @@ use aya::{
     util::{KernelVersion, nr_cpus},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, MAX_PREFIX_LENS,
-    PrefixLens, SetKey4, SetKey6, Settings,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, MAX_IFINDEX, MAX_PREFIX_LENS,
+    PrefixLens, SetKey4, SetKey6, Settings, hint,
     TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, map, rule, verdict,
 };
 
@@ -74,6 +74,8 @@ pub enum Error {
     Addr(#[from] AddrError),
     #[error("all {max} interface slots are in use", max = MAX_IFACES - 1)]
     NoFreeSlot,
+    #[error("ifindex {ifindex} is not below {max}, the highest the program serves", max = MAX_IFINDEX)]
+    IfindexTooHigh { ifindex: u32 },
     #[error("the flow and embryonic table sizes must be at least 1")]
     ZeroFlows,
     #[error("reading the number of CPUs")]
@@ -336,23 +338,28 @@ impl Maps {
 
     /// The NICs with a role, by ifindex.
     pub fn ifaces(&self) -> Result<Vec<IfaceEntry>, Error> {
-        let ifaces: HashMap<&MapData, u32, Iface> =
-            HashMap::try_from(self.map(map::IFACES)?).map_err(map_err(map::IFACES))?;
+        let ifaces: Array<&MapData, Iface> = Array::try_from(self.map(map::IFACES)?).map_err(map_err(map::IFACES))?;
         let mut out = Vec::new();
-        for entry in ifaces.iter() {
-            let (ifindex, iface) = entry.map_err(map_err(map::IFACES))?;
+        for (ifindex, entry) in ifaces.iter().enumerate() {
+            let iface = entry.map_err(map_err(map::IFACES))?;
+            if iface.role == 0 {
+                continue;
+            }
+            let ifindex = ifindex as u32;
             let role = Role::from_kernel(iface.role).ok_or_else(|| Error::Corrupt {
                 name: map::IFACES,
                 what: format!("role {} of ifindex {ifindex}", iface.role),
             })?;
             out.push(IfaceEntry { ifindex, role, slot: iface.slot });
         }
-        out.sort_by_key(|e| e.ifindex);
         Ok(out)
     }
 
     /// Give the NIC a role; it keeps its counter slot if it had one. Returns the slot.
     pub fn set_iface(&mut self, ifindex: u32, role: Role) -> Result<u32, Error> {
+        if ifindex >= MAX_IFINDEX {
+            return Err(Error::IfindexTooHigh { ifindex });
+        }
         let current = self.ifaces()?;
         let slot = match current.iter().find(|e| e.ifindex == ifindex) {
             Some(e) => e.slot,
@@ -364,22 +371,22 @@ impl Maps {
                 slot
             }
         };
-        let mut ifaces: HashMap<&mut MapData, u32, Iface> =
-            HashMap::try_from(self.map_mut(map::IFACES)?).map_err(map_err(map::IFACES))?;
-        ifaces
-            .insert(ifindex, Iface { role: role.to_kernel(), slot }, 0)
-            .map_err(map_err(map::IFACES))?;
+        self.write_iface(ifindex, Iface { role: role.to_kernel(), slot })?;
         Ok(slot)
     }
 
     /// Take the role away: the NIC's packets pass as `pass/unattached`.
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), Error> {
-        let mut ifaces: HashMap<&mut MapData, u32, Iface> =
-            HashMap::try_from(self.map_mut(map::IFACES)?).map_err(map_err(map::IFACES))?;
-        match ifaces.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(map::IFACES)(e)),
+        if ifindex >= MAX_IFINDEX {
+            return Ok(());
         }
+        self.write_iface(ifindex, Iface::default())
+    }
+
+    fn write_iface(&mut self, ifindex: u32, iface: Iface) -> Result<(), Error> {
+        let mut ifaces: Array<&mut MapData, Iface> =
+            Array::try_from(self.map_mut(map::IFACES)?).map_err(map_err(map::IFACES))?;
+        ifaces.set(ifindex, iface, 0).map_err(map_err(map::IFACES))
     }
 
     fn zero_slot(&mut self, slot: u32) -> Result<(), Error> {
@@ -412,11 +419,13 @@ impl Maps {
     }
 
     /// Make the kernel's sets equal to `want`, so that an address that stays in its
-    /// set is never missing: the prefix lengths of both old and new sets are listed
-    /// first (when they fit), new entries are written, the lengths narrowed to the new
-    /// sets', and only then are stale entries removed.
+    /// set is never missing: every hint bit is set first and the prefix lengths of
+    /// both old and new sets listed (when they fit); new entries are written, the
+    /// lengths narrowed to the new sets', stale entries removed; then the hints are
+    /// made exact again.
     pub fn set_address_sets(&mut self, want: &AddressSets) -> Result<(), Error> {
         let have = self.address_sets()?;
+        self.write_hints(None)?;
         let union = |v6: bool| {
             let mut lens = have.lengths(v6);
             lens.extend(want.lengths(v6));
@@ -428,14 +437,34 @@ impl Maps {
         for (prefix, set) in want.iter() {
             self.write_prefix(prefix, Some(set))?;
         }
-        let wanted = prefix_lens(want.lengths(false), want.lengths(true))
-            .expect("AddressSets holds at most MAX_PREFIX_LENS lengths per family");
-        self.write_lens(wanted)?;
+        self.write_lens(lens_of(want))?;
         for (prefix, _) in have.iter() {
             // A prefix that moved to the other set was overwritten above.
             if want.set_of(&prefix).is_none() {
                 self.write_prefix(prefix, None)?;
             }
+        }
+        self.write_hints(Some(want))
+    }
+
+    /// Write the hint bits of `sets`, or set them all (`None`).
+    fn write_hints(&mut self, sets: Option<&AddressSets>) -> Result<(), Error> {
+        let words = hint::WORDS as usize;
+        let mut bits = vec![if sets.is_some() { 0 } else { u64::MAX }; 2 * words];
+        if let Some(sets) = sets {
+            let lens = lens_of(sets);
+            for (prefix, _) in sets.iter() {
+                let b = match prefix.addr() {
+                    std::net::IpAddr::V4(a) => hint::bucket4(u32::from(a), u32::from(lens.v4_hint)) as usize,
+                    std::net::IpAddr::V6(a) => 64 * words + hint::bucket6(&a.octets(), u32::from(lens.v6_hint)) as usize,
+                };
+                bits[b / 64] |= 1 << (b % 64);
+            }
+        }
+        let name = map::EDGE_HINTS;
+        let mut array: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for (i, w) in bits.into_iter().enumerate() {
+            array.set(i as u32, w, 0).map_err(map_err(name))?;
         }
         Ok(())
     }
@@ -695,10 +724,14 @@ fn write_entry<K: aya::Pod>(
 }
 
 /// The value of `EDGE_LENS` for these prefix lengths (duplicates allowed), or `None`
-/// when a family has more than the kernel looks up.
+/// when a family has more than the kernel looks up. Hints are taken at the shortest
+/// length (0 when the family is empty).
 fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
     let mut out = PrefixLens::default();
-    for (lens, slots, count) in [(&mut v4, &mut out.v4, &mut out.v4_count), (&mut v6, &mut out.v6, &mut out.v6_count)] {
+    for (lens, slots, count, hint) in [
+        (&mut v4, &mut out.v4, &mut out.v4_count, &mut out.v4_hint),
+        (&mut v6, &mut out.v6, &mut out.v6_count, &mut out.v6_hint),
+    ] {
         lens.sort_unstable_by(|a, b| b.cmp(a));
         lens.dedup();
         if lens.len() > MAX_PREFIX_LENS {
@@ -706,6 +739,13 @@ fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
         }
         slots[..lens.len()].copy_from_slice(lens);
         *count = lens.len() as u8;
+        *hint = lens.last().copied().unwrap_or(0);
     }
     Some(out)
+}
+
+/// The value of `EDGE_LENS` for `sets`.
+fn lens_of(sets: &AddressSets) -> PrefixLens {
+    prefix_lens(sets.lengths(false), sets.lengths(true))
+        .expect("AddressSets holds at most MAX_PREFIX_LENS lengths per family")
 }

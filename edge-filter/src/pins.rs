@@ -51,6 +51,8 @@ pub enum PinError {
     UnknownInterface { name: String },
     #[error("interface `{name}` already has XDP program id {id} that edge-filter did not attach; detach it first (`ip link set dev {name} xdp off`)")]
     Foreign { name: String, id: u32 },
+    #[error("interface `{name}` has ifindex {ifindex}; edge-filter serves interfaces whose ifindex is below {max}")]
+    IfindexTooHigh { name: String, ifindex: u32, max: u32 },
     #[error("attaching to `{name}` in {mode} mode")]
     Attach {
         name: String,
@@ -399,6 +401,10 @@ pub fn xdp_mode(iface: &str) -> Option<&'static str> {
 /// program that is not ours.
 pub fn preflight(pins: &Pins, iface: &str) -> Result<u32, PinError> {
     let index = ifindex(iface)?;
+    let max = edge_filter_common::MAX_IFINDEX;
+    if index >= max {
+        return Err(PinError::IfindexTooHigh { name: iface.to_owned(), ifindex: index, max });
+    }
     if !pins.link_path(iface).exists()
         && let Some(id) = xdp_program_on(iface)
     {
