@@ -49,11 +49,7 @@ const UNATTACHED_SLOT: u32 = 0;
 
 /// The verdict for this packet and the counter slot of its NIC; `bytes` is the
 /// frame's whole length, for the rule counters.
-///
-/// Verifier: a function of its own (a BPF-to-BPF call), so that its stack frame and
-/// the drop log's are siblings under the entry point rather than nested; together
-/// they would pass the 512-byte stack limit.
-#[inline(never)]
+#[inline(always)]
 pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -> (u32, u32) {
     let ifindex = ctx.ingress_ifindex() as u32;
     let iface = IFACES.get(ifindex).copied().unwrap_or_default();
@@ -125,39 +121,55 @@ fn judge_ip(p: &Packet, nic_role: u32, settings: &Settings, bytes: u64) -> u32 {
     if p.proto != IPPROTO_TCP {
         return verdict::DROP_NO_RULE;
     }
-    let mut clock = state::Clock::new();
     let matched = match nic_role {
         role::OUTSIDE | role::HOST => {
             if dst_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be {
-                Some(rule::FEDERATION_IN)
+                rule::FEDERATION_IN
             } else if dst_sets & set::INTERNAL_EDGE != 0 && p.dport_be == settings.internal_port_be {
-                Some(rule::INTERNAL_MTLS)
+                rule::INTERNAL_MTLS
             } else {
-                None
+                NO_RULE
             }
         }
         role::EDGE if src_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be => {
-            Some(rule::FEDERATION_OUT)
+            rule::FEDERATION_OUT
         }
-        _ => None,
+        _ => NO_RULE,
     };
-    if let Some(r) = matched {
+    // A reply comes from the port its flow was opened to, which a rule named: from
+    // any other port, no flow need be looked for. (Flows of a port the settings no
+    // longer name are dead already: their opener's packets match no rule.)
+    if matched == NO_RULE && p.sport_be != settings.federation_port_be && p.sport_be != settings.internal_port_be {
+        return verdict::DROP_NO_RULE;
+    }
+    tracked(p, nic_role, settings, matched, bytes)
+}
+
+/// `matched` of a packet no rule allows.
+const NO_RULE: u32 = u32::MAX;
+
+/// A TCP packet that `matched` a rule (opens or continues its flow: `pass/rule`), or
+/// none (`NO_RULE`: `pass/reply` if it is the reply of a live flow, else
+/// `drop/no_rule`). Moves the flow's state along.
+///
+/// Verifier: a BPF-to-BPF call, so that the state tables' keys and entries and the
+/// drop log's record are on sibling stack frames under the entry point; in one frame
+/// they would pass the 512-byte stack limit. Only packets that need the state
+/// tables pay for the call.
+#[inline(never)]
+fn tracked(p: &Packet, nic_role: u32, settings: &Settings, matched: u32, bytes: u64) -> u32 {
+    let mut clock = state::Clock::new();
+    if matched != NO_RULE {
         // Replies to R2 come from partners (outside, or a host NIC in host mode);
         // replies to R1 and R3 come from the Edge.
-        let reply_roles = if r == rule::FEDERATION_OUT {
+        let reply_roles = if matched == rule::FEDERATION_OUT {
             role::bit(role::OUTSIDE) | role::bit(role::HOST)
         } else {
             role::bit(role::EDGE)
         };
-        state::open(p, r, reply_roles, settings, &mut clock);
-        counters::count_rule(r, bytes);
+        state::open(p, matched, reply_roles, settings, &mut clock);
+        counters::count_rule(matched, bytes);
         return verdict::PASS_RULE;
-    }
-    // A reply comes from the port its flow was opened to, which a rule named: from
-    // any other port, no flow need be looked for. (Flows of a port the settings no
-    // longer name are dead already: their opener's packets match no rule.)
-    if p.sport_be != settings.federation_port_be && p.sport_be != settings.internal_port_be {
-        return verdict::DROP_NO_RULE;
     }
     if state::reply(p, nic_role, settings, &mut clock) {
         return verdict::PASS_REPLY;
