@@ -25,6 +25,9 @@ struct Args {
     /// Where benchmark.md and its charts go.
     #[arg(long, default_value = "docs")]
     docs: PathBuf,
+    /// Draw the page again from a recorded run (bench/results/*.json); measure nothing.
+    #[arg(long, value_name = "JSON")]
+    render: Option<PathBuf>,
     /// Parts to measure (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -48,26 +51,35 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(r >= 1, "--rounds must be at least 1");
         plan.rounds = r;
     }
+    if let Some(path) = &args.render {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let results = Results::from_json(&serde_json::from_str(&text)?).with_context(|| format!("{} is not a record", path.display()))?;
+        print!("{}", results.table());
+        results.write_page(&args.docs)?;
+        println!("\nwrote {}", args.docs.join("benchmark.md").display());
+        return Ok(());
+    }
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
-    let machine = Machine::read();
-    let mut costs = Vec::new();
+    let mut results =
+        Results { machine: Machine::read(), plan, quick: args.quick, costs: Vec::new(), growth: Vec::new(), rates: Vec::new() };
+    // Each part's figures are printed as soon as they are taken, so a later failure
+    // loses nothing that was measured.
     if wants(Part::Cost) {
         eprintln!("bench: cost per path ({} rounds, repeat {})", plan.rounds, plan.repeat);
-        costs = bench::cost::paths_cost(&plan).context("cost per path")?;
+        results.costs = bench::cost::paths_cost(&plan).context("cost per path")?;
+        eprint!("{}", results.table());
     }
-    let mut growth = Vec::new();
     if wants(Part::Growth) {
         eprintln!("bench: growth of the address sets");
-        growth = bench::cost::set_growth(&plan).context("address-set growth")?;
+        results.growth = bench::cost::set_growth(&plan).context("address-set growth")?;
         eprintln!("bench: growth of the flow table");
-        growth.extend(bench::cost::flow_growth(&plan).context("flow-table growth")?);
+        results.growth.extend(bench::cost::flow_growth(&plan).context("flow-table growth")?);
+        eprint!("{}", results.table());
     }
-    let mut rates = Vec::new();
     if wants(Part::Veth) {
         eprintln!("bench: veth throughput ({} frames per figure)", plan.frames);
-        rates = bench::throughput::rates(&plan).context("veth throughput")?;
+        results.rates = bench::throughput::rates(&plan).context("veth throughput")?;
     }
-    let results = Results { machine, plan, quick: args.quick, costs, growth, rates };
     print!("{}", results.table());
     let json = results.write(&args.results, &args.docs)?;
     println!("\nwrote {} and {}", json.display(), args.docs.join("benchmark.md").display());
