@@ -7,7 +7,7 @@
 //! validates every value before it writes it.
 //!
 //! Byte order is part of each name: addresses are network order (`[u8; 4]`,
-//! `[u8; 16]`, as LPM tries need), ports stored for the data path are network order
+//! `[u8; 16]`, masked to a prefix length as they are), ports stored for the data path are network order
 //! (`*_be`), everything else is host order.
 //!
 //! The `user` feature adds `aya::Pod` implementations so userspace can read and write
@@ -29,9 +29,12 @@ pub mod map {
     /// `HashMap<SetKey6, u32 set bits>`: IPv6 edge address sets, as [`EDGE4`].
     /// Written by userspace.
     pub const EDGE6: &str = "EDGE6";
-    /// `Array<PrefixLens>` with one entry: the prefix lengths [`EDGE4`] and [`EDGE6`]
-    /// hold, longest first. Written by userspace.
+    /// `Array<PrefixLens>` with two entries: the prefix lengths [`EDGE4`] and [`EDGE6`]
+    /// hold, longest first, in the entry [`EDGE_LENS_AT`] names. Written by userspace.
     pub const EDGE_LENS: &str = "EDGE_LENS";
+    /// `Array<u32>` with one entry: which entry of [`EDGE_LENS`] is current (0 or 1).
+    /// Userspace writes the other one whole, then flips this. Written by userspace.
+    pub const EDGE_LENS_AT: &str = "EDGE_LENS_AT";
     /// `Array<u64>`, [`super::hint::WORDS`] words per family (IPv4 first): a bit per
     /// [`super::hint`] bucket that some edge prefix falls in. An address whose bucket
     /// bit is clear is in no set, found without probing the set tables. Written by
@@ -60,8 +63,10 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 12] =
-        [IFACES, EDGE4, EDGE6, EDGE_LENS, EDGE_HINTS, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET];
+    pub const ALL: [&str; 13] = [
+        IFACES, EDGE4, EDGE6, EDGE_LENS, EDGE_LENS_AT, EDGE_HINTS, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS,
+        LOG_BUDGET,
+    ];
 
     const _: () = {
         let mut i = 0;

@@ -87,7 +87,7 @@ fn allowed(settings: &Settings) -> bool {
 /// Report a drop verdict `v` (before dry-run turns it into `would_drop`), with the
 /// tuple [`remember`] kept.
 ///
-/// Verifier: a function of its own; see `policy::judge`.
+/// Verifier: a function of its own; see `policy::tracked`.
 #[inline(never)]
 pub fn report(ctx: &XdpContext, settings: &Settings, ifindex: u32, v: u32) {
     if settings.flags & flags::DROP_LOG == 0 {

@@ -41,7 +41,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use edge_filter_common::{Settings, flags, verdict};
+use edge_filter_common::{flags, verdict};
 
 use crate::{maps::SETTINGS, parse::Frame};
 
@@ -74,12 +74,15 @@ pub fn edge_filter_eg(ctx: TcContext) -> i32 {
 fn filter(ctx: &XdpContext, bytes: u64) -> u32 {
     let frame = Frame::new(ctx, bytes as usize);
     // Entry 0 of an array map always exists; userspace writes it before it attaches.
-    let settings = SETTINGS.get(0).copied().unwrap_or(Settings::DEFAULT);
-    let (slot, mut v) = policy::judge(ctx, &frame, &settings, bytes);
+    // Entry 0 of an array map always exists; read in place, not copied to the stack.
+    let Some(settings) = SETTINGS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let (slot, mut v) = policy::judge(ctx, &frame, settings, bytes);
     if verdict::is_drop(v) {
         // Tested here too, so that a drop without the log makes no call.
         if settings.flags & flags::DROP_LOG != 0 {
-            droplog::report(ctx, &settings, ctx.ingress_ifindex() as u32, v);
+            droplog::report(ctx, settings, ctx.ingress_ifindex() as u32, v);
         }
         if settings.flags & flags::DRY_RUN != 0 {
             v += verdict::DRY_RUN_OFFSET;

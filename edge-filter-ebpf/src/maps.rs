@@ -24,10 +24,14 @@ pub static EDGE4: HashMap<SetKey4, u32> = HashMap::with_max_entries(MAX_SET_ENTR
 #[map]
 pub static EDGE6: HashMap<SetKey6, u32> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
 
-/// Index 0 -> the prefix lengths of `EDGE4` and `EDGE6`, longest first. Written by
-/// userspace.
+/// Index 0 or 1 (the one `EDGE_LENS_AT` names) -> the prefix lengths of `EDGE4` and
+/// `EDGE6`, longest first. Written by userspace.
 #[map]
-pub static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(1, 0);
+pub static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(2, 0);
+
+/// Index 0 -> the current entry of `EDGE_LENS`. Written by userspace.
+#[map]
+pub static EDGE_LENS_AT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Word -> 64 bucket bits, `hint::WORDS` words per family (IPv4 first): which buckets
 /// of leading address bits some edge prefix falls in. Written by userspace.

@@ -15,12 +15,14 @@
 //!
 //! Contract with userspace: while the sets change, every hint bit is set and the
 //! lengths listed are those of the old and new sets together, so a lookup never misses
-//! an entry that is in the table; afterwards the hints are exact again. A listed length
-//! with no entries costs one probe and finds nothing.
+//! an entry that is in the table; afterwards the hints are exact again. A list of
+//! lengths is published whole: written into the entry of `EDGE_LENS` no packet reads,
+//! then made current by flipping `EDGE_LENS_AT`. A listed length with no entries
+//! costs one probe and finds nothing.
 
 use edge_filter_common::{MAX_PREFIX_LENS, SetKey4, SetKey6, family, hint};
 
-use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE4, EDGE6};
+use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE_LENS_AT, EDGE4, EDGE6};
 
 /// Whether bucket `b` of the family whose words start at `base` may hold a prefix.
 #[inline(always)]
@@ -33,7 +35,8 @@ fn hinted(base: u32, b: u32) -> bool {
 /// its first four bytes.
 #[inline(always)]
 pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
-    let Some(lens) = EDGE_LENS.get(0) else {
+    let at = EDGE_LENS_AT.get(0).map_or(0, |a| *a & 1);
+    let Some(lens) = EDGE_LENS.get(at) else {
         return 0;
     };
     if fam == family::V4 {

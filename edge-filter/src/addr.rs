@@ -7,7 +7,7 @@
 //! - [`AddressSets`] holds the `access-edge` and `internal-edge` sets and refuses any
 //!   prefix that overlaps a prefix of the *other* set: an address in both sets would
 //!   make R1 and R3 depend on lookup order. Nesting inside one set is allowed.
-//! - The kernel key is the address in network order, as LPM tries need.
+//! - The kernel key is the prefix length and the network address in network order.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -221,6 +221,17 @@ pub struct AddressSets {
 impl AddressSets {
     /// Add `prefix` to `set`. Adding a prefix the set already has is a no-op.
     pub fn insert(&mut self, set: EdgeSet, prefix: Prefix) -> Result<(), AddrError> {
+        self.insert_checked(set, prefix, true)
+    }
+
+    /// Add what the kernel's tables hold: as [`AddressSets::insert`], but more than
+    /// [`edge_filter_common::MAX_PREFIX_LENS`] lengths are taken, so that the tables
+    /// left by an interrupted change can be read and put right.
+    pub fn insert_read(&mut self, set: EdgeSet, prefix: Prefix) -> Result<(), AddrError> {
+        self.insert_checked(set, prefix, false)
+    }
+
+    fn insert_checked(&mut self, set: EdgeSet, prefix: Prefix, limit_lengths: bool) -> Result<(), AddrError> {
         if self.entries.contains(&(prefix, set)) {
             return Ok(());
         }
@@ -234,7 +245,7 @@ impl AddressSets {
         }
         let lens = &mut self.lens[fam];
         let max_lens = edge_filter_common::MAX_PREFIX_LENS;
-        if !lens.contains_key(&prefix.len) && lens.len() >= max_lens {
+        if limit_lengths && !lens.contains_key(&prefix.len) && lens.len() >= max_lens {
             let have = lens.keys().map(|l| format!("/{l}")).collect::<Vec<_>>().join(" ");
             return Err(AddrError::TooManyLengths { prefix, max: max_lens, have });
         }
@@ -396,6 +407,11 @@ mod tests {
             "198.19.0.0/24: the sets hold prefixes of at most 8 different lengths per address family \
              (they have /25 /26 /27 /28 /29 /30 /31 /32)"
         );
+        // What the kernel's tables hold is read back whatever its lengths: an
+        // interrupted change can leave more, and reading them is how it is put right.
+        let mut read = sets.clone();
+        read.insert_read(EdgeSet::AccessEdge, p("198.19.0.0/24")).unwrap();
+        assert_eq!(read.lengths(false).len(), 9);
         // Another prefix of a length already there, and the other family, still fit.
         sets.insert(EdgeSet::AccessEdge, p("198.19.0.0/25")).unwrap();
         sets.insert(EdgeSet::InternalEdge, p("2001:db8::/64")).unwrap();

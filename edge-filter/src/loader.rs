@@ -76,6 +76,10 @@ pub enum Error {
     NoFreeSlot,
     #[error("ifindex {ifindex} is not below {max}, the highest the program serves", max = MAX_IFINDEX)]
     IfindexTooHigh { ifindex: u32 },
+    #[error("the address sets hold prefixes of more than {MAX_PREFIX_LENS} different lengths in one family")]
+    TooManyLengths,
+    #[error("pinned map {} is not what this edge-filter uses ({what}); `edge-filter detach` removes the old pins (counters and flows start again)", path.display())]
+    PinnedIncompatible { path: PathBuf, what: String },
     #[error("the flow and embryonic table sizes must be at least 1")]
     ZeroFlows,
     #[error("reading the number of CPUs")]
@@ -199,6 +203,9 @@ impl Filter {
             None => Vec::new(),
         };
         let fresh = pins.iter().all(|(_, path)| !path.exists());
+        if !fresh {
+            check_pins(&pins)?;
+        }
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -424,6 +431,7 @@ impl Maps {
     /// lengths narrowed to the new sets', stale entries removed; then the hints are
     /// made exact again.
     pub fn set_address_sets(&mut self, want: &AddressSets) -> Result<(), Error> {
+        let wanted = lens_of(want)?;
         let have = self.address_sets()?;
         self.write_hints(None)?;
         let union = |v6: bool| {
@@ -437,7 +445,7 @@ impl Maps {
         for (prefix, set) in want.iter() {
             self.write_prefix(prefix, Some(set))?;
         }
-        self.write_lens(lens_of(want))?;
+        self.write_lens(wanted)?;
         for (prefix, _) in have.iter() {
             // A prefix that moved to the other set was overwritten above.
             if want.set_of(&prefix).is_none() {
@@ -452,7 +460,7 @@ impl Maps {
         let words = hint::WORDS as usize;
         let mut bits = vec![if sets.is_some() { 0 } else { u64::MAX }; 2 * words];
         if let Some(sets) = sets {
-            let lens = lens_of(sets);
+            let lens = lens_of(sets)?;
             for (prefix, _) in sets.iter() {
                 let b = match prefix.addr() {
                     std::net::IpAddr::V4(a) => hint::bucket4(u32::from(a), u32::from(lens.v4_hint)) as usize,
@@ -469,10 +477,19 @@ impl Maps {
         Ok(())
     }
 
+    /// Publish a list of prefix lengths: written whole into the entry no packet
+    /// reads, then made current with one word, so no packet sees half a list.
     fn write_lens(&mut self, lens: PrefixLens) -> Result<(), Error> {
+        let at_name = map::EDGE_LENS_AT;
+        let current = {
+            let at: Array<&MapData, u32> = Array::try_from(self.map(at_name)?).map_err(map_err(at_name))?;
+            at.get(&0, 0).map_err(map_err(at_name))? & 1
+        };
         let name = map::EDGE_LENS;
         let mut array: Array<&mut MapData, PrefixLens> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        array.set(0, lens, 0).map_err(map_err(name))
+        array.set(current ^ 1, lens, 0).map_err(map_err(name))?;
+        let mut at: Array<&mut MapData, u32> = Array::try_from(self.map_mut(at_name)?).map_err(map_err(at_name))?;
+        at.set(0, current ^ 1, 0).map_err(map_err(at_name))
     }
 
     /// Add prefixes to a set: all of them, or none when one is refused.
@@ -695,6 +712,33 @@ fn sum(values: &PerCpuValues<Counter>) -> Counter {
     })
 }
 
+/// Refuse pinned maps that are not the object's: aya would adopt a pinned map of
+/// another type or layout (one an older edge-filter left) without a word, and the
+/// program would then read it wrongly.
+fn check_pins(pins: &[(&'static str, PathBuf)]) -> Result<(), Error> {
+    let object = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| Error::Corrupt { name: "the object", what: e.to_string() })?;
+    for (name, path) in pins {
+        if !path.exists() {
+            continue;
+        }
+        let def = object.maps.get(*name).ok_or(Error::MissingMap { name })?;
+        let info = aya::maps::MapInfo::from_pin(path).map_err(|source| Error::Pinned { path: path.clone(), source })?;
+        let pinned = (info.map_type().map_or(u32::MAX, |t| t as u32), info.key_size(), info.value_size());
+        let want = (def.map_type(), def.key_size(), def.value_size());
+        if pinned != want {
+            return Err(Error::PinnedIncompatible {
+                path: path.clone(),
+                what: format!(
+                    "map type {} with {}-byte keys and {}-byte values, where this version has type {} with {} and {}",
+                    pinned.0, pinned.1, pinned.2, want.0, want.1, want.2
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn insert_read(
     sets: &mut AddressSets,
     name: &'static str,
@@ -706,7 +750,7 @@ fn insert_read(
     let set = EdgeSet::from_bit(bits).ok_or_else(|| corrupt(format!("set bits {bits:#x} for {addr}/{len}")))?;
     let len = u8::try_from(len).map_err(|_| corrupt(format!("prefix length {len}")))?;
     let prefix = Prefix::new(addr, len).map_err(|e| corrupt(e.to_string()))?;
-    sets.insert(set, prefix).map_err(|e| corrupt(e.to_string()))
+    sets.insert_read(set, prefix).map_err(|e| corrupt(e.to_string()))
 }
 
 fn write_entry<K: aya::Pod>(
@@ -744,8 +788,8 @@ fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
     Some(out)
 }
 
-/// The value of `EDGE_LENS` for `sets`.
-fn lens_of(sets: &AddressSets) -> PrefixLens {
-    prefix_lens(sets.lengths(false), sets.lengths(true))
-        .expect("AddressSets holds at most MAX_PREFIX_LENS lengths per family")
+/// The value of `EDGE_LENS` for `sets`, which [`AddressSets::insert`] keeps within
+/// the kernel's limit; sets read back from an interrupted change may pass it.
+fn lens_of(sets: &AddressSets) -> Result<PrefixLens, Error> {
+    prefix_lens(sets.lengths(false), sets.lengths(true)).ok_or(Error::TooManyLengths)
 }

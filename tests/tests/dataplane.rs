@@ -836,3 +836,31 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
     h.check_all(&[probe("198.18.47.254", Some(R1)), probe("198.18.48.1", None)]).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(h.filter.address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }
+
+/// A pinned map this version does not use (one an older edge-filter left, of another
+/// type) is refused with the way out, not adopted and misread.
+#[test]
+fn pinned_maps_of_another_layout_are_refused() {
+    use edge_filter::{Filter, LoadOptions};
+    let dir = std::path::PathBuf::from("/sys/fs/bpf").join(edge_filter_tests::topology::unique("pins"));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    // A per-CPU array pinned where edge-filter keeps its NIC table (an array of Iface).
+    let mut loader = aya::EbpfLoader::new();
+    loader.map_pin_path("GEN_SEQ", dir.join("IFACES"));
+    let generator = loader.load(edge_filter::loader::TRAFFIC_GEN).unwrap();
+    drop(generator);
+    assert!(dir.join("IFACES").exists(), "the stand-in map is pinned");
+    let err = Filter::load(&LoadOptions { map_pin_dir: Some(dir.clone()), ..LoadOptions::default() }).err().expect("refused");
+    let msg = format!("{err:#}");
+    assert!(msg.starts_with(&format!("pinned map {}/IFACES is not what this edge-filter uses", dir.display())), "{msg}");
+    assert!(msg.ends_with("`edge-filter detach` removes the old pins (counters and flows start again)"), "{msg}");
+    // Nothing else was pinned beside it.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}

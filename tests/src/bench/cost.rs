@@ -8,8 +8,8 @@
 //!
 //! Growth: the address sets filled to 1, 1k and 64k entries (exact addresses, and
 //! prefixes), the flow table to 1, 100k and 1M flows. Each figure cycles through
-//! [`KEYS`] distinct keys spread over the whole table, so the program walks different
-//! buckets and trie nodes run after run rather than one hot entry.
+//! [`KEYS`] distinct keys spread over the whole table, so the program probes different
+//! buckets run after run rather than one hot entry.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -216,11 +216,17 @@ pub fn paths_cost(plan: &Plan) -> anyhow::Result<Vec<PathCost>> {
     // goes on the other end of the pair.
     let xdp_all = rivals::xdp_filter("host0", rivals::XdpFilterFeatures::All)?;
     let paths = paths();
+    let mut flows = 0;
     for p in &paths {
         for (nic, frame) in &p.setup {
-            h.send(frame, Some(h.nic(*nic).0))?;
+            let action = h.send(frame, Some(h.nic(*nic).0))?;
+            ensure!(action == XDP_PASS, "{}: a handshake packet got action {action}", p.name);
         }
+        flows += usize::from(!p.setup.is_empty());
     }
+    // Every handshake completed: the paths on a flow find it.
+    let live = h.filter.flows()?.len();
+    ensure!(live == flows, "{live} flows after {flows} handshakes");
     let mut out: Vec<PathCost> = paths
         .iter()
         .map(|p| PathCost {
@@ -426,7 +432,7 @@ fn growth_source(i: usize) -> (Ipv4Addr, u16) {
 }
 
 /// Cost as the flow table grows (IPv4): pass/rule and pass/reply on flows spread
-/// over the table, and drop/no_rule, which misses it.
+/// over the table, and drop/no_rule for a reply-like packet (from 5269) that misses it.
 pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
     let biggest = plan.flow_sizes.iter().copied().max().unwrap_or(1);
     // Room to spare: an LRU table starts evicting before it is full.
@@ -461,9 +467,10 @@ pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
                     flows.iter().map(|(s, p)| (Nic::Edge, tcp(ACCESS4, *s, 5269, *p, ACK | PSH).seq_ack(5001, 1101).payload(100).build())).collect(),
                 ),
                 (
-                    "drop/no_rule",
+                    // From 5269 like a reply, of no flow: a lookup that misses the table.
+                    "drop/no_rule from 5269",
                     verdict::DROP_NO_RULE,
-                    flows.iter().map(|(s, p)| (Nic::Outside, tcp(*s, ACCESS4, *p, 80, ACK).build())).collect(),
+                    flows.iter().map(|(s, p)| (Nic::Outside, tcp(*s, ACCESS4, 5269, *p, ACK).build())).collect(),
                 ),
             ];
             for (path, want, frames) in cases {

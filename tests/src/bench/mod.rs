@@ -16,9 +16,11 @@
 //!   figure is the median over the rounds, with its spread (min..max). Each figure is
 //!   also a ratio to the floor measured in the same round, which cancels most of the
 //!   drift of a shared machine.
-//! - Every run checks the verdicts as it measures: the XDP action of each program,
-//!   and for edge-filter the counter of the expected verdict moving by exactly the
-//!   packets sent. A wrong verdict fails the benchmark; a slow one never does.
+//! - Every run checks the verdicts as it measures: the XDP action of each program;
+//!   for edge-filter, that the counter of the expected verdict moved by exactly the
+//!   packets sent (in the veth figures: by every frame the NIC counted at all, and at
+//!   least nine in ten frames sent reached it), and that each handshake the paths need
+//!   left its flow. A wrong verdict fails the benchmark; a slow one never does.
 //! - Everything it creates (namespaces, devices, programs, nftables tables) lives in
 //!   namespaces of its own and goes with them, also on failure.
 

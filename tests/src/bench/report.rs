@@ -384,7 +384,7 @@ impl Results {
             "\n## Growth\n\n\
              The address sets filled to each size with exact addresses or with prefixes (/31, /64) in access-edge; \
              the flow table filled with established R1 flows. Each figure cycles through {keys} keys spread over the \
-             whole table, so the program walks different buckets and trie nodes from one key to the next.\n\n\
+             whole table, so the program probes different buckets from one key to the next.\n\n\
              ![growth](benchmark-growth.svg)\n\n\
              | table | entries | path | ns | x floor |\n|---|---|---|---|---|\n",
             keys = super::cost::KEYS
@@ -438,15 +438,16 @@ const WHY_DROP: &str = "the floor returns without reading the frame, so its figu
     BPF-to-BPF call) also pays a return thunk (the CPU's speculative-return-stack mitigation), so a single \
     probe costs about as much as the whole floor. 1.3x the floor leaves room for no call at all.";
 const WHY_PASS: &str = "a federation packet that passes also finds its flow (a hash lookup on the 5-tuple), \
-    reads the clock and updates the flow: three calls on top of the parse and the set lookups; the floor makes \
-    none. pass/rule R1 SYN also inserts the handshake into its table.";
+    reads the clock and updates the flow: more calls on top of the parse and the set lookups; the floor makes \
+    none. pass/rule R1 SYN looks in both state tables (after the first run it is a retransmitted SYN, which \
+    restarts its handshake).";
 const WHY_XDP_FILTER: &str = "xdp-filter with all features makes a fixed handful of lookups and keeps no \
     state. edge-filter is cheaper where it answers from inlined array reads (ARP, traffic of no edge address) \
     and costs about as much on drops that need a set probe; its pass paths track connections, work \
     xdp-filter does not do at all.";
 const WHY_VETH_FLOOR: &str = "generator and receiver share one CPU, and the floor's frame costs little, so \
-    every nanosecond the filter adds shows in the rate; here each frame also comes from a new source address \
-    and port, so lookups meet cold cache lines.";
+    every nanosecond the filter adds shows in the rate: the parse, the hint reads, and the probe that finds the \
+    destination in its set (the drop frames go to an access-edge address).";
 const WHY_NFT: &str = "nftables at netdev ingress runs after the veth has built a socket buffer for every \
     frame; the faster the filter, the more of the rate is the generator's and the veth's own cost.";
 const WHY_GROWTH: &str = "larger tables spread keys over more cache lines; a hash probe that misses the \

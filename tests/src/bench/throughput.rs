@@ -177,7 +177,11 @@ impl Rig {
         let what = format!("{} {}", receiver.name(), if pass { "pass" } else { "drop" });
         let drops_before = xdp_drops()?;
         let rx_before = r0_rx_packets()?;
-        let counted = |f: &Filter| -> anyhow::Result<u64> { Ok(f.slot_counters(self.slot)?[want as usize].packets) };
+        // The verdict's counter, and every verdict's of the NIC.
+        let counted = |f: &Filter| -> anyhow::Result<(u64, u64)> {
+            let all = f.slot_counters(self.slot)?;
+            Ok((all[want as usize].packets, all.iter().map(|c| c.packets).sum()))
+        };
         let mut attached: Option<XdpLinkId> = None;
         let edge_before = counted(&self.filter)?;
         match receiver {
@@ -213,7 +217,13 @@ impl Rig {
         // then drops what its ring cannot hold, before any filter sees it. A rate is
         // of judged frames, and at most a tenth may be lost so.
         let judged = match receiver {
-            Receiver::EdgeFilter => counted(&self.filter)? - edge_before,
+            Receiver::EdgeFilter => {
+                let (right, all) = counted(&self.filter)?;
+                let (right, all) = (right - edge_before.0, all - edge_before.1);
+                // Every frame edge-filter saw got the verdict the path is about.
+                ensure!(right == all, "{what}: {} of {all} frames judged {}", right, edge_filter::report::verdict_name(want));
+                right
+            }
             Receiver::Floor | Receiver::XdpFilter(_) if !pass => xdp_drops()? - drops_before,
             Receiver::Nft(_) => nft_dropped.expect("nft")?,
             // The device also takes in the odd frame of its own (neighbour discovery).
