@@ -18,7 +18,7 @@
 //!   drift of a shared machine.
 //! - Every run checks the verdicts as it measures: the XDP action of each program;
 //!   for edge-filter, that the counter of the expected verdict moved by exactly the
-//!   packets sent (in the veth figures: by every frame the NIC counted at all, and at
+//!   packets sent (in the veth figures: no generated frame judged otherwise, and at
 //!   least nine in ten frames sent reached it), and that each handshake the paths need
 //!   left its flow. A wrong verdict fails the benchmark; a slow one never does.
 //! - Everything it creates (namespaces, devices, programs, nftables tables) lives in
