@@ -18,8 +18,9 @@
 //!   drift of a shared machine.
 //! - Every run checks the verdicts as it measures: the XDP action of each program;
 //!   for edge-filter, that the counter of the expected verdict moved by exactly the
-//!   packets sent (in the veth figures: no generated frame judged otherwise, and at
-//!   least nine in ten frames sent reached it), and that each handshake the paths need
+//!   packets sent (in the veth figures: no generated frame judged otherwise; a rate
+//!   counts the frames a receiver judged, as a receiver slower than the generator
+//!   loses the rest at the veth's ring), and that each handshake the paths need
 //!   left its flow. A wrong verdict fails the benchmark; a slow one never does.
 //! - Everything it creates (namespaces, devices, programs, nftables tables) lives in
 //!   namespaces of its own and goes with them, also on failure.

@@ -399,7 +399,8 @@ impl Results {
              one namespace into a veth whose other end holds the receiver, each frame from another source address \
              and port. Sender and receiver share one CPU, so a rate is 1 / (generator + receiver). Drop frames are \
              TCP to access-edge port 80; pass frames are data of established R1 flows, one flow per frame, all in the \
-             table. nftables at netdev ingress is stateless (that hook has no connection tracking; R2's replies pass by \
+             table. A rate counts the frames the receiver judged: one slower than the generator loses the rest at the \
+             veth's ring. nftables at netdev ingress is stateless (that hook has no connection tracking; R2's replies pass by \
              source port); the inet input chain uses connection tracking. \"no filter\" is the kernel's stack alone \
              (GRO on, as veth needs it or an XDP program to take the generator's frames).\n\n\
              ![veth throughput](benchmark-veth.svg)\n\n\
