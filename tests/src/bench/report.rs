@@ -444,15 +444,18 @@ const WHY_PASS: &str = "a federation packet that passes also finds its flow (a h
     restarts its handshake).";
 const WHY_XDP_FILTER: &str = "xdp-filter with all features makes a fixed handful of lookups and keeps no \
     state. edge-filter is cheaper where it answers from inlined array reads (ARP, traffic of no edge address) \
-    and costs about as much on drops that need a set probe; its pass paths track connections, work \
+    and costs about as much, within a third either way from run to run, on drops that need a set probe; its\
+    pass paths track connections, work \
     xdp-filter does not do at all.";
 const WHY_VETH_FLOOR: &str = "generator and receiver share one CPU, and the floor's frame costs little, so \
     every nanosecond the filter adds shows in the rate: the parse, the hint reads, and the probe that finds the \
     destination in its set (the drop frames go to an access-edge address).";
 const WHY_NFT: &str = "nftables at netdev ingress runs after the veth has built a socket buffer for every \
     frame; the faster the filter, the more of the rate is the generator's and the veth's own cost.";
-const WHY_GROWTH: &str = "larger tables spread keys over more cache lines; a hash probe that misses the \
-    cache costs more, and the more entries, the more often a probe misses it.";
+const WHY_GROWTH: &str = "a table of one entry is one key, hot in every run, where the larger tables' \
+    figures cycle through 64 keys spread over them and meet colder cache lines; between 1,000 and 65,536 \
+    entries (and 100k and 1M flows) the figures move within their spread. The spread of one figure across \
+    rounds on this shared machine is itself often more than 15%.";
 
 /// SVG drawn here, dependency-free: horizontal grouped bars with whiskers.
 mod svg {
