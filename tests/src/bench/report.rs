@@ -444,9 +444,8 @@ const WHY_PASS: &str = "a federation packet that passes also finds its flow (a h
     restarts its handshake).";
 const WHY_XDP_FILTER: &str = "xdp-filter with all features makes a fixed handful of lookups and keeps no \
     state. edge-filter is cheaper where it answers from inlined array reads (ARP, traffic of no edge address) \
-    and costs about as much, within a third either way from run to run, on drops that need a set probe; its\
-    pass paths track connections, work \
-    xdp-filter does not do at all.";
+    and costs about as much, within a third either way from run to run, on drops that need a set probe; \
+    its pass paths track connections, work xdp-filter does not do at all.";
 const WHY_VETH_FLOOR: &str = "generator and receiver share one CPU, and the floor's frame costs little, so \
     every nanosecond the filter adds shows in the rate: the parse, the hint reads, and the probe that finds the \
     destination in its set (the drop frames go to an access-edge address).";
