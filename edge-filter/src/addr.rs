@@ -105,17 +105,13 @@ impl Prefix {
     }
 }
 
-/// `addr` with every bit after the first `len` cleared.
+/// `addr` with every bit after the first `len` cleared, by the arithmetic the kernel
+/// program masks with.
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    use edge_filter_common::hint::{mask32, mask6};
     match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(bits))
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(u32::from(len)))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(mask6(&a.octets(), u32::from(len)))),
     }
 }
 
