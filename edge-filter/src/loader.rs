@@ -431,8 +431,13 @@ impl Maps {
     /// lengths narrowed to the new sets', stale entries removed; then the hints are
     /// made exact again.
     pub fn set_address_sets(&mut self, want: &AddressSets) -> Result<(), Error> {
-        let wanted = lens_of(want)?;
         let have = self.address_sets()?;
+        self.replace_sets(&have, want)
+    }
+
+    /// [`Maps::set_address_sets`] from `have`, the sets the kernel holds.
+    fn replace_sets(&mut self, have: &AddressSets, want: &AddressSets) -> Result<(), Error> {
+        let wanted = lens_of(want)?;
         self.write_hints(None)?;
         let union = |v6: bool| {
             let mut lens = have.lengths(v6);
@@ -494,20 +499,22 @@ impl Maps {
 
     /// Add prefixes to a set: all of them, or none when one is refused.
     pub fn add_addresses(&mut self, set: EdgeSet, prefixes: &[Prefix]) -> Result<(), Error> {
-        let mut want = self.address_sets()?;
+        let have = self.address_sets()?;
+        let mut want = have.clone();
         for p in prefixes {
             want.insert(set, *p)?;
         }
-        self.set_address_sets(&want)
+        self.replace_sets(&have, &want)
     }
 
     /// Remove prefixes from a set (absent ones are ignored).
     pub fn remove_addresses(&mut self, set: EdgeSet, prefixes: &[Prefix]) -> Result<(), Error> {
-        let mut want = self.address_sets()?;
+        let have = self.address_sets()?;
+        let mut want = have.clone();
         for p in prefixes {
             want.remove(set, p);
         }
-        self.set_address_sets(&want)
+        self.replace_sets(&have, &want)
     }
 
     fn write_prefix(&mut self, prefix: Prefix, set: Option<EdgeSet>) -> Result<(), Error> {
