@@ -477,7 +477,12 @@ pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
 pub fn mac_of(ns: &Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
     let out = Command::new("ip").args(["-n", &ns.name, "-j", "link", "show", "dev", dev]).output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = v[0]["address"].as_str().context("no address")?;
+    mac_in(&v[0])
+}
+
+/// The MAC address of a device in `ip -json link show` output.
+pub fn mac_in(link: &serde_json::Value) -> anyhow::Result<[u8; 6]> {
+    let text = link["address"].as_str().context("no address")?;
     let mut mac = [0u8; 6];
     for (i, part) in text.split(':').enumerate().take(6) {
         mac[i] = u8::from_str_radix(part, 16)?;

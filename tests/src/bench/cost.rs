@@ -321,23 +321,23 @@ fn spread(n: usize) -> impl Iterator<Item = usize> {
     (0..keys).map(move |k| k * n / keys)
 }
 
-/// Mean cost over a batch of frames, each run `repeat / frames` times, checked.
-fn batch(h: &Harness, frames: &[(Nic, Vec<u8>)], want: u32, repeat: u32, what: &str) -> anyhow::Result<f64> {
+/// Mean cost over a batch of frames, each run `repeat / frames` times by `one`
+/// (NIC, frame, repetitions -> ns per run).
+fn batch(frames: &[(Nic, Vec<u8>)], repeat: u32, mut one: impl FnMut(Nic, &[u8], u32) -> anyhow::Result<f64>) -> anyhow::Result<f64> {
     let each = (repeat / frames.len() as u32).max(1);
     let mut total = 0.0;
     for (nic, f) in frames {
-        total += measure_edge(h, f, *nic, want, each, what)?;
+        total += one(*nic, f, each)?;
     }
     Ok(total / frames.len() as f64)
 }
 
-fn floor_batch(floor: &Floor, h: &Harness, frames: &[(Nic, Vec<u8>)], drop: bool, repeat: u32) -> anyhow::Result<f64> {
-    let each = (repeat / frames.len() as u32).max(1);
-    let mut total = 0.0;
-    for (nic, f) in frames {
-        total += run(floor.of(drop), f, h.nic(*nic).0, each)?.1;
-    }
-    Ok(total / frames.len() as f64)
+/// edge-filter's and the floor's cost over the same batch, edge-filter's verdicts
+/// checked.
+fn batch_with_floor(h: &Harness, floor: &Floor, frames: &[(Nic, Vec<u8>)], want: u32, repeat: u32, what: &str) -> anyhow::Result<(f64, f64)> {
+    let ns = batch(frames, repeat, |nic, f, each| measure_edge(h, f, nic, want, each, what))?;
+    let fl = batch(frames, repeat, |nic, f, each| Ok(run(floor.of(verdict::is_drop(want)), f, h.nic(nic).0, each)?.1))?;
+    Ok((ns, fl))
 }
 
 /// Cost as the address sets grow: for each family and kind (exact, prefixes), the
@@ -374,8 +374,7 @@ pub fn set_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
                 ];
                 for (path, want, frames) in cases {
                     let what = format!("{table} {n} {path}");
-                    let ns = batch(&h, &frames, want, plan.repeat, &what)?;
-                    let fl = floor_batch(&floor, &h, &frames, verdict::is_drop(want), plan.repeat)?;
+                    let (ns, fl) = batch_with_floor(&h, &floor, &frames, want, plan.repeat, &what)?;
                     point(&mut points, &table, n, path).record(ns, fl);
                 }
             }
@@ -475,8 +474,7 @@ pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
             ];
             for (path, want, frames) in cases {
                 let what = format!("flows {n} {path}");
-                let ns = batch(&h, &frames, want, plan.repeat, &what)?;
-                let fl = floor_batch(&floor, &h, &frames, verdict::is_drop(want), plan.repeat)?;
+                let (ns, fl) = batch_with_floor(&h, &floor, &frames, want, plan.repeat, &what)?;
                 point(&mut points, "flows v4", n, path).record(ns, fl);
             }
         }

@@ -30,7 +30,7 @@ use crate::{
     Lab,
     packet::{flags::*, tcp},
     plan::*,
-    topology::{Netns, flood, mac_of},
+    topology::{Netns, flood, mac_in, mac_of},
 };
 
 /// What receives the frames on `r0`.
@@ -144,12 +144,7 @@ impl Rig {
         }
         // veth hands XDP_TX frames of its peer to NAPI only, which GRO turns on.
         run(Command::new("ethtool").args(["-K", "r0", "gro", "on"]))?;
-        let r0_mac = {
-            let link = r0_link()?;
-            let text = link["address"].as_str().context("MAC of r0")?;
-            let b: Vec<u8> = text.split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<_, _>>()?;
-            <[u8; 6]>::try_from(b).map_err(|_| anyhow::anyhow!("MAC of r0: {text}"))?
-        };
+        let r0_mac = mac_in(&r0_link()?).context("MAC of r0")?;
         let g0_mac = mac_of(&sender, "g0")?;
         let frame = |mut f: Vec<u8>| {
             f[..6].copy_from_slice(&r0_mac);
