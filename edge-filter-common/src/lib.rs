@@ -23,12 +23,31 @@ pub mod map {
     /// counter slot of each NIC the program serves; role 0 for the rest. Written by
     /// userspace.
     pub const IFACES: &str = "IFACES";
-    /// `HashMap<SetKey4, u32 set bits>`: IPv4 edge address sets, one entry per
+    /// `HashMap<SetKey4, SetBits>`: IPv4 address sets (edge and peer), one entry per
     /// prefix, keyed by its length and network address. Written by userspace.
     pub const EDGE4: &str = "EDGE4";
-    /// `HashMap<SetKey6, u32 set bits>`: IPv6 edge address sets, as [`EDGE4`].
-    /// Written by userspace.
+    /// `HashMap<SetKey6, SetBits>`: IPv6 address sets, as [`EDGE4`]. Written by
+    /// userspace.
     pub const EDGE6: &str = "EDGE6";
+    /// `Array<SetName>`, [`super::MAX_SETS`] entries: the name of each set index
+    /// (empty: unused). Written by userspace; read by userspace only.
+    pub const SET_NAMES: &str = "SET_NAMES";
+    /// `Array<Rule>`, two generations of [`super::MAX_RULES`] rows
+    /// (`gen * MAX_RULES + row`): the rule table as the operator wrote it. Written by
+    /// userspace; read by userspace only (the kernel reads the masks below).
+    pub const RULES: &str = "RULES";
+    /// `Array<u64>`, `((gen * 2 + proto) * 65536 + port)`: the rows whose protocol is
+    /// `proto` ([`super::proto_index`]) and whose port or range holds `port` (host
+    /// order). Written by userspace.
+    pub const PORT_ROWS: &str = "PORT_ROWS";
+    /// `Array<SetRows>`, `((gen * 2 + half) * 256 + byte)`: for the low (half 0) or
+    /// high (half 1) byte of an address's set bits, the rows whose source and whose
+    /// destination the address matches ("any" rows are in every entry of half 0).
+    /// Written by userspace.
+    pub const SET_ROWS: &str = "SET_ROWS";
+    /// `Array<Ruleset>`, one entry per generation: the rows that open from each NIC
+    /// role. Written by userspace.
+    pub const RULESET: &str = "RULESET";
     /// `Array<PrefixLens>` with two entries: the prefix lengths [`EDGE4`] and [`EDGE6`]
     /// hold, longest first, in the entry [`EDGE_LENS_AT`] names. Written by userspace.
     pub const EDGE_LENS: &str = "EDGE_LENS";
@@ -50,10 +69,14 @@ pub mod map {
     /// has not completed. Separate, so that a SYN flood evicts only its own kind.
     /// Written by the kernel programs.
     pub const EMBRYOS: &str = "EMBRYOS";
+    /// `LruHashMap<FlowKey, Flow>`: UDP flows an allowed datagram opened. Separate, so
+    /// that no amount of UDP evicts a TCP flow. Written by the kernel programs.
+    pub const UDP_FLOWS: &str = "UDP_FLOWS";
     /// `PerCpuArray<Counter>` indexed by `slot * VERDICT_SLOTS + verdict`. Written by
     /// the kernel programs.
     pub const COUNTERS: &str = "COUNTERS";
-    /// `PerCpuArray<Counter>` indexed by rule id. Written by the kernel programs.
+    /// `PerCpuArray<Counter>` indexed by row ([`super::MAX_RULES`]). Written by the
+    /// kernel programs.
     pub const RULE_HITS: &str = "RULE_HITS";
     /// `PerCpuArray<u64>` indexed by `event`: things that happen besides verdicts.
     /// Written by the kernel programs.
@@ -63,9 +86,9 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 13] = [
-        IFACES, EDGE4, EDGE6, EDGE_LENS, EDGE_LENS_AT, EDGE_HINTS, SETTINGS, FLOWS, EMBRYOS, COUNTERS, RULE_HITS, EVENTS,
-        LOG_BUDGET,
+    pub const ALL: [&str; 19] = [
+        IFACES, EDGE4, EDGE6, SET_NAMES, EDGE_LENS, EDGE_LENS_AT, EDGE_HINTS, SETTINGS, RULES, PORT_ROWS, SET_ROWS,
+        RULESET, FLOWS, EMBRYOS, UDP_FLOWS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET,
     ];
 
     const _: () = {
@@ -100,6 +123,27 @@ pub const MAX_PREFIX_LENS: usize = 8;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 /// Default size of the embryonic table (handshakes in progress).
 pub const DEFAULT_MAX_EMBRYOS: u32 = 65_536;
+/// Default size of the UDP flow table.
+pub const DEFAULT_MAX_UDP_FLOWS: u32 = 65_536;
+/// Rows of the rule table: a row is a bit of a `u64` mask.
+pub const MAX_RULES: u32 = 64;
+/// Address sets, edge and peer: a set is a bit of the 16-bit set masks.
+pub const MAX_SETS: u32 = 16;
+/// Bytes of a row id or set name, NUL-padded.
+pub const NAME_LEN: usize = 32;
+/// Entries of [`map::PORT_ROWS`].
+pub const PORT_ROWS_ENTRIES: u32 = 2 * 2 * 65_536;
+/// Entries of [`map::SET_ROWS`].
+pub const SET_ROWS_ENTRIES: u32 = 2 * 2 * 256;
+
+/// The index of a protocol in [`map::PORT_ROWS`]: TCP 0, UDP 1.
+pub const fn proto_index(proto: u8) -> Option<u32> {
+    match proto {
+        6 => Some(0),
+        17 => Some(1),
+        _ => None,
+    }
+}
 
 /// Role of a NIC, as stored in [`Iface::role`].
 pub mod role {
@@ -116,26 +160,26 @@ pub mod role {
     }
 }
 
-/// Bits of the value stored in the address-set tables.
+/// Set indexes. The first [`set::EDGE_COUNT`] are the edge sets, whose addresses are
+/// policed; the rest are peer sets, which rows match and nothing polices. An address's
+/// set mask has bit `1 << index` for each set that holds it.
 pub mod set {
-    /// The Access Edge service interface addresses (R1, R2).
-    pub const ACCESS_EDGE: u32 = 1;
-    /// The internal Edge interface addresses (R3).
-    pub const INTERNAL_EDGE: u32 = 2;
-}
-
-/// Rule ids, indexes into [`map::RULE_HITS`] and values of [`Flow::rule`].
-pub mod rule {
-    /// R1: TCP federation port from any source to the Access Edge addresses.
-    pub const FEDERATION_IN: u32 = 0;
-    /// R2: TCP federation port from the Access Edge addresses to any destination.
-    pub const FEDERATION_OUT: u32 = 1;
-    /// R3: TCP internal (MTLS) port from any source to the internal Edge addresses.
-    pub const INTERNAL_MTLS: u32 = 2;
-    /// Number of rules.
-    pub const COUNT: u32 = 3;
-    /// Names as the CLI and metrics show them, indexed by id.
-    pub const NAMES: [&str; COUNT as usize] = ["federation-in", "federation-out", "internal-mtls"];
+    /// The Access Edge service interface addresses.
+    pub const ACCESS_EDGE: u32 = 0;
+    /// The Web Conferencing Edge service addresses.
+    pub const WEBCONF_EDGE: u32 = 1;
+    /// The A/V Edge service addresses.
+    pub const AV_EDGE: u32 = 2;
+    /// The internal Edge interface addresses.
+    pub const INTERNAL_EDGE: u32 = 3;
+    /// Edge sets: indexes below this.
+    pub const EDGE_COUNT: u32 = 4;
+    /// The mask bits of the edge sets: an address with any of them is policed.
+    pub const EDGE_BITS: u32 = (1 << EDGE_COUNT) - 1;
+    /// Names of the edge sets, by index.
+    pub const EDGE_NAMES: [&str; EDGE_COUNT as usize] = ["access-edge", "webconf-edge", "av-edge", "internal-edge"];
+    /// A row's source or destination that matches every address.
+    pub const ANY: u8 = 0xff;
 }
 
 /// Verdicts: what happened to a packet and why. One counter per NIC and verdict.
@@ -151,6 +195,8 @@ pub mod verdict {
     pub const PASS_UNATTACHED: u32 = 4;
     /// A policed fragment passed because the `fragments` setting says `pass`.
     pub const PASS_FRAGMENT: u32 = 5;
+    /// An ICMP or ICMPv6 error about a packet of a live flow.
+    pub const PASS_RELATED: u32 = 6;
 
     pub const DROP_BASE: u32 = 8;
     pub const DROP_NO_RULE: u32 = 8;
@@ -194,6 +240,7 @@ pub mod verdict {
             PASS_UNPOLICED => "unpoliced",
             PASS_UNATTACHED => "unattached",
             PASS_FRAGMENT => "fragment",
+            PASS_RELATED => "related",
             _ if v >= DROP_BASE && v < SLOTS => match (v - DROP_BASE) % DRY_RUN_OFFSET {
                 0 => "no_rule",
                 1 => "spoofed",
@@ -229,10 +276,16 @@ pub mod event {
     pub const EMBRYO_CLOSED: u32 = 8;
     /// SYNs the embryonic table refused.
     pub const EMBRYO_INSERT_FAILED: u32 = 9;
+    /// Datagrams that opened a UDP flow.
+    pub const UDP_CREATED: u32 = 10;
+    /// UDP flows found expired and removed.
+    pub const UDP_EXPIRED: u32 = 11;
+    /// UDP flows the table refused.
+    pub const UDP_INSERT_FAILED: u32 = 12;
     /// Entries of the map.
     pub const COUNT: u32 = 16;
     /// Names as the CLI and metrics show them, for the indexes in use.
-    pub const NAMES: [(u32, &str); 10] = [
+    pub const NAMES: [(u32, &str); 13] = [
         (DROP_LOGGED, "drop_logged"),
         (DROP_LOG_SUPPRESSED, "drop_log_suppressed"),
         (FLOW_CREATED, "flow_created"),
@@ -243,6 +296,9 @@ pub mod event {
         (EMBRYO_EXPIRED, "embryo_expired"),
         (EMBRYO_CLOSED, "embryo_closed"),
         (EMBRYO_INSERT_FAILED, "embryo_insert_failed"),
+        (UDP_CREATED, "udp_created"),
+        (UDP_EXPIRED, "udp_expired"),
+        (UDP_INSERT_FAILED, "udp_insert_failed"),
     ];
 }
 
@@ -264,12 +320,16 @@ pub mod flags {
 pub mod flow_state {
     /// Embryonic: the opener sent a SYN; no answer yet.
     pub const SYN_SENT: u8 = 1;
-    /// The handshake completed (in the flow table).
+    /// The handshake completed (in the flow table); for UDP, a live flow.
     pub const ESTABLISHED: u8 = 2;
-    /// A FIN was seen; the flow lives for the closing timeout.
+    /// A FIN was acknowledged by its receiver; the flow lives for the closing timeout.
     pub const CLOSING: u8 = 3;
-    /// Embryonic: the responder answered with a SYN-ACK.
+    /// Embryonic: the responder answered with a SYN-ACK that acknowledges the SYN.
     pub const SYN_RECV: u8 = 4;
+    /// An RST inside the window but not at the receiver's next number: it lives for
+    /// the closing timeout unless the side it was sent to speaks again (RFC 5961: that
+    /// side answers such an RST with a challenge ACK and stays open).
+    pub const RESET: u8 = 5;
     /// Names as the CLI shows them, indexed by state.
     pub const fn name(state: u8) -> &'static str {
         match state {
@@ -277,9 +337,21 @@ pub mod flow_state {
             SYN_RECV => "syn_recv",
             ESTABLISHED => "established",
             CLOSING => "closing",
+            RESET => "reset",
             _ => "unknown",
         }
     }
+}
+
+/// Bits of [`TcpDir::flags`].
+pub mod dir_flags {
+    /// This side sent a FIN; `end` is the number after it.
+    pub const FIN: u8 = 1 << 0;
+    /// This side was sent an in-window RST it has not answered yet.
+    pub const RST_PENDING: u8 = 1 << 1;
+    /// This side's SYN carried a window scale option (RFC 7323 §2.2: scaling holds
+    /// only when both SYNs carry one).
+    pub const WSCALE: u8 = 1 << 2;
 }
 
 /// Value of [`map::IFACES`].
@@ -307,6 +379,76 @@ pub struct SetKey4 {
 pub struct SetKey6 {
     pub len: u32,
     pub addr: [u8; 16],
+}
+
+/// Value of [`map::EDGE4`] and [`map::EDGE6`]: set masks of one prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetBits {
+    /// The sets that hold exactly this prefix: what the operator wrote.
+    pub own: u32,
+    /// The sets that hold an address of this prefix: `own` and the `own` of every
+    /// shorter prefix that contains it. An address's longest matching prefix gives all
+    /// its sets in one probe.
+    pub all: u32,
+}
+
+/// Value of [`map::SET_NAMES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetName {
+    /// NUL-padded; all zero for an unused index.
+    pub name: [u8; NAME_LEN],
+}
+
+impl Default for SetName {
+    fn default() -> Self {
+        Self { name: [0; NAME_LEN] }
+    }
+}
+
+/// Value of [`map::RULES`]: one row as the operator wrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// NUL-padded row id; all zero for an unused row.
+    pub id: [u8; NAME_LEN],
+    /// First and last port of the row, host order.
+    pub lo: u16,
+    pub hi: u16,
+    /// IP protocol number (6 or 17).
+    pub proto: u8,
+    /// Set index of the source, or [`set::ANY`].
+    pub src: u8,
+    /// Set index of the destination, or [`set::ANY`].
+    pub dst: u8,
+    pub _pad: u8,
+}
+
+impl Default for Rule {
+    fn default() -> Self {
+        Self { id: [0; NAME_LEN], lo: 0, hi: 0, proto: 0, src: 0, dst: 0, _pad: 0 }
+    }
+}
+
+/// Value of [`map::SET_ROWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetRows {
+    /// Rows whose source matches an address with these set bits.
+    pub src: u64,
+    /// Rows whose destination matches it.
+    pub dst: u64,
+}
+
+/// Value of [`map::RULESET`]: which rows open from which NIC role. A row whose source
+/// is an edge set opens from `edge` NICs (its replies arrive on `outside` and `host`
+/// NICs); every other row opens from `outside` and `host` NICs (replies from `edge`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub from_edge: u64,
+    pub from_outside: u64,
 }
 
 /// The one value of [`map::EDGE_LENS`]: for each family, the prefix lengths its set
@@ -376,34 +518,36 @@ pub mod hint {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// R1/R2 port, network order (`Set-CsEdgeServer -XmppListeningPort`).
-    pub federation_port_be: u16,
-    /// R3 port, network order (`Set-CsEdgeServer -XmppInternalPort`).
-    pub internal_port_be: u16,
     /// [`flags`] bits.
     pub flags: u32,
+    /// The current generation of the rule maps (0 or 1). Userspace writes the other
+    /// generation whole, then flips this.
+    pub rules_at: u32,
     /// Idle timeout of a flow whose SYN has not been answered, nanoseconds.
     pub syn_timeout_ns: u64,
     /// Idle timeout of an established flow, nanoseconds.
     pub established_timeout_ns: u64,
-    /// Idle timeout of a flow after a FIN, nanoseconds.
+    /// Idle timeout of a flow after a FIN or an RST, nanoseconds.
     pub closing_timeout_ns: u64,
+    /// Idle timeout of a UDP flow, nanoseconds.
+    pub udp_timeout_ns: u64,
     /// Drop log lines per second and CPU, when [`flags::DROP_LOG`] is set.
     pub drop_log_per_sec: u32,
     pub _pad: u32,
 }
 
 impl Settings {
-    /// The vendor table: ports 5269 and 23456, unpoliced traffic and fragments as
-    /// the design says, enforcing.
+    /// The defaults: unpoliced traffic passes, policed fragments drop, enforcing,
+    /// generation 0 of the rules.
     pub const DEFAULT: Self = Self {
-        federation_port_be: 5269u16.to_be(),
-        internal_port_be: 23456u16.to_be(),
         flags: 0,
+        rules_at: 0,
         syn_timeout_ns: 60 * NS_PER_SEC,
         // RFC 5382 REQ-5: an established idle timeout of no less than 2 h 4 min.
         established_timeout_ns: 7440 * NS_PER_SEC,
         closing_timeout_ns: 120 * NS_PER_SEC,
+        // RFC 4787 REQ-5: a UDP mapping lives at least 2 minutes idle.
+        udp_timeout_ns: 120 * NS_PER_SEC,
         drop_log_per_sec: 10,
         _pad: 0,
     };
@@ -444,28 +588,51 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of [`map::FLOWS`].
+/// One direction of a TCP flow, as a stateful firewall tracks it (after Guido van
+/// Rooij, "Real Stateful TCP Packet Filtering in IP Filter", as Linux conntrack does).
+/// Sequence numbers are host order and compared modulo 2^32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpDir {
+    /// The number after the highest in-window segment this side sent (its SND.NXT as
+    /// far as the firewall knows).
+    pub end: u32,
+    /// The highest number this side may send: the other side's latest acknowledgement
+    /// plus its window.
+    pub maxend: u32,
+    /// The largest window this side advertised, scaled.
+    pub maxwin: u32,
+    /// The latest acknowledgement number this side sent in an in-window segment: the
+    /// other side's next number as this side sees it.
+    pub ack: u32,
+    /// Window scale shift from this side's SYN (0 when none).
+    pub wscale: u8,
+    /// [`dir_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`map::FLOWS`], [`map::EMBRYOS`] and [`map::UDP_FLOWS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     /// `bpf_ktime_get_ns` of the first packet.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns` of the latest packet in either direction.
+    /// `bpf_ktime_get_ns` of the latest packet that moved the flow.
     pub last_seen_ns: u64,
+    /// The NIC the opener's packets arrive on: only there do they move the flow.
+    pub ifindex: u32,
     /// One of [`flow_state`].
     pub state: u8,
-    /// The [`rule`] that opened the flow.
+    /// The row of [`map::RULES`] that opened the flow.
     pub rule: u8,
     /// [`role::bit`]s of the NICs where replies may arrive.
     pub reply_roles: u8,
     pub _pad: u8,
-    /// Embryonic: the responder's initial sequence number, from its SYN-ACK. The
-    /// opener's ACK must acknowledge it for the flow to enter the flow table.
-    pub responder_isn: u32,
-    /// The sequence number the opener's next segment carries (host order).
-    pub opener_next: u32,
-    /// The sequence number the responder's next segment carries (host order).
-    pub responder_next: u32,
+    /// TCP only: the opener's direction.
+    pub opener: TcpDir,
+    /// TCP only: the responder's direction.
+    pub responder: TcpDir,
 }
 
 /// Value of [`map::LOG_BUDGET`] (per CPU): lines logged in the current one-second
@@ -489,10 +656,18 @@ pub struct Counter {
 
 const _: () = {
     assert!(size_of::<Iface>() == 8);
-    assert!(size_of::<Settings>() == 40);
+    assert!(size_of::<Settings>() == 48);
+    assert!(size_of::<SetBits>() == 8);
+    assert!(size_of::<SetName>() == NAME_LEN);
+    assert!(size_of::<Rule>() == NAME_LEN + 8);
+    assert!(size_of::<SetRows>() == 16);
+    assert!(size_of::<Ruleset>() == 16);
+    assert!(size_of::<TcpDir>() == 20);
     assert!(size_of::<LogBudget>() == 16);
     assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<Flow>() == 32);
+    assert!(size_of::<Flow>() == 64);
+    assert!(MAX_SETS <= 16, "set masks index SET_ROWS by two bytes");
+    assert!(MAX_RULES <= 64, "rows are bits of a u64");
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<SetKey4>() == 8);
     assert!(size_of::<SetKey6>() == 20);
@@ -530,6 +705,16 @@ mod pod {
     unsafe impl aya::Pod for super::SetKey6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PrefixLens {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetBits {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetName {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Rule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetRows {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ruleset {}
 }
 
 #[cfg(test)]
@@ -584,7 +769,8 @@ mod tests {
             verdict::name(verdict::DROP_SPOOFED + verdict::DRY_RUN_OFFSET),
             Some(("would_drop", "spoofed"))
         );
-        assert_eq!(verdict::name(6), None);
+        assert_eq!(verdict::name(verdict::PASS_RELATED), Some(("pass", "related")));
+        assert_eq!(verdict::name(7), None);
         assert_eq!(verdict::name(verdict::DROP_UNPOLICED + 1), None);
         assert_eq!(verdict::name(verdict::SLOTS), None);
         // Every named slot has a distinct name.
@@ -596,7 +782,7 @@ mod tests {
             }
         }
         let named = seen.iter().filter(|s| s.is_some()).count();
-        assert_eq!(named, 6 + 5 + 5);
+        assert_eq!(named, 7 + 5 + 5);
     }
 
     #[test]
@@ -607,11 +793,17 @@ mod tests {
     }
 
     #[test]
-    fn default_settings_are_the_vendor_table_in_network_order() {
+    fn default_settings_enforce_on_generation_zero() {
         let s = Settings::default();
-        assert_eq!(s.federation_port_be.to_ne_bytes(), [0x14, 0x95]);
-        assert_eq!(s.internal_port_be.to_ne_bytes(), [0x5b, 0xa0]);
-        assert_eq!(s.flags, 0);
+        assert_eq!((s.flags, s.rules_at), (0, 0));
+        assert_eq!(s.udp_timeout_ns, 120 * NS_PER_SEC);
+    }
+
+    #[test]
+    fn edge_sets_are_the_low_bits() {
+        assert_eq!(set::EDGE_BITS, 0b1111);
+        assert_eq!(set::EDGE_NAMES[set::INTERNAL_EDGE as usize], "internal-edge");
+        assert_eq!((proto_index(6), proto_index(17), proto_index(1)), (Some(0), Some(1), None));
     }
 
     #[test]
@@ -625,5 +817,6 @@ mod tests {
     fn role_bits_are_distinct() {
         assert_eq!(role::bit(role::OUTSIDE) & role::bit(role::EDGE), 0);
         assert_eq!(role::bit(role::HOST) & role::bit(role::EDGE), 0);
+        assert_eq!(role::bit(role::HOST) & role::bit(role::OUTSIDE), 0);
     }
 }

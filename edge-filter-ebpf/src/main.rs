@@ -10,8 +10,9 @@
 //! first buffer, so both judge alike. The loader picks one by kernel version.
 //!
 //! - [`parse`]: from a frame to the facts the policy judges;
-//! - [`policy`]: the vendor table, rule by rule, and the order of judgement;
-//! - [`sets`]: which edge address sets an address is in;
+//! - [`policy`]: the order of judgement;
+//! - [`rules`]: which rows of the rule table a packet opens or answers;
+//! - [`sets`]: which address sets an address is in;
 //! - [`state`]: the flow tables that let replies of allowed connections back in;
 //! - [`egress`]: the TC egress program of host mode, which records the flows the
 //!   machine itself opens;
@@ -31,6 +32,7 @@ mod egress;
 mod maps;
 mod parse;
 mod policy;
+mod rules;
 mod sets;
 mod state;
 
@@ -73,8 +75,8 @@ pub fn edge_filter_eg(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn filter(ctx: &XdpContext, bytes: u64) -> u32 {
     let frame = Frame::new(ctx, bytes as usize);
-    // Entry 0 of an array map always exists; userspace writes it before it attaches.
-    // Entry 0 of an array map always exists; read in place, not copied to the stack.
+    // Entry 0 of an array map always exists (userspace writes it before it attaches);
+    // read in place, not copied to the stack.
     let Some(settings) = SETTINGS.get(0) else {
         return xdp_action::XDP_PASS;
     };

@@ -6,23 +6,47 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, LogBudget, MAX_IFINDEX,
-    MAX_SET_ENTRIES, PrefixLens, SetKey4, SetKey6, Settings, event, hint, rule,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
+    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, Ruleset,
+    SET_ROWS_ENTRIES, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, event, hint,
 };
 
 /// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
 
-/// IPv4 prefix (length, network address in network order) -> `set` bits. Written by
+/// IPv4 prefix (length, network address in network order) -> set masks. Written by
 /// userspace.
 #[map]
-pub static EDGE4: HashMap<SetKey4, u32> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
+pub static EDGE4: HashMap<SetKey4, SetBits> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
 
-/// IPv6 prefix (length, network address in network order) -> `set` bits. Written by
+/// IPv6 prefix (length, network address in network order) -> set masks. Written by
 /// userspace.
 #[map]
-pub static EDGE6: HashMap<SetKey6, u32> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
+pub static EDGE6: HashMap<SetKey6, SetBits> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
+
+/// Set index -> its name. Written and read by userspace; here so that it is pinned
+/// with the rest.
+#[map]
+pub static SET_NAMES: Array<SetName> = Array::with_max_entries(MAX_SETS, 0);
+
+/// `gen * MAX_RULES + row` -> the row as written. Written and read by userspace.
+#[map]
+pub static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0);
+
+/// `(gen * 2 + proto) * 65536 + port` (host order) -> rows of that protocol whose port
+/// or range holds the port. Written by userspace.
+#[map]
+pub static PORT_ROWS: Array<u64> = Array::with_max_entries(PORT_ROWS_ENTRIES, 0);
+
+/// `(gen * 2 + half) * 256 + byte of the set mask` -> rows whose source or destination
+/// such an address matches. Written by userspace.
+#[map]
+pub static SET_ROWS: Array<SetRows> = Array::with_max_entries(SET_ROWS_ENTRIES, 0);
+
+/// Generation -> rows that open from each NIC role. Written by userspace.
+#[map]
+pub static RULESET: Array<Ruleset> = Array::with_max_entries(2, 0);
 
 /// Index 0 or 1 (the one `EDGE_LENS_AT` names) -> the prefix lengths of `EDGE4` and
 /// `EDGE6`, longest first. Written by userspace.
@@ -51,13 +75,17 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAU
 #[map]
 pub static EMBRYOS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS, 0);
 
+/// Opener's 5-tuple -> UDP flow. Written here; size set by userspace.
+#[map]
+pub static UDP_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_UDP_FLOWS, 0);
+
 /// `slot * verdict::SLOTS + verdict` -> packets and bytes, per CPU. Written here.
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
-/// Rule id -> packets and bytes that matched the rule, per CPU. Written here.
+/// Row -> packets and bytes that matched the row as an opener's, per CPU. Written here.
 #[map]
-pub static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(rule::COUNT, 0);
+pub static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 /// `event` index -> occurrences, per CPU. Written here.
 #[map]

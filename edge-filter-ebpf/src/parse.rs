@@ -19,6 +19,12 @@
 //! - An IPv6 first fragment that does not hold the whole header chain up to and
 //!   including the upper-layer header is [`Parsed::IncompleteFirstFragment`]
 //!   (RFC 7112).
+//! - TCP: ports, sequence and acknowledgement numbers, flags, window, and on a SYN the
+//!   window scale option (options walked in a bounded loop). UDP: ports.
+//! - An ICMP error (v4 types 3, 11, 12; ICMPv6 types 1-4) carries the tuple of the
+//!   packet it quotes in [`Packet::inner`], when the quote holds an IP header of the
+//!   same family (IPv6 without extension headers) and the first four bytes of a TCP
+//!   or UDP header; otherwise `inner.proto` is 0 and the error relates to nothing.
 //!
 //! Verifier: the policy sees only the extracted [`Packet`], never an offset. Offsets
 //! differ on every parse path (VLAN tags, IHL, each extension header); were they
@@ -27,8 +33,12 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-use edge_filter_common::family;
+use aya_ebpf::{
+    macros::map,
+    maps::PerCpuArray,
+    programs::{TcContext, XdpContext},
+};
+use edge_filter_common::{FlowKey, family};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -58,6 +68,9 @@ pub const IPPROTO_AH: u8 = 51;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_DSTOPTS: u8 = 60;
 
+/// [`Packet::wscale`] of a segment without the option.
+pub const NO_WSCALE: u8 = 0xff;
+
 /// Values of [`Packet::frag`].
 pub const FRAG_NONE: u8 = 0;
 /// Offset 0, more fragments follow: the upper-layer header may be here.
@@ -73,6 +86,12 @@ pub const L4_TRUNCATED: u8 = 1;
 /// A non-first fragment: there is no upper-layer header.
 pub const L4_ABSENT: u8 = 2;
 
+/// Options of a SYN walked looking for the window scale; Linux and Windows put it
+/// within the first six.
+pub const MAX_TCP_OPTIONS: usize = 12;
+/// RFC 7323 §2.3: a shift above 14 is taken as 14.
+const MAX_WSCALE: u8 = 14;
+
 /// TCP flag bits as in byte 13 of the header.
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
@@ -80,6 +99,14 @@ pub mod tcp_flags {
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
 }
+
+/// ICMP error types whose quote may relate them to a flow.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+/// ICMPv6 errors: destination unreachable, packet too big, time exceeded, parameter
+/// problem.
+const ICMPV6_ERROR_MAX: u8 = 4;
 
 /// The frame cannot be judged.
 pub struct Malformed;
@@ -144,8 +171,15 @@ pub enum Parsed {
     IncompleteFirstFragment,
 }
 
+/// Index 0 -> the tuple of the packet the ICMP error being judged on this CPU quotes,
+/// in the quoted packet's direction (family and protocol included). Scratch space:
+/// it keeps 40 bytes off the stack, which the verifier's 512-byte limit needs.
+#[map]
+pub static QUOTE: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// The facts of an IP packet, either family. IPv4 addresses sit in the first four
-/// bytes. Port and flag fields are zero unless `proto` is TCP and `l4` is whole.
+/// bytes. Port fields are zero unless `proto` is TCP or UDP and `l4` is whole; TCP
+/// fields are zero unless `proto` is TCP.
 pub struct Packet {
     pub family: u8,
     /// Upper-layer protocol, after the IPv6 extension chain.
@@ -167,6 +201,13 @@ pub struct Packet {
     pub ack_seq: u32,
     /// TCP payload bytes (what follows the TCP header inside the IP packet).
     pub tcp_payload: u16,
+    /// TCP window field, unscaled.
+    pub window: u16,
+    /// A SYN's window scale option (capped at 14), or [`NO_WSCALE`].
+    pub wscale: u8,
+    /// ICMP errors: the protocol (TCP or UDP) of the quoted packet, whose tuple is in
+    /// [`QUOTE`]; 0 when the message is not an error or its quote is unusable.
+    pub inner: u8,
     /// Network order.
     pub src: [u8; 16],
     /// Network order.
@@ -190,6 +231,9 @@ impl Packet {
             seq: 0,
             ack_seq: 0,
             tcp_payload: 0,
+            window: 0,
+            wscale: NO_WSCALE,
+            inner: 0,
             src,
             dst,
         }
@@ -347,6 +391,10 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
                 | (u8::from(hdr.syn() != 0) * tcp_flags::SYN)
                 | (u8::from(hdr.rst() != 0) * tcp_flags::RST)
                 | (u8::from(hdr.ack() != 0) * tcp_flags::ACK);
+            p.window = u16::from_be_bytes(hdr.window);
+            if p.tcp_flags & tcp_flags::SYN != 0 {
+                p.wscale = wscale(frame, l4 + TcpHdr::LEN, l4 + hdr_len);
+            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             // Type, code, checksum and the 4-byte rest of header every message has.
@@ -357,9 +405,120 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
                 return;
             };
             p.icmp_type = hdr[0];
+            let error = if p.family == family::V4 {
+                p.proto == IPPROTO_ICMP
+                    && matches!(p.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
+            } else {
+                p.proto == IPPROTO_ICMPV6 && p.icmp_type >= 1 && p.icmp_type <= ICMPV6_ERROR_MAX
+            };
+            if error {
+                quoted(frame, p, l4 + 8, end);
+            }
         }
-        IPPROTO_UDP if l4 + 8 > end => return,
+        IPPROTO_UDP => {
+            if l4 + 8 > end {
+                return;
+            }
+            let Ok(ports) = frame.read::<[u8; 4]>(l4) else {
+                return;
+            };
+            p.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+            p.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+        }
         _ => {}
     }
     p.l4 = L4_WHOLE;
+}
+
+/// The window scale option among a SYN's options at `start..end`, or [`NO_WSCALE`].
+#[inline(always)]
+fn wscale(frame: &Frame, start: usize, end: usize) -> u8 {
+    const EOL: u8 = 0;
+    const NOP: u8 = 1;
+    const WINDOW_SCALE: u8 = 3;
+    let mut off = start;
+    for _ in 0..MAX_TCP_OPTIONS {
+        if off + 1 > end {
+            break;
+        }
+        let Ok(kind) = frame.read::<u8>(off) else {
+            break;
+        };
+        if kind == EOL {
+            break;
+        }
+        if kind == NOP {
+            off += 1;
+            continue;
+        }
+        if off + 2 > end {
+            break;
+        }
+        let Ok(opt) = frame.read::<[u8; 3]>(off) else {
+            break;
+        };
+        let len = usize::from(opt[1]);
+        if kind == WINDOW_SCALE {
+            return if len == 3 && off + 3 <= end { opt[2].min(MAX_WSCALE) } else { NO_WSCALE };
+        }
+        if len < 2 {
+            break;
+        }
+        // Verifier: as in the extension-header walk, the mask bounds the offset
+        // without changing it (a TCP header ends within 60 bytes of its start).
+        off = (off + len) & 0x7fff;
+    }
+    NO_WSCALE
+}
+
+/// The tuple of the packet an ICMP error quotes at `at..end`, into [`QUOTE`].
+#[inline(always)]
+fn quoted(frame: &Frame, p: &mut Packet, at: usize, end: usize) {
+    let Some(q) = QUOTE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot, valid for this run and written by this CPU only.
+    let q = unsafe { &mut *q };
+    let (proto, ports_at) = if p.family == family::V4 {
+        if at + Ipv4Hdr::LEN > end {
+            return;
+        }
+        let Ok(hdr) = frame.read::<Ipv4Hdr>(at) else {
+            return;
+        };
+        let ihl = usize::from(hdr.ihl());
+        if hdr.version() != 4 || ihl < Ipv4Hdr::LEN || hdr.frag_offset() != 0 {
+            return;
+        }
+        q.src = [0; 16];
+        q.dst = [0; 16];
+        q.src[..4].copy_from_slice(&hdr.src_addr);
+        q.dst[..4].copy_from_slice(&hdr.dst_addr);
+        (hdr.proto, at + ihl)
+    } else {
+        if at + Ipv6Hdr::LEN > end {
+            return;
+        }
+        let Ok(hdr) = frame.read::<Ipv6Hdr>(at) else {
+            return;
+        };
+        if hdr.version() != 6 {
+            return;
+        }
+        q.src = hdr.src_addr;
+        q.dst = hdr.dst_addr;
+        (hdr.next_hdr, at + Ipv6Hdr::LEN)
+    };
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || ports_at + 4 > end {
+        return;
+    }
+    let Ok(ports) = frame.read::<[u8; 4]>(ports_at) else {
+        return;
+    };
+    q.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    q.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    q.family = p.family;
+    q.proto = proto;
+    q._pad = [0; 2];
+    p.inner = proto;
 }

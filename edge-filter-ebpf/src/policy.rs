@@ -1,45 +1,52 @@
-//! The policy: the vendor's XMPP federation table, judged packet by packet.
+//! The policy: the rule table (rows of protocol, port or range, source, destination),
+//! judged packet by packet.
 //!
-//! | rule | opens from NIC role | TCP dst port | source | destination |
+//! A row whose source is an edge set opens flows from `edge` NICs, and its replies
+//! arrive on `outside` and `host` NICs; every other row opens from `outside` and
+//! `host` NICs, and its replies come from `edge` NICs. The built-in table is the
+//! vendor's XMPP federation table:
+//!
+//! | row | proto | port | source | destination |
 //! |---|---|---|---|---|
-//! | R1 `federation-in`  | outside, host | federation (5269) | any | access-edge |
-//! | R2 `federation-out` | edge          | federation (5269) | access-edge | any |
-//! | R3 `internal-mtls`  | outside, host | internal (23456)  | any | internal-edge |
+//! | `federation-in`  | tcp | 5269  | any | access-edge |
+//! | `federation-out` | tcp | 5269  | access-edge | any |
+//! | `internal-mtls`  | tcp | 23456 | any | internal-edge |
 //!
-//! A packet is *policed* when its source or destination is in an edge set. The order
-//! of judgement, each step final:
+//! A packet is *policed* when its source or destination is in an edge set (peer sets
+//! only match). The order of judgement, each step final:
 //!
 //! 1. NIC without a role: `pass/unattached`.
 //! 2. Cannot be parsed: `drop/malformed` (an IPv6 first fragment without its whole
 //!    header chain: `drop/fragment`). ARP: `pass/essential`. Not IP: unpoliced.
 //! 3. Source in an edge set on an `outside` or `host` NIC: `drop/spoofed`.
-//! 4. Unpoliced: `pass/unpoliced`, or under `unpoliced = drop` the essentials of 6
-//!    pass and the rest is `drop/unpoliced`.
+//! 4. Unpoliced: `pass/unpoliced`, or under `unpoliced = drop` ARP, neighbour
+//!    discovery and ICMP errors pass (`pass/essential`) and the rest is
+//!    `drop/unpoliced`.
 //! 5. Policed fragment: `drop/fragment` (`pass/fragment` under `fragments = pass`,
 //!    where a first fragment goes on to be judged by its header).
-//! 6. ICMP destination unreachable (fragmentation needed included), time exceeded and
-//!    parameter problem; ICMPv6 errors 1-4; ICMPv6 router and neighbour discovery with
-//!    hop limit 255 (RFC 4861 §6.1.1, §7.1.1, so never from off-link): `pass/essential`.
-//! 7. TCP matching R1, R2 or R3: `pass/rule`; the flow is recorded.
-//! 8. TCP that is the reply of a recorded flow: `pass/reply`. A source port of 5269
-//!    opens nothing: that is how a reply looks, and only a recorded flow makes it one.
-//!    A reply's source port is the port its flow was opened to (5269 or 23456).
-//! 9. Everything else policed: `drop/no_rule`. Before 6, a policed packet whose
-//!    TCP, UDP or ICMP header is cut short is `drop/malformed` (`drop/fragment` for a
-//!    first fragment).
+//! 6. Policed and cut short (TCP, UDP or ICMP header): `drop/malformed`
+//!    (`drop/fragment` for a first fragment).
+//! 7. ICMPv6 router and neighbour discovery with hop limit 255 (RFC 4861 §6.1.1,
+//!    §7.1.1, so never from off-link): `pass/essential`. An ICMP or ICMPv6 error whose
+//!    quoted packet belongs to a live flow, in either direction: `pass/related`
+//!    (conntrack's RELATED); any other error: `drop/no_rule`.
+//! 8. TCP or UDP that opens a row: `pass/rule`; the flow is opened or moved along.
+//! 9. TCP or UDP that is the reply of a live flow, from a port of a row it could be
+//!    the reply of, on a NIC of the flow's reply roles: `pass/reply`. A source port of
+//!    5269 opens nothing: that is how a reply looks, and only a recorded flow makes it
+//!    one.
+//! 10. Everything else policed: `drop/no_rule`.
 //!
 //! Dry-run is applied by the caller: it turns any drop into `would_drop/<reason>`.
 
 use aya_ebpf::programs::XdpContext;
-use edge_filter_common::{Settings, family, flags, role, rule, set, verdict};
+use edge_filter_common::{Settings, family, flags, role, set, verdict};
 
 use crate::{
     counters, droplog,
-    maps::IFACES,
-    parse::{
-        self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-        L4_WHOLE, Packet, Parsed,
-    },
+    maps::{IFACES, SETTINGS},
+    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, L4_WHOLE, Packet, Parsed},
+    rules,
     sets::sets_of,
     state,
 };
@@ -58,7 +65,7 @@ pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -
     }
     let v = match parse::parse(frame) {
         Ok(Parsed::Ip(p)) => {
-            let v = judge_ip(&p, iface.role, settings, bytes);
+            let v = judge_ip(&p, iface.role, ifindex, settings, bytes);
             if verdict::is_drop(v) {
                 droplog::remember(settings, Some(&p));
             }
@@ -90,14 +97,14 @@ fn unpoliced(settings: &Settings) -> u32 {
 }
 
 #[inline(always)]
-fn judge_ip(p: &Packet, nic_role: u32, settings: &Settings, bytes: u64) -> u32 {
+fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes: u64) -> u32 {
     let src_sets = sets_of(p.family, &p.src);
-    if nic_role != role::EDGE && src_sets != 0 {
+    if nic_role != role::EDGE && src_sets & set::EDGE_BITS != 0 {
         return verdict::DROP_SPOOFED;
     }
     let dst_sets = sets_of(p.family, &p.dst);
-    if src_sets | dst_sets == 0 {
-        return if settings.flags & flags::UNPOLICED_DROP != 0 && essential(p) {
+    if (src_sets | dst_sets) & set::EDGE_BITS == 0 {
+        return if settings.flags & flags::UNPOLICED_DROP != 0 && (essential(p) || icmp_error(p)) {
             verdict::PASS_ESSENTIAL
         } else {
             unpoliced(settings)
@@ -118,56 +125,53 @@ fn judge_ip(p: &Packet, nic_role: u32, settings: &Settings, bytes: u64) -> u32 {
     if essential(p) {
         return verdict::PASS_ESSENTIAL;
     }
-    if p.proto != IPPROTO_TCP {
+    if p.inner != 0 {
+        return tracked(p, nic_role, ifindex, RELATED, bytes);
+    }
+    let rows = rules::rows(settings, p.proto, p.sport_be, p.dport_be, src_sets, dst_sets, nic_role);
+    if rows.open != 0 {
+        return tracked(p, nic_role, ifindex, rules::first(rows.open), bytes);
+    }
+    // A reply comes from the port its flow was opened to, which a row named: only a
+    // packet that could be the reply of some row looks for a flow. (Flows of a row
+    // the table no longer has are dead already: their opener's packets match nothing.)
+    if rows.reply == 0 {
         return verdict::DROP_NO_RULE;
     }
-    let matched = match nic_role {
-        role::OUTSIDE | role::HOST => {
-            if dst_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be {
-                rule::FEDERATION_IN
-            } else if dst_sets & set::INTERNAL_EDGE != 0 && p.dport_be == settings.internal_port_be {
-                rule::INTERNAL_MTLS
-            } else {
-                NO_RULE
-            }
-        }
-        role::EDGE if src_sets & set::ACCESS_EDGE != 0 && p.dport_be == settings.federation_port_be => {
-            rule::FEDERATION_OUT
-        }
-        _ => NO_RULE,
-    };
-    // A reply comes from the port its flow was opened to, which a rule named: from
-    // any other port, no flow need be looked for. (Flows of a port the settings no
-    // longer name are dead already: their opener's packets match no rule.)
-    if matched == NO_RULE && p.sport_be != settings.federation_port_be && p.sport_be != settings.internal_port_be {
-        return verdict::DROP_NO_RULE;
-    }
-    tracked(p, nic_role, settings, matched, bytes)
+    tracked(p, nic_role, ifindex, NO_RULE, bytes)
 }
 
-/// `matched` of a packet no rule allows.
+/// `matched` of a packet no row opens.
 const NO_RULE: u32 = u32::MAX;
+/// `matched` of an ICMP error, judged by the flow its quote belongs to.
+const RELATED: u32 = u32::MAX - 1;
 
-/// A TCP packet that `matched` a rule (opens or continues its flow: `pass/rule`), or
-/// none (`NO_RULE`: `pass/reply` if it is the reply of a live flow, else
-/// `drop/no_rule`). Moves the flow's state along.
+/// A packet that opened row `matched` (`pass/rule`; the flow is opened or moved
+/// along), an ICMP error (`RELATED`: `pass/related` if its quote belongs to a live
+/// flow), or neither (`NO_RULE`: `pass/reply` if it is the reply of a live flow).
+/// Everything else is `drop/no_rule`.
 ///
 /// Verifier: a BPF-to-BPF call, so that the state tables' keys and entries and the
 /// drop log's record are on sibling stack frames under the entry point; in one frame
 /// they pass the 512-byte stack limit (544 bytes on 5.10 and 6.1, as the kernel
-/// matrix showed). Only packets that need the state tables pay for the call.
+/// matrix showed). Only packets that need the state tables pay for the call. BPF
+/// calls take at most five arguments, so the settings are read again here (an array
+/// read the verifier inlines).
 #[inline(never)]
-fn tracked(p: &Packet, nic_role: u32, settings: &Settings, matched: u32, bytes: u64) -> u32 {
+fn tracked(p: &Packet, nic_role: u32, ifindex: u32, matched: u32, bytes: u64) -> u32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return verdict::DROP_NO_RULE;
+    };
     let mut clock = state::Clock::new();
+    if matched == RELATED {
+        return if state::related(settings, &mut clock) { verdict::PASS_RELATED } else { verdict::DROP_NO_RULE };
+    }
     if matched != NO_RULE {
-        // Replies to R2 come from partners (outside, or a host NIC in host mode);
-        // replies to R1 and R3 come from the Edge.
-        let reply_roles = if matched == rule::FEDERATION_OUT {
-            role::bit(role::OUTSIDE) | role::bit(role::HOST)
-        } else {
-            role::bit(role::EDGE)
-        };
-        state::open(p, matched, reply_roles, settings, &mut clock);
+        // Rows that open from an edge NIC are answered from the partners' side;
+        // the rest are answered by the Edge.
+        let reply_roles =
+            if nic_role == role::EDGE { role::bit(role::OUTSIDE) | role::bit(role::HOST) } else { role::bit(role::EDGE) };
+        state::open(p, matched, reply_roles, ifindex, settings, &mut clock);
         counters::count_rule(matched, bytes);
         return verdict::PASS_RULE;
     }
@@ -188,19 +192,28 @@ const ICMPV6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
 const ICMPV6_ND: core::ops::RangeInclusive<u8> = 133..=137;
 const ND_HOP_LIMIT: u8 = 255;
 
-/// Traffic the host cannot live without. Needs a whole ICMP header, so a fragment
-/// other than the first never qualifies.
+/// Traffic the host cannot live without: ICMPv6 router and neighbour discovery from
+/// the link. Needs a whole ICMP header, so a fragment other than the first never
+/// qualifies.
 #[inline(always)]
 fn essential(p: &Packet) -> bool {
+    p.l4 == L4_WHOLE
+        && p.family == family::V6
+        && p.proto == IPPROTO_ICMPV6
+        && ICMPV6_ND.contains(&p.icmp_type)
+        && p.hop_limit == ND_HOP_LIMIT
+}
+
+/// ICMP destination unreachable (fragmentation needed included), time exceeded and
+/// parameter problem; ICMPv6 errors 1-4.
+#[inline(always)]
+fn icmp_error(p: &Packet) -> bool {
     if p.l4 != L4_WHOLE {
         return false;
     }
     if p.family == family::V4 {
-        p.proto == IPPROTO_ICMP
-            && matches!(p.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
+        p.proto == IPPROTO_ICMP && matches!(p.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
     } else {
-        p.proto == IPPROTO_ICMPV6
-            && (ICMPV6_ERRORS.contains(&p.icmp_type)
-                || (ICMPV6_ND.contains(&p.icmp_type) && p.hop_limit == ND_HOP_LIMIT))
+        p.proto == IPPROTO_ICMPV6 && ICMPV6_ERRORS.contains(&p.icmp_type)
     }
 }

@@ -1,10 +1,10 @@
-//! The edge address sets: which sets an address is in.
+//! The address sets, edge and peer: which sets an address is in.
 //!
 //! Each family's set table is a hash map keyed by (prefix length, network address),
 //! and `EDGE_LENS` lists the lengths the table holds, longest first. An address is
 //! looked up at each of those lengths in turn, with its bits beyond the length
-//! cleared; the first hit is its longest matching prefix, and its value the address's
-//! `set` bits. Userspace allows at most [`MAX_PREFIX_LENS`] lengths per family.
+//! cleared; the first hit is its longest matching prefix, and its value's `all` mask
+//! the address's sets (userspace folds every containing prefix's sets into it). Userspace allows at most [`MAX_PREFIX_LENS`] lengths per family.
 //!
 //! Before any probe, `EDGE_HINTS` is asked: one bit per bucket of leading address
 //! bits ([`hint`]), set where some prefix falls. Most addresses a firewall sees are
@@ -31,7 +31,7 @@ fn hinted(base: u32, b: u32) -> bool {
     EDGE_HINTS.get(base + (b >> 6)).is_none_or(|w| (w >> (b & 63)) & 1 != 0)
 }
 
-/// `set` bits of the address (0: in no edge set). `addr` is network order; IPv4 in
+/// Set mask of the address (0: in no set). `addr` is network order; IPv4 in
 /// its first four bytes.
 #[inline(always)]
 pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
@@ -52,7 +52,7 @@ pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
             let key = SetKey4 { len, addr: (a & hint::mask32(len)).to_be_bytes() };
             // SAFETY: the value is copied out at once; userspace replaces entries whole.
             if let Some(bits) = unsafe { EDGE4.get(&key) } {
-                return *bits;
+                return bits.all;
             }
         }
     } else {
@@ -67,7 +67,7 @@ pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
             let key = SetKey6 { len, addr: hint::mask6(addr, len) };
             // SAFETY: as above.
             if let Some(bits) = unsafe { EDGE6.get(&key) } {
-                return *bits;
+                return bits.all;
             }
         }
     }

@@ -1,39 +1,62 @@
-//! The state table: connections that an allowed packet opened, so that their replies
-//! pass and nothing else does, in two tables so that a SYN flood cannot push
-//! established federation flows out.
+//! The state tables: flows that an allowed packet opened, so that their replies pass
+//! and nothing else does, kept so that an outsider who knows a flow's 4-tuple cannot
+//! tear it down, stall it or push it out.
 //!
-//! Design:
-//! - `EMBRYOS` holds handshakes in progress. An allowed SYN creates an entry
-//!   (`SYN_SENT`); the responder's SYN-ACK, arriving where replies may, records the
-//!   responder's initial sequence number (`SYN_RECV`); the opener's ACK that
-//!   acknowledges exactly that number completes the handshake and moves the flow to
-//!   `FLOWS`. A spoofed source never sees the SYN-ACK, so it cannot complete the
-//!   handshake: a SYN flood, however large, churns `EMBRYOS` only, and the SYN-ACKs
-//!   the responder sends to spoofed sources promote nothing.
-//! - `FLOWS` holds flows whose handshake completed. Only an RST at the exact sequence
-//!   number its sender is at (tracked per direction; RFC 5961 §3.2), expiry, or LRU
-//!   eviction by other *completed* flows removes one. A blind RST or SYN, which cannot
-//!   know the sequence numbers, passes to the endpoint (which answers it with a
-//!   challenge ACK) and leaves the flow in place.
-//! - Keys are the 5-tuple in the direction of the opener; a reply is looked up by its
-//!   swapped tuple. A reply passes only from a NIC whose role the flow names
-//!   ([`Flow::reply_roles`]); before the handshake completes only the SYN-ACK and an
-//!   RST cross back.
-//! - Timeouts per state (`SYN_SENT`/`SYN_RECV`: syn, `ESTABLISHED`, `CLOSING`) are
-//!   judged on every lookup, so an idle entry is not honoured even while the LRU
-//!   still holds it.
+//! Tables (all keyed by the 5-tuple in the opener's direction; a reply is looked up by
+//! its swapped tuple):
+//! - `EMBRYOS`: TCP handshakes in progress. A SYN a row allows creates one; a SYN-ACK
+//!   that acknowledges exactly the opener's ISN + 1, arriving where replies may,
+//!   records the responder's ISN; the opener's ACK at ISN + 1 that acknowledges the
+//!   responder's ISN + 1 completes it and moves it to `FLOWS`. A spoofed source never
+//!   sees the SYN-ACK, so a SYN flood churns this table only.
+//! - `FLOWS`: TCP flows whose handshake completed. Only expiry, an RST at the
+//!   receiver's next number, or LRU eviction by other *completed* flows removes one.
+//! - `UDP_FLOWS`: UDP flows; a row's datagram opens or refreshes one, datagrams of the
+//!   reverse tuple pass until it is idle for the UDP timeout. A table of its own, so
+//!   that no amount of UDP evicts a TCP flow.
+//!
+//! What moves a TCP flow (the contract the README's state section states):
+//! - Every packet of a known flow passes (`pass/rule` from the opener, `pass/reply`
+//!   from the responder). It *moves* the flow only when it fits: a segment must lie in
+//!   the receiver's window and acknowledge only what the other side sent (the four
+//!   tests of Linux conntrack's `tcp_in_window`, with window scaling from the SYNs).
+//!   A segment that does not fit passes to the endpoint, whose own TCP discards it,
+//!   and changes nothing here: conntrack's `be_liberal`, chosen so that a wrong guess
+//!   of ours never breaks a connection, while no blind packet can move our state.
+//! - An RST in the window at the receiver's next number (its latest acknowledgement,
+//!   or the sender's own next number) removes the flow. Elsewhere in the window it
+//!   moves the flow to `RESET`: the endpoint answers such an RST with a challenge ACK
+//!   (RFC 5961 §3.2), and that answer, or any in-window segment from the side the RST
+//!   was sent to, makes the flow established again; otherwise it expires after the
+//!   closing timeout.
+//! - A FIN moves the flow to `CLOSING` only once its receiver acknowledged it: a FIN
+//!   the endpoint never accepted (a blind one, or one with a bad checksum) does not
+//!   shorten the flow's timeout.
+//! - A handshake: a SYN with another ISN does not restart it; a SYN-ACK that does not
+//!   acknowledge the SYN, or a second one with another ISN, is not recorded; an RST
+//!   ends it only at the right number (from the responder: acknowledging the SYN; from
+//!   the opener: at ISN + 1).
+//! - The opener's packets move a flow only on the NIC it was opened on
+//!   ([`Flow::ifindex`]); replies only on a NIC of a role the flow names
+//!   ([`Flow::reply_roles`]).
+//! - Timeouts per state are judged on every lookup, so an idle entry is not honoured
+//!   even while the LRU still holds it.
 //! - Every entry that enters or leaves a table by our hand is counted (`event`);
 //!   userspace derives LRU evictions as created - removed - live.
 //! - Writes to a found entry are plain stores: two CPUs racing on one flow can only
-//!   disagree about the last-seen time or a state both would set.
+//!   disagree about the last-seen time or a bound both would move forward.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
-use edge_filter_common::{Flow, FlowKey, Settings, event, flow_state};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use edge_filter_common::{Flow, FlowKey, Settings, TcpDir, dir_flags, event, flow_state};
 
 use crate::{
     counters::count_event as bump,
-    maps::{EMBRYOS, FLOWS},
-    parse::{Packet, tcp_flags},
+    maps::{EMBRYOS, FLOWS, UDP_FLOWS},
+    parse::{IPPROTO_TCP, IPPROTO_UDP, NO_WSCALE, Packet, QUOTE, tcp_flags},
 };
 
 /// The current time in the state table's clock.
@@ -64,6 +87,33 @@ impl Clock {
     }
 }
 
+/// Index 0 -> the entry being built for an insert on this CPU. Scratch space: a
+/// `Flow` is 64 bytes, and on the stack it would push the deepest call chain past the
+/// verifier's 512-byte limit.
+#[map]
+static NEW_FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+/// The scratch entry, reset to a new flow.
+#[inline(always)]
+fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -> Option<&'a mut Flow> {
+    let f = NEW_FLOW.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
+    let f = unsafe { &mut *f };
+    f.created_ns = now;
+    f.last_seen_ns = now;
+    f.ifindex = ifindex;
+    f.state = state;
+    f.rule = rule as u8;
+    f.reply_roles = reply_roles;
+    f._pad = 0;
+    f.opener = TcpDir::default();
+    f.responder = TcpDir::default();
+    Some(f)
+}
+
+/// Conntrack's floor for the acknowledgement window (`MAXACKWINCONST`).
+const MAX_ACK_WINDOW: u32 = 66_000;
+
 #[inline(always)]
 fn key(p: &Packet) -> FlowKey {
     FlowKey {
@@ -92,34 +142,17 @@ fn reply_key(p: &Packet) -> FlowKey {
 }
 
 #[inline(always)]
-fn expired(flow: &Flow, settings: &Settings, now: u64) -> bool {
-    let timeout = match flow.state {
-        flow_state::SYN_SENT | flow_state::SYN_RECV => settings.syn_timeout_ns,
-        flow_state::ESTABLISHED => settings.established_timeout_ns,
-        _ => settings.closing_timeout_ns,
+fn expired(flow: &Flow, settings: &Settings, udp: bool, now: u64) -> bool {
+    let timeout = if udp {
+        settings.udp_timeout_ns
+    } else {
+        match flow.state {
+            flow_state::SYN_SENT | flow_state::SYN_RECV => settings.syn_timeout_ns,
+            flow_state::ESTABLISHED => settings.established_timeout_ns,
+            _ => settings.closing_timeout_ns,
+        }
     };
     now.saturating_sub(flow.last_seen_ns) > timeout
-}
-
-#[inline(always)]
-fn has(p: &Packet, bits: u8) -> bool {
-    p.tcp_flags & bits == bits
-}
-
-/// The sequence number after this segment: SYN and FIN count one each.
-#[inline(always)]
-fn seq_end(p: &Packet) -> u32 {
-    let syn_fin = u32::from(has(p, tcp_flags::SYN)) + u32::from(has(p, tcp_flags::FIN));
-    p.seq.wrapping_add(u32::from(p.tcp_payload)).wrapping_add(syn_fin)
-}
-
-/// Move a direction's next sequence number forward (modulo 2^32) past this segment.
-#[inline(always)]
-fn advance(next: &mut u32, p: &Packet) {
-    let end = seq_end(p);
-    if end.wrapping_sub(*next) as i32 > 0 {
-        *next = end;
-    }
 }
 
 /// A found entry, or `None` if there is none or it expired (then it is removed and
@@ -136,7 +169,7 @@ fn live<'a>(
     // SAFETY: a pointer from a map lookup, valid for this run (RCU); see the module
     // comment for concurrent writers.
     let flow = unsafe { &mut *flow };
-    if expired(flow, settings, clock.now()) {
+    if expired(flow, settings, expired_event == event::UDP_EXPIRED, clock.now()) {
         if table.remove(key).is_ok() {
             bump(expired_event);
         }
@@ -152,98 +185,252 @@ fn remove(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, closed_event: u32) {
     }
 }
 
-/// A packet `rule` allowed, in the opener's direction: start, complete or continue
-/// its flow.
 #[inline(always)]
-pub fn open(p: &Packet, rule: u32, reply_roles: u8, settings: &Settings, clock: &mut Clock) {
+fn has(p: &Packet, bits: u8) -> bool {
+    p.tcp_flags & bits == bits
+}
+
+/// `a` is after `b`, modulo 2^32.
+#[inline(always)]
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// `a` is `b` or after it, modulo 2^32.
+#[inline(always)]
+fn after_eq(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// The sequence number after this segment: SYN and FIN count one each.
+#[inline(always)]
+fn seq_end(p: &Packet) -> u32 {
+    let syn_fin = u32::from(has(p, tcp_flags::SYN)) + u32::from(has(p, tcp_flags::FIN));
+    p.seq.wrapping_add(u32::from(p.tcp_payload)).wrapping_add(syn_fin)
+}
+
+/// The segment's window, scaled as its sender's SYN said (a SYN's own window never
+/// is, RFC 7323 §2.2).
+#[inline(always)]
+fn window(p: &Packet, sender: &TcpDir) -> u32 {
+    if has(p, tcp_flags::SYN) { u32::from(p.window) } else { u32::from(p.window) << (sender.wscale & 15) }
+}
+
+/// Whether a segment from `s` to `r` fits: conntrack's four tests. I: it starts no
+/// later than the receiver allows; II: it ends no earlier than the oldest data the
+/// receiver could still be sent; III: it acknowledges nothing the receiver has not
+/// sent; IV: nor anything too far back.
+#[inline(always)]
+fn fits(p: &Packet, s: &TcpDir, r: &TcpDir) -> bool {
+    let end = seq_end(p);
+    if !after_eq(s.maxend, p.seq) || !after_eq(end, s.end.wrapping_sub(r.maxwin)) {
+        return false;
+    }
+    if !has(p, tcp_flags::ACK) {
+        return true;
+    }
+    let ack_window = if s.maxwin > MAX_ACK_WINDOW { s.maxwin } else { MAX_ACK_WINDOW };
+    after_eq(r.end, p.ack_seq) && after_eq(p.ack_seq, r.end.wrapping_sub(ack_window))
+}
+
+/// Move both directions' bounds past a segment from `s` to `r` that fits.
+#[inline(always)]
+fn update(p: &Packet, s: &mut TcpDir, r: &mut TcpDir) {
+    let win = window(p, s);
+    if win > s.maxwin {
+        s.maxwin = win;
+    }
+    let end = seq_end(p);
+    if after(end, s.end) {
+        s.end = end;
+    }
+    if has(p, tcp_flags::ACK) {
+        if after(p.ack_seq, s.ack) {
+            s.ack = p.ack_seq;
+        }
+        let right = p.ack_seq.wrapping_add(win);
+        if after(right, r.maxend) {
+            r.maxend = right;
+        }
+    }
+}
+
+/// A segment of an established flow from `s` to `r` (opener to responder, or back).
+/// Returns whether the flow is to be removed (an RST at the receiver's next number).
+#[inline(always)]
+fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> bool {
+    if !fits(p, s, r) {
+        return false;
+    }
+    if has(p, tcp_flags::RST) {
+        if p.seq == r.ack || p.seq == s.end {
+            return true;
+        }
+        r.flags |= dir_flags::RST_PENDING;
+        *flow_state = flow_state::RESET;
+        return false;
+    }
+    update(p, s, r);
+    if s.flags & dir_flags::RST_PENDING != 0 {
+        // The side an RST was sent to speaks again: it did not take the RST.
+        s.flags &= !dir_flags::RST_PENDING;
+        if *flow_state == flow_state::RESET {
+            *flow_state = flow_state::ESTABLISHED;
+        }
+    }
+    if has(p, tcp_flags::FIN) {
+        s.flags |= dir_flags::FIN;
+    }
+    // The receiver's FIN, acknowledged by this segment: the flow is closing.
+    if r.flags & dir_flags::FIN != 0 && has(p, tcp_flags::ACK) && after_eq(p.ack_seq, r.end) {
+        *flow_state = flow_state::CLOSING;
+    }
+    false
+}
+
+/// A packet row `rule` allowed, in the opener's direction, arriving on `ifindex`:
+/// open, continue or close its flow.
+#[inline(always)]
+pub fn open(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
+    if p.proto == IPPROTO_UDP {
+        open_udp(p, rule, reply_roles, ifindex, settings, clock);
+    } else if p.proto == IPPROTO_TCP {
+        open_tcp(p, rule, reply_roles, ifindex, settings, clock);
+    }
+}
+
+#[inline(always)]
+fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
+    let key = key(p);
+    if let Some(flow) = live(&UDP_FLOWS, &key, settings, clock, event::UDP_EXPIRED) {
+        if flow.ifindex == ifindex {
+            flow.last_seen_ns = clock.now();
+        }
+        return;
+    }
+    let Some(flow) = new_flow(clock.now(), flow_state::ESTABLISHED, rule, reply_roles, ifindex) else {
+        return;
+    };
+    bump(if UDP_FLOWS.insert(&key, flow, 0).is_ok() { event::UDP_CREATED } else { event::UDP_INSERT_FAILED });
+}
+
+#[inline(always)]
+fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
     let key = key(p);
     let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
     if let Some(flow) = live(&FLOWS, &key, settings, clock, event::FLOW_EXPIRED) {
-        if has(p, tcp_flags::RST) {
-            if p.seq == flow.opener_next {
-                remove(&FLOWS, &key, event::FLOW_CLOSED);
-            }
-        } else if !syn {
-            flow.last_seen_ns = clock.now();
-            advance(&mut flow.opener_next, p);
-            if has(p, tcp_flags::FIN) {
-                flow.state = flow_state::CLOSING;
-            }
-        }
-        return;
-    }
-    if syn {
-        if let Some(embryo) = live(&EMBRYOS, &key, settings, clock, event::EMBRYO_EXPIRED) {
-            // A retransmitted SYN: the same handshake, started again.
-            embryo.last_seen_ns = clock.now();
-            embryo.state = flow_state::SYN_SENT;
+        if flow.ifindex != ifindex {
             return;
         }
-        let now = clock.now();
-        let embryo = Flow {
-            created_ns: now,
-            last_seen_ns: now,
-            state: flow_state::SYN_SENT,
-            rule: rule as u8,
-            reply_roles,
-            _pad: 0,
-            responder_isn: 0,
-            opener_next: 0,
-            responder_next: 0,
-        };
-        // The table is an LRU: it makes room by evicting the oldest handshake.
-        bump(if EMBRYOS.insert(&key, &embryo, 0).is_ok() { event::EMBRYO_CREATED } else { event::EMBRYO_INSERT_FAILED });
-        return;
+        if syn {
+            // A new connection on the tuple of one that is ending: start afresh.
+            // Anything else a SYN cannot touch.
+            if flow.state != flow_state::CLOSING && flow.state != flow_state::RESET {
+                return;
+            }
+            remove(&FLOWS, &key, event::FLOW_CLOSED);
+        } else {
+            if segment(p, &mut flow.state, &mut flow.opener, &mut flow.responder) {
+                remove(&FLOWS, &key, event::FLOW_CLOSED);
+            } else {
+                flow.last_seen_ns = clock.now();
+            }
+            return;
+        }
     }
     let Some(embryo) = live(&EMBRYOS, &key, settings, clock, event::EMBRYO_EXPIRED) else {
+        if syn {
+            let Some(embryo) = new_flow(clock.now(), flow_state::SYN_SENT, rule, reply_roles, ifindex) else {
+                return;
+            };
+            embryo.opener.end = seq_end(p);
+            embryo.opener.maxend = seq_end(p);
+            embryo.opener.maxwin = u32::from(p.window);
+            if p.wscale != NO_WSCALE {
+                embryo.opener.wscale = p.wscale;
+                embryo.opener.flags = dir_flags::WSCALE;
+            }
+            // The table is an LRU: it makes room by evicting the oldest handshake.
+            bump(if EMBRYOS.insert(&key, embryo, 0).is_ok() {
+                event::EMBRYO_CREATED
+            } else {
+                event::EMBRYO_INSERT_FAILED
+            });
+        }
         return;
     };
+    if embryo.ifindex != ifindex {
+        return;
+    }
+    let isn_next = embryo.opener.end;
+    if syn {
+        // A retransmitted SYN refreshes its handshake; one with another ISN is not
+        // this handshake's and changes nothing.
+        if seq_end(p) == isn_next {
+            embryo.last_seen_ns = clock.now();
+        }
+        return;
+    }
     if has(p, tcp_flags::RST) {
-        remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+        if p.seq == isn_next {
+            remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+        }
         return;
     }
     if embryo.state != flow_state::SYN_RECV
         || !has(p, tcp_flags::ACK)
-        || p.ack_seq != embryo.responder_isn.wrapping_add(1)
+        || p.seq != isn_next
+        || p.ack_seq != embryo.responder.end
     {
         return;
     }
     // The opener acknowledged the responder's SYN-ACK: a completed handshake.
-    let flow = Flow {
-        created_ns: embryo.created_ns,
-        last_seen_ns: clock.now(),
-        state: if has(p, tcp_flags::FIN) { flow_state::CLOSING } else { flow_state::ESTABLISHED },
-        rule: embryo.rule,
-        reply_roles: embryo.reply_roles,
-        _pad: 0,
-        responder_isn: embryo.responder_isn,
-        opener_next: seq_end(p),
-        responder_next: embryo.responder_isn.wrapping_add(1),
+    let Some(flow) = NEW_FLOW.get_ptr_mut(0) else {
+        return;
     };
-    bump(if FLOWS.insert(&key, &flow, 0).is_ok() { event::FLOW_CREATED } else { event::FLOW_INSERT_FAILED });
+    // SAFETY: as in `new_flow`.
+    let flow = unsafe { &mut *flow };
+    *flow = *embryo;
+    if flow.opener.flags & flow.responder.flags & dir_flags::WSCALE == 0 {
+        // RFC 7323 §2.2: without the option in both SYNs, neither side scales.
+        flow.opener.wscale = 0;
+        flow.responder.wscale = 0;
+    }
+    flow.last_seen_ns = clock.now();
+    flow.state = flow_state::ESTABLISHED;
+    flow.responder.ack = isn_next;
+    update(p, &mut flow.opener, &mut flow.responder);
+    if has(p, tcp_flags::FIN) {
+        flow.opener.flags |= dir_flags::FIN;
+    }
+    bump(if FLOWS.insert(&key, flow, 0).is_ok() { event::FLOW_CREATED } else { event::FLOW_INSERT_FAILED });
     remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
 }
 
-/// Whether this packet is the reply of a live flow, arriving where replies may; moves
-/// the flow's state along.
+/// Whether this packet belongs to a live flow as its reply, arriving on a NIC of
+/// `nic_role`; moves the flow when the packet fits.
 #[inline(always)]
 pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) -> bool {
     let key = reply_key(p);
     let bit = edge_filter_common::role::bit(nic_role);
+    if p.proto == IPPROTO_UDP {
+        let Some(flow) = live(&UDP_FLOWS, &key, settings, clock, event::UDP_EXPIRED) else {
+            return false;
+        };
+        if flow.reply_roles & bit == 0 {
+            return false;
+        }
+        flow.last_seen_ns = clock.now();
+        return true;
+    }
     if let Some(flow) = live(&FLOWS, &key, settings, clock, event::FLOW_EXPIRED) {
         if flow.reply_roles & bit == 0 {
             return false;
         }
-        if has(p, tcp_flags::RST) {
-            if p.seq == flow.responder_next {
-                remove(&FLOWS, &key, event::FLOW_CLOSED);
-            }
+        if segment(p, &mut flow.state, &mut flow.responder, &mut flow.opener) {
+            remove(&FLOWS, &key, event::FLOW_CLOSED);
         } else {
             flow.last_seen_ns = clock.now();
-            advance(&mut flow.responder_next, p);
-            if has(p, tcp_flags::FIN) {
-                flow.state = flow_state::CLOSING;
-            }
         }
         return true;
     }
@@ -258,15 +445,68 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
     if embryo.reply_roles & bit == 0 {
         return false;
     }
+    // Only an answer that acknowledges the SYN belongs to this handshake.
+    let acks_syn = has(p, tcp_flags::ACK) && p.ack_seq == embryo.opener.end;
     if has(p, tcp_flags::RST) {
-        remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+        if acks_syn {
+            remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+        }
         return true;
     }
-    if !has(p, tcp_flags::SYN | tcp_flags::ACK) {
-        return false;
+    if !has(p, tcp_flags::SYN) || !acks_syn {
+        return true;
     }
-    embryo.responder_isn = p.seq;
+    if embryo.state == flow_state::SYN_RECV {
+        // A retransmitted SYN-ACK refreshes; one with another ISN is ignored.
+        if seq_end(p) == embryo.responder.end {
+            embryo.last_seen_ns = clock.now();
+        }
+        return true;
+    }
     embryo.state = flow_state::SYN_RECV;
     embryo.last_seen_ns = clock.now();
+    embryo.responder.end = seq_end(p);
+    embryo.responder.ack = p.ack_seq;
+    embryo.responder.maxwin = u32::from(p.window);
+    embryo.opener.maxend = p.ack_seq.wrapping_add(u32::from(p.window));
+    embryo.responder.maxend = seq_end(p).wrapping_add(embryo.opener.maxwin);
+    if p.wscale != NO_WSCALE {
+        embryo.responder.wscale = p.wscale;
+        embryo.responder.flags = dir_flags::WSCALE;
+    }
     true
+}
+
+/// Whether the ICMP error being judged quotes a packet of a live flow, in either
+/// direction (the quote's tuple is in `QUOTE`).
+#[inline(always)]
+pub fn related(settings: &Settings, clock: &mut Clock) -> bool {
+    let Some(q) = QUOTE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot, written by the parser for this packet.
+    let forward = unsafe { &mut *q };
+    let now = clock.now();
+    let udp = forward.proto == IPPROTO_UDP;
+    let found = |key: &FlowKey| {
+        if udp {
+            alive(&UDP_FLOWS, key, settings, true, now)
+        } else {
+            alive(&FLOWS, key, settings, false, now) || alive(&EMBRYOS, key, settings, false, now)
+        }
+    };
+    if found(forward) {
+        return true;
+    }
+    // The other direction, swapped in place: the slot is scratch.
+    core::mem::swap(&mut forward.src, &mut forward.dst);
+    core::mem::swap(&mut forward.sport_be, &mut forward.dport_be);
+    found(forward)
+}
+
+/// Whether the table holds a live entry for `key`; reads only.
+#[inline(always)]
+fn alive(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, settings: &Settings, udp: bool, now: u64) -> bool {
+    // SAFETY: as in `live`; the entry is only read.
+    table.get_ptr(key).is_some_and(|flow| !expired(unsafe { &*flow }, settings, udp, now))
 }

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    addr::{EdgeSet, Prefix},
+    addr::{AddressSets, Prefix, SetId},
     config::Config,
     daemon,
     loader::Maps,
@@ -198,34 +198,24 @@ pub fn open(pins: &Pins) -> anyhow::Result<Maps> {
     Maps::open_pinned(&pins.maps_dir()).context("open the pinned maps")
 }
 
-#[derive(Serialize)]
-struct CheckRow {
-    rule: &'static str,
-    id: &'static str,
-    port: u16,
-    source: String,
-    destination: String,
-    from_roles: &'static str,
-}
-
 fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
-    let set = |s: EdgeSet| {
-        let v: Vec<String> = config.sets.of(s).map(|p| p.to_string()).collect();
-        if v.is_empty() { format!("{s} (empty)") } else { format!("{s} [{}]", v.join(", ")) }
-    };
-    let fed = config.policy.federation_port.get();
-    let rows = [
-        CheckRow { rule: "R1", id: "federation-in", port: fed, source: "any".into(), destination: set(EdgeSet::AccessEdge), from_roles: "outside, host" },
-        CheckRow { rule: "R2", id: "federation-out", port: fed, source: set(EdgeSet::AccessEdge), destination: "any".into(), from_roles: "edge" },
-        CheckRow {
-            rule: "R3",
-            id: "internal-mtls",
-            port: config.policy.internal_port.get(),
-            source: "any".into(),
-            destination: set(EdgeSet::InternalEdge),
-            from_roles: "outside, host",
-        },
-    ];
+    let rows = config.policy.rules.view(&config.sets);
+    let sets = &config.sets;
+    let overlaps: Vec<String> = sets
+        .overlaps()
+        .into_iter()
+        .map(|(p, s, q, t)| format!("{p} in {} is also in {} ({q})", sets.name(s), sets.name(t)))
+        .collect();
+    let members: Vec<serde_json::Value> = sets
+        .sets()
+        .map(|s| {
+            serde_json::json!({
+                "set": sets.name(s),
+                "kind": if s.is_edge() { "edge" } else { "peer" },
+                "addresses": sets.of(s).map(|p| p.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let p = &config.policy;
     if json {
         let ifaces: Vec<_> = config
@@ -235,6 +225,8 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
             .collect();
         let v = serde_json::json!({
             "rules": rows,
+            "sets": members,
+            "overlaps": overlaps,
             "interfaces": ifaces,
             "unpoliced": p.unpoliced.name(),
             "fragments": p.fragments.name(),
@@ -245,9 +237,15 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{:<4} {:<15} {:<9} {:<30} {:<30} OPENS FROM", "RULE", "ID", "TCP PORT", "SOURCE", "DESTINATION");
-    for r in &rows {
-        println!("{:<4} {:<15} {:<9} {:<30} {:<30} {}", r.rule, r.id, r.port, r.source, r.destination, r.from_roles);
+    print!("{}", config.policy.rules.render(sets));
+    println!();
+    for s in sets.sets() {
+        let v: Vec<String> = sets.of(s).map(|p| p.to_string()).collect();
+        let kind = if s.is_edge() { "edge set" } else { "peer set" };
+        println!("{kind} {}: {}", sets.name(s), if v.is_empty() { "(empty)".to_owned() } else { v.join(", ") });
+    }
+    for o in &overlaps {
+        println!("overlap: {o}");
     }
     println!();
     for i in &config.interfaces {
@@ -273,6 +271,7 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
     let links = pins.links()?;
     let ifaces = maps.ifaces()?;
     let policy = maps.policy()?;
+    let sets = maps.address_sets()?;
     let snap = Snapshot::read(&maps)?;
     let rows: Vec<_> = links
         .iter()
@@ -291,8 +290,7 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
             "interfaces": rows.iter().map(|(l, role, mode)| serde_json::json!({
                 "name": l.interface, "role": role, "mode": mode, "link_id": l.link_id, "program_id": l.program_id,
             })).collect::<Vec<_>>(),
-            "federation_port": policy.federation_port.get(),
-            "internal_port": policy.internal_port.get(),
+            "rules": policy.rules.view(&sets),
             "unpoliced": policy.unpoliced.name(),
             "fragments": policy.fragments.name(),
             "dry_run": policy.dry_run,
@@ -300,6 +298,7 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
             "flows": snap.flows,
             "max_flows": maps.max_flows()?,
             "max_embryos": maps.max_embryos()?,
+            "max_udp_flows": maps.max_udp_flows()?,
             "flow_events": maps.flow_events()?,
             "egress": pins.egress_links(),
         });
@@ -311,10 +310,9 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
     for (l, role, mode) in &rows {
         println!("{:<16} {:<8} {:<7} {:>8} {:>10}", l.interface, role, mode, l.link_id, l.program_id);
     }
+    print!("{}", policy.rules.render(&sets));
     println!(
-        "federation port {}, internal port {}, unpoliced {}, fragments {}, dry-run {}",
-        policy.federation_port,
-        policy.internal_port,
+        "unpoliced {}, fragments {}, dry-run {}",
         policy.unpoliced.name(),
         policy.fragments.name(),
         policy.dry_run
@@ -322,7 +320,11 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!("addresses: {}; flows {} of {}", sets.join(", "), snap.flows, maps.max_flows()?);
     let ev = maps.flow_events()?;
-    for (name, t, max) in [("flows", ev.flows, maps.max_flows()?), ("handshakes", ev.embryos, maps.max_embryos()?)] {
+    for (name, t, max) in [
+        ("flows", ev.flows, maps.max_flows()?),
+        ("handshakes", ev.embryos, maps.max_embryos()?),
+        ("udp flows", ev.udp, maps.max_udp_flows()?),
+    ] {
         println!(
             "{name}: {} of {max} in use; created {}, expired {}, closed {}, evicted {}, insert failures {}",
             t.live, t.created, t.expired, t.closed, t.evicted, t.insert_failed
@@ -339,11 +341,13 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     need_root()?;
     let maps = open(pins)?;
     let now = crate::report::monotonic_ns();
+    let names = maps.rule_names()?;
     let rows: Vec<crate::report::FlowRow> = maps
         .flows()?
         .iter()
         .chain(maps.embryos()?.iter())
-        .map(|(k, f)| crate::report::FlowRow::new(&k.0, f, now))
+        .chain(maps.udp_flows()?.iter())
+        .map(|(k, f)| crate::report::FlowRow::new(&k.0, f, &names, now))
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -351,23 +355,27 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     }
     println!("{:<5} {:<46} {:<46} {:<12} {:>9} {:>9}  RULE", "PROTO", "OPENER", "RESPONDER", "STATE", "AGE", "IDLE");
     for r in &rows {
-        println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", "tcp", r.opener, r.responder, r.state, r.age_secs, r.idle_secs, r.rule);
+        println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", r.proto, r.opener, r.responder, r.state, r.age_secs, r.idle_secs, r.rule);
     }
     let ev = maps.flow_events()?;
     println!(
-        "{} established of {}, {} handshakes of {}; evicted: {} flows, {} handshakes",
+        "{} established of {}, {} handshakes of {}, {} udp of {}; evicted: {} flows, {} handshakes, {} udp",
         ev.flows.live,
         maps.max_flows()?,
         ev.embryos.live,
         maps.max_embryos()?,
+        ev.udp.live,
+        maps.max_udp_flows()?,
         ev.flows.evicted,
-        ev.embryos.evicted
+        ev.embryos.evicted,
+        ev.udp.evicted
     );
     Ok(())
 }
 
-fn parse_set(s: &str) -> anyhow::Result<EdgeSet> {
-    s.parse().map_err(|e: crate::AddrError| BadInput(e.to_string()).into())
+/// The set named `s` among `sets` (the running filter's: edge sets and its peers).
+fn parse_set(sets: &AddressSets, s: &str) -> anyhow::Result<SetId> {
+    sets.set_named(s).map_err(|e| BadInput(e.to_string()).into())
 }
 
 fn parse_prefixes(addrs: &[String]) -> anyhow::Result<Vec<Prefix>> {
@@ -379,24 +387,24 @@ fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
         AddrCommand::Add { set, addrs } => change(pins, state_dir, &set, &addrs, true),
         AddrCommand::Del { set, addrs } => change(pins, state_dir, &set, &addrs, false),
         AddrCommand::List { set, json } => {
-            let only = set.as_deref().map(parse_set).transpose()?;
             need_root()?;
             let maps = open(pins)?;
+            let sets = maps.address_sets()?;
+            let only = set.as_deref().map(|s| parse_set(&sets, s)).transpose()?;
             let changes = Changes::load(state_dir)?;
             #[derive(Serialize)]
             struct Entry {
-                set: &'static str,
+                set: String,
                 address: String,
                 source: &'static str,
             }
-            let entries: Vec<Entry> = maps
-                .address_sets()?
+            let entries: Vec<Entry> = sets
                 .iter()
                 .filter(|(_, s)| only.is_none_or(|o| o == *s))
                 .map(|(p, s)| Entry {
-                    set: s.name(),
+                    set: sets.name(s).to_owned(),
                     address: p.to_string(),
-                    source: if changes.is_added(s, &p) { Source::Runtime.name() } else { Source::Config.name() },
+                    source: if changes.is_added(sets.name(s), &p) { Source::Runtime.name() } else { Source::Config.name() },
                 })
                 .collect();
             if json {
@@ -416,7 +424,7 @@ fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
 /// change the maps, then record the change in the state directory; a failure on the
 /// way puts the maps back, so the change happens whole or not at all.
 fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool) -> anyhow::Result<()> {
-    let set = parse_set(set)?;
+    let set_name = set;
     let prefixes = parse_prefixes(addrs)?;
     need_root()?;
     if !pins.exists() {
@@ -429,13 +437,14 @@ fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool)
     let mut maps = open(pins)?;
     let mut changes = Changes::load(state_dir)?;
     let have = maps.address_sets()?;
+    let set = parse_set(&have, set_name)?;
     let mut want = have.clone();
     for p in &prefixes {
         if add {
             want.insert(set, *p).map_err(|e| BadInput(e.to_string()))?;
-            changes.add(set, *p);
+            changes.add(set_name, *p);
         } else if want.remove(set, p) {
-            changes.remove(set, *p);
+            changes.remove(set_name, *p);
         }
     }
     let written = maps.set_address_sets(&want).map_err(anyhow::Error::from).and_then(|()| Ok(changes.save(state_dir)?));

@@ -1,13 +1,17 @@
 //! The configuration file: TOML in, validated domain values out.
 //!
 //! Contract:
-//! - Every key but `[[interface]]` has a default; an empty file is the vendor table on
-//!   no NIC.
+//! - Every key but `[[interface]]` has a default; an empty file is the vendor's XMPP
+//!   federation table on no NIC.
 //! - Nothing reaches the kernel before the whole file is valid. Each refusal is one
 //!   line that names the key, the bad value and what is accepted: an unknown key (with
-//!   the nearest valid one), an address or prefix that does not parse, the same
-//!   address in both sets, an unknown role or mode, a port of 0 or above 65535, an
-//!   interface listed twice.
+//!   the nearest valid one), an address or prefix that does not parse, an unknown role
+//!   or mode, a port of 0 or above 65535, an interface listed twice, an unknown table,
+//!   port parameter or set, a row without an edge set, a duplicate row id. TOML syntax
+//!   errors say the line and column.
+//! - `[policy] federation-port` and `internal-port` are the older names of
+//!   `[policy.ports] XmppListeningPort` and `XmppInternalPort`; giving both names of
+//!   one port is refused.
 //! - Whether an interface exists is the loader's question, not the parser's: a config
 //!   can be checked on another machine.
 
@@ -16,8 +20,9 @@ use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroU16, path::Path, s
 use toml::{Table, Value};
 
 use crate::{
-    addr::{AddressSets, EdgeSet, Prefix},
+    addr::{AddressSets, Prefix, SetId},
     policy::{Fate, Policy, Role},
+    rules::{PortRange, RowSpec, RuleTable, TableSpec},
 };
 
 /// Why a configuration was refused.
@@ -31,6 +36,8 @@ pub enum ConfigError {
     Value { file: String, key: String, value: String, expected: String },
     #[error("{file}: interface `{name}` is listed twice")]
     DuplicateInterface { file: String, name: String },
+    #[error("{file}: {message}")]
+    Policy { file: String, message: String },
 }
 
 /// How the XDP program is attached to a NIC.
@@ -79,6 +86,8 @@ pub struct Config {
     pub max_flows: u32,
     /// Handshakes in progress the embryonic table holds.
     pub max_embryos: u32,
+    /// UDP flows the UDP table holds.
+    pub max_udp_flows: u32,
     /// `None`: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
 }
@@ -94,6 +103,7 @@ impl Default for Config {
             policy: Policy::default(),
             max_flows: edge_filter_common::DEFAULT_MAX_FLOWS,
             max_embryos: edge_filter_common::DEFAULT_MAX_EMBRYOS,
+            max_udp_flows: edge_filter_common::DEFAULT_MAX_UDP_FLOWS,
             metrics: Some(DEFAULT_METRICS.parse().expect("valid default")),
         }
     }
@@ -102,9 +112,22 @@ impl Default for Config {
 /// Tables and their keys; `*` marks an array of tables.
 const SCHEMA: &[(&str, &[&str])] = &[
     ("interface*", &["name", "role", "mode"]),
-    ("addresses", &["access-edge", "internal-edge"]),
-    ("policy", &["federation-port", "internal-port", "unpoliced", "fragments", "dry-run"]),
-    ("state", &["max-flows", "max-embryonic", "syn-timeout", "established-timeout", "closing-timeout"]),
+    ("addresses", &edge_filter_common::set::EDGE_NAMES),
+    ("peers", &["*"]),
+    ("policy", &["tables", "disable", "ports", "federation-port", "internal-port", "unpoliced", "fragments", "dry-run"]),
+    ("rule*", &["id", "proto", "port", "source", "destination"]),
+    (
+        "state",
+        &[
+            "max-flows",
+            "max-embryonic",
+            "max-udp-flows",
+            "syn-timeout",
+            "established-timeout",
+            "closing-timeout",
+            "udp-timeout",
+        ],
+    ),
     ("metrics", &["listen"]),
     ("log", &["drops", "drops-per-second"]),
 ];
@@ -120,9 +143,14 @@ impl Config {
 
     /// Validate TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            file: file.to_owned(),
-            message: e.message().to_owned(),
+        let table: Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ConfigError::Syntax { file: file.to_owned(), message: format!("{}{}", at.unwrap_or_default(), e.message().trim()) }
         })?;
         let cx = Cx { file };
         cx.check_keys(&table)?;
@@ -155,23 +183,45 @@ impl Config {
         }
 
         if let Some(addresses) = cx.table(&table, "addresses")? {
-            for set in EdgeSet::ALL {
-                let key = format!("addresses.{}", set.name());
-                for entry in cx.string_array(addresses.get(set.name()), &key)? {
-                    let prefix: Prefix = entry.parse().map_err(|e: crate::AddrError| {
-                        cx.value(&key, &quote(entry), &e.to_string())
-                    })?;
-                    config.sets.insert(set, prefix).map_err(|e| cx.value(&key, &quote(entry), &e.to_string()))?;
-                }
+            for set in SetId::EDGE {
+                let name = set.edge_name().expect("an edge set");
+                cx.prefixes(&mut config.sets, set, addresses.get(name), &format!("addresses.{name}"))?;
+            }
+        }
+        if let Some(peers) = cx.table(&table, "peers")? {
+            for (name, value) in peers {
+                let key = format!("peers.{name}");
+                let set = config.sets.add_peer(name).map_err(|e| cx.value(&key, &quote(name), &e.to_string()))?;
+                cx.prefixes(&mut config.sets, set, Some(value), &key)?;
             }
         }
 
+        let mut spec = TableSpec::default();
         if let Some(policy) = cx.table(&table, "policy")? {
-            if let Some(p) = cx.port(policy.get("federation-port"), "policy.federation-port")? {
-                config.policy.federation_port = p;
+            if let Some(tables) = policy.get("tables") {
+                spec.tables = cx.names(Some(tables), "policy.tables", "a list of table names")?;
             }
-            if let Some(p) = cx.port(policy.get("internal-port"), "policy.internal-port")? {
-                config.policy.internal_port = p;
+            spec.disable = cx.names(policy.get("disable"), "policy.disable", "a list of row ids")?;
+            for (old, param) in [("federation-port", "XmppListeningPort"), ("internal-port", "XmppInternalPort")] {
+                if let Some(p) = cx.port(policy.get(old), &format!("policy.{old}"))? {
+                    spec.ports.set(param, p.get()).expect("a known parameter");
+                }
+            }
+            if let Some(ports) = policy.get("ports") {
+                let Value::Table(ports) = ports else {
+                    return Err(cx.value("policy.ports", &ports.to_string(), "a table ([policy.ports])"));
+                };
+                for (param, value) in ports {
+                    let key = format!("policy.ports.{param}");
+                    let old = [("XmppListeningPort", "federation-port"), ("XmppInternalPort", "internal-port")]
+                        .into_iter()
+                        .find(|(p, o)| p == param && policy.contains_key(*o));
+                    if let Some((_, o)) = old {
+                        return Err(cx.value(&key, &value.to_string(), &format!("one name per port: policy.{o} says it too")));
+                    }
+                    let p = cx.port(Some(value), &key)?.expect("present");
+                    spec.ports.set(param, p.get()).map_err(|e| cx.value(&key, &value.to_string(), &e.to_string()))?;
+                }
             }
             if let Some(f) = cx.fate(policy.get("unpoliced"), "policy.unpoliced")? {
                 config.policy.unpoliced = f;
@@ -183,6 +233,32 @@ impl Config {
                 config.policy.dry_run = b;
             }
         }
+        for (i, row) in cx.array_of_tables(&table, "rule")?.into_iter().enumerate() {
+            let key = |k: &str| format!("rule[{i}].{k}");
+            let need = |k: &str, what: &str| -> Result<&str, ConfigError> {
+                cx.string(row.get(k), &key(k))?.ok_or_else(|| cx.value(&key(k), "(missing)", what))
+            };
+            let id = need("id", "every row needs an id")?.to_owned();
+            let key = |k: &str| format!("rule `{id}` {k}");
+            let proto = need("proto", "tcp or udp")?;
+            let proto = proto.parse().map_err(|_| cx.value(&key("proto"), &quote(proto), "tcp or udp"))?;
+            let ports: PortRange = match row.get("port") {
+                Some(Value::Integer(n)) => u16::try_from(*n)
+                    .ok()
+                    .and_then(|p| PortRange::single(p).ok())
+                    .ok_or_else(|| cx.value(&key("port"), &n.to_string(), "a port from 1 to 65535, or a range such as \"50000-59999\""))?,
+                Some(Value::String(r)) => r.parse().map_err(|_| {
+                    cx.value(&key("port"), &quote(r), "a port from 1 to 65535, or a range such as \"50000-59999\" (first port not above the last)")
+                })?,
+                Some(other) => return Err(cx.value(&key("port"), &other.to_string(), "a port, or a range such as \"50000-59999\"")),
+                None => return Err(cx.value(&key("port"), "(missing)", "a port, or a range such as \"50000-59999\"")),
+            };
+            let source = need("source", "any, or the name of a set")?.to_owned();
+            let destination = need("destination", "any, or the name of a set")?.to_owned();
+            spec.rows.push(RowSpec { id, proto, ports, source, destination });
+        }
+        config.policy.rules = RuleTable::build(&spec, &config.sets)
+            .map_err(|e| ConfigError::Policy { file: file.to_owned(), message: e.to_string() })?;
 
         if let Some(state) = cx.table(&table, "state")? {
             if let Some(n) = cx.int(state.get("max-flows"), "state.max-flows", 1, i64::from(u32::MAX))? {
@@ -192,7 +268,15 @@ impl Config {
                 config.max_embryos = n as u32;
             }
             let t = &mut config.policy.timeouts;
-            for (key, slot) in [("syn-timeout", &mut t.syn), ("established-timeout", &mut t.established), ("closing-timeout", &mut t.closing)] {
+            if let Some(n) = cx.int(state.get("max-udp-flows"), "state.max-udp-flows", 1, i64::from(u32::MAX))? {
+                config.max_udp_flows = n as u32;
+            }
+            for (key, slot) in [
+                ("syn-timeout", &mut t.syn),
+                ("established-timeout", &mut t.established),
+                ("closing-timeout", &mut t.closing),
+                ("udp-timeout", &mut t.udp),
+            ] {
                 if let Some(secs) = cx.int(state.get(key), &format!("state.{key}"), 1, 30 * 24 * 3600)? {
                     *slot = std::time::Duration::from_secs(secs as u64);
                 }
@@ -247,6 +331,9 @@ impl Cx<'_> {
                 return Err(self.unknown(key.clone(), &tables, key));
             };
             let check = |t: &Table, prefix: String| -> Result<(), ConfigError> {
+                if keys == &["*"] {
+                    return Ok(());
+                }
                 for k in t.keys() {
                     if !keys.contains(&k.as_str()) {
                         return Err(self.unknown(format!("{prefix}.{k}"), keys, k));
@@ -259,12 +346,12 @@ impl Cx<'_> {
                     for (i, item) in items.iter().enumerate() {
                         match item {
                             Value::Table(t) => check(t, format!("{key}[{i}]"))?,
-                            other => return Err(self.value(&format!("{key}[{i}]"), &other.to_string(), "a table ([[interface]])")),
+                            other => return Err(self.value(&format!("{key}[{i}]"), &other.to_string(), &format!("a table ([[{key}]])"))),
                         }
                     }
                 }
                 (false, Value::Table(t)) => check(t, key.clone())?,
-                (true, other) => return Err(self.value(key, &other.to_string(), "an array of tables ([[interface]])")),
+                (true, other) => return Err(self.value(key, &other.to_string(), &format!("an array of tables ([[{key}]])"))),
                 (false, other) => return Err(self.value(key, &other.to_string(), &format!("a table ([{key}])"))),
             }
         }
@@ -298,6 +385,28 @@ impl Cx<'_> {
         }
     }
 
+    /// A list of prefixes into `set`.
+    fn prefixes(&self, sets: &mut AddressSets, set: SetId, v: Option<&Value>, key: &str) -> Result<(), ConfigError> {
+        for entry in self.string_array(v, key)? {
+            let prefix: Prefix =
+                entry.parse().map_err(|e: crate::AddrError| self.value(key, &quote(entry), &e.to_string()))?;
+            sets.insert(set, prefix).map_err(|e| self.value(key, &quote(entry), &e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// A list of names.
+    fn names(&self, v: Option<&Value>, key: &str, what: &str) -> Result<Vec<String>, ConfigError> {
+        match v {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned).ok_or_else(|| self.value(key, &i.to_string(), what)))
+                .collect(),
+            Some(other) => Err(self.value(key, &other.to_string(), what)),
+        }
+    }
+
     fn bool(&self, v: Option<&Value>, key: &str) -> Result<Option<bool>, ConfigError> {
         match v {
             None => Ok(None),
@@ -321,8 +430,8 @@ impl Cx<'_> {
                 .ok()
                 .and_then(NonZeroU16::new)
                 .map(Some)
-                .ok_or_else(|| self.value(key, &n.to_string(), "a TCP port from 1 to 65535")),
-            Some(other) => Err(self.value(key, &other.to_string(), "a TCP port from 1 to 65535")),
+                .ok_or_else(|| self.value(key, &n.to_string(), "a port from 1 to 65535")),
+            Some(other) => Err(self.value(key, &other.to_string(), "a port from 1 to 65535")),
         }
     }
 
@@ -358,8 +467,7 @@ mod tests {
     fn empty_file_is_the_vendor_table() {
         let c = Config::parse("", "edge.toml").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.policy.federation_port.get(), 5269);
-        assert_eq!(c.policy.internal_port.get(), 23456);
+        assert_eq!(c.policy.rules, RuleTable::xmpp_federation(&c.sets));
         assert_eq!(c.metrics, Some("127.0.0.1:9435".parse().unwrap()));
     }
 
@@ -405,8 +513,9 @@ mod tests {
         assert_eq!(c.interfaces[1], Interface { name: "eth1".into(), role: Role::Edge, mode: Mode::Skb });
         assert_eq!(c.interfaces[0].mode, Mode::Auto);
         assert_eq!(c.sets.len(), 3);
-        assert_eq!(c.sets.lookup("192.0.2.10".parse().unwrap()), Some(EdgeSet::InternalEdge));
-        assert_eq!(c.policy.federation_port.get(), 5270);
+        assert_eq!(c.sets.lookup("192.0.2.10".parse().unwrap()), SetId::INTERNAL_EDGE.bit());
+        let ports: Vec<String> = c.policy.rules.rows().iter().map(|r| format!("{} {}", r.id, r.ports)).collect();
+        assert_eq!(ports, ["federation-in 5270", "federation-out 5270", "internal-mtls 5061"]);
         assert_eq!(c.policy.unpoliced, Fate::Drop);
         assert_eq!(c.policy.fragments, Fate::Pass);
         assert!(c.policy.dry_run);
@@ -421,14 +530,71 @@ mod tests {
         assert_eq!(quiet.policy.drop_log, None);
     }
 
+    /// The whole-Edge configuration of the README, as written.
+    #[test]
+    fn the_whole_edge_configuration_works_as_written() {
+        let c = Config::parse(
+            r#"
+            [policy]
+            tables = ["lync-edge-external", "lync-edge-internal"]
+            disable = ["federation-in"]
+
+            [policy.ports]
+            XmppListeningPort = 5269
+            MediaCommunicationPortStart = 50000
+            MediaCommunicationPortCount = 10000
+
+            [addresses]
+            access-edge = ["203.0.113.10"]
+            webconf-edge = ["203.0.113.10"]
+            av-edge = ["203.0.113.11"]
+            internal-edge = ["192.0.2.10"]
+
+            [peers]
+            partners = ["198.51.100.0/24", "2001:db8:5100::/48"]
+
+            [[rule]]
+            id = "federation-in-partners"
+            proto = "tcp"
+            port = 5269
+            source = "partners"
+            destination = "access-edge"
+
+            [[rule]]
+            id = "ntp-out"
+            proto = "udp"
+            port = "123"
+            source = "access-edge"
+            destination = "any"
+
+            [state]
+            udp-timeout = 30
+            "#,
+            "edge.toml",
+        )
+        .unwrap();
+        let view = c.policy.rules.view(&c.sets);
+        assert_eq!(view.len(), 16 + 9 + 2);
+        assert!(view.iter().all(|r| r.id != "federation-in"));
+        let partners = view.iter().find(|r| r.id == "federation-in-partners").unwrap();
+        assert_eq!((partners.source.as_str(), partners.destination.as_str(), partners.opens_from), ("partners", "access-edge", "outside, host"));
+        let rtp = view.iter().find(|r| r.id == "rtp-udp-in").unwrap();
+        assert_eq!((rtp.proto, rtp.port.as_str()), ("udp", "50000-59999"));
+        assert_eq!(view.last().unwrap().opens_from, "edge");
+        assert_eq!(c.sets.lookup("203.0.113.10".parse().unwrap()), SetId::ACCESS_EDGE.bit() | SetId::WEBCONF_EDGE.bit());
+        assert_eq!(c.sets.lookup("198.51.100.7".parse().unwrap()), 1 << 4);
+        assert_eq!(c.policy.timeouts.udp.as_secs(), 30);
+        assert_eq!(c.sets.overlaps().len(), 1, "access-edge and webconf-edge share an address");
+    }
+
     #[test]
     fn each_bad_input_is_one_line_naming_the_value() {
         for (text, want) in [
             ("[policy]\nfederation_port = 5269", "edge.toml: unknown key `policy.federation_port`; did you mean `federation-port`?"),
             ("[polcy]\ndry-run = true", "edge.toml: unknown key `polcy`; did you mean `policy`?"),
             ("[[interface]]\nname = \"eth0\"\nrole = \"outside\"\nmod = \"skb\"", "edge.toml: unknown key `interface[0].mod`; did you mean `mode`?"),
-            ("[policy]\nfederation-port = 0", "edge.toml: policy.federation-port = 0: a TCP port from 1 to 65535"),
-            ("[policy]\ninternal-port = 65536", "edge.toml: policy.internal-port = 65536: a TCP port from 1 to 65535"),
+            ("[policy]\nfederation-port = 0", "edge.toml: policy.federation-port = 0: a port from 1 to 65535"),
+            ("[policy]\ninternal-port = 65536", "edge.toml: policy.internal-port = 65536: a port from 1 to 65535"),
             ("[policy]\nunpoliced = \"reject\"", "edge.toml: policy.unpoliced = \"reject\": pass or drop"),
             ("[log]\ndrops = \"yes\"", "edge.toml: log.drops = \"yes\": true or false"),
             ("[log]\ndrops-per-second = 0", "edge.toml: log.drops-per-second = 0: an integer from 1 to 1000000"),
@@ -436,12 +602,25 @@ mod tests {
             ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\nmode = \"fast\"", "edge.toml: interface[0].mode = \"fast\": auto, native or skb"),
             ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\n[[interface]]\nname = \"eth0\"\nrole = \"outside\"", "edge.toml: interface `eth0` is listed twice"),
             ("[addresses]\naccess-edge = [\"203.0.113.300\"]", "edge.toml: addresses.access-edge = \"203.0.113.300\": `203.0.113.300` is not an IP address or prefix"),
-            ("[addresses]\naccess-edge = [\"203.0.113.0/24\"]\ninternal-edge = [\"203.0.113.10\"]", "edge.toml: addresses.internal-edge = \"203.0.113.10\": 203.0.113.10 in internal-edge overlaps 203.0.113.0/24 in access-edge"),
+            ("[policy]\ntables = [\"lync-edge\"]", "edge.toml: unknown table `lync-edge` (expected xmpp-federation, lync-edge-external or lync-edge-internal)"),
+            ("[policy.ports]\nXmppPort = 5269", "edge.toml: policy.ports.XmppPort = 5269: unknown port parameter `XmppPort` (expected one of XmppListeningPort, "),
+            ("[policy.ports]\nXmppListeningPort = 0", "edge.toml: policy.ports.XmppListeningPort = 0: a port from 1 to 65535"),
+            ("[policy]\nfederation-port = 5270\n[policy.ports]\nXmppListeningPort = 5271", "edge.toml: policy.ports.XmppListeningPort = 5271: one name per port: policy.federation-port says it too"),
+            ("[policy]\ndisable = [\"federation\"]", "edge.toml: disable = `federation`: no row of the table has this id"),
+            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"edge\"", "edge.toml: row `x`: unknown set `edge` (expected any, access-edge, webconf-edge, av-edge, internal-edge)"),
+            ("[peers]\npartners = [\"198.51.100.0/24\"]\n[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"partners\"", "edge.toml: row `x`: names no edge set"),
+            ("[[rule]]\nid = \"federation-in\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: row `federation-in` is defined twice"),
+            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = \"60000-50000\"\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: rule `x` port = \"60000-50000\": a port from 1 to 65535, or a range"),
+            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 70000\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: rule `x` port = 70000: a port from 1 to 65535"),
+            ("[[rule]]\nid = \"x\"\nproto = \"sctp\"\nport = 1\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: rule `x` proto = \"sctp\": tcp or udp"),
+            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 1\nsource = \"any\"\ndestination = \"access-edge\"\nsorce = \"any\"", "edge.toml: unknown key `rule[0].sorce`; did you mean `source`?"),
+            ("[peers]\naccess-edge = []", "edge.toml: peers.access-edge = \"access-edge\": set `access-edge`: the name is taken"),
+            ("[polcy", "edge.toml: line 1, column 7: "),
             ("[state]\nmax-flows = 0", "edge.toml: state.max-flows = 0: an integer from 1 to 4294967295"),
             ("[state]\nsyn-timeout = 0", "edge.toml: state.syn-timeout = 0: an integer from 1 to 2592000"),
             ("[metrics]\nlisten = \"localhost\"", "edge.toml: metrics.listen = \"localhost\": an address and port such as 127.0.0.1:9435"),
             ("policy = 3", "edge.toml: policy = 3: a table ([policy])"),
-            ("[policy", "edge.toml: "),
+
         ] {
             let e = err(text);
             assert!(e.starts_with(want), "{text:?}\n got: {e}\nwant: {want}");

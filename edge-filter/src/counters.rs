@@ -1,10 +1,11 @@
 //! Counters as the operator reads them: per NIC slot and verdict (action and reason),
 //! packets and bytes, and hits per rule.
 //!
-//! Contract: names come from `edge-filter-common` (`verdict::name`, `rule::NAMES`),
-//! the same names the CLI and metrics show; slots without a name are never reported.
+//! Contract: verdict names come from `edge-filter-common` (`verdict::name`), row names
+//! from the kernel's rule table (the row ids), the same names the CLI and metrics
+//! show; slots without a name are never reported.
 
-use edge_filter_common::{Counter, counter_index, rule, verdict};
+use edge_filter_common::{Counter, MAX_RULES, counter_index, verdict};
 
 /// One counter with its names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,12 +22,17 @@ pub struct Row {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counters {
     by_index: Vec<Counter>,
-    rules: [Counter; rule::COUNT as usize],
+    /// Hits per row slot.
+    rules: Vec<Counter>,
+    /// The id of each row slot in use.
+    names: Vec<Option<String>>,
 }
 
 impl Counters {
-    pub(crate) fn new(by_index: Vec<Counter>, rules: [Counter; rule::COUNT as usize]) -> Self {
-        Self { by_index, rules }
+    pub(crate) fn new(by_index: Vec<Counter>, mut rules: Vec<Counter>, mut names: Vec<Option<String>>) -> Self {
+        rules.resize(MAX_RULES as usize, Counter::default());
+        names.resize(MAX_RULES as usize, None);
+        Self { by_index, rules, names }
     }
 
     /// Packets and bytes of one NIC slot and verdict.
@@ -34,9 +40,14 @@ impl Counters {
         self.by_index.get(counter_index(slot, verdict) as usize).copied().unwrap_or_default()
     }
 
-    /// Packets and bytes that matched a rule.
-    pub fn rule(&self, rule: u32) -> Counter {
-        self.rules.get(rule as usize).copied().unwrap_or_default()
+    /// Packets and bytes that opened the row in `slot`.
+    pub fn rule(&self, slot: u32) -> Counter {
+        self.rules.get(slot as usize).copied().unwrap_or_default()
+    }
+
+    /// Hits of the row with this id.
+    pub fn rule_named(&self, id: &str) -> Counter {
+        self.names.iter().position(|n| n.as_deref() == Some(id)).map_or_else(Counter::default, |s| self.rules[s])
     }
 
     /// Every named counter that is not zero, by slot and verdict.
@@ -49,9 +60,9 @@ impl Counters {
         })
     }
 
-    /// `(rule name, hits)` for every rule.
-    pub fn rule_rows(&self) -> impl Iterator<Item = (&'static str, Counter)> + '_ {
-        rule::NAMES.iter().copied().zip(self.rules.iter().copied())
+    /// `(row id, hits)` for every row of the table, in slot order.
+    pub fn rule_rows(&self) -> impl Iterator<Item = (&str, Counter)> + '_ {
+        self.names.iter().zip(&self.rules).filter_map(|(n, c)| Some((n.as_deref()?, *c)))
     }
 
     /// What moved between `earlier` and `self`: every counter whose packets changed.
@@ -67,10 +78,15 @@ impl Counters {
                 })
             })
             .collect();
-        let rules = std::array::from_fn(|i| Counter {
-            packets: self.rules[i].packets - earlier.rules[i].packets,
-            bytes: self.rules[i].bytes - earlier.rules[i].bytes,
-        });
+        let rules = self
+            .rules
+            .iter()
+            .zip(&earlier.rules)
+            .map(|(now, then)| Counter {
+                packets: now.packets.wrapping_sub(then.packets),
+                bytes: now.bytes.wrapping_sub(then.bytes),
+            })
+            .collect();
         Delta { moved, rules }
     }
 }
@@ -80,8 +96,8 @@ impl Counters {
 pub struct Delta {
     /// Counters that moved, with the amount they moved by.
     pub moved: Vec<Row>,
-    /// Rule hits gained, indexed by rule id.
-    pub rules: [Counter; rule::COUNT as usize],
+    /// Row hits gained, by row slot.
+    pub rules: Vec<Counter>,
 }
 
 #[cfg(test)]
@@ -94,7 +110,8 @@ mod tests {
         for &(slot, v, packets, bytes) in entries {
             by_index[counter_index(slot, v) as usize] = Counter { packets, bytes };
         }
-        Counters::new(by_index, rule_hits.map(|packets| Counter { packets, bytes: packets * 60 }))
+        let names = ["federation-in", "federation-out", "internal-mtls"].map(|n| Some(n.to_owned())).to_vec();
+        Counters::new(by_index, rule_hits.map(|packets| Counter { packets, bytes: packets * 60 }).to_vec(), names)
     }
 
     #[test]

@@ -49,6 +49,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         let mut filter = Filter::load(&LoadOptions {
             max_flows: config.max_flows,
             max_embryos: config.max_embryos,
+            max_udp_flows: config.max_udp_flows,
             variant: None,
             map_pin_dir: Some(pins.maps_dir()),
         })
@@ -58,6 +59,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
             for (what, have, want) in [
                 ("flow table", filter.max_flows()?, config.max_flows),
                 ("handshake table", filter.max_embryos()?, config.max_embryos),
+                ("UDP flow table", filter.max_udp_flows()?, config.max_udp_flows),
             ] {
                 if have != want {
                     warn!("the pinned {what} has {have} entries, the config asks for {want}; detach to resize");
@@ -90,8 +92,11 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                     Err(e) => error!("{e}; keeping the running config"),
                     Ok(new) => {
                         let _lock = pins.lock()?;
-                        if new.max_flows != config.max_flows || new.max_embryos != config.max_embryos {
-                            warn!("state.max-flows and state.max-embryonic change only when the filter is detached and run again");
+                        if new.max_flows != config.max_flows
+                            || new.max_embryos != config.max_embryos
+                            || new.max_udp_flows != config.max_udp_flows
+                        {
+                            warn!("state.max-flows, max-embryonic and max-udp-flows change only when the filter is detached and run again");
                         }
                         if let Some(old) = config.metrics.filter(|m| Some(*m) != new.metrics) {
                             warn!("metrics.listen changes at the next start (still {old})");
@@ -109,6 +114,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                                     metrics: config.metrics,
                                     max_flows: config.max_flows,
                                     max_embryos: config.max_embryos,
+                                    max_udp_flows: config.max_udp_flows,
                                     ..new
                                 };
                             }
@@ -136,8 +142,10 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
     }
     let sets = Changes::load(state_dir)?.effective(&config.sets).context("the config's sets with the runtime changes")?;
 
-    filter.set_policy(&config.policy)?;
+    // Sets before rows: a new peer set's addresses carry its bit before any row names
+    // it, so no row ever matches on a set that is still being filled.
     filter.set_address_sets(&sets)?;
+    filter.set_policy(&config.policy)?;
     for (ifindex, iface) in &want {
         filter.set_iface(*ifindex, iface.role)?;
     }

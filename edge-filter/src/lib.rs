@@ -1,7 +1,9 @@
 //! edge-filter's userspace library: everything between the operator and the kernel
 //! program.
 //!
-//! - [`addr`]: edge address sets and prefixes, validated;
+//! - [`addr`]: address sets (edge and peer) and prefixes, validated;
+//! - [`rules`]: the rule table: the vendor's tables, port settings, the operator's
+//!   rows, and their kernel encoding;
 //! - [`policy`]: NIC roles and the policy settings, and their kernel encoding;
 //! - [`loader`]: loads the embedded object and reads and writes its maps;
 //! - [`counters`]: counter snapshots with the names the CLI and metrics use;
@@ -25,10 +27,12 @@ pub mod model;
 pub mod pins;
 pub mod policy;
 pub mod report;
+pub mod rules;
 pub mod statedir;
 
-pub use addr::{AddrError, AddressSets, EdgeSet, Prefix};
+pub use addr::{AddrError, AddressSets, Prefix, SetId};
 pub use counters::{Counters, Delta, Row};
 pub use config::Config;
 pub use loader::{Error, Filter, IfaceEntry, LoadOptions, Maps, Variant};
 pub use policy::{Fate, Policy, Role, Timeouts};
+pub use rules::{Proto, RuleTable};

@@ -27,15 +27,16 @@ use aya::{
     util::{KernelVersion, nr_cpus},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, Flow, FlowKey, Iface, MAX_IFACES, MAX_IFINDEX, MAX_PREFIX_LENS,
-    PrefixLens, SetKey4, SetKey6, Settings, hint,
-    TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, map, rule, verdict,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
+    MAX_IFACES, MAX_IFINDEX, MAX_PREFIX_LENS, MAX_RULES, MAX_SETS, NAME_LEN, PrefixLens, Rule, Ruleset, SetBits, SetKey4,
+    SetKey6, SetName, SetRows, Settings, TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, hint, map, verdict,
 };
 
 use crate::{
-    addr::{AddrError, AddressSets, EdgeSet, Prefix},
+    addr::{AddrError, AddressSets, Prefix, SetId},
     counters::Counters,
     policy::{Policy, Role},
+    rules::{self, RuleTable},
 };
 
 /// The kernel object, built by `build.rs`.
@@ -80,7 +81,7 @@ pub enum Error {
     TooManyLengths,
     #[error("pinned map {} is not what this edge-filter uses ({what}); `edge-filter detach` removes the old pins (counters and flows start again)", path.display())]
     PinnedIncompatible { path: PathBuf, what: String },
-    #[error("the flow and embryonic table sizes must be at least 1")]
+    #[error("the flow, embryonic and UDP table sizes must be at least 1")]
     ZeroFlows,
     #[error("reading the number of CPUs")]
     Cpus(#[source] std::io::Error),
@@ -137,6 +138,8 @@ pub struct LoadOptions {
     pub max_flows: u32,
     /// Embryonic table entries (handshakes in progress).
     pub max_embryos: u32,
+    /// UDP flow table entries.
+    pub max_udp_flows: u32,
     /// The program build; `None` picks the one for the running kernel.
     pub variant: Option<Variant>,
     /// Where the maps are pinned: maps already pinned there are reused (their counters,
@@ -146,7 +149,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_flows: DEFAULT_MAX_FLOWS, max_embryos: DEFAULT_MAX_EMBRYOS, variant: None, map_pin_dir: None }
+        Self {
+            max_flows: DEFAULT_MAX_FLOWS,
+            max_embryos: DEFAULT_MAX_EMBRYOS,
+            max_udp_flows: DEFAULT_MAX_UDP_FLOWS,
+            variant: None,
+            map_pin_dir: None,
+        }
     }
 }
 
@@ -190,11 +199,14 @@ pub struct Maps {
 impl Filter {
     /// Load and verify the program, size the flow table, write the default policy.
     pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
-        if opts.max_flows == 0 || opts.max_embryos == 0 {
+        if opts.max_flows == 0 || opts.max_embryos == 0 || opts.max_udp_flows == 0 {
             return Err(Error::ZeroFlows);
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map::FLOWS, opts.max_flows).map_max_entries(map::EMBRYOS, opts.max_embryos);
+        loader
+            .map_max_entries(map::FLOWS, opts.max_flows)
+            .map_max_entries(map::EMBRYOS, opts.max_embryos)
+            .map_max_entries(map::UDP_FLOWS, opts.max_udp_flows);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.map_pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| Error::PinDir { dir: dir.clone(), source })?;
@@ -217,6 +229,7 @@ impl Filter {
         filter.program_mut()?.load().map_err(|source| Error::Program { name, source })?;
         if fresh {
             filter.set_policy(&Policy::default())?;
+            filter.set_address_sets(&AddressSets::default())?;
         }
         Ok(filter)
     }
@@ -327,20 +340,103 @@ impl Maps {
         self.maps.get_mut(name).ok_or(Error::MissingMap { name })
     }
 
-    /// Replace the settings (ports, defaults, timeouts) in one map write.
-    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
-        let mut settings: Array<&mut MapData, Settings> =
-            Array::try_from(self.map_mut(map::SETTINGS)?).map_err(map_err(map::SETTINGS))?;
-        settings.set(0, policy.to_settings(), 0).map_err(map_err(map::SETTINGS))
-    }
-
-    /// The settings the kernel holds.
-    pub fn policy(&self) -> Result<Policy, Error> {
+    fn settings(&self) -> Result<Settings, Error> {
         let settings: Array<&MapData, Settings> =
             Array::try_from(self.map(map::SETTINGS)?).map_err(map_err(map::SETTINGS))?;
-        let s = settings.get(&0, 0).map_err(map_err(map::SETTINGS))?;
-        Policy::from_settings(&s)
-            .ok_or_else(|| Error::Corrupt { name: map::SETTINGS, what: format!("{s:?}") })
+        settings.get(&0, 0).map_err(map_err(map::SETTINGS))
+    }
+
+    /// The row slots of one generation of the rule table.
+    fn rule_slots(&self, generation: u32) -> Result<Vec<Rule>, Error> {
+        let rules: Array<&MapData, Rule> = Array::try_from(self.map(map::RULES)?).map_err(map_err(map::RULES))?;
+        (0..MAX_RULES).map(|i| rules.get(&(generation * MAX_RULES + i), 0).map_err(map_err(map::RULES))).collect()
+    }
+
+    /// The id of each row slot of the current table (`None`: unused).
+    pub fn rule_names(&self) -> Result<Vec<Option<String>>, Error> {
+        let generation = self.settings()?.rules_at & 1;
+        Ok(self.rule_slots(generation)?.iter().map(rule_id).collect())
+    }
+
+    /// Replace the policy: the rule table is written whole into the generation no
+    /// packet reads, then the settings (defaults, timeouts) are written with that
+    /// generation made current, in one map write. An id keeps its row slot, and so its
+    /// hit counter; a slot handed to a new id starts from zero.
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
+        let current = self.settings()?.rules_at & 1;
+        let next = current ^ 1;
+        let names: Vec<Option<String>> = self.rule_slots(current)?.iter().map(rule_id).collect();
+        let (slots, fresh) = rules::place(&names, &policy.rules);
+        let compiled = policy.rules.compile(&slots);
+        // PORT_ROWS of `next` is non-zero only on the ports of the rows `next` held:
+        // those and the new rows' ports are all that need writing.
+        let old = self.rule_slots(next)?;
+        let mut touched: [std::collections::BTreeSet<u16>; 2] = Default::default();
+        for r in old.iter().filter(|r| r.id != [0; NAME_LEN]) {
+            if let Some(p) = edge_filter_common::proto_index(r.proto) {
+                touched[p as usize].extend(r.lo..=r.hi);
+            }
+        }
+        for (p, ranges) in compiled.ports.iter().enumerate() {
+            for (range, _) in ranges {
+                touched[p].extend(range.lo()..=range.hi());
+            }
+        }
+        {
+            let name = map::PORT_ROWS;
+            let mut ports: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (p, set) in touched.iter().enumerate() {
+                for port in set {
+                    let index = (next * 2 + p as u32) * 65_536 + u32::from(*port);
+                    ports.set(index, compiled.port_mask(p, *port), 0).map_err(map_err(name))?;
+                }
+            }
+        }
+        {
+            let name = map::SET_ROWS;
+            let mut rows: Array<&mut MapData, SetRows> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (i, r) in compiled.set_rows.iter().enumerate() {
+                rows.set(next * 512 + i as u32, *r, 0).map_err(map_err(name))?;
+            }
+        }
+        {
+            let name = map::RULESET;
+            let mut set: Array<&mut MapData, Ruleset> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            set.set(next, compiled.ruleset, 0).map_err(map_err(name))?;
+        }
+        {
+            let name = map::RULES;
+            let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (i, r) in compiled.rules.iter().enumerate() {
+                rules.set(next * MAX_RULES + i as u32, *r, 0).map_err(map_err(name))?;
+            }
+        }
+        self.zero_rule_hits(&fresh)?;
+        let mut settings: Array<&mut MapData, Settings> =
+            Array::try_from(self.map_mut(map::SETTINGS)?).map_err(map_err(map::SETTINGS))?;
+        settings.set(0, policy.to_settings(next), 0).map_err(map_err(map::SETTINGS))
+    }
+
+    fn zero_rule_hits(&mut self, slots: &[usize]) -> Result<(), Error> {
+        let cpus = nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+        let name = map::RULE_HITS;
+        let mut hits: PerCpuArray<&mut MapData, Counter> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for slot in slots {
+            let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(Error::Cpus)?;
+            hits.set(*slot as u32, zero, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// The policy the kernel holds, its rule table in slot order.
+    pub fn policy(&self) -> Result<Policy, Error> {
+        let s = self.settings()?;
+        let corrupt = || Error::Corrupt { name: map::SETTINGS, what: format!("{s:?}") };
+        let rows = RuleTable::from_kernel(&self.rule_slots(s.rules_at & 1)?)
+            .ok_or_else(|| Error::Corrupt { name: map::RULES, what: "a row this version does not write".into() })?;
+        let table = RuleTable::from_rows(rows.into_iter().map(|(_, r)| r).collect());
+        Policy::from_settings(&s, table).ok_or_else(corrupt)
     }
 
     /// The NICs with a role, by ifindex.
@@ -407,29 +503,39 @@ impl Maps {
         Ok(())
     }
 
-    /// The address sets the kernel holds.
+    /// The address sets the kernel holds, with the names of its peer sets.
     pub fn address_sets(&self) -> Result<AddressSets, Error> {
         let mut sets = AddressSets::default();
-        let v4: HashMap<&MapData, SetKey4, u32> =
+        let names: Array<&MapData, SetName> =
+            Array::try_from(self.map(map::SET_NAMES)?).map_err(map_err(map::SET_NAMES))?;
+        for i in edge_filter_common::set::EDGE_COUNT..MAX_SETS {
+            let n = names.get(&i, 0).map_err(map_err(map::SET_NAMES))?;
+            let Some(name) = name_str(&n.name) else { break };
+            let id = sets.add_peer(&name).map_err(|e| Error::Corrupt { name: map::SET_NAMES, what: e.to_string() })?;
+            if u32::from(id.index()) != i {
+                return Err(Error::Corrupt { name: map::SET_NAMES, what: format!("peer set `{name}` at index {i}") });
+            }
+        }
+        let v4: HashMap<&MapData, SetKey4, SetBits> =
             HashMap::try_from(self.map(map::EDGE4)?).map_err(map_err(map::EDGE4))?;
         for entry in v4.iter() {
             let (key, bits) = entry.map_err(map_err(map::EDGE4))?;
-            insert_read(&mut sets, map::EDGE4, std::net::Ipv4Addr::from(key.addr).into(), key.len, bits)?;
+            insert_read(&mut sets, map::EDGE4, std::net::Ipv4Addr::from(key.addr).into(), key.len, bits.own)?;
         }
-        let v6: HashMap<&MapData, SetKey6, u32> =
+        let v6: HashMap<&MapData, SetKey6, SetBits> =
             HashMap::try_from(self.map(map::EDGE6)?).map_err(map_err(map::EDGE6))?;
         for entry in v6.iter() {
             let (key, bits) = entry.map_err(map_err(map::EDGE6))?;
-            insert_read(&mut sets, map::EDGE6, std::net::Ipv6Addr::from(key.addr).into(), key.len, bits)?;
+            insert_read(&mut sets, map::EDGE6, std::net::Ipv6Addr::from(key.addr).into(), key.len, bits.own)?;
         }
         Ok(sets)
     }
 
-    /// Make the kernel's sets equal to `want`, so that an address that stays in its
-    /// set is never missing: every hint bit is set first and the prefix lengths of
-    /// both old and new sets listed (when they fit); new entries are written, the
-    /// lengths narrowed to the new sets', stale entries removed; then the hints are
-    /// made exact again.
+    /// Make the kernel's sets equal to `want`, so that an address that stays in a set
+    /// is never missing: every hint bit is set first and the prefix lengths of both
+    /// old and new sets listed (when they fit); entries whose masks change are
+    /// written, the lengths narrowed to the new sets', stale entries removed; then the
+    /// hints are made exact again. The peer sets' names are written first.
     pub fn set_address_sets(&mut self, want: &AddressSets) -> Result<(), Error> {
         let have = self.address_sets()?;
         self.replace_sets(&have, want)
@@ -438,6 +544,18 @@ impl Maps {
     /// [`Maps::set_address_sets`] from `have`, the sets the kernel holds.
     fn replace_sets(&mut self, have: &AddressSets, want: &AddressSets) -> Result<(), Error> {
         let wanted = lens_of(want)?;
+        {
+            let name = map::SET_NAMES;
+            let mut names: Array<&mut MapData, SetName> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for i in 0..MAX_SETS {
+                let mut n = SetName::default();
+                if let Some(id) = SetId::from_index(i).filter(|id| want.sets().any(|s| s == *id)) {
+                    let text = want.name(id).as_bytes();
+                    n.name[..text.len()].copy_from_slice(text);
+                }
+                names.set(i, n, 0).map_err(map_err(name))?;
+            }
+        }
         self.write_hints(None)?;
         let union = |v6: bool| {
             let mut lens = have.lengths(v6);
@@ -447,13 +565,16 @@ impl Maps {
         if let Some(both) = prefix_lens(union(false), union(true)) {
             self.write_lens(both)?;
         }
-        for (prefix, set) in want.iter() {
-            self.write_prefix(prefix, Some(set))?;
+        for prefix in want.prefixes() {
+            let bits = SetBits { own: want.own(&prefix), all: want.all(&prefix) };
+            let old = SetBits { own: have.own(&prefix), all: have.all(&prefix) };
+            if bits != old {
+                self.write_prefix(prefix, Some(bits))?;
+            }
         }
         self.write_lens(wanted)?;
-        for (prefix, _) in have.iter() {
-            // A prefix that moved to the other set was overwritten above.
-            if want.set_of(&prefix).is_none() {
+        for prefix in have.prefixes() {
+            if want.own(&prefix) == 0 {
                 self.write_prefix(prefix, None)?;
             }
         }
@@ -466,7 +587,7 @@ impl Maps {
         let mut bits = vec![if sets.is_some() { 0 } else { u64::MAX }; 2 * words];
         if let Some(sets) = sets {
             let lens = lens_of(sets)?;
-            for (prefix, _) in sets.iter() {
+            for prefix in sets.prefixes() {
                 let b = match prefix.addr() {
                     std::net::IpAddr::V4(a) => hint::bucket4(u32::from(a), u32::from(lens.v4_hint)) as usize,
                     std::net::IpAddr::V6(a) => 64 * words + hint::bucket6(&a.octets(), u32::from(lens.v6_hint)) as usize,
@@ -497,38 +618,18 @@ impl Maps {
         at.set(0, current ^ 1, 0).map_err(map_err(at_name))
     }
 
-    /// Add prefixes to a set: all of them, or none when one is refused.
-    pub fn add_addresses(&mut self, set: EdgeSet, prefixes: &[Prefix]) -> Result<(), Error> {
-        let have = self.address_sets()?;
-        let mut want = have.clone();
-        for p in prefixes {
-            want.insert(set, *p)?;
-        }
-        self.replace_sets(&have, &want)
-    }
-
-    /// Remove prefixes from a set (absent ones are ignored).
-    pub fn remove_addresses(&mut self, set: EdgeSet, prefixes: &[Prefix]) -> Result<(), Error> {
-        let have = self.address_sets()?;
-        let mut want = have.clone();
-        for p in prefixes {
-            want.remove(set, p);
-        }
-        self.replace_sets(&have, &want)
-    }
-
-    fn write_prefix(&mut self, prefix: Prefix, set: Option<EdgeSet>) -> Result<(), Error> {
+    fn write_prefix(&mut self, prefix: Prefix, bits: Option<SetBits>) -> Result<(), Error> {
         let len = u32::from(prefix.len());
         match prefix.addr() {
             std::net::IpAddr::V4(a) => {
-                let mut table: HashMap<&mut MapData, SetKey4, u32> =
+                let mut table: HashMap<&mut MapData, SetKey4, SetBits> =
                     HashMap::try_from(self.map_mut(map::EDGE4)?).map_err(map_err(map::EDGE4))?;
-                write_entry(&mut table, SetKey4 { len, addr: a.octets() }, set).map_err(map_err(map::EDGE4))
+                write_entry(&mut table, SetKey4 { len, addr: a.octets() }, bits).map_err(map_err(map::EDGE4))
             }
             std::net::IpAddr::V6(a) => {
-                let mut table: HashMap<&mut MapData, SetKey6, u32> =
+                let mut table: HashMap<&mut MapData, SetKey6, SetBits> =
                     HashMap::try_from(self.map_mut(map::EDGE6)?).map_err(map_err(map::EDGE6))?;
-                write_entry(&mut table, SetKey6 { len, addr: a.octets() }, set).map_err(map_err(map::EDGE6))
+                write_entry(&mut table, SetKey6 { len, addr: a.octets() }, bits).map_err(map_err(map::EDGE6))
             }
         }
     }
@@ -543,11 +644,10 @@ impl Maps {
         }
         let hits: PerCpuArray<&MapData, Counter> =
             PerCpuArray::try_from(self.map(map::RULE_HITS)?).map_err(map_err(map::RULE_HITS))?;
-        let mut rules = [Counter::default(); rule::COUNT as usize];
-        for (i, r) in rules.iter_mut().enumerate() {
-            *r = sum(&hits.get(&(i as u32), 0).map_err(map_err(map::RULE_HITS))?);
-        }
-        Ok(Counters::new(by_index, rules))
+        let rules = (0..MAX_RULES)
+            .map(|i| Ok(sum(&hits.get(&i, 0).map_err(map_err(map::RULE_HITS))?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Counters::new(by_index, rules, self.rule_names()?))
     }
 
     /// Occurrences of each `event`, summed over CPUs.
@@ -575,6 +675,11 @@ impl Maps {
     /// The embryonic table's size.
     pub fn max_embryos(&self) -> Result<u32, Error> {
         self.table_size(map::EMBRYOS)
+    }
+
+    /// The UDP flow table's size.
+    pub fn max_udp_flows(&self) -> Result<u32, Error> {
+        self.table_size(map::UDP_FLOWS)
     }
 
     fn table(&self, name: &'static str) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
@@ -609,6 +714,11 @@ impl Maps {
         self.table(map::EMBRYOS)
     }
 
+    /// Every UDP flow.
+    pub fn udp_flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
+        self.table(map::UDP_FLOWS)
+    }
+
     /// What happened in both state tables, with LRU evictions derived from the rest.
     pub fn flow_events(&self) -> Result<FlowEvents, Error> {
         use edge_filter_common::event as e;
@@ -626,6 +736,7 @@ impl Maps {
         Ok(FlowEvents {
             flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), self.flows()?.len()),
             embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), self.embryos()?.len()),
+            udp: table(at(e::UDP_CREATED), at(e::UDP_EXPIRED), 0, at(e::UDP_INSERT_FAILED), self.udp_flows()?.len()),
         })
     }
 
@@ -642,9 +753,9 @@ impl Maps {
         Ok(())
     }
 
-    /// Empty both state tables.
+    /// Empty the state tables.
     pub fn clear_state(&mut self) -> Result<(), Error> {
-        for name in [map::FLOWS, map::EMBRYOS] {
+        for name in [map::FLOWS, map::EMBRYOS, map::UDP_FLOWS] {
             let mut table: HashMap<&mut MapData, FlowKey, Flow> =
                 HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             let keys: Vec<FlowKey> = table.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
@@ -657,8 +768,6 @@ impl Maps {
         }
         Ok(())
     }
-
-
 }
 
 /// `struct xdp_md` for BPF_PROG_TEST_RUN: data, data_end, data_meta, ingress_ifindex,
@@ -682,11 +791,12 @@ pub struct TableEvents {
     pub live: u64,
 }
 
-/// What happened in the flow table and the embryonic table.
+/// What happened in the flow table, the embryonic table and the UDP table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlowEvents {
     pub flows: TableEvents,
     pub embryos: TableEvents,
+    pub udp: TableEvents,
 }
 
 /// A [`FlowKey`] ordered by its bytes, for stable listings.
@@ -751,27 +861,45 @@ fn insert_read(
     name: &'static str,
     addr: std::net::IpAddr,
     len: u32,
-    bits: u32,
+    own: u32,
 ) -> Result<(), Error> {
     let corrupt = |what: String| Error::Corrupt { name, what };
-    let set = EdgeSet::from_bit(bits).ok_or_else(|| corrupt(format!("set bits {bits:#x} for {addr}/{len}")))?;
     let len = u8::try_from(len).map_err(|_| corrupt(format!("prefix length {len}")))?;
     let prefix = Prefix::new(addr, len).map_err(|e| corrupt(e.to_string()))?;
-    sets.insert_read(set, prefix).map_err(|e| corrupt(e.to_string()))
+    if own == 0 || own >> sets.sets().count() != 0 {
+        return Err(corrupt(format!("set mask {own:#x} for {prefix}")));
+    }
+    for set in sets.sets().collect::<Vec<_>>() {
+        if own & set.bit() != 0 {
+            sets.insert_read(set, prefix).map_err(|e| corrupt(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_entry<K: aya::Pod>(
-    table: &mut HashMap<&mut MapData, K, u32>,
+    table: &mut HashMap<&mut MapData, K, SetBits>,
     key: K,
-    set: Option<EdgeSet>,
+    bits: Option<SetBits>,
 ) -> Result<(), MapError> {
-    match set {
-        Some(set) => table.insert(key, set.bit(), 0),
+    match bits {
+        Some(bits) => table.insert(key, bits, 0),
         None => match table.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e),
         },
     }
+}
+
+/// A NUL-padded name, `None` when empty or not UTF-8.
+fn name_str(bytes: &[u8; NAME_LEN]) -> Option<String> {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
+    (end > 0).then(|| std::str::from_utf8(&bytes[..end]).ok().map(str::to_owned)).flatten()
+}
+
+/// The id of a row slot, `None` when unused.
+fn rule_id(r: &Rule) -> Option<String> {
+    name_str(&r.id)
 }
 
 /// The value of `EDGE_LENS` for these prefix lengths (duplicates allowed), or `None`

@@ -1,22 +1,24 @@
 //! The reference model: the policy as plain Rust, written from the design and the
-//! README's policy section, not from the kernel code. Differential tests run every
-//! frame through both and compare verdicts; the model is kept small and obviously
-//! right instead of fast.
+//! README's policy and state sections, not from the kernel code. Differential tests
+//! run every frame through both and compare verdicts; the model is kept small and
+//! obviously right instead of fast.
 //!
 //! Given a frame, the ingress NIC's role (`None`: a NIC without one), the address
-//! sets and the policy, [`Model::judge`] returns the verdict (a
-//! `edge_filter_common::verdict` code, dry-run applied) and updates the model's own
-//! state tables as the kernel's must change. Timeouts, the closing state and LRU
-//! eviction are not modelled: differential runs keep tables larger than their traffic and timeouts
+//! sets and the policy (its rule table included), [`Model::judge`] returns the verdict
+//! (a `edge_filter_common::verdict` code, dry-run applied) and updates the model's own
+//! state tables as the kernel's must change. Each role is one NIC (as in the test
+//! harness), so a flow's NIC is its opener's role. Timeouts and LRU eviction are not
+//! modelled: differential runs keep tables larger than their traffic and timeouts
 //! longer than the run.
 
 use std::{collections::HashMap, net::IpAddr};
 
-use edge_filter_common::{rule, verdict as v};
+use edge_filter_common::{set::EDGE_BITS, verdict as v};
 
 use crate::{
-    addr::{AddressSets, EdgeSet},
+    addr::AddressSets,
     policy::{Fate, Policy, Role},
+    rules::Proto,
 };
 
 const TCP: u8 = 6;
@@ -79,6 +81,69 @@ impl Ip {
 
     fn ack(&self) -> u32 {
         u32::from_be_bytes([self.upper[8], self.upper[9], self.upper[10], self.upper[11]])
+    }
+
+    fn window(&self) -> u16 {
+        u16::from_be_bytes([self.upper[14], self.upper[15]])
+    }
+
+    /// A SYN's window scale option (capped at 14): the first of at most twelve options,
+    /// walked as RFC 9293 §3.1 lays them out.
+    fn wscale(&self) -> Option<u8> {
+        let hdr_len = usize::from(self.upper[12] >> 4) * 4;
+        let opts = &self.upper[20..hdr_len];
+        let mut at = 0;
+        for _ in 0..12 {
+            match opts.get(at) {
+                None | Some(0) => return None,
+                Some(1) => at += 1,
+                Some(3) => return (opts.get(at + 1) == Some(&3)).then(|| opts.get(at + 2).map(|s| (*s).min(14))).flatten(),
+                Some(_) => {
+                    let len = usize::from(*opts.get(at + 1)?);
+                    if len < 2 {
+                        return None;
+                    }
+                    at += len;
+                }
+            }
+        }
+        None
+    }
+
+    /// The tuple an ICMP or ICMPv6 error quotes: (src, dst, proto, sport, dport), when
+    /// the quote holds an IP header of the error's family (IPv6 without extension
+    /// headers, IPv4 not a later fragment) and four bytes of a TCP or UDP header.
+    fn quoted(&self) -> Option<(IpAddr, IpAddr, u8, u16, u16)> {
+        let error = match (self.src.is_ipv4(), self.proto) {
+            (true, ICMP) => matches!(self.upper[0], 3 | 11 | 12),
+            (false, ICMPV6) => matches!(self.upper[0], 1..=4),
+            _ => false,
+        };
+        if !error {
+            return None;
+        }
+        let q = &self.upper[8..];
+        let (src, dst, proto, at): (IpAddr, IpAddr, u8, usize) = if self.src.is_ipv4() {
+            let h = q.get(..20)?;
+            let ihl = usize::from(h[0] & 0xf) * 4;
+            let offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+            if h[0] >> 4 != 4 || ihl < 20 || offset != 0 {
+                return None;
+            }
+            (IpAddr::from([h[12], h[13], h[14], h[15]]), IpAddr::from([h[16], h[17], h[18], h[19]]), h[9], ihl)
+        } else {
+            let h = q.get(..40)?;
+            if h[0] >> 4 != 6 {
+                return None;
+            }
+            let a = |b: &[u8]| IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes"));
+            (a(&h[8..24]), a(&h[24..40]), h[6], 40)
+        };
+        if proto != TCP && proto != UDP {
+            return None;
+        }
+        let ports = q.get(at..at + 4)?;
+        Some((src, dst, proto, u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]])))
     }
 
     /// The sequence number after this segment: its payload, and one each for SYN and
@@ -198,27 +263,61 @@ fn ipv6(frame: &[u8], off: usize) -> Frame {
 /// A connection in the model's state tables, by the opener's tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Tuple {
+    proto: u8,
     src: IpAddr,
     dst: IpAddr,
     sport: u16,
     dport: u16,
 }
 
+impl Tuple {
+    fn back(self) -> Self {
+        Self { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..self }
+    }
+}
+
+/// One direction of a TCP connection as a stateful firewall sees it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Side {
+    /// The number after the highest segment it sent that fitted.
+    end: u32,
+    /// The highest number it may send: the other side's acknowledgement plus window.
+    maxend: u32,
+    /// Its largest window, scaled.
+    maxwin: u32,
+    /// Its latest acknowledgement.
+    ack: u32,
+    wscale: u8,
+    /// Its SYN carried a window scale.
+    scales: bool,
+    fin: bool,
+    /// It was sent an in-window RST it has not answered.
+    rst_pending: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    SynSent,
+    SynRecv,
+    Established,
+    Closing,
+    Reset,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Conn {
     /// Roles replies may arrive on.
     reply_roles: &'static [Role],
-    /// The responder's ISN once its SYN-ACK was seen.
-    responder_isn: Option<u32>,
-    /// Once established: the sequence number each side's next segment carries. Only
-    /// an RST at exactly that number closes the connection.
-    opener_next: u32,
-    responder_next: u32,
+    /// The opener's NIC.
+    nic: Role,
+    state: State,
+    opener: Side,
+    responder: Side,
 }
 
-/// `next` moved forward (modulo 2^32) past `end`.
-fn advanced(next: u32, end: u32) -> u32 {
-    if end.wrapping_sub(next) as i32 > 0 { end } else { next }
+/// `a` is `b` or after it, modulo 2^32.
+fn at_or_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
 }
 
 /// The policy, the sets, and the connections the model has seen.
@@ -228,6 +327,7 @@ pub struct Model {
     pub policy: Policy,
     handshakes: HashMap<Tuple, Conn>,
     flows: HashMap<Tuple, Conn>,
+    udp: HashMap<Tuple, Conn>,
 }
 
 const PARTNER_SIDE: &[Role] = &[Role::Outside, Role::Host];
@@ -238,9 +338,9 @@ impl Model {
         Self { sets, policy, ..Self::default() }
     }
 
-    /// Connections whose handshake completed, and handshakes in progress.
-    pub fn table_sizes(&self) -> (usize, usize) {
-        (self.flows.len(), self.handshakes.len())
+    /// Connections whose handshake completed, handshakes in progress, UDP flows.
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        (self.flows.len(), self.handshakes.len(), self.udp.len())
     }
 
     /// The verdict for `frame` arriving on a NIC of `role`, dry-run applied.
@@ -262,12 +362,13 @@ impl Model {
             Frame::NotIp => return self.unpoliced(),
             Frame::Ip(ip) => ip,
         };
-        let (src_set, dst_set) = (self.sets.lookup(ip.src), self.sets.lookup(ip.dst));
-        if role != Role::Edge && src_set.is_some() {
+        let (src_sets, dst_sets) = (self.sets.lookup(ip.src), self.sets.lookup(ip.dst));
+        if role != Role::Edge && src_sets & EDGE_BITS != 0 {
             return v::DROP_SPOOFED;
         }
-        if src_set.is_none() && dst_set.is_none() {
-            return if self.policy.unpoliced == Fate::Drop && essential(&ip) { v::PASS_ESSENTIAL } else { self.unpoliced() };
+        if (src_sets | dst_sets) & EDGE_BITS == 0 {
+            let essential = neighbour_discovery(&ip) || (ip.upper_whole() && !ip.later_fragment && icmp_error(&ip));
+            return if self.policy.unpoliced == Fate::Drop && essential { v::PASS_ESSENTIAL } else { self.unpoliced() };
         }
         if ip.first_fragment || ip.later_fragment {
             if self.policy.fragments == Fate::Drop {
@@ -280,111 +381,249 @@ impl Model {
         if !ip.upper_whole() {
             return if ip.first_fragment { v::DROP_FRAGMENT } else { v::DROP_MALFORMED };
         }
-        if essential(&ip) {
+        if neighbour_discovery(&ip) {
             return v::PASS_ESSENTIAL;
         }
-        if ip.proto != TCP {
-            return v::DROP_NO_RULE;
+        if let Some((src, dst, proto, sport, dport)) = ip.quoted() {
+            let t = Tuple { proto, src, dst, sport, dport };
+            let known = |m: &HashMap<Tuple, Conn>| m.contains_key(&t) || m.contains_key(&t.back());
+            let related = if proto == UDP { known(&self.udp) } else { known(&self.flows) || known(&self.handshakes) };
+            return if related { v::PASS_RELATED } else { v::DROP_NO_RULE };
         }
+        let Some(proto) = Proto::from_number(ip.proto) else { return v::DROP_NO_RULE };
         let (sport, dport) = ip.ports();
-        let fed = self.policy.federation_port.get();
-        let int = self.policy.internal_port.get();
-        let matched = match role {
-            Role::Outside | Role::Host if dst_set == Some(EdgeSet::AccessEdge) && dport == fed => Some(rule::FEDERATION_IN),
-            Role::Outside | Role::Host if dst_set == Some(EdgeSet::InternalEdge) && dport == int => Some(rule::INTERNAL_MTLS),
-            Role::Edge if src_set == Some(EdgeSet::AccessEdge) && dport == fed => Some(rule::FEDERATION_OUT),
-            _ => None,
-        };
-        let tuple = Tuple { src: ip.src, dst: ip.dst, sport, dport };
-        if let Some(r) = matched {
-            let replies = if r == rule::FEDERATION_OUT { PARTNER_SIDE } else { EDGE_SIDE };
-            self.opener(tuple, &ip, replies);
+        let from_edge = role == Role::Edge;
+        let rows = self.policy.rules.rows();
+        let opens = rows.iter().any(|r| {
+            r.proto == proto
+                && r.ports.contains(dport)
+                && r.opens_from_edge() == from_edge
+                && r.source.matches(src_sets)
+                && r.destination.matches(dst_sets)
+        });
+        let t = Tuple { proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport };
+        if opens {
+            let replies = if from_edge { PARTNER_SIDE } else { EDGE_SIDE };
+            if proto == Proto::Udp {
+                match self.udp.get_mut(&t) {
+                    Some(_) => {}
+                    None => {
+                        let c = Conn { reply_roles: replies, nic: role, state: State::Established, opener: Side::default(), responder: Side::default() };
+                        self.udp.insert(t, c);
+                    }
+                }
+            } else {
+                self.tcp_opener(t, &ip, role, replies);
+            }
             return v::PASS_RULE;
         }
-        // A reply comes from the port its connection was opened to, a rule's port.
-        if sport != fed && sport != int {
+        // A reply comes from the port its flow was opened to: only a packet that could
+        // answer some row looks for a flow.
+        let answers = rows.iter().any(|r| {
+            r.proto == proto
+                && r.ports.contains(sport)
+                && r.opens_from_edge() != from_edge
+                && r.source.matches(dst_sets)
+                && r.destination.matches(src_sets)
+        });
+        if !answers {
             return v::DROP_NO_RULE;
         }
-        let back = Tuple { src: ip.dst, dst: ip.src, sport: dport, dport: sport };
-        if self.reply(back, &ip, role) { v::PASS_REPLY } else { v::DROP_NO_RULE }
+        let back = t.back();
+        let ok = if proto == Proto::Udp {
+            self.udp.get(&back).is_some_and(|c| c.reply_roles.contains(&role))
+        } else {
+            self.tcp_reply(back, &ip, role)
+        };
+        if ok { v::PASS_REPLY } else { v::DROP_NO_RULE }
     }
 
-    /// A packet a rule allowed, from the opener.
-    fn opener(&mut self, t: Tuple, ip: &Ip, reply_roles: &'static [Role]) {
+    /// A TCP packet a row allowed, from the opener.
+    fn tcp_opener(&mut self, t: Tuple, ip: &Ip, nic: Role, reply_roles: &'static [Role]) {
         let f = ip.tcp_flags();
         let syn = f & SYN != 0 && f & ACK == 0;
         if let Some(c) = self.flows.get_mut(&t) {
-            if f & RST != 0 {
-                if ip.seq() == c.opener_next {
+            if c.nic != nic {
+                return;
+            }
+            if !syn {
+                let mut c2 = *c;
+                if segment(ip, &mut c2.state, &mut c2.opener, &mut c2.responder) {
                     self.flows.remove(&t);
+                } else {
+                    *c = c2;
                 }
-            } else if !syn {
-                c.opener_next = advanced(c.opener_next, ip.seq_end());
+                return;
+            }
+            if !matches!(c.state, State::Closing | State::Reset) {
+                return;
+            }
+            self.flows.remove(&t);
+        }
+        let Some(c) = self.handshakes.get_mut(&t) else {
+            if syn {
+                let opener = Side {
+                    end: ip.seq_end(),
+                    maxend: ip.seq_end(),
+                    maxwin: u32::from(ip.window()),
+                    wscale: ip.wscale().unwrap_or(0),
+                    scales: ip.wscale().is_some(),
+                    ..Side::default()
+                };
+                self.handshakes.insert(t, Conn { reply_roles, nic, state: State::SynSent, opener, responder: Side::default() });
+            }
+            return;
+        };
+        if c.nic != nic || syn {
+            return;
+        }
+        let isn_next = c.opener.end;
+        if f & RST != 0 {
+            if ip.seq() == isn_next {
+                self.handshakes.remove(&t);
             }
             return;
         }
-        if syn {
-            let c = self.handshakes.entry(t).or_insert(Conn { reply_roles, responder_isn: None, opener_next: 0, responder_next: 0 });
-            // A retransmitted SYN restarts the handshake it belongs to.
-            c.responder_isn = None;
+        if c.state != State::SynRecv || f & ACK == 0 || ip.seq() != isn_next || ip.ack() != c.responder.end {
             return;
         }
-        let Some(c) = self.handshakes.get(&t).copied() else { return };
-        if f & RST != 0 {
-            self.handshakes.remove(&t);
-            return;
+        let mut done = *c;
+        self.handshakes.remove(&t);
+        if !(done.opener.scales && done.responder.scales) {
+            done.opener.wscale = 0;
+            done.responder.wscale = 0;
         }
-        if let Some(isn) = c.responder_isn
-            && f & ACK != 0
-            && ip.ack() == isn.wrapping_add(1)
-        {
-            self.handshakes.remove(&t);
-            self.flows.insert(t, Conn { opener_next: ip.seq_end(), responder_next: isn.wrapping_add(1), ..c });
-        }
+        done.state = State::Established;
+        done.responder.ack = isn_next;
+        update(ip, &mut done.opener, &mut done.responder);
+        done.opener.fin |= f & FIN != 0;
+        self.flows.insert(t, done);
     }
 
-    /// Whether this is a reply of connection `t`, arriving on `role`.
-    fn reply(&mut self, t: Tuple, ip: &Ip, role: Role) -> bool {
+    /// Whether this is a reply of TCP connection `t`, arriving on `role`.
+    fn tcp_reply(&mut self, t: Tuple, ip: &Ip, role: Role) -> bool {
         let f = ip.tcp_flags();
         if let Some(c) = self.flows.get_mut(&t) {
             if !c.reply_roles.contains(&role) {
                 return false;
             }
-            if f & RST != 0 {
-                if ip.seq() == c.responder_next {
-                    self.flows.remove(&t);
-                }
+            let mut c2 = *c;
+            if segment(ip, &mut c2.state, &mut c2.responder, &mut c2.opener) {
+                self.flows.remove(&t);
             } else {
-                c.responder_next = advanced(c.responder_next, ip.seq_end());
+                *c = c2;
             }
             return true;
+        }
+        if f & RST == 0 && f & (SYN | ACK) != SYN | ACK {
+            return false;
         }
         let Some(c) = self.handshakes.get_mut(&t) else { return false };
         if !c.reply_roles.contains(&role) {
             return false;
         }
+        let acks_syn = f & ACK != 0 && ip.ack() == c.opener.end;
         if f & RST != 0 {
-            self.handshakes.remove(&t);
+            if acks_syn {
+                self.handshakes.remove(&t);
+            }
             return true;
         }
-        if f & (SYN | ACK) != SYN | ACK {
-            return false;
+        if f & SYN == 0 || !acks_syn || c.state == State::SynRecv {
+            return true;
         }
-        c.responder_isn = Some(ip.seq());
+        c.state = State::SynRecv;
+        c.responder = Side {
+            end: ip.seq_end(),
+            ack: ip.ack(),
+            maxwin: u32::from(ip.window()),
+            maxend: ip.seq_end().wrapping_add(c.opener.maxwin),
+            wscale: ip.wscale().unwrap_or(0),
+            scales: ip.wscale().is_some(),
+            ..Side::default()
+        };
+        c.opener.maxend = ip.ack().wrapping_add(u32::from(ip.window()));
         true
     }
 }
 
-/// ARP aside, what the host cannot live without: ICMP errors (destination
-/// unreachable, time exceeded, parameter problem), ICMPv6 errors (1-4), and router
-/// and neighbour discovery with hop limit 255.
-fn essential(ip: &Ip) -> bool {
-    if ip.later_fragment || !ip.upper_whole() {
+/// Whether a segment from `s` to `r` fits the windows (Linux conntrack's
+/// `tcp_in_window` tests).
+fn fits(ip: &Ip, s: &Side, r: &Side) -> bool {
+    let end = ip.seq_end();
+    if !at_or_after(s.maxend, ip.seq()) || !at_or_after(end, s.end.wrapping_sub(r.maxwin)) {
         return false;
     }
+    if ip.tcp_flags() & ACK == 0 {
+        return true;
+    }
+    let ack_window = s.maxwin.max(66_000);
+    at_or_after(r.end, ip.ack()) && at_or_after(ip.ack(), r.end.wrapping_sub(ack_window))
+}
+
+/// Move the bounds past a segment that fits.
+fn update(ip: &Ip, s: &mut Side, r: &mut Side) {
+    let f = ip.tcp_flags();
+    let win = if f & SYN != 0 { u32::from(ip.window()) } else { u32::from(ip.window()) << s.wscale };
+    s.maxwin = s.maxwin.max(win);
+    if !at_or_after(s.end, ip.seq_end()) {
+        s.end = ip.seq_end();
+    }
+    if f & ACK != 0 {
+        if !at_or_after(s.ack, ip.ack()) {
+            s.ack = ip.ack();
+        }
+        let right = ip.ack().wrapping_add(win);
+        if !at_or_after(r.maxend, right) {
+            r.maxend = right;
+        }
+    }
+}
+
+/// A segment of an established connection from `s` to `r`; whether it ends it.
+fn segment(ip: &Ip, state: &mut State, s: &mut Side, r: &mut Side) -> bool {
+    if !fits(ip, s, r) {
+        return false;
+    }
+    let f = ip.tcp_flags();
+    if f & RST != 0 {
+        if ip.seq() == r.ack || ip.seq() == s.end {
+            return true;
+        }
+        r.rst_pending = true;
+        *state = State::Reset;
+        return false;
+    }
+    update(ip, s, r);
+    if s.rst_pending {
+        s.rst_pending = false;
+        if *state == State::Reset {
+            *state = State::Established;
+        }
+    }
+    s.fin |= f & FIN != 0;
+    if r.fin && f & ACK != 0 && at_or_after(ip.ack(), r.end) {
+        *state = State::Closing;
+    }
+    false
+}
+
+/// ICMPv6 router and neighbour discovery from the link (hop limit 255).
+fn neighbour_discovery(ip: &Ip) -> bool {
+    !ip.src.is_ipv4()
+        && ip.proto == ICMPV6
+        && !ip.later_fragment
+        && ip.upper_whole()
+        && matches!(ip.upper[0], 133..=137)
+        && ip.hop_limit == 255
+}
+
+/// ICMP errors (destination unreachable, time exceeded, parameter problem) and
+/// ICMPv6 errors (1-4).
+fn icmp_error(ip: &Ip) -> bool {
     match (ip.src.is_ipv4(), ip.proto) {
         (true, ICMP) => matches!(ip.upper[0], 3 | 11 | 12),
-        (false, ICMPV6) => matches!(ip.upper[0], 1..=4) || (matches!(ip.upper[0], 133..=137) && ip.hop_limit == 255),
+        (false, ICMPV6) => matches!(ip.upper[0], 1..=4),
         _ => false,
     }
 }
@@ -395,8 +634,8 @@ mod tests {
 
     fn model() -> Model {
         let mut sets = AddressSets::default();
-        sets.insert(EdgeSet::AccessEdge, "203.0.113.10".parse().unwrap()).unwrap();
-        sets.insert(EdgeSet::InternalEdge, "192.0.2.10".parse().unwrap()).unwrap();
+        sets.insert(crate::SetId::ACCESS_EDGE, "203.0.113.10".parse().unwrap()).unwrap();
+        sets.insert(crate::SetId::INTERNAL_EDGE, "192.0.2.10".parse().unwrap()).unwrap();
         Model::new(sets, Policy::default())
     }
 
@@ -426,14 +665,48 @@ mod tests {
         assert_eq!(m.judge(&tcp4(a, p, 5269, 40000, ACK, 5001, 1001), Some(Role::Edge)), v::DROP_NO_RULE);
         assert_eq!(m.judge(&tcp4(a, p, 5269, 40000, SYN | ACK, 5000, 1001), Some(Role::Edge)), v::PASS_REPLY);
         assert_eq!(m.judge(&tcp4(p, a, 40000, 5269, ACK, 1001, 7), Some(Role::Outside)), v::PASS_RULE);
-        assert_eq!(m.table_sizes(), (0, 1), "a wrong acknowledgement completes nothing");
+        assert_eq!(m.table_sizes(), (0, 1, 0), "a wrong acknowledgement completes nothing");
         assert_eq!(m.judge(&tcp4(p, a, 40000, 5269, ACK, 1001, 5001), Some(Role::Outside)), v::PASS_RULE);
-        assert_eq!(m.table_sizes(), (1, 0));
+        assert_eq!(m.table_sizes(), (1, 0, 0));
         assert_eq!(m.judge(&tcp4(a, p, 5269, 40000, ACK, 5001, 1001), Some(Role::Edge)), v::PASS_REPLY);
         assert_eq!(m.judge(&tcp4(a, p, 5269, 40000, ACK, 5001, 1001), Some(Role::Outside)), v::DROP_SPOOFED);
         assert_eq!(m.judge(&tcp4(p, a, 5269, 40001, SYN, 1, 0), Some(Role::Outside)), v::DROP_NO_RULE);
         assert_eq!(m.judge(&tcp4(p, [198, 18, 0, 20], 1, 22, SYN, 1, 0), Some(Role::Outside)), v::PASS_UNPOLICED);
         assert_eq!(m.judge(&tcp4(p, a, 1, 22, SYN, 1, 0), None), v::PASS_UNATTACHED);
+    }
+
+    /// Ethernet + IPv4 (20 bytes) + UDP (8 bytes).
+    fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 28];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&28u16.to_be_bytes());
+        f[23] = UDP;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[38..40].copy_from_slice(&8u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn udp_rows_open_flows_whose_replies_pass_from_the_rows_port() {
+        let mut sets = AddressSets::default();
+        sets.insert(crate::SetId::AV_EDGE, "203.0.113.10".parse().unwrap()).unwrap();
+        let spec = crate::rules::TableSpec { tables: vec!["lync-edge-external".into()], ..Default::default() };
+        let rules = crate::RuleTable::build(&spec, &sets).unwrap();
+        let mut m = Model::new(sets, Policy { rules, ..Policy::default() });
+        let (p, av) = ([198, 51, 100, 20], [203, 0, 113, 10]);
+        assert_eq!(m.judge(&udp4(av, p, 40000, 3478), Some(Role::Outside)), v::DROP_SPOOFED);
+        assert_eq!(m.judge(&udp4(p, av, 3478, 40000), Some(Role::Outside)), v::DROP_NO_RULE, "unsolicited from 3478");
+        assert_eq!(m.judge(&udp4(av, p, 40000, 3478), Some(Role::Edge)), v::PASS_RULE);
+        assert_eq!(m.judge(&udp4(p, av, 3478, 40000), Some(Role::Edge)), v::DROP_NO_RULE, "a reply on the wrong role");
+        assert_eq!(m.judge(&udp4(p, av, 3478, 40000), Some(Role::Outside)), v::PASS_REPLY);
+        assert_eq!(m.judge(&udp4(p, av, 3478, 40001), Some(Role::Outside)), v::DROP_NO_RULE, "another tuple");
+        assert_eq!(m.judge(&udp4(p, av, 40000, 59999), Some(Role::Outside)), v::PASS_RULE, "the media range's last port");
+        assert_eq!(m.judge(&udp4(p, av, 40000, 60000), Some(Role::Outside)), v::DROP_NO_RULE, "one past it");
+        assert_eq!(m.table_sizes(), (0, 0, 2));
     }
 
     #[test]

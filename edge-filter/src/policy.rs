@@ -1,13 +1,15 @@
 //! The policy's settings as typed values, and their encoding for the kernel.
 //!
-//! Contract: a [`Policy`] that exists is valid (ports are non-zero by type, timeouts
+//! Contract: a [`Policy`] that exists is valid (its rule table checked, timeouts
 //! non-zero by construction), so writing it to the kernel cannot fail on content. The
-//! defaults are the vendor table: federation port 5269, internal port 23456,
+//! defaults are the vendor's XMPP federation table on ports 5269 and 23456,
 //! unpoliced traffic passes, policed fragments are dropped, enforcing.
 
-use std::{fmt, num::NonZeroU16, str::FromStr, time::Duration};
+use std::{fmt, str::FromStr, time::Duration};
 
 use edge_filter_common::{Settings, flags, role};
+
+use crate::{addr::AddressSets, rules::RuleTable};
 
 /// What a NIC faces; decides which rules may open flows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,8 +95,10 @@ pub struct Timeouts {
     pub syn: Duration,
     /// Both sides have spoken.
     pub established: Duration,
-    /// After a FIN.
+    /// After a FIN or an RST.
     pub closing: Duration,
+    /// A UDP flow.
+    pub udp: Duration,
 }
 
 impl Default for Timeouts {
@@ -104,17 +108,16 @@ impl Default for Timeouts {
             syn: Duration::from_nanos(d.syn_timeout_ns),
             established: Duration::from_nanos(d.established_timeout_ns),
             closing: Duration::from_nanos(d.closing_timeout_ns),
+            udp: Duration::from_nanos(d.udp_timeout_ns),
         }
     }
 }
 
 /// Everything the kernel program needs to know besides NICs and address sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    /// R1 and R2 (`Set-CsEdgeServer -XmppListeningPort`).
-    pub federation_port: NonZeroU16,
-    /// R3 (`Set-CsEdgeServer -XmppInternalPort`).
-    pub internal_port: NonZeroU16,
+    /// The rows, resolved against the address sets.
+    pub rules: RuleTable,
     /// Traffic that involves no edge address.
     pub unpoliced: Fate,
     /// Policed IP fragments.
@@ -133,8 +136,7 @@ pub const DEFAULT_DROP_LOG_PER_SEC: u32 = 10;
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            federation_port: NonZeroU16::new(5269).expect("non-zero"),
-            internal_port: NonZeroU16::new(23456).expect("non-zero"),
+            rules: RuleTable::xmpp_federation(&AddressSets::default()),
             unpoliced: Fate::Pass,
             fragments: Fate::Drop,
             dry_run: false,
@@ -145,8 +147,9 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The kernel's encoding: ports in network order, flag bits, nanoseconds.
-    pub fn to_settings(&self) -> Settings {
+    /// The kernel's encoding of everything but the rules: flag bits, nanoseconds, and
+    /// the rule generation `rules_at`.
+    pub fn to_settings(&self, rules_at: u32) -> Settings {
         let mut bits = 0;
         if self.unpoliced == Fate::Drop {
             bits |= flags::UNPOLICED_DROP;
@@ -162,26 +165,26 @@ impl Policy {
         }
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Settings {
-            federation_port_be: self.federation_port.get().to_be(),
-            internal_port_be: self.internal_port.get().to_be(),
             flags: bits,
+            rules_at,
             syn_timeout_ns: ns(self.timeouts.syn),
             established_timeout_ns: ns(self.timeouts.established),
             closing_timeout_ns: ns(self.timeouts.closing),
+            udp_timeout_ns: ns(self.timeouts.udp),
             drop_log_per_sec: self.drop_log.unwrap_or(DEFAULT_DROP_LOG_PER_SEC),
             _pad: 0,
         }
     }
 
-    /// The policy the kernel holds, if the encoding is one this version writes.
-    pub fn from_settings(s: &Settings) -> Option<Self> {
-        if s.flags & !flags::ALL != 0 {
+    /// The policy the kernel holds, with the rule table read beside it, if the
+    /// encoding is one this version writes.
+    pub fn from_settings(s: &Settings, rules: RuleTable) -> Option<Self> {
+        if s.flags & !flags::ALL != 0 || s.rules_at > 1 {
             return None;
         }
         let fate = |bit, when_set| if s.flags & bit != 0 { when_set } else { other(when_set) };
         Some(Self {
-            federation_port: NonZeroU16::new(u16::from_be(s.federation_port_be))?,
-            internal_port: NonZeroU16::new(u16::from_be(s.internal_port_be))?,
+            rules,
             unpoliced: fate(flags::UNPOLICED_DROP, Fate::Drop),
             fragments: fate(flags::FRAGMENTS_PASS, Fate::Pass),
             dry_run: s.flags & flags::DRY_RUN != 0,
@@ -189,6 +192,7 @@ impl Policy {
                 syn: Duration::from_nanos(s.syn_timeout_ns),
                 established: Duration::from_nanos(s.established_timeout_ns),
                 closing: Duration::from_nanos(s.closing_timeout_ns),
+                udp: Duration::from_nanos(s.udp_timeout_ns),
             },
             drop_log: (s.flags & flags::DROP_LOG != 0).then_some(s.drop_log_per_sec),
         })
@@ -208,14 +212,14 @@ mod tests {
 
     #[test]
     fn default_policy_is_the_kernel_default() {
-        assert_eq!(Policy::default().to_settings(), Settings::DEFAULT);
+        assert_eq!(Policy::default().to_settings(0), Settings::DEFAULT);
+        assert_eq!(Policy::default().rules.rows().len(), 3);
     }
 
     #[test]
     fn settings_round_trip() {
         let p = Policy {
-            federation_port: NonZeroU16::new(5270).unwrap(),
-            internal_port: NonZeroU16::new(1).unwrap(),
+            rules: RuleTable::xmpp_federation(&AddressSets::default()),
             unpoliced: Fate::Drop,
             fragments: Fate::Pass,
             dry_run: true,
@@ -223,15 +227,15 @@ mod tests {
                 syn: Duration::from_secs(1),
                 established: Duration::from_secs(2),
                 closing: Duration::from_millis(3),
+                udp: Duration::from_secs(4),
             },
             drop_log: Some(5),
         };
-        let s = p.to_settings();
-        assert_eq!(s.federation_port_be.to_ne_bytes(), 5270u16.to_be_bytes());
-        assert_eq!(s.flags, flags::ALL);
-        assert_eq!(Policy::from_settings(&s), Some(p));
-        assert_eq!(Policy::from_settings(&Settings { flags: 1 << 7, ..s }), None);
-        assert_eq!(Policy::from_settings(&Settings { internal_port_be: 0, ..s }), None);
+        let s = p.to_settings(1);
+        assert_eq!((s.flags, s.rules_at), (flags::ALL, 1));
+        assert_eq!(Policy::from_settings(&s, p.rules.clone()), Some(p.clone()));
+        assert_eq!(Policy::from_settings(&Settings { flags: 1 << 7, ..s }, p.rules.clone()), None);
+        assert_eq!(Policy::from_settings(&Settings { rules_at: 2, ..s }, p.rules.clone()), None);
     }
 
     #[test]

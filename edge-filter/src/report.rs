@@ -15,10 +15,7 @@ use prometheus_client::{
 };
 use serde::Serialize;
 
-use crate::{
-    addr::EdgeSet,
-    loader::{FlowEvents, Maps},
-};
+use crate::loader::{FlowEvents, Maps};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -33,14 +30,16 @@ pub fn monotonic_ns() -> u64 {
 pub struct FlowRow {
     pub opener: String,
     pub responder: String,
+    pub proto: &'static str,
     pub state: &'static str,
-    pub rule: &'static str,
+    pub rule: String,
     pub age_secs: f64,
     pub idle_secs: f64,
 }
 
 impl FlowRow {
-    pub fn new(k: &edge_filter_common::FlowKey, f: &edge_filter_common::Flow, now_ns: u64) -> Self {
+    /// A flow row; `rules` names the row slots (the kernel's rule table).
+    pub fn new(k: &edge_filter_common::FlowKey, f: &edge_filter_common::Flow, rules: &[Option<String>], now_ns: u64) -> Self {
         let addr = |a: &[u8; 16]| -> std::net::IpAddr {
             if k.family == edge_filter_common::family::V4 {
                 std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
@@ -52,8 +51,9 @@ impl FlowRow {
         Self {
             opener: std::net::SocketAddr::new(addr(&k.src), u16::from_be(k.sport_be)).to_string(),
             responder: std::net::SocketAddr::new(addr(&k.dst), u16::from_be(k.dport_be)).to_string(),
+            proto: if k.proto == 17 { "udp" } else { "tcp" },
             state: edge_filter_common::flow_state::name(f.state),
-            rule: edge_filter_common::rule::NAMES.get(usize::from(f.rule)).copied().unwrap_or("unknown"),
+            rule: rules.get(usize::from(f.rule)).cloned().flatten().unwrap_or_else(|| format!("row#{}", f.rule)),
             age_secs: secs(f.created_ns),
             idle_secs: secs(f.last_seen_ns),
         }
@@ -73,7 +73,7 @@ pub struct CounterRow {
 /// Hits of one rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuleRow {
-    pub rule: &'static str,
+    pub rule: String,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -84,7 +84,7 @@ pub struct Snapshot {
     pub counters: Vec<CounterRow>,
     pub rules: Vec<RuleRow>,
     /// Entries per set.
-    pub addresses: Vec<(&'static str, usize)>,
+    pub addresses: Vec<(String, usize)>,
     pub flows: usize,
     pub dry_run: bool,
     /// `(event name, occurrences)`.
@@ -123,12 +123,15 @@ impl Snapshot {
             .rows()
             .map(|r| CounterRow { interface: name_of(r.slot), action: r.action, reason: r.reason, packets: r.packets, bytes: r.bytes })
             .collect();
-        let rules = counters.rule_rows().map(|(rule, c)| RuleRow { rule, packets: c.packets, bytes: c.bytes }).collect();
+        let rules = counters
+            .rule_rows()
+            .map(|(rule, c)| RuleRow { rule: rule.to_owned(), packets: c.packets, bytes: c.bytes })
+            .collect();
         let sets = maps.address_sets()?;
         Ok(Self {
             counters: rows,
             rules,
-            addresses: EdgeSet::ALL.iter().map(|s| (s.name(), sets.of(*s).count())).collect(),
+            addresses: sets.sets().map(|s| (sets.name(s).to_owned(), sets.of(s).count())).collect(),
             flows: maps.flows()?.len(),
             dry_run: maps.policy()?.dry_run,
             events: {
@@ -183,11 +186,11 @@ impl Snapshot {
         }
         let hits = Family::<Rule, PromCounter>::default();
         for r in &self.rules {
-            hits.get_or_create(&Rule { rule: r.rule.into() }).inc_by(r.packets);
+            hits.get_or_create(&Rule { rule: r.rule.clone() }).inc_by(r.packets);
         }
         let addresses = Family::<Set, Gauge>::default();
         for (s, n) in &self.addresses {
-            addresses.get_or_create(&Set { set: (*s).into() }).set(*n as i64);
+            addresses.get_or_create(&Set { set: s.clone() }).set(*n as i64);
         }
         let flows = Gauge::<i64>::default();
         flows.set(self.flows as i64);
@@ -225,6 +228,18 @@ impl Snapshot {
         ] {
             flow_events.get_or_create(&Event { event: name.into() }).inc_by(n);
         }
+        let u = &self.flow_events.udp;
+        for (name, n) in [
+            ("udp_created", u.created),
+            ("udp_expired", u.expired),
+            ("udp_evicted", u.evicted),
+            ("udp_insert_failed", u.insert_failed),
+        ] {
+            flow_events.get_or_create(&Event { event: name.into() }).inc_by(n);
+        }
+        let udp = Gauge::<i64>::default();
+        udp.set(u.live as i64);
+        reg.register("edge_filter_udp_flows", "Entries in the UDP flow table", udp);
         embryos.set(e.live as i64);
         reg.register("edge_filter_flow_events", "State-table events: flows and handshakes created, expired, closed, evicted, refused", flow_events);
         reg.register("edge_filter_handshakes", "Entries in the embryonic (handshake) table", embryos);
@@ -242,8 +257,8 @@ mod tests {
     fn prometheus_text_carries_every_family_with_the_dataplane_names() {
         let s = Snapshot {
             counters: vec![CounterRow { interface: "eth0".into(), action: "drop", reason: "no_rule", packets: 3, bytes: 180 }],
-            rules: vec![RuleRow { rule: "federation-in", packets: 2, bytes: 120 }],
-            addresses: vec![("access-edge", 2), ("internal-edge", 1)],
+            rules: vec![RuleRow { rule: "federation-in".into(), packets: 2, bytes: 120 }],
+            addresses: vec![("access-edge".into(), 2), ("internal-edge".into(), 1)],
             flows: 4,
             dry_run: false,
             events: vec![("drop_log_suppressed", 7)],

@@ -17,7 +17,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{AddrError, AddressSets, EdgeSet, Prefix};
+use crate::addr::{AddrError, AddressSets, Prefix, SetId};
 
 const FILE: &str = "addresses.toml";
 
@@ -65,11 +65,12 @@ struct SetChanges {
     removed: Vec<String>,
 }
 
-/// Runtime changes of the address sets.
+/// Runtime changes of the address sets, by set name (a peer set is known by the name
+/// the config gives it; changes to a set the config no longer has are left aside).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
-    added: BTreeMap<(Prefix, EdgeSet), ()>,
-    removed: BTreeMap<(Prefix, EdgeSet), ()>,
+    added: BTreeMap<(Prefix, String), ()>,
+    removed: BTreeMap<(Prefix, String), ()>,
 }
 
 impl Changes {
@@ -85,11 +86,10 @@ impl Changes {
             toml::from_str(&text).map_err(|e| StateError::Parse { path: path.clone(), message: e.message().to_owned() })?;
         let mut changes = Self::default();
         for (set, c) in raw {
-            let set: EdgeSet = set.parse().map_err(|source| StateError::Addr { path: path.clone(), source })?;
             for (list, target) in [(&c.added, &mut changes.added), (&c.removed, &mut changes.removed)] {
                 for p in list {
                     let prefix: Prefix = p.parse().map_err(|source| StateError::Addr { path: path.clone(), source })?;
-                    target.insert((prefix, set), ());
+                    target.insert((prefix, set.clone()), ());
                 }
             }
         }
@@ -105,10 +105,10 @@ impl Changes {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut raw: BTreeMap<String, SetChanges> = BTreeMap::new();
         for ((p, s), ()) in &self.added {
-            raw.entry(s.name().to_owned()).or_default().added.push(p.to_string());
+            raw.entry(s.clone()).or_default().added.push(p.to_string());
         }
         for ((p, s), ()) in &self.removed {
-            raw.entry(s.name().to_owned()).or_default().removed.push(p.to_string());
+            raw.entry(s.clone()).or_default().removed.push(p.to_string());
         }
         let text = format!(
             "# Address changes made with `edge-filter addr`, applied over the config at every start.\n{}",
@@ -122,48 +122,48 @@ impl Changes {
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
 
-    /// Record that `prefix` was added to `set` at runtime.
-    pub fn add(&mut self, set: EdgeSet, prefix: Prefix) {
-        self.removed.remove(&(prefix, set));
-        self.added.insert((prefix, set), ());
+    /// Record that `prefix` was added to the set named `set` at runtime.
+    pub fn add(&mut self, set: &str, prefix: Prefix) {
+        let key = (prefix, set.to_owned());
+        self.removed.remove(&key);
+        self.added.insert(key, ());
     }
 
-    /// Record that `prefix` was removed from `set` at runtime.
-    pub fn remove(&mut self, set: EdgeSet, prefix: Prefix) {
-        self.added.remove(&(prefix, set));
-        self.removed.insert((prefix, set), ());
+    /// Record that `prefix` was removed from the set named `set` at runtime.
+    pub fn remove(&mut self, set: &str, prefix: Prefix) {
+        let key = (prefix, set.to_owned());
+        self.added.remove(&key);
+        self.removed.insert(key, ());
     }
 
-    /// Whether `prefix` in `set` was added at runtime.
-    pub fn is_added(&self, set: EdgeSet, prefix: &Prefix) -> bool {
-        self.added.contains_key(&(*prefix, set))
+    /// Whether `prefix` in the set named `set` was added at runtime.
+    pub fn is_added(&self, set: &str, prefix: &Prefix) -> bool {
+        self.added.contains_key(&(*prefix, set.to_owned()))
     }
 
     /// The sets to enforce: the config's, with these changes, each entry with its source.
-    pub fn apply(&self, config: &AddressSets) -> Result<Vec<(Prefix, EdgeSet, Source)>, AddrError> {
-        let mut sets = AddressSets::default();
-        let mut out = Vec::new();
-        for (p, s) in config.iter() {
-            if !self.removed.contains_key(&(p, s)) {
-                sets.insert(s, p)?;
-                out.push((p, s, Source::Config));
-            }
-        }
-        for (p, s) in self.added.keys() {
-            if sets.set_of(p).is_none() {
-                sets.insert(*s, *p)?;
-                out.push((*p, *s, Source::Runtime));
-            }
-        }
+    pub fn apply(&self, config: &AddressSets) -> Result<Vec<(Prefix, SetId, Source)>, AddrError> {
+        let effective = self.effective(config)?;
+        let mut out: Vec<_> = effective
+            .iter()
+            .map(|(p, s)| (p, s, if config.contains(s, &p) { Source::Config } else { Source::Runtime }))
+            .collect();
         out.sort();
         Ok(out)
     }
 
-    /// The effective sets.
+    /// The effective sets: the config's, less what was removed, with what was added.
     pub fn effective(&self, config: &AddressSets) -> Result<AddressSets, AddrError> {
-        let mut sets = AddressSets::default();
-        for (p, s, _) in self.apply(config)? {
-            sets.insert(s, p)?;
+        let mut sets = config.clone();
+        for (p, name) in self.removed.keys() {
+            if let Ok(s) = config.set_named(name) {
+                sets.remove(s, p);
+            }
+        }
+        for (p, name) in self.added.keys() {
+            if let Ok(s) = config.set_named(name) {
+                sets.insert(s, *p)?;
+            }
         }
         Ok(sets)
     }
@@ -193,12 +193,12 @@ mod tests {
     fn changes_apply_over_the_config_and_survive_a_round_trip() {
         let dir = std::env::temp_dir().join(format!("edge-filter-state-test-{}", std::process::id()));
         let mut config = AddressSets::default();
-        config.insert(EdgeSet::AccessEdge, p("203.0.113.10")).unwrap();
-        config.insert(EdgeSet::InternalEdge, p("192.0.2.10")).unwrap();
+        config.insert(SetId::ACCESS_EDGE, p("203.0.113.10")).unwrap();
+        config.insert(SetId::INTERNAL_EDGE, p("192.0.2.10")).unwrap();
         let mut c = Changes::default();
-        c.add(EdgeSet::AccessEdge, p("203.0.113.11"));
-        c.add(EdgeSet::AccessEdge, p("203.0.113.10")); // already in the config
-        c.remove(EdgeSet::InternalEdge, p("192.0.2.10"));
+        c.add("access-edge", p("203.0.113.11"));
+        c.add("access-edge", p("203.0.113.10")); // already in the config
+        c.remove("internal-edge", p("192.0.2.10"));
         c.save(&dir).unwrap();
         let back = Changes::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -207,17 +207,17 @@ mod tests {
         assert_eq!(
             eff,
             vec![
-                (p("203.0.113.10"), EdgeSet::AccessEdge, Source::Config),
-                (p("203.0.113.11"), EdgeSet::AccessEdge, Source::Runtime),
+                (p("203.0.113.10"), SetId::ACCESS_EDGE, Source::Config),
+                (p("203.0.113.11"), SetId::ACCESS_EDGE, Source::Runtime),
             ]
         );
         // The last change wins: removing the runtime addition and adding back the
         // config entry leaves the config's sets.
         let mut c = back;
-        c.remove(EdgeSet::AccessEdge, p("203.0.113.11"));
-        c.add(EdgeSet::InternalEdge, p("192.0.2.10"));
+        c.remove("access-edge", p("203.0.113.11"));
+        c.add("internal-edge", p("192.0.2.10"));
         assert_eq!(c.effective(&config).unwrap(), config);
-        assert!(!c.is_added(EdgeSet::AccessEdge, &p("203.0.113.11")));
+        assert!(!c.is_added("access-edge", &p("203.0.113.11")));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::{Harness, Nic, generator::Generator, plan};
 pub fn policy(name: &str) -> anyhow::Result<Policy> {
     // Timeouts longer than any run: the model does not age connections.
     let long = Duration::from_secs(30 * 24 * 3600);
-    let base = Policy { timeouts: Timeouts { syn: long, established: long, closing: long }, ..Policy::default() };
+    let base = Policy { timeouts: Timeouts { syn: long, established: long, closing: long, udp: long }, ..Policy::default() };
     Ok(match name {
         "default" => base,
         "strict" => Policy { unpoliced: Fate::Drop, fragments: Fate::Pass, ..base },
@@ -86,7 +86,7 @@ impl std::fmt::Display for Disagreement {
 /// Whether a fresh kernel and a fresh model disagree on this one frame.
 fn disagrees_fresh(h: &mut Harness, policy: &Policy, frame: &[u8], nic: Nic) -> anyhow::Result<bool> {
     h.reset_state()?;
-    let mut m = Model::new(plan::sets(), *policy);
+    let mut m = Model::new(plan::sets(), policy.clone());
     Ok(kernel_verdict(h, frame, nic)? != m.judge(frame, role(nic)))
 }
 
@@ -138,8 +138,8 @@ pub fn run(seed: u64, packets: u64, fixtures: Option<&Path>) -> anyhow::Result<R
     let mut done = 0;
     for name in POLICIES {
         let policy = policy(name)?;
-        let mut h = Harness::with_tables(policy, 1 << 16, 1 << 16).context("load the filter")?;
-        let mut model = Model::new(plan::sets(), policy);
+        let mut h = Harness::with_tables(policy.clone(), 1 << 16, 1 << 16).context("load the filter")?;
+        let mut model = Model::new(plan::sets(), policy.clone());
         for _ in 0..per_policy.min(packets - done) {
             let s = frames.sample();
             let kernel = kernel_verdict(&h, &s.frame, s.nic).with_context(|| format!("frame {done}: {}", hex(&s.frame)))?;

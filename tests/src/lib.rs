@@ -21,8 +21,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use edge_filter::{AddressSets, Counters, EdgeSet, Filter, LoadOptions, Policy, Prefix, Role, Variant};
-use edge_filter_common::{rule, verdict};
+use edge_filter::{AddressSets, Counters, Filter, LoadOptions, Policy, Prefix, Role, SetId, Variant};
+use edge_filter_common::{MAX_RULES, verdict};
 
 /// The test address plan (design §6): documentation ranges only.
 pub mod plan {
@@ -40,22 +40,44 @@ pub mod plan {
     pub const ACCESS_NET4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 70));
     pub const ACCESS_NET6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x203, 1, 0, 0, 0, 0x70));
 
+    /// The row slots of the built-in table on a fresh load: `federation-in`,
+    /// `federation-out`, `internal-mtls`.
+    pub const R1: u32 = 0;
+    pub const R2: u32 = 1;
+    pub const R3: u32 = 2;
+
     /// access-edge: the Edge's external addresses plus a prefix of each family;
     /// internal-edge: the Edge's internal addresses.
     pub fn sets() -> AddressSets {
         let mut s = AddressSets::default();
         for (set, p) in [
-            (EdgeSet::AccessEdge, "203.0.113.10"),
-            (EdgeSet::AccessEdge, "2001:db8:203::10"),
-            (EdgeSet::AccessEdge, "203.0.113.64/26"),
-            (EdgeSet::AccessEdge, "2001:db8:203:1::/64"),
-            (EdgeSet::InternalEdge, "192.0.2.10"),
-            (EdgeSet::InternalEdge, "2001:db8:192::10"),
+            (SetId::ACCESS_EDGE, "203.0.113.10"),
+            (SetId::ACCESS_EDGE, "2001:db8:203::10"),
+            (SetId::ACCESS_EDGE, "203.0.113.64/26"),
+            (SetId::ACCESS_EDGE, "2001:db8:203:1::/64"),
+            (SetId::INTERNAL_EDGE, "192.0.2.10"),
+            (SetId::INTERNAL_EDGE, "2001:db8:192::10"),
         ] {
             s.insert(set, p.parse::<Prefix>().expect("plan prefix")).expect("plan sets");
         }
         s
     }
+}
+
+/// Make sure `/sys/fs/bpf` is a bpffs, mounting one when the machine has none (as the
+/// daemon does on its first start).
+pub fn bpffs() -> anyhow::Result<std::path::PathBuf> {
+    let root = std::path::PathBuf::from("/sys/fs/bpf");
+    let mounted = |p: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mounts")
+            .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == p.to_str() && l.split(' ').nth(2) == Some("bpf")))
+    };
+    if !mounted(&root) {
+        std::fs::create_dir_all(&root)?;
+        let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&root).status()?;
+        ensure!(status.success() && mounted(&root), "mount -t bpf bpf {}: {status}", root.display());
+    }
+    Ok(root)
 }
 
 /// The NIC a test frame arrives on.
@@ -185,6 +207,11 @@ impl Harness {
         Self::build(policy, &plan::sets(), LoadOptions { max_flows, max_embryos, ..LoadOptions::default() })
     }
 
+    /// Load with UDP table of this size.
+    pub fn with_udp_table(policy: Policy, sets: &AddressSets, max_udp_flows: u32) -> anyhow::Result<Self> {
+        Self::build(policy, sets, LoadOptions { max_udp_flows, ..LoadOptions::default() })
+    }
+
     /// Load the given program variant with `policy` and the plan's address sets.
     pub fn with_variant(policy: Policy, variant: Variant) -> anyhow::Result<Self> {
         Self::build(policy, &plan::sets(), LoadOptions { variant: Some(variant), ..LoadOptions::default() })
@@ -194,8 +221,8 @@ impl Harness {
     pub fn build(policy: Policy, sets: &AddressSets, opts: LoadOptions) -> anyhow::Result<Self> {
         let lab = Lab::new(&["outside0", "edge0", "host0", "spare0"])?;
         let mut filter = Filter::load(&opts).context("load the XDP program")?;
-        filter.set_policy(&policy)?;
         filter.set_address_sets(sets)?;
+        filter.set_policy(&policy)?;
         let mut nics = Vec::new();
         for (nic, dev) in Nic::ALL.into_iter().zip(["outside0", "edge0", "host0", "spare0"]) {
             let ifindex = lab.ifindex(dev)?;
@@ -313,11 +340,11 @@ fn counter_problems(before: &Counters, after: &Counters, slot: u32, case: &Case)
     if !found {
         let _ = write!(problems, " want slot {slot} {} +1 packet +{want_bytes} bytes;", verdict_name(case.verdict));
     }
-    for r in 0..rule::COUNT {
+    for r in 0..MAX_RULES {
         let want = u64::from(case.rule == Some(r));
         let got = delta.rules[r as usize].packets;
         if got != want {
-            let _ = write!(problems, " rule {} hits +{got} (want +{want});", rule::NAMES[r as usize]);
+            let _ = write!(problems, " row slot {r} hits +{got} (want +{want});");
         }
     }
     problems

@@ -37,11 +37,14 @@ pub const IPV6_LEN: usize = 40;
 /// The upper layer of a packet.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    /// TCP; `seq` and `ack` are the sequence and acknowledgement numbers.
-    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32 },
+    /// TCP; `seq` and `ack` are the sequence and acknowledgement numbers, `window` the
+    /// window field, `options` the raw option bytes (padded to a multiple of four).
+    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, window: u16, options: Vec<u8> },
     Udp { sport: u16, dport: u16 },
     /// ICMP or ICMPv6 (by the address family): type and code, 8-byte header.
     Icmp { kind: u8, code: u8 },
+    /// An ICMP or ICMPv6 error quoting an IP packet (its bytes from the IP header on).
+    IcmpQuote { kind: u8, code: u8, quote: Vec<u8> },
     /// Any protocol number with raw bytes.
     Raw { proto: u8, bytes: Vec<u8> },
 }
@@ -51,7 +54,7 @@ impl L4 {
         match self {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
-            L4::Icmp { .. } => if v6 { 58 } else { 1 },
+            L4::Icmp { .. } | L4::IcmpQuote { .. } => if v6 { 58 } else { 1 },
             L4::Raw { proto, .. } => *proto,
         }
     }
@@ -85,7 +88,17 @@ pub struct Pkt {
 
 /// A TCP packet with the given flags (sequence 1000, acknowledging 2000).
 pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Pkt {
-    Pkt::new(src, dst, L4::Tcp { sport, dport, flags, seq: 1000, ack: 2000 })
+    Pkt::new(src, dst, L4::Tcp { sport, dport, flags, seq: 1000, ack: 2000, window: 64240, options: Vec::new() })
+}
+
+/// An ICMP (IPv4) or ICMPv6 error of `kind` and `code` quoting `quoted` as a router
+/// would: its IP header and what follows (the first 64 bytes of it).
+pub fn icmp_error(src: IpAddr, dst: IpAddr, kind: u8, code: u8, quoted: &Pkt) -> Pkt {
+    let mut quote = quoted.build();
+    let eth = 14 + 4 * quoted.tags.len();
+    quote.drain(..eth);
+    quote.truncate(64);
+    Pkt::new(src, dst, L4::IcmpQuote { kind, code, quote })
 }
 
 pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Pkt {
@@ -118,6 +131,25 @@ impl Pkt {
     pub fn seq_ack(mut self, seq: u32, ack: u32) -> Self {
         if let L4::Tcp { seq: s, ack: a, .. } = &mut self.l4 {
             (*s, *a) = (seq, ack);
+        }
+        self
+    }
+
+    /// The TCP window field.
+    pub fn window(mut self, window: u16) -> Self {
+        if let L4::Tcp { window: w, .. } = &mut self.l4 {
+            *w = window;
+        }
+        self
+    }
+
+    /// TCP options, as raw bytes (padded with end-of-list to a multiple of four).
+    pub fn tcp_options(mut self, mut opts: Vec<u8>) -> Self {
+        while !opts.len().is_multiple_of(4) {
+            opts.push(0);
+        }
+        if let L4::Tcp { options, .. } = &mut self.l4 {
+            *options = opts;
         }
         self
     }
@@ -176,8 +208,9 @@ impl Pkt {
     fn l4_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match &self.l4 {
-            L4::Tcp { sport, dport, flags: f, seq, ack } => {
-                let mut h = TcpHeader::new(*sport, *dport, *seq, 64240);
+            L4::Tcp { sport, dport, flags: f, seq, ack, window, options } => {
+                let mut h = TcpHeader::new(*sport, *dport, *seq, *window);
+                h.set_options_raw(options).expect("at most 40 bytes of options");
                 h.fin = f & flags::FIN != 0;
                 h.syn = f & flags::SYN != 0;
                 h.rst = f & flags::RST != 0;
@@ -194,6 +227,10 @@ impl Pkt {
                 h.write(&mut out).expect("write to Vec");
             }
             L4::Icmp { kind, code } => out.extend_from_slice(&[*kind, *code, 0, 0, 0, 0, 0, 0]),
+            L4::IcmpQuote { kind, code, quote } => {
+                out.extend_from_slice(&[*kind, *code, 0, 0, 0, 0, 0, 0]);
+                out.extend_from_slice(quote);
+            }
             L4::Raw { bytes, .. } => out.extend_from_slice(bytes),
         }
         out.resize(out.len() + self.payload, 0xab);

@@ -4,10 +4,7 @@
 //! so the subset itself is known to be right.
 
 use edge_filter::{Fate, Policy};
-use edge_filter_common::{
-    rule::{FEDERATION_IN as R1, FEDERATION_OUT as R2, INTERNAL_MTLS as R3},
-    verdict::*,
-};
+use edge_filter_common::verdict::*;
 
 use crate::{
     Case,
@@ -42,7 +39,7 @@ pub fn groups() -> Vec<(&'static str, Policy, Vec<Case>)> {
     default.extend([
         Case::new("ARP", Outside, packet::arp([198, 51, 100, 20], [203, 0, 113, 10]), PASS_ESSENTIAL),
         Case::new("neighbour solicitation", Outside, icmp(PARTNER6, ACCESS6, 135, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL),
-        Case::new("fragmentation needed", Outside, icmp(PARTNER4, ACCESS4, 3, 4).payload(28).build(), PASS_ESSENTIAL),
+        Case::new("fragmentation needed quoting no flow", Outside, icmp(PARTNER4, ACCESS4, 3, 4).payload(28).build(), DROP_NO_RULE),
         Case::rule("IPv6 behind three extension headers", Outside, r1(PARTNER6, ACCESS6).ext(0, 8).ext(43, 24).ext(60, 16).build(), R1),
         Case::new("IPv6 chain of nine", Outside, (0..9).fold(r1(PARTNER6, ACCESS6), |p, _| p.ext(60, 8)).build(), DROP_MALFORMED),
     ]);

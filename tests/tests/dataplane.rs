@@ -6,13 +6,13 @@
 //!
 //! Privileged: run as root (`cargo xtask test` does).
 
-use std::{net::IpAddr, num::NonZeroU16, thread::sleep, time::Duration};
+use std::{net::IpAddr, thread::sleep, time::Duration};
 
-use edge_filter::{EdgeSet, Fate, Policy, Prefix, Timeouts, Variant};
-use edge_filter_common::{
-    rule::{FEDERATION_IN as R1, FEDERATION_OUT as R2, INTERNAL_MTLS as R3},
-    verdict::*,
+use edge_filter::{
+    AddressSets, Fate, Policy, Prefix, RuleTable, SetId, Timeouts, Variant,
+    rules::{RowSpec, TableSpec},
 };
+use edge_filter_common::verdict::*;
 use edge_filter_tests::{
     Case, Harness,
     Nic::{self, *},
@@ -465,11 +465,10 @@ fn a_nic_without_a_role_passes_everything_and_counts_it() {
 
 #[test]
 fn ports_follow_the_settings() {
-    let moved = Policy {
-        federation_port: NonZeroU16::new(5270).unwrap(),
-        internal_port: NonZeroU16::new(5061).unwrap(),
-        ..Policy::default()
-    };
+    let mut spec = TableSpec::default();
+    spec.ports.set("XmppListeningPort", 5270).unwrap();
+    spec.ports.set("XmppInternalPort", 5061).unwrap();
+    let moved = Policy { rules: RuleTable::build(&spec, &sets()).unwrap(), ..Policy::default() };
     let mut cases = Vec::new();
     for f in [V4, V6] {
         let t = f.tag;
@@ -600,6 +599,7 @@ fn short(syn: u64, established: u64, closing: u64) -> Policy {
             syn: Duration::from_millis(syn),
             established: Duration::from_millis(established),
             closing: Duration::from_millis(closing),
+            udp: Duration::from_millis(established),
         },
         ..Policy::default()
     }
@@ -680,7 +680,7 @@ fn flows_enter_the_flow_table_only_when_the_handshake_completes() {
 
     h.check_all(&[a.back("SYN-ACK", SYN_ACK, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
     let (_, embryo) = only(h.filter.embryos().unwrap()).unwrap();
-    assert_eq!((embryo.state, embryo.responder_isn), (SYN_RECV, 5000));
+    assert_eq!((embryo.state, embryo.responder.end), (SYN_RECV, 5001));
 
     // An ACK that does not acknowledge the responder's ISN completes nothing.
     let blind = Case::rule("ACK with a guessed number", Edge,
@@ -788,14 +788,14 @@ fn blind_rst_and_syn_leave_established_flows_alone() {
 #[test]
 fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
     let prefixes = [
-        (EdgeSet::AccessEdge, "198.18.0.0/16"),
-        (EdgeSet::AccessEdge, "198.18.4.0/24"),
-        (EdgeSet::AccessEdge, "198.18.4.128/28"),
-        (EdgeSet::AccessEdge, "198.18.4.130"),
-        (EdgeSet::AccessEdge, "2001:db8:aa::/48"),
-        (EdgeSet::AccessEdge, "2001:db8:aa:1::/64"),
-        (EdgeSet::AccessEdge, "2001:db8:aa:1::7"),
-        (EdgeSet::InternalEdge, "2001:db8:bb::/127"),
+        (SetId::ACCESS_EDGE, "198.18.0.0/16"),
+        (SetId::ACCESS_EDGE, "198.18.4.0/24"),
+        (SetId::ACCESS_EDGE, "198.18.4.128/28"),
+        (SetId::ACCESS_EDGE, "198.18.4.130"),
+        (SetId::ACCESS_EDGE, "2001:db8:aa::/48"),
+        (SetId::ACCESS_EDGE, "2001:db8:aa:1::/64"),
+        (SetId::ACCESS_EDGE, "2001:db8:aa:1::7"),
+        (SetId::INTERNAL_EDGE, "2001:db8:bb::/127"),
     ];
     let mut sets = edge_filter_tests::plan::sets();
     for (set, p) in prefixes {
@@ -827,11 +827,11 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
     .unwrap_or_else(|e| panic!("{e:#}"));
 
     // The /16 goes: its length is no longer looked up; the nested /24 still matches.
-    sets.remove(EdgeSet::AccessEdge, &"198.18.0.0/16".parse().unwrap());
+    sets.remove(SetId::ACCESS_EDGE, &"198.18.0.0/16".parse().unwrap());
     h.filter.set_address_sets(&sets).unwrap();
     h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]).unwrap_or_else(|e| panic!("{e:#}"));
     // A /20 is a new length: it matches at once.
-    sets.insert(EdgeSet::AccessEdge, "198.18.32.0/20".parse().unwrap()).unwrap();
+    sets.insert(SetId::ACCESS_EDGE, "198.18.32.0/20".parse().unwrap()).unwrap();
     h.filter.set_address_sets(&sets).unwrap();
     h.check_all(&[probe("198.18.47.254", Some(R1)), probe("198.18.48.1", None)]).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(h.filter.address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
@@ -842,7 +842,7 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
 #[test]
 fn pinned_maps_of_another_layout_are_refused() {
     use edge_filter::{Filter, LoadOptions};
-    let dir = std::path::PathBuf::from("/sys/fs/bpf").join(edge_filter_tests::topology::unique("pins"));
+    let dir = edge_filter_tests::bpffs().unwrap().join(edge_filter_tests::topology::unique("pins"));
     struct Cleanup(std::path::PathBuf);
     impl Drop for Cleanup {
         fn drop(&mut self) {

@@ -15,8 +15,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, ensure};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use edge_filter::{AddressSets, EdgeSet, LoadOptions, Policy, Prefix, loader::xdp_md};
-use edge_filter_common::{Flow, FlowKey, family, flow_state, role, rule, verdict};
+use edge_filter::{AddressSets, LoadOptions, Policy, Prefix, SetId, loader::xdp_md};
+use edge_filter_common::{Flow, FlowKey, TcpDir, family, flow_state, role, verdict};
 
 use super::{Figure, Plan, rivals, rotated};
 use crate::{
@@ -310,7 +310,7 @@ fn growth_entry(i: usize, v4: bool, exact: bool) -> (Prefix, IpAddr) {
 fn growth_sets(n: usize, v4: bool, exact: bool) -> anyhow::Result<AddressSets> {
     let mut sets = crate::plan::sets();
     for i in 0..n {
-        sets.insert(EdgeSet::AccessEdge, growth_entry(i, v4, exact).0)?;
+        sets.insert(SetId::ACCESS_EDGE, growth_entry(i, v4, exact).0)?;
     }
     Ok(sets)
 }
@@ -414,12 +414,12 @@ pub fn established_r1(src: Ipv4Addr, sport: u16, now_ns: u64) -> (FlowKey, Flow)
         created_ns: now_ns,
         last_seen_ns: now_ns,
         state: flow_state::ESTABLISHED,
-        rule: rule::FEDERATION_IN as u8,
+        rule: crate::plan::R1 as u8,
         reply_roles: role::bit(role::EDGE),
+        ifindex: 0,
         _pad: 0,
-        responder_isn: 5000,
-        opener_next: 1001,
-        responder_next: 5001,
+        opener: TcpDir { end: 1001, maxend: 5001 + 65_535, maxwin: 65_535, ack: 5001, ..TcpDir::default() },
+        responder: TcpDir { end: 5001, maxend: 1001 + 65_535, maxwin: 65_535, ack: 1001, ..TcpDir::default() },
     };
     (key, flow)
 }
@@ -497,8 +497,8 @@ mod tests {
             for i in 65_536 - 4_096..65_536 {
                 let (p, inside) = growth_entry(i, v4, exact);
                 assert!(p.contains(inside));
-                top.insert(EdgeSet::AccessEdge, p).unwrap();
-                assert_eq!(crate::plan::sets().lookup(inside), None);
+                top.insert(SetId::ACCESS_EDGE, p).unwrap();
+                assert_eq!(crate::plan::sets().lookup(inside), 0);
             }
             assert_eq!(top.len(), 4_096);
         }

@@ -1,0 +1,112 @@
+//! The rule match: which rows of the rule table a packet opens, and which rows its
+//! reply direction could belong to, in a handful of array reads whatever the number of
+//! rows.
+//!
+//! Userspace compiles the rows ([`edge_filter_common::Rule`]) into masks with one bit
+//! per row:
+//! - `PORT_ROWS[proto][port]`: rows of the protocol whose port or range holds `port`;
+//! - `SET_ROWS[half][byte]`: for each byte of an address's 16-bit set mask, the rows
+//!   whose source (or destination) such an address matches; rows of "any" are in
+//!   every entry of the low half, so an address in no set matches exactly them;
+//! - `RULESET`: rows that open from `edge` NICs and from `outside`/`host` NICs.
+//!
+//! A packet opens the rows in `ports[dport] & from_role & src_rows(src) & dst_rows(dst)`.
+//! It may be a reply of the rows in `ports[sport] & reply_role & src_rows(dst) &
+//! dst_rows(src)`: the same test on the swapped tuple, with the role its reply arrives
+//! on. Only then is a flow looked up.
+//!
+//! Every map here is an array with a constant index bound, so the verifier inlines
+//! each lookup: no call, whatever the number of rows. The maps exist twice
+//! (`Settings::rules_at` names the current generation): userspace writes the other
+//! generation whole and flips, so no packet sees half a table.
+
+use edge_filter_common::{Settings, proto_index, role};
+
+use crate::maps::{PORT_ROWS, RULESET, SET_ROWS};
+
+/// The rows a packet opens and the rows it may be a reply of.
+pub struct Rows {
+    pub open: u64,
+    pub reply: u64,
+}
+
+#[inline(always)]
+fn port_rows(generation: u32, proto: u32, port_be: u16) -> u64 {
+    let port = u32::from(u16::from_be(port_be));
+    PORT_ROWS.get((generation * 2 + proto) * 65_536 + port).copied().unwrap_or(0)
+}
+
+/// (source rows, destination rows) an address with set mask `bits` matches.
+#[inline(always)]
+fn set_rows(generation: u32, bits: u32) -> (u64, u64) {
+    let lo = SET_ROWS.get(generation * 512 + (bits & 0xff));
+    let hi = SET_ROWS.get(generation * 512 + 256 + ((bits >> 8) & 0xff));
+    let (mut src, mut dst) = lo.map_or((0, 0), |r| (r.src, r.dst));
+    if let Some(r) = hi {
+        src |= r.src;
+        dst |= r.dst;
+    }
+    (src, dst)
+}
+
+/// The rows of a TCP or UDP packet from an address with set mask `src_bits` to one
+/// with `dst_bits`, arriving on a NIC of `nic_role`.
+#[inline(always)]
+pub fn rows(
+    settings: &Settings,
+    proto: u8,
+    sport_be: u16,
+    dport_be: u16,
+    src_bits: u32,
+    dst_bits: u32,
+    nic_role: u32,
+) -> Rows {
+    let Some(proto) = proto_index(proto) else {
+        return Rows { open: 0, reply: 0 };
+    };
+    let generation = settings.rules_at & 1;
+    let Some(set) = RULESET.get(generation) else {
+        return Rows { open: 0, reply: 0 };
+    };
+    let (opens_here, replies_here) =
+        if nic_role == role::EDGE { (set.from_edge, set.from_outside) } else { (set.from_outside, set.from_edge) };
+    let (src_as_src, src_as_dst) = set_rows(generation, src_bits);
+    let (dst_as_src, dst_as_dst) = set_rows(generation, dst_bits);
+    let open = opens_here & src_as_src & dst_as_dst;
+    let open = if open != 0 { open & port_rows(generation, proto, dport_be) } else { 0 };
+    let reply = replies_here & dst_as_src & src_as_dst;
+    let reply = if reply != 0 { reply & port_rows(generation, proto, sport_be) } else { 0 };
+    Rows { open, reply }
+}
+
+/// The index of the lowest set bit of a non-zero mask: the row a packet is counted
+/// under when it opens several. Six steps of a binary search (the BPF instruction set
+/// has no count-trailing-zeros).
+#[inline(always)]
+pub fn first(mut mask: u64) -> u32 {
+    let mut n = 0;
+    if mask & 0xffff_ffff == 0 {
+        n += 32;
+        mask >>= 32;
+    }
+    if mask & 0xffff == 0 {
+        n += 16;
+        mask >>= 16;
+    }
+    if mask & 0xff == 0 {
+        n += 8;
+        mask >>= 8;
+    }
+    if mask & 0xf == 0 {
+        n += 4;
+        mask >>= 4;
+    }
+    if mask & 0x3 == 0 {
+        n += 2;
+        mask >>= 2;
+    }
+    if mask & 0x1 == 0 {
+        n += 1;
+    }
+    n
+}
