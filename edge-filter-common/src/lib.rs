@@ -72,6 +72,11 @@ pub mod map {
     /// `LruHashMap<FlowKey, Flow>`: UDP flows an allowed datagram opened. Separate, so
     /// that no amount of UDP evicts a TCP flow. Written by the kernel programs.
     pub const UDP_FLOWS: &str = "UDP_FLOWS";
+    /// `LruHashMap<SourceKey, u64>`: established TCP flows per source prefix (the
+    /// side of a flow that is not the Edge's), counted up by the kernel when a flow
+    /// enters [`FLOWS`] and down when it removes one; recounted by the daemon, which
+    /// sees what LRU evictions and unlooked-at expiries left behind.
+    pub const SOURCES: &str = "SOURCES";
     /// `PerCpuArray<Counter>` indexed by `slot * VERDICT_SLOTS + verdict`. Written by
     /// the kernel programs.
     pub const COUNTERS: &str = "COUNTERS";
@@ -86,9 +91,9 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         IFACES, EDGE4, EDGE6, SET_NAMES, EDGE_LENS, EDGE_LENS_AT, EDGE_HINTS, SETTINGS, RULES, PORT_ROWS, SET_ROWS,
-        RULESET, FLOWS, EMBRYOS, UDP_FLOWS, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET,
+        RULESET, FLOWS, EMBRYOS, UDP_FLOWS, SOURCES, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET,
     ];
 
     const _: () = {
@@ -123,6 +128,9 @@ pub const MAX_PREFIX_LENS: usize = 8;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 /// Default size of the embryonic table (handshakes in progress).
 pub const DEFAULT_MAX_EMBRYOS: u32 = 65_536;
+/// Default share of the flow table one source prefix may hold: a sixteenth of the
+/// default table.
+pub const DEFAULT_MAX_FLOWS_PER_SOURCE: u32 = DEFAULT_MAX_FLOWS / 16;
 /// Default size of the UDP flow table.
 pub const DEFAULT_MAX_UDP_FLOWS: u32 = 65_536;
 /// Rows of the rule table: a row is a bit of a `u64` mask.
@@ -282,10 +290,13 @@ pub mod event {
     pub const UDP_EXPIRED: u32 = 11;
     /// UDP flows the table refused.
     pub const UDP_INSERT_FAILED: u32 = 12;
+    /// Completed handshakes not recorded: their source prefix holds its share of the
+    /// flow table already.
+    pub const SOURCE_LIMITED: u32 = 13;
     /// Entries of the map.
     pub const COUNT: u32 = 16;
     /// Names as the CLI and metrics show them, for the indexes in use.
-    pub const NAMES: [(u32, &str); 13] = [
+    pub const NAMES: [(u32, &str); 14] = [
         (DROP_LOGGED, "drop_logged"),
         (DROP_LOG_SUPPRESSED, "drop_log_suppressed"),
         (FLOW_CREATED, "flow_created"),
@@ -299,6 +310,7 @@ pub mod event {
         (UDP_CREATED, "udp_created"),
         (UDP_EXPIRED, "udp_expired"),
         (UDP_INSERT_FAILED, "udp_insert_failed"),
+        (SOURCE_LIMITED, "source_limited"),
     ];
 }
 
@@ -533,7 +545,12 @@ pub struct Settings {
     pub udp_timeout_ns: u64,
     /// Drop log lines per second and CPU, when [`flags::DROP_LOG`] is set.
     pub drop_log_per_sec: u32,
-    pub _pad: u32,
+    /// Established TCP flows one source prefix may hold ([`map::SOURCES`]).
+    pub max_flows_per_source: u32,
+    /// Prefix lengths that make a source: IPv4, IPv6.
+    pub source_len4: u8,
+    pub source_len6: u8,
+    pub _pad: [u8; 6],
 }
 
 impl Settings {
@@ -549,7 +566,10 @@ impl Settings {
         // RFC 4787 REQ-5: a UDP mapping lives at least 2 minutes idle.
         udp_timeout_ns: 120 * NS_PER_SEC,
         drop_log_per_sec: 10,
-        _pad: 0,
+        max_flows_per_source: DEFAULT_MAX_FLOWS_PER_SOURCE,
+        source_len4: 24,
+        source_len6: 64,
+        _pad: [0; 6],
     };
 }
 
@@ -635,6 +655,17 @@ pub struct Flow {
     pub responder: TcpDir,
 }
 
+/// Key of [`map::SOURCES`]: a source prefix, the address masked to the settings'
+/// source length (network order; IPv4 in the first four bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    /// [`family`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Value of [`map::LOG_BUDGET`] (per CPU): lines logged in the current one-second
 /// window.
 #[repr(C)]
@@ -656,7 +687,8 @@ pub struct Counter {
 
 const _: () = {
     assert!(size_of::<Iface>() == 8);
-    assert!(size_of::<Settings>() == 48);
+    assert!(size_of::<Settings>() == 56);
+    assert!(size_of::<SourceKey>() == 20);
     assert!(size_of::<SetBits>() == 8);
     assert!(size_of::<SetName>() == NAME_LEN);
     assert!(size_of::<Rule>() == NAME_LEN + 8);
@@ -715,6 +747,8 @@ mod pod {
     unsafe impl aya::Pod for super::SetRows {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Ruleset {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceKey {}
 }
 
 #[cfg(test)]

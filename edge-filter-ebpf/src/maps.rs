@@ -8,7 +8,7 @@ use aya_ebpf::{
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
     LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, Ruleset,
-    SET_ROWS_ENTRIES, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, event, hint,
+    SET_ROWS_ENTRIES, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, SourceKey, event, hint,
 };
 
 /// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
@@ -78,6 +78,11 @@ pub static EMBRYOS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEF
 /// Opener's 5-tuple -> UDP flow. Written here; size set by userspace.
 #[map]
 pub static UDP_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_UDP_FLOWS, 0);
+
+/// Source prefix -> established flows it holds. Written here (counts up and down) and
+/// by the daemon (recounts); sized as the flow table by userspace.
+#[map]
+pub static SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// `slot * verdict::SLOTS + verdict` -> packets and bytes, per CPU. Written here.
 #[map]

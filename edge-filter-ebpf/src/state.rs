@@ -29,9 +29,10 @@
 //!   (RFC 5961 §3.2), and that answer, or any in-window segment from the side the RST
 //!   was sent to, makes the flow established again; otherwise it expires after the
 //!   closing timeout.
-//! - A FIN moves the flow to `CLOSING` only once its receiver acknowledged it: a FIN
-//!   the endpoint never accepted (a blind one, or one with a bad checksum) does not
-//!   shorten the flow's timeout.
+//! - A FIN moves the flow to `CLOSING` only once its receiver acknowledged it, and is
+//!   forgotten when its sender sends data beyond it: a FIN the endpoint never
+//!   accepted (a blind one, or one with a bad checksum) does not shorten the flow's
+//!   timeout.
 //! - A handshake: a SYN with another ISN does not restart it; a SYN-ACK that does not
 //!   acknowledge the SYN, or a second one with another ISN, is not recorded; an RST
 //!   ends it only at the right number (from the responder: acknowledging the SYN; from
@@ -39,6 +40,14 @@
 //! - The opener's packets move a flow only on the NIC it was opened on
 //!   ([`Flow::ifindex`]); replies only on a NIC of a role the flow names
 //!   ([`Flow::reply_roles`]).
+//! - Fair tables: one source prefix (the side of a flow that is not the Edge's, masked
+//!   to /24 or /64 by default) holds at most `max_flows_per_source` established
+//!   flows (`SOURCES` counts them). A handshake completed beyond that is not recorded
+//!   and is counted (`source_limited`), so a flood of completed handshakes from one
+//!   prefix can never fill the flow table and push another source's flow out. The
+//!   kernel counts a flow up when it enters `FLOWS` and down when it removes one;
+//!   flows the LRU evicts or that expire unseen leave the count high, and two CPUs
+//!   may lose a count in a race, until the daemon recounts (it does every minute).
 //! - Timeouts per state are judged on every lookup, so an idle entry is not honoured
 //!   even while the LRU still holds it.
 //! - Every entry that enters or leaves a table by our hand is counted (`event`);
@@ -51,11 +60,13 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use edge_filter_common::{Flow, FlowKey, Settings, TcpDir, dir_flags, event, flow_state};
+use edge_filter_common::{
+    Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flow_state, hint, role,
+};
 
 use crate::{
     counters::count_event as bump,
-    maps::{EMBRYOS, FLOWS, UDP_FLOWS},
+    maps::{EMBRYOS, FLOWS, SOURCES, UDP_FLOWS},
     parse::{IPPROTO_TCP, IPPROTO_UDP, NO_WSCALE, Packet, QUOTE, tcp_flags},
 };
 
@@ -93,6 +104,15 @@ impl Clock {
 #[map]
 static NEW_FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
+/// Index 0 -> the key of the flow being looked up on this CPU; scratch space, as
+/// `NEW_FLOW` (two keys on the stack were what the limit could not afford).
+#[map]
+static FLOW_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// Index 0 -> the source prefix being counted on this CPU; scratch space.
+#[map]
+static SOURCE_KEY: PerCpuArray<SourceKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// The scratch entry, reset to a new flow.
 #[inline(always)]
 fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -> Option<&'a mut Flow> {
@@ -114,31 +134,28 @@ fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -
 /// Conntrack's floor for the acknowledgement window (`MAXACKWINCONST`).
 const MAX_ACK_WINDOW: u32 = 66_000;
 
+/// This packet's tuple (`reply`: swapped, the key of the flow it would answer), in
+/// the scratch key.
 #[inline(always)]
-fn key(p: &Packet) -> FlowKey {
-    FlowKey {
-        src: p.src,
-        dst: p.dst,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        family: p.family,
-        proto: p.proto,
-        _pad: [0; 2],
+fn key<'a>(p: &Packet, reply: bool) -> Option<&'a mut FlowKey> {
+    let k = FLOW_KEY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
+    let k = unsafe { &mut *k };
+    if reply {
+        k.src = p.dst;
+        k.dst = p.src;
+        k.sport_be = p.dport_be;
+        k.dport_be = p.sport_be;
+    } else {
+        k.src = p.src;
+        k.dst = p.dst;
+        k.sport_be = p.sport_be;
+        k.dport_be = p.dport_be;
     }
-}
-
-/// The key of the flow this packet would be a reply to.
-#[inline(always)]
-fn reply_key(p: &Packet) -> FlowKey {
-    FlowKey {
-        src: p.dst,
-        dst: p.src,
-        sport_be: p.dport_be,
-        dport_be: p.sport_be,
-        family: p.family,
-        proto: p.proto,
-        _pad: [0; 2],
-    }
+    k.family = p.family;
+    k.proto = p.proto;
+    k._pad = [0; 2];
+    Some(k)
 }
 
 #[inline(always)]
@@ -170,8 +187,12 @@ fn live<'a>(
     // comment for concurrent writers.
     let flow = unsafe { &mut *flow };
     if expired(flow, settings, expired_event == event::UDP_EXPIRED, clock.now()) {
+        let source = if expired_event == event::FLOW_EXPIRED { source_of(key, flow, settings) } else { None };
         if table.remove(key).is_ok() {
             bump(expired_event);
+            if let Some(source) = source {
+                forget(source);
+            }
         }
         return None;
     }
@@ -182,6 +203,72 @@ fn live<'a>(
 fn remove(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, closed_event: u32) {
     if table.remove(key).is_ok() {
         bump(closed_event);
+    }
+}
+
+/// Remove an established flow by our hand, and count its source down.
+#[inline(always)]
+fn close(key: &FlowKey, flow: &Flow, settings: &Settings) {
+    let source = source_of(key, flow, settings);
+    if FLOWS.remove(key).is_ok() {
+        bump(event::FLOW_CLOSED);
+        if let Some(source) = source {
+            forget(source);
+        }
+    }
+}
+
+/// The source prefix of a flow: its side that is not the Edge's (the opener when it
+/// opened from an `outside` or `host` NIC, else the responder).
+/// In the scratch source key.
+#[inline(always)]
+fn source_of<'a>(key: &FlowKey, flow: &Flow, settings: &Settings) -> Option<&'a mut SourceKey> {
+    let s = SOURCE_KEY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
+    let s = unsafe { &mut *s };
+    let addr = if flow.reply_roles & role::bit(role::EDGE) != 0 { &key.src } else { &key.dst };
+    s.family = key.family;
+    s._pad = [0; 3];
+    if key.family == family::V4 {
+        let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) & hint::mask32(u32::from(settings.source_len4));
+        s.addr = [0; 16];
+        s.addr[..4].copy_from_slice(&a.to_be_bytes());
+    } else {
+        s.addr = hint::mask6(addr, u32::from(settings.source_len6));
+    }
+    Some(s)
+}
+
+/// Whether the source may hold one more established flow; if so, it is counted.
+#[inline(always)]
+fn admit(source: &SourceKey, settings: &Settings) -> bool {
+    let Some(count) = SOURCES.get_ptr_mut(source) else {
+        // A new source. The table is an LRU: a source it forgets starts again from
+        // zero, which errs towards admitting, never towards refusing.
+        let _ = SOURCES.insert(source, &1, 0);
+        return true;
+    };
+    // SAFETY: a pointer from a map lookup, valid for this run. Plain read-modify-write:
+    // Rust's BPF target has no atomic add, and two CPUs completing handshakes of one
+    // prefix in the same instant can only lose a count, which the daemon's recount
+    // puts right within a minute.
+    let count = unsafe { &mut *count };
+    // A count a decrement took below zero (the daemon recounted meanwhile) reads as
+    // huge; it is no reason to refuse.
+    if *count >= u64::from(settings.max_flows_per_source) && *count < 1 << 63 {
+        return false;
+    }
+    *count = count.wrapping_add(1);
+    true
+}
+
+/// Count a source down when one of its flows leaves the table by our hand.
+#[inline(always)]
+fn forget(source: &SourceKey) {
+    if let Some(count) = SOURCES.get_ptr_mut(source) {
+        // SAFETY: as in `admit`.
+        let count = unsafe { &mut *count };
+        *count = count.wrapping_sub(1);
     }
 }
 
@@ -270,6 +357,11 @@ fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> b
         *flow_state = flow_state::RESET;
         return false;
     }
+    if s.flags & dir_flags::FIN != 0 && after(seq_end(p), s.end) {
+        // Data beyond a FIN: that FIN was never the sender's last word (one the
+        // endpoint did not accept, a blind one); forget it.
+        s.flags &= !dir_flags::FIN;
+    }
     update(p, s, r);
     if s.flags & dir_flags::RST_PENDING != 0 {
         // The side an RST was sent to speaks again: it did not take the RST.
@@ -301,8 +393,10 @@ pub fn open(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
 
 #[inline(always)]
 fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    let key = key(p);
-    if let Some(flow) = live(&UDP_FLOWS, &key, settings, clock, event::UDP_EXPIRED) {
+    let Some(key) = key(p, false).map(|k| &*k) else {
+        return;
+    };
+    if let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) {
         if flow.ifindex == ifindex {
             flow.last_seen_ns = clock.now();
         }
@@ -311,14 +405,16 @@ fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     let Some(flow) = new_flow(clock.now(), flow_state::ESTABLISHED, rule, reply_roles, ifindex) else {
         return;
     };
-    bump(if UDP_FLOWS.insert(&key, flow, 0).is_ok() { event::UDP_CREATED } else { event::UDP_INSERT_FAILED });
+    bump(if UDP_FLOWS.insert(key, flow, 0).is_ok() { event::UDP_CREATED } else { event::UDP_INSERT_FAILED });
 }
 
 #[inline(always)]
 fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    let key = key(p);
+    let Some(key) = key(p, false).map(|k| &*k) else {
+        return;
+    };
     let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
-    if let Some(flow) = live(&FLOWS, &key, settings, clock, event::FLOW_EXPIRED) {
+    if let Some(flow) = live(&FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
         if flow.ifindex != ifindex {
             return;
         }
@@ -328,17 +424,17 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
             if flow.state != flow_state::CLOSING && flow.state != flow_state::RESET {
                 return;
             }
-            remove(&FLOWS, &key, event::FLOW_CLOSED);
+            close(key, flow, settings);
         } else {
             if segment(p, &mut flow.state, &mut flow.opener, &mut flow.responder) {
-                remove(&FLOWS, &key, event::FLOW_CLOSED);
+                close(key, flow, settings);
             } else {
                 flow.last_seen_ns = clock.now();
             }
             return;
         }
     }
-    let Some(embryo) = live(&EMBRYOS, &key, settings, clock, event::EMBRYO_EXPIRED) else {
+    let Some(embryo) = live(&EMBRYOS, key, settings, clock, event::EMBRYO_EXPIRED) else {
         if syn {
             let Some(embryo) = new_flow(clock.now(), flow_state::SYN_SENT, rule, reply_roles, ifindex) else {
                 return;
@@ -351,7 +447,7 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
                 embryo.opener.flags = dir_flags::WSCALE;
             }
             // The table is an LRU: it makes room by evicting the oldest handshake.
-            bump(if EMBRYOS.insert(&key, embryo, 0).is_ok() {
+            bump(if EMBRYOS.insert(key, embryo, 0).is_ok() {
                 event::EMBRYO_CREATED
             } else {
                 event::EMBRYO_INSERT_FAILED
@@ -373,7 +469,7 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     }
     if has(p, tcp_flags::RST) {
         if p.seq == isn_next {
-            remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+            remove(&EMBRYOS, key, event::EMBRYO_CLOSED);
         }
         return;
     }
@@ -403,18 +499,30 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     if has(p, tcp_flags::FIN) {
         flow.opener.flags |= dir_flags::FIN;
     }
-    bump(if FLOWS.insert(&key, flow, 0).is_ok() { event::FLOW_CREATED } else { event::FLOW_INSERT_FAILED });
-    remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+    let Some(source) = source_of(key, flow, settings) else {
+        return;
+    };
+    if !admit(source, settings) {
+        bump(event::SOURCE_LIMITED);
+    } else if FLOWS.insert(key, flow, 0).is_ok() {
+        bump(event::FLOW_CREATED);
+    } else {
+        bump(event::FLOW_INSERT_FAILED);
+        forget(source);
+    }
+    remove(&EMBRYOS, key, event::EMBRYO_CLOSED);
 }
 
 /// Whether this packet belongs to a live flow as its reply, arriving on a NIC of
 /// `nic_role`; moves the flow when the packet fits.
 #[inline(always)]
 pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) -> bool {
-    let key = reply_key(p);
+    let Some(key) = key(p, true).map(|k| &*k) else {
+        return false;
+    };
     let bit = edge_filter_common::role::bit(nic_role);
     if p.proto == IPPROTO_UDP {
-        let Some(flow) = live(&UDP_FLOWS, &key, settings, clock, event::UDP_EXPIRED) else {
+        let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
             return false;
         };
         if flow.reply_roles & bit == 0 {
@@ -423,12 +531,12 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
         flow.last_seen_ns = clock.now();
         return true;
     }
-    if let Some(flow) = live(&FLOWS, &key, settings, clock, event::FLOW_EXPIRED) {
+    if let Some(flow) = live(&FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
         if flow.reply_roles & bit == 0 {
             return false;
         }
         if segment(p, &mut flow.state, &mut flow.responder, &mut flow.opener) {
-            remove(&FLOWS, &key, event::FLOW_CLOSED);
+            close(key, flow, settings);
         } else {
             flow.last_seen_ns = clock.now();
         }
@@ -439,7 +547,7 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
     if !has(p, tcp_flags::RST) && !has(p, tcp_flags::SYN | tcp_flags::ACK) {
         return false;
     }
-    let Some(embryo) = live(&EMBRYOS, &key, settings, clock, event::EMBRYO_EXPIRED) else {
+    let Some(embryo) = live(&EMBRYOS, key, settings, clock, event::EMBRYO_EXPIRED) else {
         return false;
     };
     if embryo.reply_roles & bit == 0 {
@@ -449,7 +557,7 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
     let acks_syn = has(p, tcp_flags::ACK) && p.ack_seq == embryo.opener.end;
     if has(p, tcp_flags::RST) {
         if acks_syn {
-            remove(&EMBRYOS, &key, event::EMBRYO_CLOSED);
+            remove(&EMBRYOS, key, event::EMBRYO_CLOSED);
         }
         return true;
     }

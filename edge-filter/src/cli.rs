@@ -330,6 +330,10 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
             t.live, t.created, t.expired, t.closed, t.evicted, t.insert_failed
         );
     }
+    println!(
+        "handshakes not recorded because their source held its share ({} flows per source): {}",
+        policy.sources.max_flows, ev.source_limited
+    );
     let egress = pins.egress_links();
     if !egress.is_empty() {
         println!("host-mode egress (TCX): {}", egress.join(", "));

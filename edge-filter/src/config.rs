@@ -126,6 +126,9 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "established-timeout",
             "closing-timeout",
             "udp-timeout",
+            "max-flows-per-source",
+            "source-prefix-v4",
+            "source-prefix-v6",
         ],
     ),
     ("metrics", &["listen"]),
@@ -270,6 +273,16 @@ impl Config {
             let t = &mut config.policy.timeouts;
             if let Some(n) = cx.int(state.get("max-udp-flows"), "state.max-udp-flows", 1, i64::from(u32::MAX))? {
                 config.max_udp_flows = n as u32;
+            }
+            let limit = &mut config.policy.sources;
+            if let Some(n) = cx.int(state.get("max-flows-per-source"), "state.max-flows-per-source", 1, i64::from(u32::MAX))? {
+                limit.max_flows = n as u32;
+            }
+            if let Some(n) = cx.int(state.get("source-prefix-v4"), "state.source-prefix-v4", 0, 32)? {
+                limit.v4_len = n as u8;
+            }
+            if let Some(n) = cx.int(state.get("source-prefix-v6"), "state.source-prefix-v6", 0, 128)? {
+                limit.v6_len = n as u8;
             }
             for (key, slot) in [
                 ("syn-timeout", &mut t.syn),
@@ -569,6 +582,8 @@ mod tests {
 
             [state]
             udp-timeout = 30
+            max-flows-per-source = 100
+            source-prefix-v6 = 56
             "#,
             "edge.toml",
         )
@@ -584,6 +599,7 @@ mod tests {
         assert_eq!(c.sets.lookup("203.0.113.10".parse().unwrap()), SetId::ACCESS_EDGE.bit() | SetId::WEBCONF_EDGE.bit());
         assert_eq!(c.sets.lookup("198.51.100.7".parse().unwrap()), 1 << 4);
         assert_eq!(c.policy.timeouts.udp.as_secs(), 30);
+        assert_eq!(c.policy.sources, crate::SourceLimit { max_flows: 100, v4_len: 24, v6_len: 56 });
         assert_eq!(c.sets.overlaps().len(), 1, "access-edge and webconf-edge share an address");
     }
 

@@ -13,6 +13,8 @@
 //! - SIGTERM and SIGINT end the process and leave the filter attached and pinned, so
 //!   enforcement never lapses; the next `run` adopts it.
 //! - `/metrics` serves Prometheus text read from the pinned maps at each scrape.
+//! - Every [`RECOUNT`], flows that expired unseen are removed and the per-source
+//!   flow counts recounted (`Maps::recount_sources`).
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,9 @@ use crate::{
     report::Snapshot,
     statedir::Changes,
 };
+
+/// How often the per-source counts are put right.
+const RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn run(config_path: &Path, config: Config, pins: Pins, state_dir: PathBuf) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
@@ -85,8 +90,17 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
     }
     info!("enforcing; SIGHUP re-reads {}, SIGTERM leaves the filter attached", config_path.display());
 
+    let mut recount = tokio::time::interval(RECOUNT);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = recount.tick() => {
+                match filter.recount_sources(crate::report::monotonic_ns()) {
+                    Ok((0, _)) => {}
+                    Ok((stale, sources)) => info!("removed {stale} expired flows; {sources} sources hold flows"),
+                    Err(e) => warn!("recounting the flows per source: {e:#}"),
+                }
+            }
             _ = hup.recv() => {
                 match Config::load(config_path) {
                     Err(e) => error!("{e}; keeping the running config"),

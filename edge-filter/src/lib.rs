@@ -34,5 +34,5 @@ pub use addr::{AddrError, AddressSets, Prefix, SetId};
 pub use counters::{Counters, Delta, Row};
 pub use config::Config;
 pub use loader::{Error, Filter, IfaceEntry, LoadOptions, Maps, Variant};
-pub use policy::{Fate, Policy, Role, Timeouts};
+pub use policy::{Fate, Policy, Role, SourceLimit, Timeouts};
 pub use rules::{Proto, RuleTable};

@@ -29,7 +29,7 @@ use aya::{
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
     MAX_IFACES, MAX_IFINDEX, MAX_PREFIX_LENS, MAX_RULES, MAX_SETS, NAME_LEN, PrefixLens, Rule, Ruleset, SetBits, SetKey4,
-    SetKey6, SetName, SetRows, Settings, TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, hint, map, verdict,
+    SetKey6, SetName, SetRows, Settings, SourceKey, TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, hint, map, verdict,
 };
 
 use crate::{
@@ -206,7 +206,8 @@ impl Filter {
         loader
             .map_max_entries(map::FLOWS, opts.max_flows)
             .map_max_entries(map::EMBRYOS, opts.max_embryos)
-            .map_max_entries(map::UDP_FLOWS, opts.max_udp_flows);
+            .map_max_entries(map::UDP_FLOWS, opts.max_udp_flows)
+            .map_max_entries(map::SOURCES, opts.max_flows);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.map_pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| Error::PinDir { dir: dir.clone(), source })?;
@@ -737,7 +738,69 @@ impl Maps {
             flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), self.flows()?.len()),
             embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), self.embryos()?.len()),
             udp: table(at(e::UDP_CREATED), at(e::UDP_EXPIRED), 0, at(e::UDP_INSERT_FAILED), self.udp_flows()?.len()),
+            source_limited: at(e::SOURCE_LIMITED),
         })
+    }
+
+    /// Established flows per source prefix, as the kernel counts them.
+    pub fn sources(&self) -> Result<BTreeMap<([u8; 16], u8), u64>, Error> {
+        let name = map::SOURCES;
+        let table: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter() {
+            let (k, n) = entry.map_err(map_err(name))?;
+            out.insert((k.addr, k.family), n);
+        }
+        Ok(out)
+    }
+
+    /// Put the per-source counts right: remove the flows that expired unseen, count
+    /// the live ones per source prefix as the kernel does, and write the counts
+    /// (dropping sources that hold nothing). The kernel counts flows up and down as
+    /// it sees them; LRU evictions, expiries nobody looked at and lost races are what
+    /// this corrects. Returns (flows removed as expired, sources counted).
+    pub fn recount_sources(&mut self, now_ns: u64) -> Result<(usize, usize), Error> {
+        let policy = self.policy()?;
+        let settings = policy.to_settings(0);
+        let flows = self.flows()?;
+        let mut counts: BTreeMap<SourceKey, u64> = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (k, f) in &flows {
+            let timeout = match f.state {
+                edge_filter_common::flow_state::ESTABLISHED => settings.established_timeout_ns,
+                _ => settings.closing_timeout_ns,
+            };
+            if now_ns.saturating_sub(f.last_seen_ns) > timeout {
+                stale.push(k.0);
+                continue;
+            }
+            *counts.entry(source_of(&k.0, f, &settings)).or_default() += 1;
+        }
+        {
+            let name = map::FLOWS;
+            let mut table: HashMap<&mut MapData, FlowKey, Flow> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for k in &stale {
+                match table.remove(k) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(name)(e)),
+                }
+            }
+        }
+        let name = map::SOURCES;
+        let mut table: HashMap<&mut MapData, SourceKey, u64> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let keys: Vec<SourceKey> = table.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+        for k in keys.iter().filter(|k| !counts.contains_key(k)) {
+            match table.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        for (k, n) in &counts {
+            table.insert(*k, *n, 0).map_err(map_err(name))?;
+        }
+        Ok((stale.len(), counts.len()))
     }
 
     /// Write flows into the flow table, as if their handshakes had completed here:
@@ -797,6 +860,23 @@ pub struct FlowEvents {
     pub flows: TableEvents,
     pub embryos: TableEvents,
     pub udp: TableEvents,
+    /// Completed handshakes not recorded: their source held its share of the table.
+    pub source_limited: u64,
+}
+
+/// The source prefix of a flow, as the kernel program forms it (`state.rs`): the
+/// side that is not the Edge's, masked to the settings' source length.
+fn source_of(key: &FlowKey, flow: &Flow, settings: &Settings) -> SourceKey {
+    let outside_opened = flow.reply_roles & edge_filter_common::role::bit(edge_filter_common::role::EDGE) != 0;
+    let addr = if outside_opened { &key.src } else { &key.dst };
+    let mut s = SourceKey { addr: [0; 16], family: key.family, _pad: [0; 3] };
+    if key.family == edge_filter_common::family::V4 {
+        let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) & hint::mask32(u32::from(settings.source_len4));
+        s.addr[..4].copy_from_slice(&a.to_be_bytes());
+    } else {
+        s.addr = hint::mask6(addr, u32::from(settings.source_len6));
+    }
+    s
 }
 
 /// A [`FlowKey`] ordered by its bytes, for stable listings.

@@ -594,6 +594,10 @@ fn segment(ip: &Ip, state: &mut State, s: &mut Side, r: &mut Side) -> bool {
         *state = State::Reset;
         return false;
     }
+    if s.fin && !at_or_after(s.end, ip.seq_end()) {
+        // Data beyond a FIN: the FIN was not the sender's last word.
+        s.fin = false;
+    }
     update(ip, s, r);
     if s.rst_pending {
         s.rst_pending = false;

@@ -128,6 +128,26 @@ pub struct Policy {
     /// Report drops through the kernel log ring: `None` off, else lines per second
     /// and CPU.
     pub drop_log: Option<u32>,
+    /// How much of the flow table one source prefix may hold.
+    pub sources: SourceLimit,
+}
+
+/// Fair tables: established flows one source prefix may hold, and what a source
+/// prefix is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceLimit {
+    pub max_flows: u32,
+    /// Prefix length of an IPv4 source.
+    pub v4_len: u8,
+    /// Prefix length of an IPv6 source.
+    pub v6_len: u8,
+}
+
+impl Default for SourceLimit {
+    fn default() -> Self {
+        let d = Settings::DEFAULT;
+        Self { max_flows: d.max_flows_per_source, v4_len: d.source_len4, v6_len: d.source_len6 }
+    }
 }
 
 /// Default drop log rate, lines per second and CPU.
@@ -142,6 +162,7 @@ impl Default for Policy {
             dry_run: false,
             timeouts: Timeouts::default(),
             drop_log: None,
+            sources: SourceLimit::default(),
         }
     }
 }
@@ -172,7 +193,10 @@ impl Policy {
             closing_timeout_ns: ns(self.timeouts.closing),
             udp_timeout_ns: ns(self.timeouts.udp),
             drop_log_per_sec: self.drop_log.unwrap_or(DEFAULT_DROP_LOG_PER_SEC),
-            _pad: 0,
+            max_flows_per_source: self.sources.max_flows,
+            source_len4: self.sources.v4_len,
+            source_len6: self.sources.v6_len,
+            _pad: [0; 6],
         }
     }
 
@@ -195,6 +219,7 @@ impl Policy {
                 udp: Duration::from_nanos(s.udp_timeout_ns),
             },
             drop_log: (s.flags & flags::DROP_LOG != 0).then_some(s.drop_log_per_sec),
+            sources: SourceLimit { max_flows: s.max_flows_per_source, v4_len: s.source_len4, v6_len: s.source_len6 },
         })
     }
 }
@@ -230,6 +255,7 @@ mod tests {
                 udp: Duration::from_secs(4),
             },
             drop_log: Some(5),
+            sources: SourceLimit { max_flows: 7, v4_len: 16, v6_len: 48 },
         };
         let s = p.to_settings(1);
         assert_eq!((s.flags, s.rules_at), (flags::ALL, 1));

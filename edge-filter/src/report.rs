@@ -228,6 +228,7 @@ impl Snapshot {
         ] {
             flow_events.get_or_create(&Event { event: name.into() }).inc_by(n);
         }
+        flow_events.get_or_create(&Event { event: "source_limited".into() }).inc_by(self.flow_events.source_limited);
         let u = &self.flow_events.udp;
         for (name, n) in [
             ("udp_created", u.created),

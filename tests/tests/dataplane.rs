@@ -9,8 +9,8 @@
 use std::{net::IpAddr, thread::sleep, time::Duration};
 
 use edge_filter::{
-    AddressSets, Fate, Policy, Prefix, RuleTable, SetId, Timeouts, Variant,
-    rules::{RowSpec, TableSpec},
+    Fate, Policy, Prefix, RuleTable, SetId, Timeouts, Variant,
+    rules::TableSpec,
 };
 use edge_filter_common::verdict::*;
 use edge_filter_tests::{
@@ -143,12 +143,12 @@ fn essentials_pass_and_other_icmp_does_not() {
     for f in [V4, V6] {
         let t = f.tag;
         cases.extend([
-            Case::new(format!("{t} frag needed / packet too big to access-edge"), Outside,
-                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).payload(28).build(), PASS_ESSENTIAL),
-            Case::new(format!("{t} time exceeded to internal-edge"), Outside,
-                icmp(f.frontend, f.internal, f.time_exceeded.0, f.time_exceeded.1).payload(28).build(), PASS_ESSENTIAL),
-            Case::new(format!("{t} destination unreachable from the Edge"), Edge,
-                icmp(f.access, f.partner, if f.tag == "v4" { 3 } else { 1 }, 3).payload(28).build(), PASS_ESSENTIAL),
+            // ICMP errors are related traffic now: one that quotes no live flow is
+            // not essential (`icmp_errors_relate_to_live_flows_only` has the rest).
+            Case::new(format!("{t} frag needed / packet too big quoting nothing"), Outside,
+                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).payload(28).build(), DROP_NO_RULE),
+            Case::new(format!("{t} time exceeded quoting nothing"), Outside,
+                icmp(f.frontend, f.internal, f.time_exceeded.0, f.time_exceeded.1).payload(28).build(), DROP_NO_RULE),
             Case::new(format!("{t} echo request to access-edge"), Outside,
                 icmp(f.partner, f.access, f.echo, 0).build(), DROP_NO_RULE),
             Case::new(format!("{t} echo request, unpoliced"), Outside,
@@ -398,8 +398,9 @@ fn the_single_buffer_program_for_older_kernels_judges_alike() {
             Case::new(format!("{} fragment", f.tag), Outside, r1_syn(f).fragment(185, false).build(), DROP_FRAGMENT),
             Case::new(format!("{} malformed", f.tag), Outside, packet::truncate(r1_syn(f).build(), 30), DROP_MALFORMED),
             Case::new(format!("{} unpoliced", f.tag), Outside, tcp(f.partner, f.frontend, 1, 2, SYN).build(), PASS_UNPOLICED),
-            Case::new(format!("{} frag needed", f.tag), Outside,
-                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).payload(28).build(), PASS_ESSENTIAL),
+            Case::new(format!("{} frag needed quoting the R1 reply", f.tag), Outside,
+                packet::icmp_error(f.partner, f.access, f.frag_needed.0, f.frag_needed.1,
+                    &tcp(f.access, f.partner, 5269, 40051, ACK)).build(), PASS_RELATED),
             Case::rule(format!("{} R1 with two tags", f.tag), Outside,
                 r1_syn(f).tag(TPID_8021AD, 2).tag(TPID_8021Q, 1).build(), R1),
         ]);
@@ -608,19 +609,24 @@ fn short(syn: u64, established: u64, closing: u64) -> Policy {
 #[test]
 fn fin_closes_a_flow_after_the_closing_timeout() {
     let h = harness(short(60_000, 60_000, 300));
+    let seg = |src, dst, sport, dport, flags, seq, ack| tcp(src, dst, sport, dport, flags).seq_ack(seq, ack).build();
     for f in [V4, V6] {
         let (a, b) = (Conn::r1(f, 40021), Conn::r2(f, 40022));
+        let t = f.tag;
         h.check_all(&[
             a.out("R1 SYN", SYN),
             a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
-            // The opener's FIN completes the handshake and starts the close at once.
+            // The opener's FIN completes the handshake; the Edge's acknowledgement of
+            // it (1002) starts the close.
             a.out("R1 FIN", FIN_ACK),
-            a.back("R1 FIN-ACK within the closing timeout", FIN_ACK, PASS_REPLY),
+            Case::new(format!("{t} R1 FIN-ACK acknowledging the FIN"), Edge,
+                seg(f.access, f.partner, 5269, 40021, FIN_ACK, 5001, 1002), PASS_REPLY),
             b.out("R2 SYN", SYN),
             b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
             b.out("R2 ACK", ACK),
             b.back("R2 FIN from the partner", FIN_ACK, PASS_REPLY),
-            b.back("R2 last ACK within the closing timeout", ACK, PASS_REPLY),
+            Case::rule(format!("{t} R2 the Edge acknowledges the FIN"), Edge,
+                seg(f.access, f.partner, 40022, 5269, ACK, 1001, 5002), R2),
         ])
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
