@@ -39,10 +39,12 @@ pub fn record(ctx: &TcContext) {
     let mut clock = state::Clock::new();
     // SAFETY: reading the skb's ifindex field, which the kernel set.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // As at ingress: the reply of a live flow first, then a row's opener.
+    if rows.reply != 0 && state::reply(&p, role::EDGE, &settings, &mut clock) {
+        return;
+    }
     if rows.open != 0 {
         let replies = role::bit(role::OUTSIDE) | role::bit(role::HOST);
         state::open(&p, rules::first(rows.open), replies, ifindex, &settings, &mut clock);
-    } else if rows.reply != 0 {
-        state::reply(&p, role::EDGE, &settings, &mut clock);
     }
 }

@@ -30,11 +30,11 @@
 //!    §7.1.1, so never from off-link): `pass/essential`. An ICMP or ICMPv6 error whose
 //!    quoted packet belongs to a live flow, in either direction: `pass/related`
 //!    (conntrack's RELATED); any other error: `drop/no_rule`.
-//! 8. TCP or UDP that opens a row: `pass/rule`; the flow is opened or moved along.
-//! 9. TCP or UDP that is the reply of a live flow, from a port of a row it could be
+//! 8. TCP or UDP that is the reply of a live flow, from a port of a row it could be
 //!    the reply of, on a NIC of the flow's reply roles: `pass/reply`. A source port of
 //!    5269 opens nothing: that is how a reply looks, and only a recorded flow makes it
 //!    one.
+//! 9. TCP or UDP that opens a row: `pass/rule`; the flow is opened or moved along.
 //! 10. Everything else policed: `drop/no_rule`.
 //!
 //! Dry-run is applied by the caller: it turns any drop into `would_drop/<reason>`.
@@ -129,27 +129,32 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
         return tracked(p, nic_role, ifindex, RELATED, bytes);
     }
     let rows = rules::rows(settings, p.proto, p.sport_be, p.dport_be, src_sets, dst_sets, nic_role);
-    if rows.open != 0 {
-        return tracked(p, nic_role, ifindex, rules::first(rows.open), bytes);
-    }
     // A reply comes from the port its flow was opened to, which a row named: only a
     // packet that could be the reply of some row looks for a flow. (Flows of a row
     // the table no longer has are dead already: their opener's packets match nothing.)
-    if rows.reply == 0 {
+    let mut what = if rows.reply != 0 { ANSWERS } else { 0 };
+    if rows.open != 0 {
+        what |= OPENS | rules::first(rows.open);
+    }
+    if what == 0 {
         return verdict::DROP_NO_RULE;
     }
-    tracked(p, nic_role, ifindex, NO_RULE, bytes)
+    tracked(p, nic_role, ifindex, what, bytes)
 }
 
-/// `matched` of a packet no row opens.
-const NO_RULE: u32 = u32::MAX;
-/// `matched` of an ICMP error, judged by the flow its quote belongs to.
-const RELATED: u32 = u32::MAX - 1;
+/// Bits of `what` for [`tracked`]: the packet opens a row (its slot in the low byte).
+const OPENS: u32 = 1 << 8;
+/// The packet could be the reply of a row's flow.
+const ANSWERS: u32 = 1 << 9;
+/// An ICMP error, judged by the flow its quote belongs to.
+const RELATED: u32 = 1 << 10;
 
-/// A packet that opened row `matched` (`pass/rule`; the flow is opened or moved
-/// along), an ICMP error (`RELATED`: `pass/related` if its quote belongs to a live
-/// flow), or neither (`NO_RULE`: `pass/reply` if it is the reply of a live flow).
-/// Everything else is `drop/no_rule`.
+/// A packet that may be the reply of a live flow (`ANSWERS`: `pass/reply`, the flow
+/// moved along), that opens a row (`OPENS`: `pass/rule`, its flow opened or moved
+/// along), or an ICMP error (`RELATED`: `pass/related` if its quote belongs to a live
+/// flow). A packet that could be both (a connection between two ports of rows, such
+/// as 5269 to 5269) is the reply of the flow it belongs to first, as conntrack finds
+/// the connection before the rule. Everything else is `drop/no_rule`.
 ///
 /// Verifier: a BPF-to-BPF call, so that the state tables' keys and entries and the
 /// drop log's record are on sibling stack frames under the entry point; in one frame
@@ -158,25 +163,26 @@ const RELATED: u32 = u32::MAX - 1;
 /// calls take at most five arguments, so the settings are read again here (an array
 /// read the verifier inlines).
 #[inline(never)]
-fn tracked(p: &Packet, nic_role: u32, ifindex: u32, matched: u32, bytes: u64) -> u32 {
+fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, bytes: u64) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return verdict::DROP_NO_RULE;
     };
     let mut clock = state::Clock::new();
-    if matched == RELATED {
+    if what & RELATED != 0 {
         return if state::related(settings, &mut clock) { verdict::PASS_RELATED } else { verdict::DROP_NO_RULE };
     }
-    if matched != NO_RULE {
+    if what & ANSWERS != 0 && state::reply(p, nic_role, settings, &mut clock) {
+        return verdict::PASS_REPLY;
+    }
+    if what & OPENS != 0 {
+        let row = what & 0xff;
         // Rows that open from an edge NIC are answered from the partners' side;
         // the rest are answered by the Edge.
         let reply_roles =
             if nic_role == role::EDGE { role::bit(role::OUTSIDE) | role::bit(role::HOST) } else { role::bit(role::EDGE) };
-        state::open(p, matched, reply_roles, ifindex, settings, &mut clock);
-        counters::count_rule(matched, bytes);
+        state::open(p, row, reply_roles, ifindex, settings, &mut clock);
+        counters::count_rule(row, bytes);
         return verdict::PASS_RULE;
-    }
-    if state::reply(p, nic_role, settings, &mut clock) {
-        return verdict::PASS_REPLY;
     }
     verdict::DROP_NO_RULE
 }

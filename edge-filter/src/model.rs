@@ -401,22 +401,6 @@ impl Model {
                 && r.source.matches(src_sets)
                 && r.destination.matches(dst_sets)
         });
-        let t = Tuple { proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport };
-        if opens {
-            let replies = if from_edge { PARTNER_SIDE } else { EDGE_SIDE };
-            if proto == Proto::Udp {
-                match self.udp.get_mut(&t) {
-                    Some(_) => {}
-                    None => {
-                        let c = Conn { reply_roles: replies, nic: role, state: State::Established, opener: Side::default(), responder: Side::default() };
-                        self.udp.insert(t, c);
-                    }
-                }
-            } else {
-                self.tcp_opener(t, &ip, role, replies);
-            }
-            return v::PASS_RULE;
-        }
         // A reply comes from the port its flow was opened to: only a packet that could
         // answer some row looks for a flow.
         let answers = rows.iter().any(|r| {
@@ -426,16 +410,36 @@ impl Model {
                 && r.source.matches(dst_sets)
                 && r.destination.matches(src_sets)
         });
-        if !answers {
+        let t = Tuple { proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport };
+        // The reply of a live flow first (a packet between two rows' ports can be
+        // both), as conntrack finds the connection before the rule.
+        if answers {
+            let back = t.back();
+            let reply = if proto == Proto::Udp {
+                self.udp.get(&back).is_some_and(|c| c.reply_roles.contains(&role))
+            } else {
+                self.tcp_reply(back, &ip, role)
+            };
+            if reply {
+                return v::PASS_REPLY;
+            }
+        }
+        if !opens {
             return v::DROP_NO_RULE;
         }
-        let back = t.back();
-        let ok = if proto == Proto::Udp {
-            self.udp.get(&back).is_some_and(|c| c.reply_roles.contains(&role))
+        let replies = if from_edge { PARTNER_SIDE } else { EDGE_SIDE };
+        if proto == Proto::Udp {
+            self.udp.entry(t).or_insert(Conn {
+                reply_roles: replies,
+                nic: role,
+                state: State::Established,
+                opener: Side::default(),
+                responder: Side::default(),
+            });
         } else {
-            self.tcp_reply(back, &ip, role)
-        };
-        if ok { v::PASS_REPLY } else { v::DROP_NO_RULE }
+            self.tcp_opener(t, &ip, role, replies);
+        }
+        v::PASS_RULE
     }
 
     /// A TCP packet a row allowed, from the opener.

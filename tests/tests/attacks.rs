@@ -287,6 +287,23 @@ fn a_busy_connection_moves_its_flow_all_the_way() {
     run(Policy::default(), &cases);
 }
 
+/// Two rows' ports on both ends (a partner connecting from port 5269 to the Edge's
+/// 5269): the Edge's SYN-ACK also looks like `federation-out`'s opener, yet it is the
+/// reply of the handshake the partner started, and the connection is tracked.
+#[test]
+fn a_connection_between_two_rows_ports_is_tracked_as_the_reply_it_is() {
+    let mut cases = Vec::new();
+    for v6 in [false, true] {
+        let f = Flow::federation_in(v6, 5269);
+        cases.extend(f.established());
+        cases.extend(f.still_there());
+    }
+    let h = Harness::new(Policy::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    h.check_all(&cases).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(h.filter.flows().unwrap().len(), 2, "one tracked flow per family");
+    assert!(h.filter.embryos().unwrap().is_empty());
+}
+
 /// Finding 7: completed handshakes from one prefix, ten times the flow table, while
 /// an idle federation flow from another prefix is established. The flooding prefix
 /// holds its share of the table and no more, so the table never fills and nothing of
