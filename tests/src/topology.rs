@@ -17,7 +17,7 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -93,6 +93,17 @@ impl Netns {
         c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
         c
     }
+
+    /// Add `cidr` (`203.0.113.11/24`, `2001:db8:203::11/64`) to `dev`, usable at
+    /// once (IPv6 without duplicate address detection). An address inside the
+    /// prefix the firewall already has on that link needs no route there.
+    pub fn add_address(&self, dev: &str, cidr: &str) -> anyhow::Result<()> {
+        if cidr.contains(':') {
+            self.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"])
+        } else {
+            self.ip(&["addr", "add", cidr, "dev", dev])
+        }
+    }
 }
 
 impl Drop for Netns {
@@ -108,6 +119,17 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
 }
+
+/// The A/V Edge's own address in the whole-Edge tests and the demo: on the Edge's
+/// external NIC beside access-edge, inside the link's prefixes (203.0.113.0/24,
+/// 2001:db8:203::/64), so the firewall reaches it without another route.
+pub const AV4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 11));
+pub const AV6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x11));
+
+/// `[addresses]` entries of the vendor's consolidated Edge, for
+/// [`Topology::write_config_with_sets`]: Web Conferencing shares the Access Edge's
+/// address, A/V has its own ([`AV4`], [`AV6`]; see [`Topology::add_av_edge`]).
+pub const WHOLE_EDGE_SETS: &str = "webconf-edge = [\"203.0.113.10\", \"2001:db8:203::10\"]\nav-edge = [\"203.0.113.11\", \"2001:db8:203::11\"]\n";
 
 /// The outcome of a TCP connection attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +194,88 @@ fn outcome(stream: std::io::Result<TcpStream>, timeout: Duration) -> Outcome {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
         Err(_) => Outcome::TimedOut,
     }
+}
+
+/// The outcome of a UDP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datagram {
+    /// The answer came back (the same bytes, from a [`udp_echo_server`]).
+    Answered,
+    /// Nothing within the timeout: the request or its answer was dropped on the way.
+    NoAnswer,
+    /// An ICMP port unreachable came back: the request got through, nothing listens.
+    Unreachable,
+}
+
+/// A UDP server that answers every datagram with its own bytes, in the background.
+/// Its thread ends once the namespace is gone, so it does not outlive the test's
+/// topology by more than a moment.
+pub fn udp_echo_server(ns: &Netns, addr: SocketAddr) -> anyhow::Result<()> {
+    let socket = ns.enter(move || UdpSocket::bind(addr))?.with_context(|| format!("bind UDP {addr} in {}", ns.name))?;
+    // A short read timeout, so the thread can notice that its namespace went away.
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let alive = ns.path();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        loop {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if !alive.exists() {
+                        break;
+                    }
+                }
+                // An ICMP error for an earlier answer, reported on the socket.
+                Err(_) => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Send `payload` from `local` (port 0: any) in `ns` to `to`, and wait up to
+/// `timeout` for the same bytes to come back.
+pub fn datagram(ns: &Netns, local: SocketAddr, to: SocketAddr, payload: &[u8], timeout: Duration) -> anyhow::Result<Datagram> {
+    let payload = payload.to_vec();
+    ns.enter(move || -> anyhow::Result<Datagram> {
+        let s = UdpSocket::bind(local).with_context(|| format!("bind UDP {local}"))?;
+        // Connected, so that only `to` can answer and an ICMP error is reported.
+        s.connect(to)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send(&payload)?;
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        loop {
+            match s.recv(&mut buf) {
+                Ok(n) if buf[..n] == payload[..] => return Ok(Datagram::Answered),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Datagram::Unreachable),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Ok(Datagram::NoAnswer);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() >= deadline {
+                return Ok(Datagram::NoAnswer);
+            }
+        }
+    })?
+}
+
+/// [`open_stream`] from a chosen local address (port 0: any): how an Edge with
+/// several addresses on one NIC opens a connection from the right one.
+pub fn open_stream_from(ns: &Netns, local: SocketAddr, to: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let s = ns.enter(move || -> std::io::Result<TcpStream> {
+        let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        s.bind(&local.into())?;
+        s.connect_timeout(&to.into(), timeout)?;
+        Ok(TcpStream::from(s))
+    })??;
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s)
 }
 
 /// An open connection kept for later use (from inside its namespace).
@@ -321,6 +425,37 @@ impl Topology {
         let path = self.work.join("edge-filter.toml");
         std::fs::write(&path, format!("{}\n{extra}", self.base_config()))?;
         Ok(path)
+    }
+
+    /// [`Topology::write_config`] with more `[addresses]` entries: `sets` is TOML
+    /// lines such as [`WHOLE_EDGE_SETS`] (a second `[addresses]` table would be a TOML
+    /// error, and [`Topology::base_config`] ends with that table).
+    pub fn write_config_with_sets(&self, sets: &str, extra: &str) -> anyhow::Result<PathBuf> {
+        let base = self.base_config();
+        debug_assert!(base.rsplit("\n[").next().is_some_and(|t| t.starts_with("addresses]")), "base_config ends with [addresses]");
+        let path = self.work.join("edge-filter.toml");
+        std::fs::write(&path, format!("{base}{sets}\n{extra}"))?;
+        Ok(path)
+    }
+
+    /// Give the Edge its A/V address ([`AV4`], [`AV6`]) on its external NIC, beside
+    /// access-edge. The Edge's own connections then need a chosen source address
+    /// ([`connect_from`], [`open_stream_from`]): for IPv6 the kernel may pick either.
+    pub fn add_av_edge(&self) -> anyhow::Result<()> {
+        self.edge.add_address("ext0", "203.0.113.11/24")?;
+        self.edge.add_address("ext0", "2001:db8:203::11/64")
+    }
+
+    /// Keep the hosts' ephemeral ports (partner, Edge, Front End) below the vendor's
+    /// media range 50000-59999. Linux picks them from 32768-60999, and an answer
+    /// between the A/V Edge and an ephemeral port inside the range would itself open
+    /// an `rtp-*` row: it would pass, but count as that row's hit instead of
+    /// `pass/reply`, so a test could not say which row it saw.
+    pub fn ephemeral_ports_below_media_range(&self) -> anyhow::Result<()> {
+        for ns in [&self.partner, &self.edge, &self.frontend] {
+            ns.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "32768 49999"))??;
+        }
+        Ok(())
     }
 
     pub fn base_config(&self) -> String {

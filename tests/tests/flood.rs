@@ -1,15 +1,20 @@
-//! A SYN flood against the federation port, generated in the kernel, while federation
-//! connections are established: the connections go on exchanging data without a
-//! reconnect, and the counters say what the flood did.
+//! Floods generated in the kernel while federation connections are established: a SYN
+//! flood against the federation port, and a UDP flood of spoofed sources against an
+//! allowed UDP row (the A/V Edge's STUN port). The connections go on exchanging data
+//! without a reconnect, no TCP flow is evicted, and the counters say what the flood did
+//! to its own table.
 //!
 //! Privileged: run as root, one test at a time.
 
 use std::{net::TcpStream, time::Duration};
 
 use edge_filter_tests::{
-    packet::{self, flags::SYN, tcp},
+    packet::{self, flags::SYN, tcp, udp},
     plan::*,
-    topology::{Topology, echo, echo_server, flood, mac_of, open_stream, sa},
+    topology::{
+        AV4, AV6, Datagram, Topology, WHOLE_EDGE_SETS, datagram, echo, echo_server, flood, mac_of, open_stream,
+        open_stream_from, sa, udp_echo_server,
+    },
 };
 use serde_json::Value;
 
@@ -18,6 +23,12 @@ const MAX_FLOWS: u64 = 1024;
 const MAX_EMBRYOS: u64 = 256;
 /// Twenty times the flow table, eighty times the handshake table.
 const FLOOD: u32 = 20 * MAX_FLOWS as u32;
+const METRICS: &str = "127.0.0.1:9538";
+const UDP_METRICS: &str = "127.0.0.1:9539";
+/// A small UDP table, so that the flood below is many times its size.
+const MAX_UDP_FLOWS: u64 = 256;
+/// Eighty times the UDP table.
+const UDP_FLOOD: u32 = 80 * MAX_UDP_FLOWS as u32;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
@@ -32,7 +43,10 @@ fn established_federation_flows_survive_a_syn_flood_of_twenty_times_the_table() 
     for ip in [PARTNER4, PARTNER6] {
         ok(echo_server(&t.partner, sa(ip, 5269)));
     }
-    let config = ok(t.write_config(&format!("[state]\nmax-flows = {MAX_FLOWS}\nmax-embryonic = {MAX_EMBRYOS}\n")));
+    // A metrics port of its own (the daemon tests use the default one).
+    let config = ok(t.write_config(&format!(
+        "[state]\nmax-flows = {MAX_FLOWS}\nmax-embryonic = {MAX_EMBRYOS}\n[metrics]\nlisten = \"{METRICS}\"\n"
+    )));
     let d = ok(t.start(&config));
 
     // Federation connections in every direction and family, kept open.
@@ -69,9 +83,91 @@ fn established_federation_flows_survive_a_syn_flood_of_twenty_times_the_table() 
     assert!(n("embryos", "created") >= u64::from(FLOOD), "every SYN was a handshake: {ev:#}");
     assert!(n("embryos", "evicted") >= u64::from(FLOOD) - MAX_EMBRYOS, "the flood evicted its own kind: {ev:#}");
     assert!(n("embryos", "live") <= MAX_EMBRYOS, "{ev:#}");
-    let metrics = ok(t.metrics("127.0.0.1:9435".parse().unwrap()));
+    let metrics = ok(t.metrics(METRICS.parse().unwrap()));
     let evicted = metrics.lines().find(|l| l.starts_with("edge_filter_flow_events_total{event=\"handshake_evicted\"}")).unwrap();
     assert!(evicted.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= u64::from(FLOOD) - MAX_EMBRYOS, "{evicted}");
+    assert!(metrics.lines().any(|l| l == "edge_filter_flow_events_total{event=\"evicted\"} 0"), "{metrics}");
+    drop(d);
+}
+
+#[test]
+fn established_federation_flows_survive_a_udp_flood_of_eighty_times_the_udp_table_to_stun() {
+    let t = ok(Topology::new());
+    ok(t.add_av_edge());
+    for (ip, port) in [(ACCESS4, 5269), (ACCESS6, 5269), (INTERNAL4, 23456), (INTERNAL6, 23456)] {
+        ok(echo_server(&t.edge, sa(ip, port)));
+    }
+    for ip in [PARTNER4, PARTNER6] {
+        ok(echo_server(&t.partner, sa(ip, 5269)));
+    }
+    // The STUN service the flood aims at answers every datagram it gets.
+    for ip in [AV4, AV6] {
+        ok(udp_echo_server(&t.edge, sa(ip, 3478)));
+    }
+    let config = ok(t.write_config_with_sets(
+        WHOLE_EDGE_SETS,
+        &format!(
+            "[policy]\ntables = [\"lync-edge-external\", \"lync-edge-internal\"]\n\
+             [state]\nmax-udp-flows = {MAX_UDP_FLOWS}\n[metrics]\nlisten = \"{UDP_METRICS}\"\n"
+        ),
+    ));
+    let d = ok(t.start(&config));
+
+    // Federation connections in every direction and family, kept open. The Edge's
+    // own connections leave from access-edge: with the A/V address beside it on the
+    // NIC, the kernel could pick either for IPv6.
+    let mut conns: Vec<(String, TcpStream)> = Vec::new();
+    for (fam, access, internal, partner) in [("v4", ACCESS4, INTERNAL4, PARTNER4), ("v6", ACCESS6, INTERNAL6, PARTNER6)] {
+        for i in 0..2 {
+            conns.push((format!("{fam} federation-in #{i}"), ok(open_stream(&t.partner, sa(access, 5269), T))));
+            conns.push((format!("{fam} federation-out #{i}"), ok(open_stream_from(&t.edge, sa(access, 0), sa(partner, 5269), T))));
+            conns.push((format!("{fam} internal-mtls #{i}"), ok(open_stream(&t.frontend, sa(internal, 23456), T))));
+        }
+    }
+    for (name, s) in &mut conns {
+        assert!(echo(s), "{name} before the flood");
+    }
+    let stun = |ip, av| ok(datagram(&t.partner, sa(ip, 0), sa(av, 3478), b"binding request", T));
+    assert_eq!(stun(PARTNER4, AV4), Datagram::Answered, "STUN before the flood");
+
+    // Spoofed STUN datagrams from 198.51.100.128-255 and ever new source ports to
+    // av-edge:3478: each one opens a UDP flow of `stun-udp-in`. The generator is
+    // written for TCP frames, and serves UDP as well: it varies the IPv4 source and
+    // the source port (at the same offset in UDP) and fixes the IPv4 checksum; the
+    // UDP checksum is 0 ("none" in IPv4), and the TCP checksum it also updates lies
+    // in the datagram's payload, which must make the frame long enough for it.
+    let mut frame = udp(PARTNER4, AV4, 1024, 3478).payload(24).build();
+    assert!(frame.len() >= 14 + 20 + 18, "the generator varies frames that hold a TCP checksum's offset");
+    frame[..6].copy_from_slice(&ok(mac_of(&t.fw, "out0")));
+    frame[6..12].copy_from_slice(&ok(mac_of(&t.partner, "eth0")));
+    let frame = packet::set_byte(frame, 14 + 15, 128);
+    let took = ok(flood(&t.partner, "eth0", frame, UDP_FLOOD));
+    eprintln!("flood: {UDP_FLOOD} datagrams in {took:?} ({:.2} Mpps)", f64::from(UDP_FLOOD) / took.as_secs_f64() / 1e6);
+    std::thread::sleep(Duration::from_millis(500));
+
+    for (name, s) in &mut conns {
+        assert!(echo(s), "{name} after the flood, on the same connection");
+    }
+    // The service the flood aimed at still answers a real client: its table makes
+    // room by evicting the oldest UDP flows.
+    assert_eq!(stun(PARTNER4, AV4), Datagram::Answered, "STUN after the flood");
+    assert_eq!(stun(PARTNER6, AV6), Datagram::Answered, "STUN (v6) after the flood");
+
+    let status: Value = serde_json::from_slice(&ok(t.cli(&["status", "--json"])).stdout).unwrap();
+    let ev = &status["flow_events"];
+    eprintln!("flow events: {ev}");
+    let n = |table: &str, what: &str| ev[table][what].as_u64().unwrap_or_else(|| panic!("{table}.{what} in {status:#}"));
+    assert_eq!(n("flows", "evicted"), 0, "no TCP flow was evicted: {ev:#}");
+    assert_eq!(n("flows", "insert_failed"), 0, "{ev:#}");
+    assert!(n("flows", "live") >= conns.len() as u64, "{ev:#}");
+    assert!(n("udp", "created") >= u64::from(UDP_FLOOD), "every spoofed datagram opened a UDP flow: {ev:#}");
+    assert!(n("udp", "evicted") >= u64::from(UDP_FLOOD) - MAX_UDP_FLOWS, "the flood churned the UDP table: {ev:#}");
+    assert!(n("udp", "live") <= MAX_UDP_FLOWS, "{ev:#}");
+    assert_eq!(status["max_udp_flows"].as_u64(), Some(MAX_UDP_FLOWS), "{status:#}");
+    let stats: Value = serde_json::from_slice(&ok(t.cli(&["stats", "--json"])).stdout).unwrap();
+    let hits = stats["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "stun-udp-in").map_or(0, |r| r["packets"].as_u64().unwrap());
+    assert!(hits >= u64::from(UDP_FLOOD), "every datagram counted under its row: {hits}");
+    let metrics = ok(t.metrics(UDP_METRICS.parse().unwrap()));
     assert!(metrics.lines().any(|l| l == "edge_filter_flow_events_total{event=\"evicted\"} 0"), "{metrics}");
     drop(d);
 }
