@@ -15,23 +15,25 @@ use edge_filter_common::{NS_PER_SEC, Settings, event, family, flags, verdict};
 
 use crate::{
     counters::count_event as bump,
+    mem,
     maps::LOG_BUDGET,
     parse::Packet,
     state,
 };
 
-/// The tuple of the packet being dropped, handed from the policy to the log.
+/// The tuple of the packet being dropped, handed from the policy to the log. Aligned
+/// and addresses first, to be written a word at a time (see `mem`).
 #[derive(Clone, Copy)]
-#[repr(C)]
+#[repr(C, align(8))]
 pub struct DropTuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     /// 0 when the packet had no IP tuple (malformed, not IP).
     pub family: u8,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
     pub _pad: [u8; 2],
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
 }
 
 /// Index 0 -> the tuple of the drop being judged on this CPU. Scratch space of this
@@ -56,8 +58,8 @@ pub fn remember(settings: &Settings, p: Option<&Packet>) {
             t.proto = p.proto;
             t.sport = u16::from_be(p.sport_be);
             t.dport = u16::from_be(p.dport_be);
-            t.src = p.src;
-            t.dst = p.dst;
+            mem::set_addr(&mut t.src, &p.src);
+            mem::set_addr(&mut t.dst, &p.dst);
         }
         None => t.family = 0,
     }

@@ -14,7 +14,7 @@ use edge_filter_common::{Settings, role, set};
 
 use crate::{
     maps::SETTINGS,
-    parse::{self, FRAG_NONE, Frame, L4_WHOLE, Parsed},
+    parse::{self, FRAG_NONE, Frame, L4_WHOLE, Packet, Parsed},
     rules,
     sets::sets_of,
     state,
@@ -23,9 +23,13 @@ use crate::{
 #[inline(always)]
 pub fn record(ctx: &TcContext) {
     let frame = Frame::from_skb(ctx);
-    let Ok(Parsed::Ip(p)) = parse::parse(&frame) else {
+    let Some(p) = Packet::scratch(parse::TC_SLOT) else {
         return;
     };
+    let Ok(Parsed::Ip) = parse::parse(&frame, p) else {
+        return;
+    };
+    let p = &*p;
     if p.l4 != L4_WHOLE || p.frag != FRAG_NONE {
         return;
     }
@@ -40,11 +44,11 @@ pub fn record(ctx: &TcContext) {
     // SAFETY: reading the skb's ifindex field, which the kernel set.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // As at ingress: the reply of a live flow first, then a row's opener.
-    if rows.reply != 0 && state::reply(&p, role::EDGE, &settings, &mut clock) {
+    if rows.reply != 0 && state::reply(p, role::EDGE, &settings, &mut clock) {
         return;
     }
     if rows.open != 0 {
         let replies = role::bit(role::OUTSIDE) | role::bit(role::HOST);
-        state::open(&p, rules::first(rows.open), replies, ifindex, &settings, &mut clock);
+        state::open(p, rules::first(rows.open), replies, ifindex, &settings, &mut clock);
     }
 }

@@ -30,6 +30,7 @@ mod counters;
 mod droplog;
 mod egress;
 mod maps;
+mod mem;
 mod parse;
 mod policy;
 mod rules;

@@ -63,11 +63,14 @@ pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -
     if iface.role == 0 {
         return (UNATTACHED_SLOT, verdict::PASS_UNATTACHED);
     }
-    let v = match parse::parse(frame) {
-        Ok(Parsed::Ip(p)) => {
-            let v = judge_ip(&p, iface.role, ifindex, settings, bytes);
+    let Some(p) = Packet::scratch(parse::XDP_SLOT) else {
+        return (iface.slot, verdict::PASS_UNATTACHED);
+    };
+    let v = match parse::parse(frame, p) {
+        Ok(Parsed::Ip) => {
+            let v = judge_ip(p, iface.role, ifindex, settings, bytes);
             if verdict::is_drop(v) {
-                droplog::remember(settings, Some(&p));
+                droplog::remember(settings, Some(p));
             }
             v
         }
@@ -76,7 +79,7 @@ pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -
                 Ok(Parsed::Arp) => verdict::PASS_ESSENTIAL,
                 Ok(Parsed::Other) => unpoliced(settings),
                 Ok(Parsed::IncompleteFirstFragment) => verdict::DROP_FRAGMENT,
-                Err(parse::Malformed) | Ok(Parsed::Ip(_)) => verdict::DROP_MALFORMED,
+                Err(parse::Malformed) | Ok(Parsed::Ip) => verdict::DROP_MALFORMED,
             };
             if verdict::is_drop(v) {
                 droplog::remember(settings, None);

@@ -66,6 +66,7 @@ use edge_filter_common::{
 
 use crate::{
     counters::count_event as bump,
+    mem,
     maps::{EMBRYOS, FLOWS, SOURCES, UDP_FLOWS},
     parse::{IPPROTO_TCP, IPPROTO_UDP, NO_WSCALE, Packet, QUOTE, tcp_flags},
 };
@@ -119,6 +120,9 @@ fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -
     let f = NEW_FLOW.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
     let f = unsafe { &mut *f };
+    // SAFETY: `Flow` is 64 bytes aligned to 8; its two directions are the 40 bytes
+    // from offset 24.
+    unsafe { mem::zero((f as *mut Flow).cast::<u8>().add(24), 5) };
     f.created_ns = now;
     f.last_seen_ns = now;
     f.ifindex = ifindex;
@@ -126,8 +130,6 @@ fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -
     f.rule = rule as u8;
     f.reply_roles = reply_roles;
     f._pad = 0;
-    f.opener = TcpDir::default();
-    f.responder = TcpDir::default();
     Some(f)
 }
 
@@ -142,13 +144,13 @@ fn key<'a>(p: &Packet, reply: bool) -> Option<&'a mut FlowKey> {
     // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
     let k = unsafe { &mut *k };
     if reply {
-        k.src = p.dst;
-        k.dst = p.src;
+        mem::set_addr(&mut k.src, &p.dst);
+        mem::set_addr(&mut k.dst, &p.src);
         k.sport_be = p.dport_be;
         k.dport_be = p.sport_be;
     } else {
-        k.src = p.src;
-        k.dst = p.dst;
+        mem::set_addr(&mut k.src, &p.src);
+        mem::set_addr(&mut k.dst, &p.dst);
         k.sport_be = p.sport_be;
         k.dport_be = p.dport_be;
     }
@@ -227,14 +229,14 @@ fn source_of<'a>(key: &FlowKey, flow: &Flow, settings: &Settings) -> Option<&'a 
     // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
     let s = unsafe { &mut *s };
     let addr = if flow.reply_roles & role::bit(role::EDGE) != 0 { &key.src } else { &key.dst };
-    s.family = key.family;
-    s._pad = [0; 3];
+    // SAFETY: the family and the padding after it are the word at offset 16 of the
+    // 24-byte, 8-aligned `SourceKey` (little-endian: the family is its low byte).
+    unsafe { mem::set_word((s as *mut SourceKey).cast::<u8>().add(16), u64::from(key.family)) };
     if key.family == family::V4 {
         let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) & hint::mask32(u32::from(settings.source_len4));
-        s.addr = [0; 16];
-        s.addr[..4].copy_from_slice(&a.to_be_bytes());
+        mem::set_addr4(&mut s.addr, a.to_be_bytes());
     } else {
-        s.addr = hint::mask6(addr, u32::from(settings.source_len6));
+        mem::set_addr(&mut s.addr, &hint::mask6(addr, u32::from(settings.source_len6)));
     }
     Some(s)
 }
@@ -486,7 +488,8 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     };
     // SAFETY: as in `new_flow`.
     let flow = unsafe { &mut *flow };
-    *flow = *embryo;
+    // SAFETY: two `Flow`s, 64 bytes aligned to 8 each, one scratch and one in a map.
+    unsafe { mem::copy((flow as *mut Flow).cast::<u8>(), (embryo as *const Flow).cast::<u8>(), 8) };
     if flow.opener.flags & flow.responder.flags & dir_flags::WSCALE == 0 {
         // RFC 7323 §2.2: without the option in both SYNs, neither side scales.
         flow.opener.wscale = 0;

@@ -869,7 +869,7 @@ pub struct FlowEvents {
 fn source_of(key: &FlowKey, flow: &Flow, settings: &Settings) -> SourceKey {
     let outside_opened = flow.reply_roles & edge_filter_common::role::bit(edge_filter_common::role::EDGE) != 0;
     let addr = if outside_opened { &key.src } else { &key.dst };
-    let mut s = SourceKey { addr: [0; 16], family: key.family, _pad: [0; 3] };
+    let mut s = SourceKey { addr: [0; 16], family: key.family, _pad: [0; 7] };
     if key.family == edge_filter_common::family::V4 {
         let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) & hint::mask32(u32::from(settings.source_len4));
         s.addr[..4].copy_from_slice(&a.to_be_bytes());

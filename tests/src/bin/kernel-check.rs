@@ -59,7 +59,14 @@ fn check() -> anyhow::Result<String> {
         n += fixtures(Variant::Linear)?;
     }
     native()?;
-    Ok(format!("kernel {} ({variant:?}): {n} fixture cases, native veth attach", release.trim()))
+    // What the verifier walked (kernel 5.16+ reports it): the margin to its limit.
+    let verified = Filter::load(&LoadOptions::default())?
+        .program()?
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count())
+        .map_or_else(String::new, |n| format!(", {n} instructions verified"));
+    Ok(format!("kernel {} ({variant:?}): {n} fixture cases, native veth attach{verified}", release.trim()))
 }
 
 fn main() -> ExitCode {
