@@ -394,6 +394,73 @@ fn point<'a>(points: &'a mut Vec<GrowthPoint>, table: &str, size: usize, path: &
     &mut points[i].figure
 }
 
+/// Row counts of the rule-table growth axis: the built-in table, a whole Edge's
+/// worth, and the most the table holds.
+pub const ROW_SIZES: [usize; 3] = [3, 16, 64];
+
+/// The built-in table and `n - 3` rows of the operator's beside it (TCP and UDP in
+/// turn, each to its own port on access-edge), for the rule-table growth axis.
+fn growth_rules(n: usize) -> anyhow::Result<Policy> {
+    use edge_filter::rules::{RowSpec, TableSpec};
+    let mut spec = TableSpec::default();
+    for i in 0..n.saturating_sub(3) {
+        spec.rows.push(RowSpec {
+            id: format!("growth-{i}"),
+            proto: if i % 2 == 0 { edge_filter::Proto::Tcp } else { edge_filter::Proto::Udp },
+            ports: edge_filter::rules::PortRange::single(10_000 + i as u16)?,
+            source: "any".into(),
+            destination: "access-edge".into(),
+        });
+    }
+    Ok(Policy { rules: edge_filter::RuleTable::build(&spec, &crate::plan::sets())?, ..Policy::default() })
+}
+
+/// Cost as the rule table grows from 3 to 64 rows: the paths every packet of a
+/// federation connection takes (pass/rule, pass/reply) and the drops a refused one
+/// meets, on the same frames at every size.
+pub fn rule_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
+    let mut h = Harness::new(Policy::default())?;
+    let floor = Floor::load()?;
+    let mut points = Vec::new();
+    for round in 0..plan.rounds {
+        for n in rotated(&ROW_SIZES, round) {
+            h.filter.set_policy(&growth_rules(n)?)?;
+            h.reset_state()?;
+            let now = edge_filter::report::monotonic_ns();
+            let flows: Vec<(Ipv4Addr, u16)> = (0..KEYS).map(growth_source).collect();
+            h.filter.insert_flows(flows.iter().map(|(src, sport)| established_r1(*src, *sport, now)))?;
+            let cases: [(&str, u32, Frames); 4] = [
+                (
+                    "pass/rule R1",
+                    verdict::PASS_RULE,
+                    flows.iter().map(|(s, p)| (Nic::Outside, tcp((*s).into(), ACCESS4, *p, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build())).collect(),
+                ),
+                (
+                    "pass/reply",
+                    verdict::PASS_REPLY,
+                    flows.iter().map(|(s, p)| (Nic::Edge, tcp(ACCESS4, (*s).into(), 5269, *p, ACK | PSH).seq_ack(5001, 1101).payload(100).build())).collect(),
+                ),
+                (
+                    "drop/no_rule",
+                    verdict::DROP_NO_RULE,
+                    flows.iter().map(|(s, p)| (Nic::Outside, tcp((*s).into(), ACCESS4, *p, 22, SYN).build())).collect(),
+                ),
+                (
+                    "drop/spoofed",
+                    verdict::DROP_SPOOFED,
+                    flows.iter().map(|(s, p)| (Nic::Outside, tcp(ACCESS4, (*s).into(), 5269, *p, SYN).build())).collect(),
+                ),
+            ];
+            for (path, want, frames) in cases {
+                let what = format!("rules {n} {path}");
+                let (ns, fl) = batch_with_floor(&h, &floor, &frames, want, plan.repeat, &what)?;
+                point(&mut points, "rules", n, path).record(ns, fl);
+            }
+        }
+    }
+    Ok(points)
+}
+
 /// An established R1 flow from `src`:`sport` to access-edge (203.0.113.10):5269, as
 /// if its handshake had completed here, with the sequence numbers of [`on_flow`]'s
 /// handshake. What the benchmarks fill the flow table with.

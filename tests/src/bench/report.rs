@@ -97,7 +97,7 @@ impl Results {
             }
         }
         let mut worst: Option<(String, f64)> = None;
-        for table in ["sets exact v4", "sets exact v6", "flows v4"] {
+        for table in ["sets exact v4", "sets exact v6", "flows v4", "rules"] {
             let of_table: Vec<&GrowthPoint> = self.growth.iter().filter(|p| p.table == table).collect();
             let (Some(small), Some(large)) =
                 (of_table.iter().map(|p| p.size).min(), of_table.iter().map(|p| p.size).max())
@@ -114,7 +114,7 @@ impl Results {
         }
         if let Some((what, g)) = worst {
             out.push(Verdict {
-                target: "cost within 15% from the smallest to the largest sets and flow table (exact addresses)",
+                target: "cost within 15% from the smallest to the largest sets, flow table and rule table (exact addresses)",
                 measured: format!("worst {:+.0}% ({what})", g * 100.0),
                 met: g <= 0.15,
                 why: WHY_GROWTH,

@@ -74,6 +74,8 @@ fn main() -> anyhow::Result<()> {
         results.growth = bench::cost::set_growth(&plan).context("address-set growth")?;
         eprintln!("bench: growth of the flow table");
         results.growth.extend(bench::cost::flow_growth(&plan).context("flow-table growth")?);
+        eprintln!("bench: growth of the rule table");
+        results.growth.extend(bench::cost::rule_growth(&plan).context("rule-table growth")?);
         eprint!("{}", results.table());
     }
     if wants(Part::Veth) {
