@@ -453,5 +453,23 @@ fn federation_restricted_to_a_peer_set_refuses_other_sources() {
     let partners = check["sets"].as_array().unwrap().iter().find(|s| s["set"] == "partners").expect("the peer set");
     assert_eq!(partners["kind"], "peer", "{check:#}");
     assert_eq!(by_id(rows_of(&json(&t, &["status", "--json"]))), by_id(checked), "status --json lists the rows check --json does");
+
+    // A peer set changes while traffic flows, as an edge set does: the Front End's
+    // networks join the partners, and its federation connection gets in.
+    let out = ok(t.cli(&["addr", "add", "partners", "198.18.0.0/24", "2001:db8:198::/64"]));
+    assert!(out.status.success(), "addr add partners: {}", String::from_utf8_lossy(&out.stderr));
+    let listed = json(&t, &["addr", "list", "partners", "--json"]);
+    assert!(
+        listed.as_array().unwrap().iter().any(|e| e["address"] == "198.18.0.0/24" && e["source"] == "runtime"),
+        "{listed:#}"
+    );
+    for f in FAMILIES {
+        expect(
+            &t,
+            &format!("{} federation from a network that joined the peer set", f.name),
+            tcp(&t.frontend, f.frontend, sa(f.access, 5269)),
+            Want::Pass { row: "federation-in-partners", reply_nic: "ext0" },
+        );
+    }
     drop(d);
 }

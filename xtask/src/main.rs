@@ -36,9 +36,10 @@ enum Command {
     /// Lint the userspace crates and the eBPF crate for the BPF target.
     Clippy,
     /// Differential test: generated frames through the kernel program and the
-    /// reference model, failing on the first disagreement (needs root).
+    /// reference model, under the vendor's tables and random rule tables, failing on
+    /// the first disagreement (needs root).
     Fuzz {
-        /// Frames to compare.
+        /// Frames to compare per group (vendor tables, random tables).
         #[arg(long, default_value_t = 20_000)]
         packets: u64,
         /// Generator seed; the same seed replays the same frames.

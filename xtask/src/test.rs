@@ -6,8 +6,8 @@
 //!    the `edge-filter` binary end to end on a perimeter topology of network
 //!    namespaces, one test at a time because the kernel is shared.
 //!
-//! 4. the differential run: 20,000 generated frames through the kernel program and the
-//!    reference model;
+//! 4. the differential run: 20,000 generated frames of the vendor's tables and 20,000
+//!    of random rule tables through the kernel program and the reference model;
 //! 5. the benchmark's quick round (`cargo xtask bench --quick`): every measured path
 //!    and receiver, verdicts checked, figures not judged;
 //! 6. the kernel matrix: Debian's 5.10, 6.1 and 6.12 booted with qemu, and the host.
@@ -97,7 +97,7 @@ pub fn run() -> anyhow::Result<()> {
     crate::kernels::run()?;
     let total = unit.passed + privileged.passed;
     println!(
-        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames, 0 disagreements; bench --quick verdicts ok; kernels 5.10, 6.1, 6.12 and the host pass)",
+        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames of the vendor tables and {FUZZ_PACKETS} of random ones, 0 disagreements; bench --quick verdicts ok; kernels 5.10, 6.1, 6.12 and the host pass)",
         unit.ignored + privileged.ignored,
         unit.passed,
         privileged.passed
@@ -125,7 +125,8 @@ pub fn bench(quick: bool, rounds: Option<usize>) -> anyhow::Result<()> {
     setup::status(&mut cmd)
 }
 
-/// Frames of the differential run in `cargo xtask test`.
+/// Frames of each group (the vendor's tables, random tables) of the differential run
+/// in `cargo xtask test`.
 const FUZZ_PACKETS: u64 = 20_000;
 
 /// The differential run (`tests/src/bin/fuzz.rs`).
