@@ -1,7 +1,8 @@
 //! The command line: `edge-filter <command>`.
 //!
 //! Contract: bad input is refused before anything changes, with one line naming the
-//! bad value (exit status 2; `check` says 1 for an invalid config, as a verdict); failures of the system are reported with their causes
+//! bad value (exit status 2; `check` says 1 for a config `run` would refuse, and `reload` 1 for
+//! a config the daemon refused, as verdicts); failures of the system are reported with their causes
 //! (`{:#}`, so a verifier log reaches the operator) and exit status 1. Commands that
 //! change the pin directory hold its lock.
 
@@ -22,7 +23,7 @@ use crate::{
     loader::Maps,
     pins::{self, Pins},
     report::Snapshot,
-    statedir::{Changes, Source},
+    statedir::{Changes, ReloadStatus, Source},
 };
 
 /// An XDP firewall for XMPP federation through a Lync Server 2013 Edge server.
@@ -42,19 +43,45 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load, attach to every configured NIC, pin, serve /metrics; SIGHUP re-reads the
-    /// config, SIGTERM/SIGINT exit leaving the filter attached.
+    /// config, SIGTERM/SIGINT exit leaving the filter attached. One daemon per pin
+    /// directory: a second `run` on it is refused.
     ///
     /// Example: edge-filter run --config /etc/edge-filter/edge-filter.toml
     Run {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a config and print the effective policy; exit 0 if valid, 1 if not.
+    /// Validate a config as `run` would and print the effective policy, with the
+    /// state directory's runtime address changes and where they override the config;
+    /// exit 0 if `run` would take it, 1 if not.
+    ///
+    /// Besides the file: every interface exists and carries no foreign XDP program,
+    /// the pin directory is on a bpffs (or one can be mounted), the state directory
+    /// reads and composes with the config.
+    ///
+    /// Example: edge-filter check --config /etc/edge-filter/edge-filter.toml
     Check {
         #[arg(long)]
         config: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Check the file alone, not this host's interfaces, pin and state
+        /// directories (for a config written on another machine).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Make the running daemon re-read its config (SIGHUP) and wait for the outcome:
+    /// exit 0 when applied, 1 with the daemon's reason when refused.
+    ///
+    /// Example (systemd): ExecReload=/usr/local/bin/edge-filter reload --pid $MAINPID
+    Reload {
+        /// The daemon's pid; it must be the daemon that records its outcomes in
+        /// --state-dir (default: the pid recorded there).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Give up after SECONDS without an outcome.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
     },
     /// What is attached where, the settings, set sizes, flow-table use.
     Status {
@@ -78,7 +105,7 @@ pub enum Command {
         json: bool,
     },
     /// Remove links, pins and programs (all of them when no --iface is given). The
-    /// state directory stays.
+    /// state directory stays. Refused while `run` holds the pin directory: stop it first.
     Detach {
         /// Detach from this NIC only (repeatable).
         #[arg(long = "iface", value_name = "NAME")]
@@ -88,19 +115,35 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum AddrCommand {
-    /// Add addresses or prefixes to a set: all of them, or none if one is refused.
+    /// Add addresses or prefixes to a set: all of them, or none if one is refused
+    /// (an entry the set already holds is refused, exit status 2, unless
+    /// --idempotent).
     ///
     /// Example: edge-filter addr add access-edge 203.0.113.11 2001:db8:203::11
     Add {
+        /// Accept entries the set already holds as done, for scripts that converge on
+        /// a state.
+        #[arg(long)]
+        idempotent: bool,
         /// access-edge or internal-edge.
         set: String,
         /// ADDR or ADDR/PREFIX.
         #[arg(required = true)]
         addrs: Vec<String>,
     },
-    /// Remove addresses or prefixes from a set.
+    /// Remove addresses or prefixes from a set: all of them, or none if one is refused
+    /// (an entry the set does not hold is refused, exit status 2, unless
+    /// --idempotent).
+    ///
+    /// Example: edge-filter addr del access-edge 203.0.113.11
     Del {
+        /// Accept entries the set does not hold as done, for scripts that converge on
+        /// a state.
+        #[arg(long)]
+        idempotent: bool,
+        /// access-edge, internal-edge, or another set of the running filter.
         set: String,
+        /// ADDR or ADDR/PREFIX, as the set holds it.
         #[arg(required = true)]
         addrs: Vec<String>,
     },
@@ -121,6 +164,15 @@ pub struct BadInput(pub String);
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The Rust runtime ignores SIGPIPE, so a write to a closed pipe (`status |
+        // head -1`) fails and `println!` panics. The commands that print end on it
+        // quietly instead, as coreutils do; `run` keeps it ignored, so a scraper that
+        // hangs up is an error on its connection, not the end of the daemon.
+        // SAFETY: setting a signal's disposition to its default before any thread
+        // is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -131,6 +183,8 @@ pub fn main() -> ExitCode {
                     crate::pins::PinError::UnknownInterface { .. }
                         | crate::pins::PinError::Foreign { .. }
                         | crate::pins::PinError::IfindexTooHigh { .. }
+                        | crate::pins::PinError::DaemonRunning { .. }
+                        | crate::pins::PinError::NotBpffs { .. }
                 )
             );
             if bad_nic || e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<crate::config::ConfigError>().is_some() {
@@ -150,17 +204,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             need_root()?;
             daemon::run(&path, config, pins, cli.state_dir)?;
         }
-        Command::Check { config, json } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("edge-filter: {e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            print_check(&config, json)?;
-        }
-        Command::Status { json } => status(&pins, json)?,
+        Command::Check { config, json, offline } => return check(&pins, &cli.state_dir, &config, json, offline),
+        Command::Reload { pid, timeout } => return reload(&cli.state_dir, pid, Duration::from_secs(timeout)),
+        Command::Status { json } => status(&pins, &cli.state_dir, json)?,
         Command::Addr(cmd) => addr(&pins, &cli.state_dir, cmd)?,
         Command::Stats { watch, json } => loop {
             need_root()?;
@@ -198,7 +244,130 @@ pub fn open(pins: &Pins) -> anyhow::Result<Maps> {
     Maps::open_pinned(&pins.maps_dir()).context("open the pinned maps")
 }
 
-fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
+/// `check`: the file, then (unless `offline`) what `run` would refuse on this host;
+/// every refusal is one line, and any makes the exit status 1.
+fn check(pins: &Pins, state_dir: &Path, path: &Path, json: bool, offline: bool) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edge-filter: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if offline {
+        print_check(&config, json, None)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file = path.display();
+    let mut refusals = Vec::new();
+    for iface in &config.interfaces {
+        if let Err(e) = pins::preflight(pins, &iface.name) {
+            refusals.push(format!("{file}: {e}"));
+        }
+    }
+    if let Err(e) = pins.check_bpffs() {
+        refusals.push(e.to_string());
+    }
+    let composed = match Changes::load(state_dir) {
+        Ok(changes) => match changes.compose(&config.sets) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                refusals.push(format!("{file} with the runtime changes in {}: {e}", state_dir.display()));
+                None
+            }
+        },
+        Err(e) => {
+            refusals.push(e.to_string());
+            None
+        }
+    };
+    if !refusals.is_empty() {
+        for r in &refusals {
+            eprintln!("edge-filter: {r}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let composed = composed.expect("no refusal");
+    let state = serde_json::json!({
+        "state_dir": state_dir,
+        "entries": composed.entries.iter().map(|(set, p, src)| serde_json::json!({
+            "set": set, "address": p.to_string(), "source": src.name(), "enforced": *src != Source::Removed,
+        })).collect::<Vec<_>>(),
+        "pruned": composed.pruned,
+        "overrides": composed.overrides,
+    });
+    print_check(&config, json, Some(state))?;
+    if !json {
+        let changed: Vec<_> = composed.entries.iter().filter(|(_, _, src)| *src != Source::Config).collect();
+        if !changed.is_empty() {
+            println!("\nruntime address changes in {} (`run` applies them over the config):", state_dir.display());
+            for (set, p, src) in changed {
+                let what = if *src == Source::Removed { "removed at runtime: not enforced" } else { "added at runtime" };
+                println!("  {set} {p}: {what}");
+            }
+        }
+        for p in &composed.pruned {
+            println!("`run` would prune: {p}");
+        }
+    }
+    for o in &composed.overrides {
+        eprintln!("edge-filter: warning: the state directory overrides the config: {o}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reload`: SIGHUP to the daemon recorded in the state directory, then wait for its
+/// next recorded outcome.
+fn reload(state_dir: &Path, pid: Option<u32>, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let path = ReloadStatus::path(state_dir);
+    let before = ReloadStatus::load(state_dir)?.with_context(|| {
+        format!("no daemon has recorded a start in {} (is `edge-filter run` running with this --state-dir?)", path.display())
+    })?;
+    if let Some(pid) = pid.filter(|p| *p != before.pid) {
+        bail!("pid {pid} is not the daemon that records its outcomes in {} (pid {})", path.display(), before.pid);
+    }
+    let alive = |s: &ReloadStatus| crate::statedir::process_start_time(s.pid).is_some_and(|t| s.start_time == 0 || t == s.start_time);
+    if !alive(&before) {
+        bail!("the daemon that wrote {} (pid {}) is not running", path.display(), before.pid);
+    }
+    // SAFETY: kill with a pid checked above to be the daemon's (same start time).
+    if unsafe { libc::kill(before.pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("signal the daemon (pid {})", before.pid));
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let after = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(s) = ReloadStatus::load(state_dir)?
+            && (s.pid != before.pid || s.seq > before.seq)
+        {
+            break s;
+        }
+        if !alive(&before) {
+            bail!("the daemon (pid {}) exited before recording the outcome of the reload", before.pid);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("no outcome from the daemon (pid {}) within {} s; see its log", before.pid, timeout.as_secs());
+        }
+    };
+    for o in &after.overrides {
+        eprintln!("edge-filter: warning: the state directory overrides the config: {o}");
+    }
+    match (after.outcome.as_str(), after.reason) {
+        ("refused", reason) => {
+            eprintln!("edge-filter: reload refused: {}; the running config stays", reason.unwrap_or_default());
+            Ok(ExitCode::FAILURE)
+        }
+        (outcome, _) => {
+            println!("{outcome} {} (reload {})", after.config, after.seq);
+            for p in &after.pruned {
+                println!("pruned: {p}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) -> anyhow::Result<()> {
     let rows = config.policy.rules.view(&config.sets);
     let sets = &config.sets;
     let overlaps: Vec<String> = sets
@@ -234,6 +403,10 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
             "max_flows": config.max_flows,
             "metrics": config.metrics.map(|m| m.to_string()),
         });
+        let mut v = v;
+        if let Some(state) = state {
+            v["state"] = state;
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -265,7 +438,35 @@ fn print_check(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
+/// What `status` and `addr list` say about the state directory: where it overrides
+/// the config now, and the daemon's last start or reload (with what it pruned).
+fn state_report(state_dir: &Path) -> anyhow::Result<(Vec<String>, Option<ReloadStatus>)> {
+    let changes = Changes::load(state_dir)?;
+    let last = ReloadStatus::load(state_dir)?;
+    let mut overrides: Vec<String> = changes.removals().map(|(set, p)| crate::statedir::removal_warning(set, &p)).collect();
+    // Additions to a set the config lacks: only the daemon, which has the config, knows.
+    overrides.extend(last.iter().flat_map(|l| l.overrides.iter().filter(|o| o.contains("runtime addition")).cloned()));
+    Ok((overrides, last))
+}
+
+/// The text lines of [`state_report`].
+fn print_state_report(state_dir: &Path, overrides: &[String], last: Option<&ReloadStatus>) {
+    for o in overrides {
+        println!("warning: the state directory ({}) overrides the config: {o}", state_dir.display());
+    }
+    if let Some(l) = last {
+        let what = if l.seq == 0 { "start".to_owned() } else { format!("reload {}", l.seq) };
+        match &l.reason {
+            Some(r) => println!("last {what} of {}: {}: {r}", l.config, l.outcome),
+            None => println!("last {what} of {}: {}", l.config, l.outcome),
+        }
+        for p in &l.pruned {
+            println!("pruned at the last {what}: {p}");
+        }
+    }
+}
+
+fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     need_root()?;
     let maps = open(pins)?;
     let links = pins.links()?;
@@ -299,9 +500,13 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
             "max_flows": maps.max_flows()?,
             "max_embryos": maps.max_embryos()?,
             "max_udp_flows": maps.max_udp_flows()?,
-            "flow_events": maps.flow_events()?,
+            "flow_events": snap.flow_events,
             "egress": pins.egress_links(),
         });
+        let mut v = v;
+        let (overrides, last) = state_report(state_dir)?;
+        v["overrides"] = serde_json::json!(overrides);
+        v["last_reload"] = serde_json::json!(last);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -318,16 +523,23 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
         policy.dry_run
     );
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("addresses: {}; flows {} of {}", sets.join(", "), snap.flows, maps.max_flows()?);
-    let ev = maps.flow_events()?;
+    println!("addresses: {}", sets.join(", "));
+    // Live: within the idle timeout of its state, as the kernel judges it. Entries past
+    // it stay in the tables until a packet of theirs or the daemon's recount removes
+    // them; they are shown apart, never as live.
+    let ev = snap.flow_events;
+    println!(
+        "live: established {}, closing {}, handshakes {}, udp {}",
+        ev.live.established, ev.live.closing, ev.live.handshakes, ev.live.udp
+    );
     for (name, t, max) in [
         ("flows", ev.flows, maps.max_flows()?),
         ("handshakes", ev.embryos, maps.max_embryos()?),
         ("udp flows", ev.udp, maps.max_udp_flows()?),
     ] {
         println!(
-            "{name}: {} of {max} in use; created {}, expired {}, closed {}, evicted {}, insert failures {}",
-            t.live, t.created, t.expired, t.closed, t.evicted, t.insert_failed
+            "{name}: {} live of {max}, {} past their timeout; created {}, expired {}, closed {}, evicted {}, insert failures {}",
+            t.live, t.stale, t.created, t.expired, t.closed, t.evicted, t.insert_failed
         );
     }
     println!(
@@ -338,6 +550,8 @@ fn status(pins: &Pins, json: bool) -> anyhow::Result<()> {
     if !egress.is_empty() {
         println!("host-mode egress (TCX): {}", egress.join(", "));
     }
+    let (overrides, last) = state_report(state_dir)?;
+    print_state_report(state_dir, &overrides, last.as_ref());
     Ok(())
 }
 
@@ -361,15 +575,19 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     for r in &rows {
         println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", r.proto, r.opener, r.responder, r.state, r.age_secs, r.idle_secs, r.rule);
     }
-    let ev = maps.flow_events()?;
+    let ev = maps.flow_events_at(now)?;
     println!(
-        "{} established of {}, {} handshakes of {}, {} udp of {}; evicted: {} flows, {} handshakes, {} udp",
-        ev.flows.live,
+        "{} established, {} closing of {}, {} handshakes of {}, {} udp of {} live; past their timeout: {} flows, {} handshakes, {} udp; evicted: {} flows, {} handshakes, {} udp",
+        ev.live.established,
+        ev.live.closing,
         maps.max_flows()?,
-        ev.embryos.live,
+        ev.live.handshakes,
         maps.max_embryos()?,
-        ev.udp.live,
+        ev.live.udp,
         maps.max_udp_flows()?,
+        ev.flows.stale,
+        ev.embryos.stale,
+        ev.udp.stale,
         ev.flows.evicted,
         ev.embryos.evicted,
         ev.udp.evicted
@@ -388,8 +606,8 @@ fn parse_prefixes(addrs: &[String]) -> anyhow::Result<Vec<Prefix>> {
 
 fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
     match cmd {
-        AddrCommand::Add { set, addrs } => change(pins, state_dir, &set, &addrs, true),
-        AddrCommand::Del { set, addrs } => change(pins, state_dir, &set, &addrs, false),
+        AddrCommand::Add { idempotent, set, addrs } => change(pins, state_dir, &set, &addrs, true, idempotent),
+        AddrCommand::Del { idempotent, set, addrs } => change(pins, state_dir, &set, &addrs, false, idempotent),
         AddrCommand::List { set, json } => {
             need_root()?;
             let maps = open(pins)?;
@@ -400,24 +618,37 @@ fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
             struct Entry {
                 set: String,
                 address: String,
+                /// `config`, `runtime` (added at runtime) or `removed` (a config
+                /// entry removed at runtime).
                 source: &'static str,
+                enforced: bool,
             }
-            let entries: Vec<Entry> = sets
+            let mut entries: Vec<Entry> = sets
                 .iter()
                 .filter(|(_, s)| only.is_none_or(|o| o == *s))
                 .map(|(p, s)| Entry {
                     set: sets.name(s).to_owned(),
                     address: p.to_string(),
                     source: if changes.is_added(sets.name(s), &p) { Source::Runtime.name() } else { Source::Config.name() },
+                    enforced: true,
                 })
                 .collect();
+            entries.extend(changes.removals().filter(|(set, _)| only.is_none_or(|o| sets.name(o) == *set)).map(|(set, p)| Entry {
+                set: set.to_owned(),
+                address: p.to_string(),
+                source: Source::Removed.name(),
+                enforced: false,
+            }));
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
                 println!("{:<14} {:<40} SOURCE", "SET", "ADDRESS");
                 for e in &entries {
-                    println!("{:<14} {:<40} {}", e.set, e.address, e.source);
+                    let note = if e.enforced { "" } else { " (a config entry removed at runtime: not enforced)" };
+                    println!("{:<14} {:<40} {}{note}", e.set, e.address, e.source);
                 }
+                let (overrides, last) = state_report(state_dir)?;
+                print_state_report(state_dir, &overrides, last.as_ref());
             }
             Ok(())
         }
@@ -426,10 +657,15 @@ fn addr(pins: &Pins, state_dir: &Path, cmd: AddrCommand) -> anyhow::Result<()> {
 
 /// `addr add` / `addr del`: validate everything against the running filter's sets,
 /// change the maps, then record the change in the state directory; a failure on the
-/// way puts the maps back, so the change happens whole or not at all.
-fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool) -> anyhow::Result<()> {
+/// way puts the maps back, so the change happens whole or not at all. An entry that
+/// would change nothing (added but already there, removed but not there) is refused
+/// before anything changes, unless `idempotent`; then it is skipped and not recorded.
+fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool, idempotent: bool) -> anyhow::Result<()> {
     let set_name = set;
     let prefixes = parse_prefixes(addrs)?;
+    if let Some((_, p)) = prefixes.iter().enumerate().find(|(i, p)| prefixes[..*i].contains(p)) {
+        return Err(BadInput(format!("{p} is listed twice; nothing changed")).into());
+    }
     need_root()?;
     if !pins.exists() {
         // Without the running filter's sets, overlaps with the config cannot be
@@ -444,12 +680,24 @@ fn change(pins: &Pins, state_dir: &Path, set: &str, addrs: &[String], add: bool)
     let set = parse_set(&have, set_name)?;
     let mut want = have.clone();
     for p in &prefixes {
+        if have.contains(set, p) == add {
+            if idempotent {
+                continue;
+            }
+            let what = if add { "is already in" } else { "is not in" };
+            return Err(BadInput(format!("{p} {what} {set_name}; nothing changed (--idempotent accepts this)")).into());
+        }
         if add {
             want.insert(set, *p).map_err(|e| BadInput(e.to_string()))?;
             changes.add(set_name, *p);
-        } else if want.remove(set, p) {
+        } else {
+            want.remove(set, p);
             changes.remove(set_name, *p);
         }
+    }
+    if want == have {
+        // Nothing to do (every entry was a no-op under --idempotent): no write at all.
+        return Ok(());
     }
     let written = maps.set_address_sets(&want).map_err(anyhow::Error::from).and_then(|()| Ok(changes.save(state_dir)?));
     if let Err(e) = written {
@@ -467,6 +715,10 @@ fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 fn detach(pins: &Pins, ifaces: &[String]) -> anyhow::Result<()> {
     need_root()?;
+    // A running daemon holds the links (removing a pin would not detach anything) and
+    // would put back what is removed: refuse, naming it. Held while detaching, so no
+    // `run` starts half-way.
+    let _daemon = pins.daemon_lock()?;
     if !pins.dir().exists() {
         bail!("no filter is pinned at {}", pins.dir().display());
     }

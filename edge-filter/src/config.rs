@@ -12,8 +12,11 @@
 //! - `[policy] federation-port` and `internal-port` are the older names of
 //!   `[policy.ports] XmppListeningPort` and `XmppInternalPort`; giving both names of
 //!   one port is refused.
-//! - Whether an interface exists is the loader's question, not the parser's: a config
-//!   can be checked on another machine.
+//! - An interface is named by its name in errors (`interface "eth0" role = ...`); by
+//!   its index only when the name itself is missing or bad (`interface[0].name`).
+//! - Whether an interface exists is not the parser's question: `check` and `run` ask
+//!   the host (`pins::preflight`); `check --offline` checks the file alone, as on
+//!   another machine.
 
 use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroU16, path::Path, str::FromStr};
 
@@ -171,6 +174,8 @@ impl Config {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                 return Err(cx.value(&key("name"), &quote(&name), "an interface name of 1 to 15 characters"));
             }
+            // Past its name, an interface is named by it: `interface "eth0" role`.
+            let key = |k: &str| format!("interface {} {k}", quote(&name));
             let role = match cx.string(iface.get("role"), &key("role"))? {
                 Some(r) => r.parse::<Role>().map_err(|_| cx.value(&key("role"), &quote(r), "outside, edge or host"))?,
                 None => return Err(cx.value(&key("role"), "(missing)", "outside, edge or host")),
@@ -357,8 +362,15 @@ impl Cx<'_> {
             match (name.ends_with('*'), value) {
                 (true, Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
+                        // An interface with a usable name is named by it.
+                        let named = match item.get("name").and_then(Value::as_str) {
+                            Some(n) if key == "interface" && !n.is_empty() && n.len() <= 15 && !n.contains(['/', ' ']) => {
+                                format!("{key} {}", quote(n))
+                            }
+                            _ => format!("{key}[{i}]"),
+                        };
                         match item {
-                            Value::Table(t) => check(t, format!("{key}[{i}]"))?,
+                            Value::Table(t) => check(t, named)?,
                             other => return Err(self.value(&format!("{key}[{i}]"), &other.to_string(), &format!("a table ([[{key}]])"))),
                         }
                     }
@@ -608,14 +620,17 @@ mod tests {
         for (text, want) in [
             ("[policy]\nfederation_port = 5269", "edge.toml: unknown key `policy.federation_port`; did you mean `federation-port`?"),
             ("[polcy]\ndry-run = true", "edge.toml: unknown key `polcy`; did you mean `policy`?"),
-            ("[[interface]]\nname = \"eth0\"\nrole = \"outside\"\nmod = \"skb\"", "edge.toml: unknown key `interface[0].mod`; did you mean `mode`?"),
+            ("[[interface]]\nname = \"eth0\"\nrole = \"outside\"\nmod = \"skb\"", "edge.toml: unknown key `interface \"eth0\".mod`; did you mean `mode`?"),
+            ("[[interface]]\nname = \"a/b\"\nrole = \"outside\"\nmod = \"skb\"", "edge.toml: unknown key `interface[0].mod`; did you mean `mode`?"),
+            ("[[interface]]\nrole = \"outside\"", "edge.toml: interface[0].name = (missing): every interface needs a name"),
+            ("[[interface]]\nname = \"a/b\"\nrole = \"outside\"", "edge.toml: interface[0].name = \"a/b\": an interface name of 1 to 15 characters"),
             ("[policy]\nfederation-port = 0", "edge.toml: policy.federation-port = 0: a port from 1 to 65535"),
             ("[policy]\ninternal-port = 65536", "edge.toml: policy.internal-port = 65536: a port from 1 to 65535"),
             ("[policy]\nunpoliced = \"reject\"", "edge.toml: policy.unpoliced = \"reject\": pass or drop"),
             ("[log]\ndrops = \"yes\"", "edge.toml: log.drops = \"yes\": true or false"),
             ("[log]\ndrops-per-second = 0", "edge.toml: log.drops-per-second = 0: an integer from 1 to 1000000"),
-            ("[[interface]]\nname = \"eth0\"\nrole = \"inside\"", "edge.toml: interface[0].role = \"inside\": outside, edge or host"),
-            ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\nmode = \"fast\"", "edge.toml: interface[0].mode = \"fast\": auto, native or skb"),
+            ("[[interface]]\nname = \"eth0\"\nrole = \"inside\"", "edge.toml: interface \"eth0\" role = \"inside\": outside, edge or host"),
+            ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\nmode = \"fast\"", "edge.toml: interface \"eth0\" mode = \"fast\": auto, native or skb"),
             ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\n[[interface]]\nname = \"eth0\"\nrole = \"outside\"", "edge.toml: interface `eth0` is listed twice"),
             ("[addresses]\naccess-edge = [\"203.0.113.300\"]", "edge.toml: addresses.access-edge = \"203.0.113.300\": `203.0.113.300` is not an IP address or prefix"),
             ("[policy]\ntables = [\"lync-edge\"]", "edge.toml: unknown table `lync-edge` (expected xmpp-federation, lync-edge-external or lync-edge-internal)"),

@@ -1,15 +1,24 @@
 //! `edge-filter run`: keep the configured filter in place.
 //!
 //! Contract:
+//! - One daemon per pin directory: the daemon lock ([`Pins::daemon_lock`]) is taken
+//!   before anything is touched and held until the process ends; a second `run` and
+//!   `detach` refuse while it is held, naming this process's pid.
 //! - Start: every configured NIC is checked (exists, carries no foreign XDP program)
 //!   before the kernel is touched. Maps pinned by an earlier run are adopted (counters,
 //!   flows and sets carry on); links pinned by an earlier run get the new program
 //!   atomically; other NICs are attached in the configured mode (`auto`: native, else
 //!   generic, and the log says which).
 //! - The address sets are the config's with the state directory's runtime changes.
+//! - The address sets are composed as `statedir` documents; every start and reload
+//!   logs a warning for each place the state directory overrides the config, and logs
+//!   the runtime changes it prunes.
 //! - SIGHUP re-reads the config; an invalid one is logged and changes nothing; a valid
 //!   one is applied: settings and sets rewritten, NICs attached or detached. If the
-//!   kernel refuses a step, the running config is applied again.
+//!   kernel refuses a step, the running config is applied again. Each outcome
+//!   (`applied` or `refused`, with the reason) is logged, counted
+//!   (`edge_filter_reloads_total{outcome}`) and written to `<state-dir>/reload.json`
+//!   with a sequence number, which `edge-filter reload` waits for.
 //! - SIGTERM and SIGINT end the process and leave the filter attached and pinned, so
 //!   enforcement never lapses; the next `run` adopts it.
 //! - `/metrics` serves Prometheus text read from the pinned maps at each scrape.
@@ -26,14 +35,18 @@ use crate::{
     config::Config,
     loader::{Filter, LoadOptions, Maps},
     pins::{self, Pins},
-    report::Snapshot,
-    statedir::Changes,
+    report::{Reloads, Snapshot},
+    statedir::{Changes, Composed, ReloadStatus},
 };
 
 /// How often the per-source counts are put right.
 const RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn run(config_path: &Path, config: Config, pins: Pins, state_dir: PathBuf) -> anyhow::Result<()> {
+    // One daemon per pin directory, held until the process ends and taken before
+    // anything is touched: a second `run` (and `detach`) refuses, naming this pid.
+    let _daemon = pins.daemon_lock()?;
+    pins.check_bpffs()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
     rt.block_on(serve(config_path, config, pins, state_dir))
 }
@@ -71,9 +84,12 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                 }
             }
         }
-        apply(&mut filter, &pins, &config, &state_dir)?;
+        let composed = apply(&mut filter, &pins, &config, &state_dir)?;
+        publish(&state_dir, config_path, 0, "started", None, &composed);
         filter
     };
+    let reloads = std::sync::Arc::new(Reloads::default());
+    let mut seq = 0;
 
     // Drop log lines from the kernel, named and passed to this process's logger.
     match aya_log::EbpfLogger::init_with_logger(filter.ebpf_mut(), DropLogNames) {
@@ -86,7 +102,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics listener {addr}"))?;
         info!("metrics on http://{addr}/metrics");
-        tokio::spawn(metrics(listener, pins.maps_dir()));
+        tokio::spawn(metrics(listener, pins.maps_dir(), reloads.clone()));
     }
     info!("enforcing; SIGHUP re-reads {}, SIGTERM leaves the filter attached", config_path.display());
 
@@ -102,8 +118,9 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                 }
             }
             _ = hup.recv() => {
-                match Config::load(config_path) {
-                    Err(e) => error!("{e}; keeping the running config"),
+                seq += 1;
+                let outcome = match Config::load(config_path) {
+                    Err(e) => Err(e.to_string()),
                     Ok(new) => {
                         let _lock = pins.lock()?;
                         if new.max_flows != config.max_flows
@@ -117,13 +134,14 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                         }
                         match apply(&mut filter, &pins, &new, &state_dir) {
                             Err(e) => {
-                                error!("applying {}: {e:#}; restoring the running config", config_path.display());
+                                let mut why = format!("applying {}: {e:#}; the running config was restored", config_path.display());
                                 if let Err(e) = apply(&mut filter, &pins, &config, &state_dir) {
                                     error!("restoring the running config: {e:#}");
+                                    why = format!("applying {}: and restoring the running config failed too: {e:#}", config_path.display());
                                 }
+                                Err(why)
                             }
-                            Ok(()) => {
-                                info!("applied {}", config_path.display());
+                            Ok(composed) => {
                                 config = Config {
                                     metrics: config.metrics,
                                     max_flows: config.max_flows,
@@ -131,8 +149,21 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                                     max_udp_flows: config.max_udp_flows,
                                     ..new
                                 };
+                                Ok(composed)
                             }
                         }
+                    }
+                };
+                match outcome {
+                    Ok(composed) => {
+                        reloads.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        info!("reload {seq} applied {}", config_path.display());
+                        publish(&state_dir, config_path, seq, "applied", None, &composed);
+                    }
+                    Err(why) => {
+                        reloads.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        error!("reload {seq} refused: {why}; keeping the running config");
+                        publish(&state_dir, config_path, seq, "refused", Some(why), &Composed::default());
                     }
                 }
             }
@@ -140,12 +171,41 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
             _ = int.recv() => break,
         }
     }
-    info!("exiting; the filter stays attached and pinned at {}", pins.dir().display());
+    // Say what the kernel keeps, as it is now (a SIGHUP may have removed every NIC).
+    match pins.links() {
+        Ok(links) if links.is_empty() => info!("exiting; no NIC has the filter attached; maps stay pinned at {}", pins.dir().display()),
+        Ok(links) => {
+            let names: Vec<&str> = links.iter().map(|l| l.interface.as_str()).collect();
+            info!("exiting; the filter stays attached to {} and pinned at {}", names.join(", "), pins.dir().display());
+        }
+        Err(e) => warn!("exiting; cannot read the links pinned at {}: {e:#}", pins.dir().display()),
+    }
     Ok(())
 }
 
-/// Make the kernel enforce `config`: settings, sets, roles, attachments.
-fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) -> anyhow::Result<()> {
+/// Write the outcome of a start or reload for `edge-filter reload`, `status` and
+/// `addr list`; a failure to write is logged, never fatal.
+fn publish(state_dir: &Path, config_path: &Path, seq: u64, outcome: &str, reason: Option<String>, composed: &Composed) {
+    let pid = std::process::id();
+    let status = ReloadStatus {
+        pid,
+        start_time: crate::statedir::process_start_time(pid).unwrap_or(0),
+        seq,
+        outcome: outcome.to_owned(),
+        reason,
+        config: config_path.display().to_string(),
+        pruned: composed.pruned.clone(),
+        overrides: composed.overrides.clone(),
+    };
+    if let Err(e) = status.save(state_dir) {
+        warn!("recording the reload outcome: {e}");
+    }
+}
+
+/// Make the kernel enforce `config`: settings, sets, roles, attachments. The runtime
+/// changes the config has made moot are pruned from the state directory once the
+/// whole config is applied.
+fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) -> anyhow::Result<Composed> {
     // What can be checked without the kernel is checked before the first write: the
     // NICs exist and carry no foreign program, the sets are consistent. The kernel can
     // still refuse later steps (a counter slot, an attach mode); the SIGHUP path then
@@ -154,11 +214,12 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
     for iface in &config.interfaces {
         want.push((pins::preflight(pins, &iface.name)?, iface));
     }
-    let sets = Changes::load(state_dir)?.effective(&config.sets).context("the config's sets with the runtime changes")?;
+    let composed = Changes::load(state_dir)?.compose(&config.sets).context("the config's sets with the runtime changes")?;
+    let sets = &composed.sets;
 
     // Sets before rows: a new peer set's addresses carry its bit before any row names
     // it, so no row ever matches on a set that is still being filled.
-    filter.set_address_sets(&sets)?;
+    filter.set_address_sets(sets)?;
     filter.set_policy(&config.policy)?;
     for (ifindex, iface) in &want {
         filter.set_iface(*ifindex, iface.role)?;
@@ -193,7 +254,16 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
             filter.remove_iface(entry.ifindex)?;
         }
     }
-    Ok(())
+    if composed.prunes() {
+        composed.changes.save(state_dir).context("pruning the state directory")?;
+        for p in &composed.pruned {
+            info!("{p}");
+        }
+    }
+    for o in &composed.overrides {
+        warn!("the state directory overrides the config: {o}");
+    }
+    Ok(composed)
 }
 
 /// Names what the kernel's drop log records carry as numbers: `verdict 8 ifindex 3`
@@ -262,20 +332,32 @@ async fn drop_log(logger: aya_log::EbpfLogger<DropLogNames>) {
     }
 }
 
-async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf) {
+async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf, reloads: std::sync::Arc<Reloads>) {
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let maps_dir = maps_dir.clone();
+            let reloads = reloads.clone();
             async move {
-                let text = Maps::open_pinned(&maps_dir)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|m| Snapshot::read(&m).map_err(anyhow::Error::from));
+                // Text 0.0.4 unless the scraper asks for OpenMetrics.
+                let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+                let format = crate::report::Format::from_accept(accept);
+                // The map reads are system calls, as many as the tables have entries:
+                // off the runtime's thread, so signals and the drop log are not kept
+                // waiting by a scrape.
+                let text = tokio::task::spawn_blocking(move || {
+                    Maps::open_pinned(&maps_dir)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|m| Snapshot::read(&m).map_err(anyhow::Error::from))
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
                 match text {
                     Ok(s) => (
                         axum::http::StatusCode::OK,
-                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                        s.prometheus(),
+                        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+                        reloads.add_to(&format.render(&s)),
                     ),
                     Err(e) => (
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -720,26 +720,67 @@ impl Maps {
         self.table(map::UDP_FLOWS)
     }
 
-    /// What happened in both state tables, with LRU evictions derived from the rest.
+    /// What happened in the state tables now ([`Maps::flow_events_at`]).
     pub fn flow_events(&self) -> Result<FlowEvents, Error> {
-        use edge_filter_common::event as e;
+        self.flow_events_at(crate::report::monotonic_ns())
+    }
+
+    /// What happened in the state tables, with live entries judged at `now_ns`
+    /// (`CLOCK_MONOTONIC`) by the kernel's timeouts and LRU evictions derived from the
+    /// rest. An entry past its timeout is not live, but it is not evicted either: the
+    /// kernel removes it (and counts it expired) when a packet of it comes, the daemon
+    /// when it recounts.
+    pub fn flow_events_at(&self, now_ns: u64) -> Result<FlowEvents, Error> {
+        use edge_filter_common::{event as e, flow_state as st};
         let ev = self.events()?;
         let at = |i: u32| ev[i as usize];
-        let table = |created, expired, closed, failed, live: usize| TableEvents {
+        let settings = self.settings()?;
+        let flows = self.census(map::FLOWS, false, &settings, now_ns)?;
+        let embryos = self.census(map::EMBRYOS, false, &settings, now_ns)?;
+        let udp = self.census(map::UDP_FLOWS, true, &settings, now_ns)?;
+        let table = |created: u64, expired: u64, closed: u64, failed, (present, live): (u64, u64)| TableEvents {
             created,
             expired,
             closed,
             insert_failed: failed,
             // Every entry that left by our hand is counted; the rest the LRU evicted.
-            evicted: created.saturating_sub(expired + closed + live as u64),
-            live: live as u64,
+            evicted: created.saturating_sub(expired + closed + present),
+            live,
+            stale: present - live,
         };
+        let sum = |c: &Census| (c.present, c.live.iter().sum());
         Ok(FlowEvents {
-            flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), self.flows()?.len()),
-            embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), self.embryos()?.len()),
-            udp: table(at(e::UDP_CREATED), at(e::UDP_EXPIRED), 0, at(e::UDP_INSERT_FAILED), self.udp_flows()?.len()),
+            flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), sum(&flows)),
+            embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), sum(&embryos)),
+            udp: table(at(e::UDP_CREATED), at(e::UDP_EXPIRED), 0, at(e::UDP_INSERT_FAILED), sum(&udp)),
             source_limited: at(e::SOURCE_LIMITED),
+            live: LiveFlows {
+                established: flows.live[usize::from(st::ESTABLISHED)],
+                closing: flows.live[usize::from(st::CLOSING)] + flows.live[usize::from(st::RESET)],
+                handshakes: embryos.live.iter().sum(),
+                udp: udp.live.iter().sum(),
+            },
         })
+    }
+
+    /// Entries of one state table, and the live ones by state, without copying the
+    /// table.
+    fn census(&self, name: &'static str, udp: bool, settings: &Settings, now_ns: u64) -> Result<Census, Error> {
+        let table: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut c = Census::default();
+        for entry in table.iter() {
+            let (_, f) = match entry {
+                Ok(kv) => kv,
+                // The entry left between listing its key and reading it.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(name)(e)),
+            };
+            c.present += 1;
+            if flow_is_live(&f, settings, udp, now_ns) {
+                c.live[usize::from(f.state & 7)] += 1;
+            }
+        }
+        Ok(c)
     }
 
     /// Established flows per source prefix, as the kernel counts them.
@@ -851,7 +892,49 @@ pub struct TableEvents {
     pub closed: u64,
     pub evicted: u64,
     pub insert_failed: u64,
+    /// Entries within their idle timeout.
     pub live: u64,
+    /// Entries past their idle timeout that nothing has removed yet: not live.
+    pub stale: u64,
+}
+
+/// Live entries of the state tables by what they are, judged by the kernel's
+/// timeouts ([`flow_is_live`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LiveFlows {
+    /// Flow table, `established`.
+    pub established: u64,
+    /// Flow table, `closing` or `reset`.
+    pub closing: u64,
+    /// Embryonic table: `syn_sent`, `syn_recv`.
+    pub handshakes: u64,
+    /// UDP flow table.
+    pub udp: u64,
+}
+
+/// One pass over a state table: entries present, live ones by state.
+#[derive(Default)]
+struct Census {
+    present: u64,
+    live: [u64; 8],
+}
+
+/// Whether `flow` is within its idle timeout at `now_ns` (`CLOCK_MONOTONIC`), as the
+/// kernel program judges it (`state.rs`, `expired`): the UDP timeout in the UDP table;
+/// else the SYN timeout for `syn_sent`/`syn_recv`, the established timeout for
+/// `established`, the closing timeout for the rest (`closing`, `reset`).
+pub fn flow_is_live(flow: &Flow, settings: &Settings, udp: bool, now_ns: u64) -> bool {
+    use edge_filter_common::flow_state as st;
+    let timeout = if udp {
+        settings.udp_timeout_ns
+    } else {
+        match flow.state {
+            st::SYN_SENT | st::SYN_RECV => settings.syn_timeout_ns,
+            st::ESTABLISHED => settings.established_timeout_ns,
+            _ => settings.closing_timeout_ns,
+        }
+    };
+    now_ns.saturating_sub(flow.last_seen_ns) <= timeout
 }
 
 /// What happened in the flow table, the embryonic table and the UDP table.
@@ -862,6 +945,8 @@ pub struct FlowEvents {
     pub udp: TableEvents,
     /// Completed handshakes not recorded: their source held its share of the table.
     pub source_limited: u64,
+    /// The live entries by what they are.
+    pub live: LiveFlows,
 }
 
 /// The source prefix of a flow, as the kernel program forms it (`state.rs`): the

@@ -8,11 +8,6 @@
 
 use std::fmt::Write as _;
 
-use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter as PromCounter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
 use serde::Serialize;
 
 use crate::loader::{FlowEvents, Maps};
@@ -85,7 +80,11 @@ pub struct Snapshot {
     pub rules: Vec<RuleRow>,
     /// Entries per set.
     pub addresses: Vec<(String, usize)>,
+    /// Live flows of the flow table (established and closing), judged by the
+    /// kernel's timeouts: entries past their timeout are not counted.
     pub flows: usize,
+    /// The NICs with a role, by name, in slot order: each has every counter series.
+    pub interfaces: Vec<String>,
     pub dry_run: bool,
     /// `(event name, occurrences)`.
     pub events: Vec<(&'static str, u64)>,
@@ -128,17 +127,21 @@ impl Snapshot {
             .map(|(rule, c)| RuleRow { rule: rule.to_owned(), packets: c.packets, bytes: c.bytes })
             .collect();
         let sets = maps.address_sets()?;
+        let flow_events = maps.flow_events()?;
+        let mut slots: Vec<_> = ifaces.iter().map(|e| (e.slot, interface_name(e.ifindex))).collect();
+        slots.sort();
         Ok(Self {
             counters: rows,
             rules,
             addresses: sets.sets().map(|s| (sets.name(s).to_owned(), sets.of(s).count())).collect(),
-            flows: maps.flows()?.len(),
+            flows: flow_events.flows.live as usize,
+            interfaces: slots.into_iter().map(|(_, n)| n).collect(),
             dry_run: maps.policy()?.dry_run,
             events: {
                 let counts = maps.events()?;
                 edge_filter_common::event::NAMES[..2].iter().map(|(i, n)| (*n, counts[*i as usize])).collect()
             },
-            flow_events: maps.flow_events()?,
+            flow_events,
         })
     }
 
@@ -160,61 +163,43 @@ impl Snapshot {
         out
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition, format 0.0.4 (`text/plain; version=0.0.4`).
     pub fn prometheus(&self) -> String {
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Verdict {
-            interface: String,
-            action: String,
-            reason: String,
+        render(&self.families(), Format::Text)
+    }
+
+    /// OpenMetrics text 1.0.0 (`application/openmetrics-text; version=1.0.0`): the
+    /// same samples, counter families named without `_total`, ending in `# EOF`.
+    pub fn openmetrics(&self) -> String {
+        render(&self.families(), Format::OpenMetrics)
+    }
+
+    /// Every metric family with every series that can exist, zeros included, so a
+    /// rate or `increase()` sees the first packet of a series: each NIC with a role
+    /// times each named action and reason, `unattached` (packets on NICs without a
+    /// role), each row id, each event.
+    fn families(&self) -> Vec<MetricFamily> {
+        let mut verdicts: Vec<(String, &'static str, &'static str, u64, u64)> = Vec::new();
+        for iface in &self.interfaces {
+            for v in 0..edge_filter_common::verdict::SLOTS {
+                if let Some((action, reason)) = edge_filter_common::verdict::name(v) {
+                    verdicts.push((iface.clone(), action, reason, 0, 0));
+                }
+            }
         }
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Rule {
-            rule: String,
+        if let Some((action, reason)) = edge_filter_common::verdict::name(edge_filter_common::verdict::PASS_UNATTACHED) {
+            verdicts.push(("unattached".to_owned(), action, reason, 0, 0));
         }
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Set {
-            set: String,
-        }
-        let mut reg = Registry::default();
-        let packets = Family::<Verdict, PromCounter>::default();
-        let bytes = Family::<Verdict, PromCounter>::default();
         for r in &self.counters {
-            let l = Verdict { interface: r.interface.clone(), action: r.action.into(), reason: r.reason.into() };
-            packets.get_or_create(&l).inc_by(r.packets);
-            bytes.get_or_create(&l).inc_by(r.bytes);
+            match verdicts.iter_mut().find(|(i, a, re, ..)| *i == r.interface && *a == r.action && *re == r.reason) {
+                Some(row) => (row.3, row.4) = (row.3 + r.packets, row.4 + r.bytes),
+                None => verdicts.push((r.interface.clone(), r.action, r.reason, r.packets, r.bytes)),
+            }
         }
-        let hits = Family::<Rule, PromCounter>::default();
-        for r in &self.rules {
-            hits.get_or_create(&Rule { rule: r.rule.clone() }).inc_by(r.packets);
-        }
-        let addresses = Family::<Set, Gauge>::default();
-        for (s, n) in &self.addresses {
-            addresses.get_or_create(&Set { set: s.clone() }).set(*n as i64);
-        }
-        let flows = Gauge::<i64>::default();
-        flows.set(self.flows as i64);
-        let dry = Gauge::<i64>::default();
-        dry.set(i64::from(self.dry_run));
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Event {
-            event: String,
-        }
-        let events = Family::<Event, PromCounter>::default();
-        for (e, n) in &self.events {
-            events.get_or_create(&Event { event: (*e).into() }).inc_by(*n);
-        }
-        reg.register("edge_filter_packets", "Packets judged, per NIC, action and reason", packets);
-        reg.register("edge_filter_bytes", "Bytes judged, per NIC, action and reason", bytes);
-        reg.register("edge_filter_rule_hits", "Packets that matched each rule", hits);
-        reg.register("edge_filter_addresses", "Entries in each edge address set", addresses);
-        reg.register("edge_filter_flows", "Entries in the flow table", flows);
-        reg.register("edge_filter_dry_run", "1 when nothing is dropped and would-be drops are counted", dry);
-        reg.register("edge_filter_events", "Events besides verdicts: drop log lines and suppressions", events);
-        let flow_events = Family::<Event, PromCounter>::default();
-        let embryos = Gauge::<i64>::default();
-        let (f, e) = (&self.flow_events.flows, &self.flow_events.embryos);
-        for (name, n) in [
+        let verdict_labels =
+            |(i, a, r, ..): &(String, &str, &str, u64, u64)| vec![("interface", i.clone()), ("action", (*a).to_owned()), ("reason", (*r).to_owned())];
+        let (f, e, u) = (&self.flow_events.flows, &self.flow_events.embryos, &self.flow_events.udp);
+        let flow_events = [
             ("created", f.created),
             ("expired", f.expired),
             ("closed", f.closed),
@@ -225,28 +210,173 @@ impl Snapshot {
             ("handshake_closed", e.closed),
             ("handshake_evicted", e.evicted),
             ("handshake_insert_failed", e.insert_failed),
-        ] {
-            flow_events.get_or_create(&Event { event: name.into() }).inc_by(n);
-        }
-        flow_events.get_or_create(&Event { event: "source_limited".into() }).inc_by(self.flow_events.source_limited);
-        let u = &self.flow_events.udp;
-        for (name, n) in [
+            ("source_limited", self.flow_events.source_limited),
             ("udp_created", u.created),
             ("udp_expired", u.expired),
             ("udp_evicted", u.evicted),
             ("udp_insert_failed", u.insert_failed),
-        ] {
-            flow_events.get_or_create(&Event { event: name.into() }).inc_by(n);
+        ];
+        let one = |n: u64| vec![(Vec::new(), n)];
+        vec![
+            MetricFamily::counter(
+                "edge_filter_packets",
+                "Packets judged, per NIC, action and reason",
+                verdicts.iter().map(|v| (verdict_labels(v), v.3)).collect(),
+            ),
+            MetricFamily::counter(
+                "edge_filter_bytes",
+                "Bytes judged, per NIC, action and reason",
+                verdicts.iter().map(|v| (verdict_labels(v), v.4)).collect(),
+            ),
+            MetricFamily::counter(
+                "edge_filter_rule_hits",
+                "Packets that matched each rule",
+                self.rules.iter().map(|r| (vec![("rule", r.rule.clone())], r.packets)).collect(),
+            ),
+            MetricFamily::gauge(
+                "edge_filter_addresses",
+                "Entries in each edge address set",
+                self.addresses.iter().map(|(s, n)| (vec![("set", s.clone())], *n as u64)).collect(),
+            ),
+            MetricFamily::gauge("edge_filter_flows", "Live flows in the flow table (established and closing)", one(self.flows as u64)),
+            MetricFamily::gauge("edge_filter_dry_run", "1 when nothing is dropped and would-be drops are counted", one(u64::from(self.dry_run))),
+            MetricFamily::counter(
+                "edge_filter_events",
+                "Events besides verdicts: drop log lines and suppressions",
+                self.events.iter().map(|(e, n)| (vec![("event", (*e).to_owned())], *n)).collect(),
+            ),
+            MetricFamily::gauge("edge_filter_udp_flows", "Live flows in the UDP flow table", one(u.live)),
+            MetricFamily::counter(
+                "edge_filter_flow_events",
+                "State-table events: flows and handshakes created, expired, closed, evicted, refused",
+                flow_events.iter().map(|(e, n)| (vec![("event", (*e).to_owned())], *n)).collect(),
+            ),
+            MetricFamily::gauge("edge_filter_handshakes", "Live entries in the embryonic (handshake) table", one(e.live)),
+        ]
+    }
+}
+
+/// The two text formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics text 1.0.0.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format a scraper's `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` with a quality above 0 and no lower than that of
+    /// `text/plain`; text 0.0.4 otherwise (also without the header).
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        let (mut om, mut text) = (0.0f32, 0.0f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => om = om.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
         }
-        let udp = Gauge::<i64>::default();
-        udp.set(u.live as i64);
-        reg.register("edge_filter_udp_flows", "Entries in the UDP flow table", udp);
-        embryos.set(e.live as i64);
-        reg.register("edge_filter_flow_events", "State-table events: flows and handshakes created, expired, closed, evicted, refused", flow_events);
-        reg.register("edge_filter_handshakes", "Entries in the embryonic (handshake) table", embryos);
-        let mut out = String::new();
-        encode(&mut out, &reg).expect("writing to a String cannot fail");
-        out
+        if om > 0.0 && om >= text { Format::OpenMetrics } else { Format::Text }
+    }
+
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// A snapshot in this format.
+    pub fn render(self, snapshot: &Snapshot) -> String {
+        match self {
+            Format::Text => snapshot.prometheus(),
+            Format::OpenMetrics => snapshot.openmetrics(),
+        }
+    }
+}
+
+/// One metric family: its samples with their labels.
+struct MetricFamily {
+    /// Without `_total`.
+    name: &'static str,
+    help: &'static str,
+    counter: bool,
+    samples: Vec<(Vec<(&'static str, String)>, u64)>,
+}
+
+impl MetricFamily {
+    fn counter(name: &'static str, help: &'static str, samples: Vec<(Vec<(&'static str, String)>, u64)>) -> Self {
+        Self { name, help, counter: true, samples }
+    }
+
+    fn gauge(name: &'static str, help: &'static str, samples: Vec<(Vec<(&'static str, String)>, u64)>) -> Self {
+        Self { name, help, counter: false, samples }
+    }
+}
+
+/// Render families: in text 0.0.4 a counter's HELP and TYPE name its samples'
+/// `_total` name; in OpenMetrics they name the family and the body ends in `# EOF`.
+fn render(families: &[MetricFamily], format: Format) -> String {
+    let mut out = String::new();
+    for f in families {
+        let sample = if f.counter { format!("{}_total", f.name) } else { f.name.to_owned() };
+        let family = if format == Format::Text { sample.as_str() } else { f.name };
+        let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(out, "# HELP {family} {help}.");
+        let _ = writeln!(out, "# TYPE {family} {}", if f.counter { "counter" } else { "gauge" });
+        for (labels, value) in &f.samples {
+            out.push_str(&sample);
+            if !labels.is_empty() {
+                let l: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+                    .collect();
+                let _ = write!(out, "{{{}}}", l.join(","));
+            }
+            let _ = writeln!(out, " {value}");
+        }
+    }
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+/// Reloads (SIGHUP) the daemon handled since it started, by outcome: a counter the
+/// daemon keeps (not in the maps), added to what `/metrics` serves.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    pub applied: std::sync::atomic::AtomicU64,
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+impl Reloads {
+    /// `text` (text 0.0.4, or OpenMetrics ending in `# EOF`) with
+    /// `edge_filter_reloads_total{outcome}` added (before the `# EOF`).
+    pub fn add_to(&self, text: &str) -> String {
+        let eof = text.rfind("# EOF");
+        // Text 0.0.4 names a counter's HELP and TYPE with `_total`, OpenMetrics without.
+        let family = if eof.is_some() { "edge_filter_reloads" } else { "edge_filter_reloads_total" };
+        let mut ours = format!(
+            "# HELP {family} Config reloads (SIGHUP) since the daemon started, applied or refused.\n# TYPE {family} counter\n"
+        );
+        for (name, n) in [("applied", &self.applied), ("refused", &self.refused)] {
+            let _ = writeln!(ours, "edge_filter_reloads_total{{outcome=\"{name}\"}} {}", n.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        match eof {
+            Some(i) => format!("{}{ours}{}", &text[..i], &text[i..]),
+            None => format!("{text}{ours}"),
+        }
     }
 }
 
@@ -255,12 +385,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reload_outcomes_join_the_exposition_before_its_end() {
+        let r = Reloads::default();
+        r.refused.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let text = r.add_to("edge_filter_flows 4\n# EOF\n");
+        assert!(text.lines().any(|l| l == "edge_filter_reloads_total{outcome=\"refused\"} 2"), "{text}");
+        assert!(text.lines().any(|l| l == "edge_filter_reloads_total{outcome=\"applied\"} 0"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n") && text.starts_with("edge_filter_flows 4\n"), "{text}");
+        assert!(text.contains("# TYPE edge_filter_reloads counter"), "{text}");
+        let plain = r.add_to("edge_filter_flows 4\n");
+        assert!(plain.contains("# TYPE edge_filter_reloads_total counter") && !plain.contains("EOF"), "{plain}");
+    }
+
+    #[test]
     fn prometheus_text_carries_every_family_with_the_dataplane_names() {
         let s = Snapshot {
             counters: vec![CounterRow { interface: "eth0".into(), action: "drop", reason: "no_rule", packets: 3, bytes: 180 }],
             rules: vec![RuleRow { rule: "federation-in".into(), packets: 2, bytes: 120 }],
             addresses: vec![("access-edge".into(), 2), ("internal-edge".into(), 1)],
             flows: 4,
+            interfaces: vec!["eth0".into(), "eth1".into()],
             dry_run: false,
             events: vec![("drop_log_suppressed", 7)],
             flow_events: FlowEvents::default(),
@@ -280,5 +425,80 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(s.table().contains("eth0             drop        no_rule"));
+        // Every series that can exist, at 0 until it moves.
+        for line in [
+            "edge_filter_packets_total{interface=\"eth1\",action=\"drop\",reason=\"no_rule\"} 0",
+            "edge_filter_bytes_total{interface=\"eth0\",action=\"would_drop\",reason=\"unpoliced\"} 0",
+            "edge_filter_packets_total{interface=\"unattached\",action=\"pass\",reason=\"unattached\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // One sample per NIC x named verdict, no duplicate for the one that moved.
+        let named = (0..edge_filter_common::verdict::SLOTS).filter(|v| edge_filter_common::verdict::name(*v).is_some()).count();
+        assert_eq!(text.lines().filter(|l| l.starts_with("edge_filter_packets_total{")).count(), 2 * named + 1, "{text}");
+    }
+
+    #[test]
+    fn text_0_0_4_names_samples_in_help_and_type_and_openmetrics_ends_in_eof() {
+        let s = Snapshot {
+            counters: vec![],
+            rules: vec![RuleRow { rule: "a\"b".into(), packets: 1, bytes: 60 }],
+            addresses: vec![],
+            flows: 0,
+            interfaces: vec![],
+            dry_run: true,
+            events: vec![],
+            flow_events: FlowEvents::default(),
+        };
+        let text = s.prometheus();
+        assert!(text.lines().any(|l| l == "# TYPE edge_filter_packets_total counter"), "{text}");
+        assert!(text.lines().any(|l| l == "# TYPE edge_filter_flows gauge"), "{text}");
+        assert!(text.lines().any(|l| l == "edge_filter_rule_hits_total{rule=\"a\\\"b\"} 1"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        // Every TYPE line names samples that follow it.
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = l.split(' ').nth(2).unwrap();
+            assert!(!text.contains(&format!("{name}_total")), "{name}: a sample name differs from its TYPE");
+        }
+        let om = s.openmetrics();
+        assert!(om.lines().any(|l| l == "# TYPE edge_filter_packets counter"), "{om}");
+        assert!(om.lines().any(|l| l == "edge_filter_rule_hits_total{rule=\"a\\\"b\"} 1"), "{om}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn the_accept_header_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(None), Format::Text);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Text);
+        assert_eq!(Format::from_accept(Some("text/plain;version=0.0.4")), Format::Text);
+        assert_eq!(Format::from_accept(Some("application/openmetrics-text;q=0.2, text/plain")), Format::Text);
+        assert_eq!(Format::from_accept(Some("application/openmetrics-text;q=0")), Format::Text);
+    }
+
+    #[test]
+    fn a_flow_is_live_by_the_kernels_timeout_for_its_state_and_table() {
+        use crate::loader::flow_is_live;
+        use edge_filter_common::{Flow, flow_state as st};
+        let settings = crate::Policy::default().to_settings(0);
+        let s = 1_000_000_000u64;
+        let now = 100_000 * s;
+        let flow = |state, idle_s: u64| Flow { state, last_seen_ns: now - idle_s * s, ..Flow::default() };
+        let cases = [
+            (st::SYN_SENT, false, settings.syn_timeout_ns),
+            (st::SYN_RECV, false, settings.syn_timeout_ns),
+            (st::ESTABLISHED, false, settings.established_timeout_ns),
+            (st::CLOSING, false, settings.closing_timeout_ns),
+            (st::RESET, false, settings.closing_timeout_ns),
+            (st::ESTABLISHED, true, settings.udp_timeout_ns),
+        ];
+        for (state, udp, timeout) in cases {
+            let t = timeout / s;
+            assert!(flow_is_live(&flow(state, t), &settings, udp, now), "{state} udp {udp} at its timeout");
+            assert!(!flow_is_live(&flow(state, t + 1), &settings, udp, now), "{state} udp {udp} past its timeout");
+        }
+        // A packet stamped after `now` was read (another CPU): live.
+        assert!(flow_is_live(&Flow { last_seen_ns: now + 5, ..Flow::default() }, &settings, false, now));
     }
 }

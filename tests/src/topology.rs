@@ -546,6 +546,8 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // The daemon lock outlives a daemon that was killed rather than stopped.
+        let _ = std::fs::remove_file(edge_filter::pins::Pins::new(&self.pin_dir).daemon_lock_path());
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.work);
     }
@@ -568,6 +570,11 @@ impl Daemon {
             // SAFETY: kill on the pid of a child we spawned and have not reaped.
             unsafe { libc::kill(c.id() as libc::pid_t, sig) };
         }
+    }
+
+    /// The daemon's process id (`nsenter` execs it, so this is edge-filter's own).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Leave the daemon running after this handle goes (the demo's `--keep`); its pid.

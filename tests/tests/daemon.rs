@@ -223,8 +223,8 @@ fn bad_input_is_one_line_naming_the_value_and_changes_nothing() {
     let cases = [
         (bad("a.toml", &format!("{base}\n[policy]\nfederation-port = 0\n")), "policy.federation-port = 0: a port from 1 to 65535"),
         (bad("b.toml", &format!("{base}\n[policy]\ninternal-port = 70000\n")), "policy.internal-port = 70000: a port from 1 to 65535"),
-        (bad("c.toml", "[[interface]]\nname = \"out0\"\nrole = \"inside\"\n"), "interface[0].role = \"inside\": outside, edge or host"),
-        (bad("d.toml", "[[interface]]\nname = \"out0\"\nrole = \"edge\"\nmode = \"turbo\"\n"), "interface[0].mode = \"turbo\": auto, native or skb"),
+        (bad("c.toml", "[[interface]]\nname = \"out0\"\nrole = \"inside\"\n"), "interface \"out0\" role = \"inside\": outside, edge or host"),
+        (bad("d.toml", "[[interface]]\nname = \"out0\"\nrole = \"edge\"\nmode = \"turbo\"\n"), "interface \"out0\" mode = \"turbo\": auto, native or skb"),
         (bad("e.toml", "[addresses]\naccess-edge = [\"203.0.113.10/33\"]\n"), "prefix length 33 is longer than 32 bits"),
         (bad("f.toml", "[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"any\"\n"), "row `x`: names no edge set"),
         (bad("j.toml", "[policy]\ntables = [\"lync-edge\"]\n"), "unknown table `lync-edge`"),
@@ -355,64 +355,5 @@ fn operator_commands_refuse_without_root_and_serialise_with_a_lock() {
     drop(d);
 }
 
-#[test]
-fn a_pin_directory_without_bpffs_gets_one_mounted() {
-    let t = ok(Topology::new());
-    // A pin directory whose parent is a plain directory: `run` mounts a bpffs there.
-    let parent = t.work.join("bpf");
-    std::fs::create_dir_all(&parent).unwrap();
-    let pins = parent.join("pins");
-    /// Unmounts what `run` mounted, also when the test fails.
-    struct Unmount(std::ffi::CString);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            // SAFETY: a lazy unmount of the path this test owns; failure (nothing
-            // mounted) is harmless.
-            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-    let _unmount = Unmount(std::ffi::CString::new(parent.to_str().unwrap()).unwrap());
-    let out = t
-        .fw
-        .command(ok(edge_filter_tests::topology::edge_filter_bin()))
-        .args(["check", "--config"])
-        .arg(ok(t.write_config("")))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let child = t
-        .fw
-        .command(ok(edge_filter_tests::topology::edge_filter_bin()))
-        .arg("run")
-        .arg("--config")
-        .arg(ok(t.write_config("[metrics]\n")))
-        .arg("--pin-dir")
-        .arg(&pins)
-        .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    /// Kills the daemon when the test ends early.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut reap = Reap(child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(pins.join("links")).map_or(0, |d| d.count()) < 4 {
-        assert!(std::time::Instant::now() < deadline, "run did not attach under {}", pins.display());
-        assert!(reap.0.try_wait().unwrap().is_none(), "run exited early");
-        sleep(Duration::from_millis(50));
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(mounts.lines().any(|l| l.starts_with("bpf ") && l.contains(parent.to_str().unwrap())), "{mounts}");
-    // SAFETY: kill on our own child.
-    unsafe { libc::kill(reap.0.id() as i32, libc::SIGTERM) };
-    reap.0.wait().unwrap();
-    let out = t.fw.command(ok(edge_filter_tests::topology::edge_filter_bin())).args(["detach", "--pin-dir"]).arg(&pins).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!pins.exists(), "detach removed the pins");
-}
+// A pin directory under a plain directory is refused (no bpffs is mounted over it):
+// tests/tests/lifecycle.rs.

@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// and inspect the test devices; the kernel matrix boots kernels with qemu in an
 /// initramfs of busybox, packed with cpio, modules unpacked with xz; the benchmark
 /// measures xdp-filter and nftables beside edge-filter and reads veth statistics
-/// with ethtool.
+/// with ethtool; the end-to-end suite checks `/metrics` with promtool.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("xdp-tools", "xdp-filter"),
@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     ("xz-utils", "xz"),
     ("zstd", "zstd"),
+    ("prometheus", "promtool"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
