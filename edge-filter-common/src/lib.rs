@@ -69,6 +69,11 @@ pub mod map {
     /// has not completed. Separate, so that a SYN flood evicts only its own kind.
     /// Written by the kernel programs.
     pub const EMBRYOS: &str = "EMBRYOS";
+    /// `LruHashMap<FlowKey, Flow>`: handshakes the trusted side opened (from an `edge`
+    /// NIC, or the host's own at TC egress). A table of their own, so that no SYN from
+    /// outside, however many, evicts the Edge's own connection attempts. Written by the
+    /// kernel programs.
+    pub const EMBRYOS_OUT: &str = "EMBRYOS_OUT";
     /// `LruHashMap<FlowKey, Flow>`: UDP flows an allowed datagram opened. Separate, so
     /// that no amount of UDP evicts a TCP flow. Written by the kernel programs.
     pub const UDP_FLOWS: &str = "UDP_FLOWS";
@@ -91,9 +96,9 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         IFACES, EDGE4, EDGE6, SET_NAMES, EDGE_LENS, EDGE_LENS_AT, EDGE_HINTS, SETTINGS, RULES, PORT_ROWS, SET_ROWS,
-        RULESET, FLOWS, EMBRYOS, UDP_FLOWS, SOURCES, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET,
+        RULESET, FLOWS, EMBRYOS, EMBRYOS_OUT, UDP_FLOWS, SOURCES, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET,
     ];
 
     const _: () = {
@@ -131,6 +136,8 @@ pub const DEFAULT_MAX_EMBRYOS: u32 = 65_536;
 /// Default share of the flow table one source prefix may hold: a sixteenth of the
 /// default table.
 pub const DEFAULT_MAX_FLOWS_PER_SOURCE: u32 = DEFAULT_MAX_FLOWS / 16;
+/// Default size of the table of handshakes the trusted side opened.
+pub const DEFAULT_MAX_EMBRYOS_OUT: u32 = 16_384;
 /// Default size of the UDP flow table.
 pub const DEFAULT_MAX_UDP_FLOWS: u32 = 65_536;
 /// Rows of the rule table: a row is a bit of a `u64` mask.
@@ -293,10 +300,18 @@ pub mod event {
     /// Completed handshakes not recorded: their source prefix holds its share of the
     /// flow table already.
     pub const SOURCE_LIMITED: u32 = 13;
+    /// SYNs from the trusted side recorded in their own handshake table.
+    pub const EMBRYO_OUT_CREATED: u32 = 14;
+    /// Such handshakes found expired and removed.
+    pub const EMBRYO_OUT_EXPIRED: u32 = 15;
+    /// Such handshakes removed by an RST, or promoted to the flow table.
+    pub const EMBRYO_OUT_CLOSED: u32 = 16;
+    /// Such SYNs the table refused.
+    pub const EMBRYO_OUT_INSERT_FAILED: u32 = 17;
     /// Entries of the map.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 32;
     /// Names as the CLI and metrics show them, for the indexes in use.
-    pub const NAMES: [(u32, &str); 14] = [
+    pub const NAMES: [(u32, &str); 18] = [
         (DROP_LOGGED, "drop_logged"),
         (DROP_LOG_SUPPRESSED, "drop_log_suppressed"),
         (FLOW_CREATED, "flow_created"),
@@ -311,6 +326,10 @@ pub mod event {
         (UDP_EXPIRED, "udp_expired"),
         (UDP_INSERT_FAILED, "udp_insert_failed"),
         (SOURCE_LIMITED, "source_limited"),
+        (EMBRYO_OUT_CREATED, "embryo_out_created"),
+        (EMBRYO_OUT_EXPIRED, "embryo_out_expired"),
+        (EMBRYO_OUT_CLOSED, "embryo_out_closed"),
+        (EMBRYO_OUT_INSERT_FAILED, "embryo_out_insert_failed"),
     ];
 }
 

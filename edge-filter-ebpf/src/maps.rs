@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
     LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, Ruleset,
     SET_ROWS_ENTRIES, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, SourceKey, event, hint,
 };
@@ -74,6 +74,11 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAU
 /// Opener's 5-tuple -> handshake in progress. Written here; size set by userspace.
 #[map]
 pub static EMBRYOS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS, 0);
+
+/// Opener's 5-tuple -> handshake the trusted side opened. Written here; size set by
+/// userspace.
+#[map]
+pub static EMBRYOS_OUT: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS_OUT, 0);
 
 /// Opener's 5-tuple -> UDP flow. Written here; size set by userspace.
 #[map]

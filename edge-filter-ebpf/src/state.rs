@@ -4,7 +4,10 @@
 //!
 //! Tables (all keyed by the 5-tuple in the opener's direction; a reply is looked up by
 //! its swapped tuple):
-//! - `EMBRYOS`: TCP handshakes in progress. A SYN a row allows creates one; a SYN-ACK
+//! - `EMBRYOS`, `EMBRYOS_OUT`: TCP handshakes in progress, opened from outside and
+//!   from the trusted side (an `edge` NIC, the host's egress) respectively, so that a
+//!   SYN flood from outside churns only its own kind and never the Edge's own
+//!   connection attempts. A SYN a row allows creates one; a SYN-ACK
 //!   that acknowledges exactly the opener's ISN + 1, arriving where replies may,
 //!   records the responder's ISN; the opener's ACK at ISN + 1 that acknowledges the
 //!   responder's ISN + 1 completes it and moves it to `FLOWS`. A spoofed source never
@@ -67,7 +70,7 @@ use edge_filter_common::{
 use crate::{
     counters::count_event as bump,
     mem,
-    maps::{EMBRYOS, FLOWS, SOURCES, UDP_FLOWS},
+    maps::{EMBRYOS, EMBRYOS_OUT, FLOWS, SOURCES, UDP_FLOWS},
     parse::{IPPROTO_TCP, IPPROTO_UDP, NO_WSCALE, Packet, QUOTE, tcp_flags},
 };
 
@@ -131,6 +134,40 @@ fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -
     f.reply_roles = reply_roles;
     f._pad = 0;
     Some(f)
+}
+
+/// A handshake table and the events it counts under.
+struct Embryos {
+    table: &'static LruHashMap<FlowKey, Flow>,
+    created: u32,
+    expired: u32,
+    closed: u32,
+    failed: u32,
+}
+
+/// Handshakes opened from outside.
+const FROM_OUTSIDE: Embryos = Embryos {
+    table: &EMBRYOS,
+    created: event::EMBRYO_CREATED,
+    expired: event::EMBRYO_EXPIRED,
+    closed: event::EMBRYO_CLOSED,
+    failed: event::EMBRYO_INSERT_FAILED,
+};
+
+/// Handshakes the trusted side opened.
+const FROM_TRUSTED: Embryos = Embryos {
+    table: &EMBRYOS_OUT,
+    created: event::EMBRYO_OUT_CREATED,
+    expired: event::EMBRYO_OUT_EXPIRED,
+    closed: event::EMBRYO_OUT_CLOSED,
+    failed: event::EMBRYO_OUT_INSERT_FAILED,
+};
+
+/// The handshake table of a flow whose replies arrive on NICs of `reply_roles`: a flow
+/// answered by the Edge was opened from outside.
+#[inline(always)]
+fn embryos(reply_roles: u8) -> &'static Embryos {
+    if reply_roles & role::bit(role::EDGE) != 0 { &FROM_OUTSIDE } else { &FROM_TRUSTED }
 }
 
 /// Conntrack's floor for the acknowledgement window (`MAXACKWINCONST`).
@@ -436,7 +473,8 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
             return;
         }
     }
-    let Some(embryo) = live(&EMBRYOS, key, settings, clock, event::EMBRYO_EXPIRED) else {
+    let e = embryos(reply_roles);
+    let Some(embryo) = live(e.table, key, settings, clock, e.expired) else {
         if syn {
             let Some(embryo) = new_flow(clock.now(), flow_state::SYN_SENT, rule, reply_roles, ifindex) else {
                 return;
@@ -449,11 +487,7 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
                 embryo.opener.flags = dir_flags::WSCALE;
             }
             // The table is an LRU: it makes room by evicting the oldest handshake.
-            bump(if EMBRYOS.insert(key, embryo, 0).is_ok() {
-                event::EMBRYO_CREATED
-            } else {
-                event::EMBRYO_INSERT_FAILED
-            });
+            bump(if e.table.insert(key, embryo, 0).is_ok() { e.created } else { e.failed });
         }
         return;
     };
@@ -471,7 +505,7 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     }
     if has(p, tcp_flags::RST) {
         if p.seq == isn_next {
-            remove(&EMBRYOS, key, event::EMBRYO_CLOSED);
+            remove(e.table, key, e.closed);
         }
         return;
     }
@@ -513,7 +547,7 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
         bump(event::FLOW_INSERT_FAILED);
         forget(source);
     }
-    remove(&EMBRYOS, key, event::EMBRYO_CLOSED);
+    remove(e.table, key, e.closed);
 }
 
 /// Whether this packet belongs to a live flow as its reply, arriving on a NIC of
@@ -550,7 +584,9 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
     if !has(p, tcp_flags::RST) && !has(p, tcp_flags::SYN | tcp_flags::ACK) {
         return false;
     }
-    let Some(embryo) = live(&EMBRYOS, key, settings, clock, event::EMBRYO_EXPIRED) else {
+    // An answer from the Edge's side belongs to a handshake opened from outside.
+    let e = if nic_role == edge_filter_common::role::EDGE { &FROM_OUTSIDE } else { &FROM_TRUSTED };
+    let Some(embryo) = live(e.table, key, settings, clock, e.expired) else {
         return false;
     };
     if embryo.reply_roles & bit == 0 {
@@ -560,7 +596,7 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
     let acks_syn = has(p, tcp_flags::ACK) && p.ack_seq == embryo.opener.end;
     if has(p, tcp_flags::RST) {
         if acks_syn {
-            remove(&EMBRYOS, key, event::EMBRYO_CLOSED);
+            remove(e.table, key, e.closed);
         }
         return true;
     }
@@ -603,7 +639,9 @@ pub fn related(settings: &Settings, clock: &mut Clock) -> bool {
         if udp {
             alive(&UDP_FLOWS, key, settings, true, now)
         } else {
-            alive(&FLOWS, key, settings, false, now) || alive(&EMBRYOS, key, settings, false, now)
+            alive(&FLOWS, key, settings, false, now)
+                || alive(&EMBRYOS, key, settings, false, now)
+                || alive(&EMBRYOS_OUT, key, settings, false, now)
         }
     };
     if found(forward) {

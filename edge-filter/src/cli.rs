@@ -499,6 +499,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
             "flows": snap.flows,
             "max_flows": maps.max_flows()?,
             "max_embryos": maps.max_embryos()?,
+            "max_embryos_out": maps.max_embryos_out()?,
             "max_udp_flows": maps.max_udp_flows()?,
             "flow_events": snap.flow_events,
             "egress": pins.egress_links(),
@@ -534,7 +535,8 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     );
     for (name, t, max) in [
         ("flows", ev.flows, maps.max_flows()?),
-        ("handshakes", ev.embryos, maps.max_embryos()?),
+        ("handshakes from outside", ev.embryos, maps.max_embryos()?),
+        ("handshakes from the trusted side", ev.embryos_out, maps.max_embryos_out()?),
         ("udp flows", ev.udp, maps.max_udp_flows()?),
     ] {
         println!(
@@ -564,6 +566,7 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
         .flows()?
         .iter()
         .chain(maps.embryos()?.iter())
+        .chain(maps.embryos_out()?.iter())
         .chain(maps.udp_flows()?.iter())
         .map(|(k, f)| crate::report::FlowRow::new(&k.0, f, &names, now))
         .collect();

@@ -89,6 +89,8 @@ pub struct Config {
     pub max_flows: u32,
     /// Handshakes in progress the embryonic table holds.
     pub max_embryos: u32,
+    /// Handshakes the trusted side opened that their own table holds.
+    pub max_embryos_out: u32,
     /// UDP flows the UDP table holds.
     pub max_udp_flows: u32,
     /// `None`: no metrics endpoint.
@@ -106,6 +108,7 @@ impl Default for Config {
             policy: Policy::default(),
             max_flows: edge_filter_common::DEFAULT_MAX_FLOWS,
             max_embryos: edge_filter_common::DEFAULT_MAX_EMBRYOS,
+            max_embryos_out: edge_filter_common::DEFAULT_MAX_EMBRYOS_OUT,
             max_udp_flows: edge_filter_common::DEFAULT_MAX_UDP_FLOWS,
             metrics: Some(DEFAULT_METRICS.parse().expect("valid default")),
         }
@@ -124,6 +127,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &[
             "max-flows",
             "max-embryonic",
+            "max-embryonic-out",
             "max-udp-flows",
             "syn-timeout",
             "established-timeout",
@@ -276,6 +280,9 @@ impl Config {
                 config.max_embryos = n as u32;
             }
             let t = &mut config.policy.timeouts;
+            if let Some(n) = cx.int(state.get("max-embryonic-out"), "state.max-embryonic-out", 1, i64::from(u32::MAX))? {
+                config.max_embryos_out = n as u32;
+            }
             if let Some(n) = cx.int(state.get("max-udp-flows"), "state.max-udp-flows", 1, i64::from(u32::MAX))? {
                 config.max_udp_flows = n as u32;
             }

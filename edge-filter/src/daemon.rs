@@ -67,6 +67,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         let mut filter = Filter::load(&LoadOptions {
             max_flows: config.max_flows,
             max_embryos: config.max_embryos,
+            max_embryos_out: config.max_embryos_out,
             max_udp_flows: config.max_udp_flows,
             variant: None,
             map_pin_dir: Some(pins.maps_dir()),
@@ -77,6 +78,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
             for (what, have, want) in [
                 ("flow table", filter.max_flows()?, config.max_flows),
                 ("handshake table", filter.max_embryos()?, config.max_embryos),
+                ("trusted-side handshake table", filter.max_embryos_out()?, config.max_embryos_out),
                 ("UDP flow table", filter.max_udp_flows()?, config.max_udp_flows),
             ] {
                 if have != want {
@@ -125,6 +127,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                         let _lock = pins.lock()?;
                         if new.max_flows != config.max_flows
                             || new.max_embryos != config.max_embryos
+                            || new.max_embryos_out != config.max_embryos_out
                             || new.max_udp_flows != config.max_udp_flows
                         {
                             warn!("state.max-flows, max-embryonic and max-udp-flows change only when the filter is detached and run again");
@@ -146,6 +149,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                                     metrics: config.metrics,
                                     max_flows: config.max_flows,
                                     max_embryos: config.max_embryos,
+                                    max_embryos_out: config.max_embryos_out,
                                     max_udp_flows: config.max_udp_flows,
                                     ..new
                                 };

@@ -27,7 +27,7 @@ use aya::{
     util::{KernelVersion, nr_cpus},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
     MAX_IFACES, MAX_IFINDEX, MAX_PREFIX_LENS, MAX_RULES, MAX_SETS, NAME_LEN, PrefixLens, Rule, Ruleset, SetBits, SetKey4,
     SetKey6, SetName, SetRows, Settings, SourceKey, TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, hint, map, verdict,
 };
@@ -81,7 +81,7 @@ pub enum Error {
     TooManyLengths,
     #[error("pinned map {} is not what this edge-filter uses ({what}); `edge-filter detach` removes the old pins (counters and flows start again)", path.display())]
     PinnedIncompatible { path: PathBuf, what: String },
-    #[error("the flow, embryonic and UDP table sizes must be at least 1")]
+    #[error("the state tables' sizes must be at least 1")]
     ZeroFlows,
     #[error("reading the number of CPUs")]
     Cpus(#[source] std::io::Error),
@@ -138,6 +138,8 @@ pub struct LoadOptions {
     pub max_flows: u32,
     /// Embryonic table entries (handshakes in progress).
     pub max_embryos: u32,
+    /// Entries of the table of handshakes the trusted side opened.
+    pub max_embryos_out: u32,
     /// UDP flow table entries.
     pub max_udp_flows: u32,
     /// The program build; `None` picks the one for the running kernel.
@@ -152,6 +154,7 @@ impl Default for LoadOptions {
         Self {
             max_flows: DEFAULT_MAX_FLOWS,
             max_embryos: DEFAULT_MAX_EMBRYOS,
+            max_embryos_out: DEFAULT_MAX_EMBRYOS_OUT,
             max_udp_flows: DEFAULT_MAX_UDP_FLOWS,
             variant: None,
             map_pin_dir: None,
@@ -199,13 +202,14 @@ pub struct Maps {
 impl Filter {
     /// Load and verify the program, size the flow table, write the default policy.
     pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
-        if opts.max_flows == 0 || opts.max_embryos == 0 || opts.max_udp_flows == 0 {
+        if opts.max_flows == 0 || opts.max_embryos == 0 || opts.max_embryos_out == 0 || opts.max_udp_flows == 0 {
             return Err(Error::ZeroFlows);
         }
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map::FLOWS, opts.max_flows)
             .map_max_entries(map::EMBRYOS, opts.max_embryos)
+            .map_max_entries(map::EMBRYOS_OUT, opts.max_embryos_out)
             .map_max_entries(map::UDP_FLOWS, opts.max_udp_flows)
             .map_max_entries(map::SOURCES, opts.max_flows);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.map_pin_dir {
@@ -678,6 +682,11 @@ impl Maps {
         self.table_size(map::EMBRYOS)
     }
 
+    /// The size of the table of handshakes the trusted side opened.
+    pub fn max_embryos_out(&self) -> Result<u32, Error> {
+        self.table_size(map::EMBRYOS_OUT)
+    }
+
     /// The UDP flow table's size.
     pub fn max_udp_flows(&self) -> Result<u32, Error> {
         self.table_size(map::UDP_FLOWS)
@@ -715,6 +724,11 @@ impl Maps {
         self.table(map::EMBRYOS)
     }
 
+    /// Every handshake in progress that the trusted side opened.
+    pub fn embryos_out(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
+        self.table(map::EMBRYOS_OUT)
+    }
+
     /// Every UDP flow.
     pub fn udp_flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
         self.table(map::UDP_FLOWS)
@@ -737,6 +751,7 @@ impl Maps {
         let settings = self.settings()?;
         let flows = self.census(map::FLOWS, false, &settings, now_ns)?;
         let embryos = self.census(map::EMBRYOS, false, &settings, now_ns)?;
+        let embryos_out = self.census(map::EMBRYOS_OUT, false, &settings, now_ns)?;
         let udp = self.census(map::UDP_FLOWS, true, &settings, now_ns)?;
         let table = |created: u64, expired: u64, closed: u64, failed, (present, live): (u64, u64)| TableEvents {
             created,
@@ -752,12 +767,19 @@ impl Maps {
         Ok(FlowEvents {
             flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), sum(&flows)),
             embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), sum(&embryos)),
+            embryos_out: table(
+                at(e::EMBRYO_OUT_CREATED),
+                at(e::EMBRYO_OUT_EXPIRED),
+                at(e::EMBRYO_OUT_CLOSED),
+                at(e::EMBRYO_OUT_INSERT_FAILED),
+                sum(&embryos_out),
+            ),
             udp: table(at(e::UDP_CREATED), at(e::UDP_EXPIRED), 0, at(e::UDP_INSERT_FAILED), sum(&udp)),
             source_limited: at(e::SOURCE_LIMITED),
             live: LiveFlows {
                 established: flows.live[usize::from(st::ESTABLISHED)],
                 closing: flows.live[usize::from(st::CLOSING)] + flows.live[usize::from(st::RESET)],
-                handshakes: embryos.live.iter().sum(),
+                handshakes: embryos.live.iter().sum::<u64>() + embryos_out.live.iter().sum::<u64>(),
                 udp: udp.live.iter().sum(),
             },
         })
@@ -859,7 +881,7 @@ impl Maps {
 
     /// Empty the state tables.
     pub fn clear_state(&mut self) -> Result<(), Error> {
-        for name in [map::FLOWS, map::EMBRYOS, map::UDP_FLOWS] {
+        for name in [map::FLOWS, map::EMBRYOS, map::EMBRYOS_OUT, map::UDP_FLOWS] {
             let mut table: HashMap<&mut MapData, FlowKey, Flow> =
                 HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             let keys: Vec<FlowKey> = table.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
@@ -941,7 +963,10 @@ pub fn flow_is_live(flow: &Flow, settings: &Settings, udp: bool, now_ns: u64) ->
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlowEvents {
     pub flows: TableEvents,
+    /// Handshakes opened from outside.
     pub embryos: TableEvents,
+    /// Handshakes the trusted side opened.
+    pub embryos_out: TableEvents,
     pub udp: TableEvents,
     /// Completed handshakes not recorded: their source held its share of the table.
     pub source_limited: u64,

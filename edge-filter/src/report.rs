@@ -199,6 +199,7 @@ impl Snapshot {
         let verdict_labels =
             |(i, a, r, ..): &(String, &str, &str, u64, u64)| vec![("interface", i.clone()), ("action", (*a).to_owned()), ("reason", (*r).to_owned())];
         let (f, e, u) = (&self.flow_events.flows, &self.flow_events.embryos, &self.flow_events.udp);
+        let o = &self.flow_events.embryos_out;
         let flow_events = [
             ("created", f.created),
             ("expired", f.expired),
@@ -211,6 +212,11 @@ impl Snapshot {
             ("handshake_evicted", e.evicted),
             ("handshake_insert_failed", e.insert_failed),
             ("source_limited", self.flow_events.source_limited),
+            ("handshake_out_started", o.created),
+            ("handshake_out_expired", o.expired),
+            ("handshake_out_closed", o.closed),
+            ("handshake_out_evicted", o.evicted),
+            ("handshake_out_insert_failed", o.insert_failed),
             ("udp_created", u.created),
             ("udp_expired", u.expired),
             ("udp_evicted", u.evicted),

@@ -345,3 +345,41 @@ fn a_completed_handshake_flood_from_one_prefix_evicts_no_other_source() {
         h.check_all(&f.still_there()).unwrap_or_else(|e| panic!("{} after the flood: {e:#}", f.tag));
     }
 }
+
+/// A spoofed SYN flood from outside, ten times the handshake table, while the Edge's
+/// own connection attempts are in progress: they have a table of their own that no
+/// outside SYN can evict, so the partners' SYN-ACKs still find them and the
+/// connections complete.
+#[test]
+fn a_syn_flood_from_outside_cannot_evict_the_edges_own_handshakes() {
+    use edge_filter::LoadOptions;
+    const TABLE: u32 = 64;
+    let h = Harness::build(Policy::default(), &sets(), LoadOptions { max_embryos: TABLE, ..LoadOptions::default() })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let outs = [Flow::federation_out(false, 42100), Flow::federation_out(true, 42101)];
+    for f in &outs {
+        h.check_all(&[f.opener("SYN", SYN, 1000, 0, 0)]).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let (out, _) = h.prepare(Outside).unwrap();
+    let flood = 10 * TABLE;
+    for i in 0..flood {
+        let src: IpAddr = if i % 2 == 0 {
+            format!("198.51.100.{}", 100 + i % 100).parse().unwrap()
+        } else {
+            format!("2001:db8:6666:2::{:x}", i + 1).parse().unwrap()
+        };
+        let dst = if src.is_ipv4() { ACCESS4 } else { ACCESS6 };
+        h.send(&tcp(src, dst, 1024 + i as u16, 5269, SYN).seq_ack(i, 0).build(), out).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    for f in &outs {
+        h.check_all(&[
+            f.responder("SYN-ACK after the flood", SYN_ACK, 5000, 1001, 0, PASS_REPLY),
+            f.opener("ACK", ACK, 1001, 5001, 0),
+            f.responder("data", ACK | PSH, 5001, 1001, 10, PASS_REPLY),
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let ev = h.filter.flow_events().unwrap();
+    assert!(ev.embryos.evicted >= u64::from(flood - TABLE), "the flood churned its own table: {ev:?}");
+    assert_eq!((ev.embryos_out.created, ev.embryos_out.evicted), (2, 0), "{ev:?}");
+}
