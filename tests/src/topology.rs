@@ -610,6 +610,44 @@ impl Drop for Daemon {
     }
 }
 
+/// Packets of (interface, action, reason) in a `stats --json` document.
+pub fn packets(stats: &serde_json::Value, iface: &str, action: &str, reason: &str) -> u64 {
+    stats["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .filter(|r| r["interface"] == iface && r["action"] == action && r["reason"] == reason)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum()
+}
+
+/// Hits of a row, by id, in a `stats --json` document.
+pub fn rule_hits(stats: &serde_json::Value, rule: &str) -> u64 {
+    stats["rules"].as_array().expect("rules").iter().find(|r| r["rule"] == rule).map_or(0, |r| r["packets"].as_u64().unwrap())
+}
+
+impl Topology {
+    /// `stats --json`, which must succeed.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.cli(&["stats", "--json"])?;
+        ensure!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Another tool's XDP program on the firewall's `dev` (a second, unpinned load of
+    /// edge-filter's object, attached in generic mode), and its program id; it is
+    /// detached when the returned filter is dropped.
+    pub fn foreign_xdp(&self, dev: &'static str) -> anyhow::Result<(edge_filter::Filter, u32)> {
+        self.fw.enter(move || -> anyhow::Result<_> {
+            let mut f = edge_filter::Filter::load(&edge_filter::LoadOptions::default())?;
+            let ix = edge_filter::pins::ifindex(dev)?;
+            f.program_mut()?.attach_to_if_index(ix, aya::programs::XdpMode::Skb)?;
+            let id = f.program()?.info()?.id();
+            Ok((f, id))
+        })?
+    }
+}
+
 /// `ip:port` for a socket address built from an `IpAddr` and a port.
 pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)

@@ -183,13 +183,7 @@ fn check_refuses_what_run_refuses() {
     let good = file("good.toml", &format!("{}\n[metrics]\nlisten = \"127.0.0.1:9938\"\n", t.base_config()));
     let (code, out) = outcome(&t, &["check", "--config", &good]);
     assert_eq!(code, 0, "{out}");
-    let foreign = ok(t.fw.enter(|| -> anyhow::Result<_> {
-        let mut f = edge_filter::Filter::load(&edge_filter::LoadOptions::default())?;
-        let ix = edge_filter::pins::ifindex("out0")?;
-        f.program_mut()?.attach_to_if_index(ix, aya::programs::XdpMode::Skb)?;
-        let id = f.program()?.info()?.id();
-        Ok((f, id))
-    }));
+    let foreign = t.foreign_xdp("out0");
     let (held, id) = ok(foreign);
     let (code, out) = outcome(&t, &["check", "--config", &good]);
     assert_eq!(code, 1, "{out}");

@@ -7,7 +7,7 @@ use std::{net::IpAddr, thread::sleep, time::Duration};
 
 use edge_filter_tests::{
     plan::*,
-    topology::{Outcome, Topology, connect, echo, echo_server, open_stream, sa},
+    topology::{Outcome, Topology, connect, echo, echo_server, open_stream, packets, rule_hits, sa},
 };
 use serde_json::Value;
 
@@ -37,24 +37,7 @@ fn servers(t: &Topology) {
 }
 
 fn stats(t: &Topology) -> Value {
-    let out = ok(t.cli(&["stats", "--json"]));
-    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("stats --json is JSON")
-}
-
-/// Packets of (interface, action, reason) in a `stats --json` document.
-fn packets(stats: &Value, iface: &str, action: &str, reason: &str) -> u64 {
-    stats["counters"]
-        .as_array()
-        .expect("counters")
-        .iter()
-        .filter(|r| r["interface"] == iface && r["action"] == action && r["reason"] == reason)
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
-}
-
-fn rule_hits(stats: &Value, rule: &str) -> u64 {
-    stats["rules"].as_array().unwrap().iter().find(|r| r["rule"] == rule).map_or(0, |r| r["packets"].as_u64().unwrap())
+    ok(t.stats())
 }
 
 #[test]
@@ -262,13 +245,7 @@ fn bad_input_is_one_line_naming_the_value_and_changes_nothing() {
 
     // Another XDP program on a NIC is never replaced.
     ok(t.cli(&["detach"]));
-    let foreign = ok(t.fw.enter(|| -> anyhow::Result<_> {
-        let mut f = edge_filter::Filter::load(&edge_filter::LoadOptions::default())?;
-        let ix = edge_filter::pins::ifindex("out0")?;
-        f.program_mut()?.attach_to_if_index(ix, aya::programs::XdpMode::Skb)?;
-        let id = f.program()?.info()?.id();
-        Ok((f, id))
-    }));
+    let foreign = t.foreign_xdp("out0");
     let (_held, id) = ok(foreign);
     let (code, err) = fails(&t, &["run", "--config", &t.write_config("").unwrap().display().to_string()]);
     assert_ne!(code, 0);

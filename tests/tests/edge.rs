@@ -25,8 +25,8 @@ use std::{
 use edge_filter_tests::{
     plan::*,
     topology::{
-        AV4, AV6, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, sa,
-        udp_echo_server,
+        AV4, AV6, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, packets,
+        rule_hits, sa, udp_echo_server,
     },
 };
 use serde_json::Value;
@@ -201,24 +201,11 @@ enum Want {
 }
 
 fn stats(t: &Topology) -> Value {
-    let out = ok(t.cli(&["stats", "--json"]));
-    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("stats --json is JSON")
-}
-
-/// Packets of (interface, action, reason) in a `stats --json` document.
-fn packets(stats: &Value, iface: &str, action: &str, reason: &str) -> u64 {
-    stats["counters"]
-        .as_array()
-        .expect("counters")
-        .iter()
-        .filter(|r| r["interface"] == iface && r["action"] == action && r["reason"] == reason)
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
+    ok(t.stats())
 }
 
 fn hits(stats: &Value, row: &str) -> u64 {
-    stats["rules"].as_array().expect("rules").iter().find(|r| r["rule"] == row).map_or(0, |r| r["packets"].as_u64().unwrap())
+    rule_hits(stats, row)
 }
 
 fn all_hits(stats: &Value) -> u64 {

@@ -248,13 +248,7 @@ fn the_foreign_program_check_refuses_when_it_cannot_ask_the_kernel() {
 #[test]
 fn a_foreign_program_is_found_without_iproute2() {
     let t = ok(Topology::new());
-    let foreign = ok(t.fw.enter(|| -> anyhow::Result<_> {
-        let mut f = edge_filter::Filter::load(&edge_filter::LoadOptions::default())?;
-        let ix = edge_filter::pins::ifindex("out0")?;
-        f.program_mut()?.attach_to_if_index(ix, aya::programs::XdpMode::Skb)?;
-        let id = f.program()?.info()?.id();
-        Ok((f, id))
-    }));
+    let foreign = t.foreign_xdp("out0");
     let (_held, id) = ok(foreign);
     // No `ip` on the PATH (nsenter by its full path: a changed PATH is searched).
     let nsenter = ["/usr/bin/nsenter", "/bin/nsenter"].into_iter().find(|p| Path::new(p).exists()).expect("nsenter");
