@@ -104,4 +104,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+/// "Dual MIT/GPL": the kernel takes it as GPL-compatible (the helpers the program
+/// calls need that), and it is the crate's MIT licence beside it.
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
