@@ -339,13 +339,10 @@ async fn drop_log(logger: aya_log::EbpfLogger<DropLogNames>) {
 async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf, reloads: std::sync::Arc<Reloads>) {
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move |headers: axum::http::HeaderMap| {
+        axum::routing::get(move || {
             let maps_dir = maps_dir.clone();
             let reloads = reloads.clone();
             async move {
-                // Text 0.0.4 unless the scraper asks for OpenMetrics.
-                let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok());
-                let format = crate::report::Format::from_accept(accept);
                 // The map reads are system calls, as many as the tables have entries:
                 // off the runtime's thread, so signals and the drop log are not kept
                 // waiting by a scrape.
@@ -360,8 +357,8 @@ async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf, reloads: 
                 match text {
                     Ok(s) => (
                         axum::http::StatusCode::OK,
-                        [(axum::http::header::CONTENT_TYPE, format.content_type())],
-                        reloads.add_to(&format.render(&s)),
+                        [(axum::http::header::CONTENT_TYPE, crate::report::CONTENT_TYPE)],
+                        s.prometheus_with(Some(&reloads)),
                     ),
                     Err(e) => (
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR,

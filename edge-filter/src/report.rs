@@ -163,15 +163,26 @@ impl Snapshot {
         out
     }
 
-    /// Prometheus text exposition, format 0.0.4 (`text/plain; version=0.0.4`).
+    /// Prometheus text exposition, format 0.0.4 ([`CONTENT_TYPE`]).
     pub fn prometheus(&self) -> String {
-        render(&self.families(), Format::Text)
+        self.prometheus_with(None)
     }
 
-    /// OpenMetrics text 1.0.0 (`application/openmetrics-text; version=1.0.0`): the
-    /// same samples, counter families named without `_total`, ending in `# EOF`.
-    pub fn openmetrics(&self) -> String {
-        render(&self.families(), Format::OpenMetrics)
+    /// [`Snapshot::prometheus`] with the daemon's reload counter beside the maps'.
+    pub fn prometheus_with(&self, reloads: Option<&Reloads>) -> String {
+        let mut families = self.families();
+        if let Some(r) = reloads {
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            families.push(MetricFamily::counter(
+                "edge_filter_reloads",
+                "Config reloads (SIGHUP) since the daemon started, applied or refused",
+                vec![
+                    (vec![("outcome", "applied".to_owned())], n(&r.applied)),
+                    (vec![("outcome", "refused".to_owned())], n(&r.refused)),
+                ],
+            ));
+        }
+        render(&families)
     }
 
     /// Every metric family with every series that can exist, zeros included, so a
@@ -262,54 +273,8 @@ impl Snapshot {
     }
 }
 
-/// The two text formats `/metrics` speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Prometheus text format 0.0.4.
-    Text,
-    /// OpenMetrics text 1.0.0.
-    OpenMetrics,
-}
-
-impl Format {
-    /// The format a scraper's `Accept` header asks for: OpenMetrics when it names
-    /// `application/openmetrics-text` with a quality above 0 and no lower than that of
-    /// `text/plain`; text 0.0.4 otherwise (also without the header).
-    pub fn from_accept(accept: Option<&str>) -> Self {
-        let (mut om, mut text) = (0.0f32, 0.0f32);
-        for range in accept.unwrap_or("").split(',') {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("").to_ascii_lowercase();
-            let q = parts
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
-                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            match media.as_str() {
-                "application/openmetrics-text" => om = om.max(q),
-                "text/plain" | "text/*" | "*/*" => text = text.max(q),
-                _ => {}
-            }
-        }
-        if om > 0.0 && om >= text { Format::OpenMetrics } else { Format::Text }
-    }
-
-    /// The `Content-Type` of a body in this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-
-    /// A snapshot in this format.
-    pub fn render(self, snapshot: &Snapshot) -> String {
-        match self {
-            Format::Text => snapshot.prometheus(),
-            Format::OpenMetrics => snapshot.openmetrics(),
-        }
-    }
-}
+/// The content type of [`Snapshot::prometheus`]: Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
 /// One metric family: its samples with their labels.
 struct MetricFamily {
@@ -330,32 +295,38 @@ impl MetricFamily {
     }
 }
 
-/// Render families: in text 0.0.4 a counter's HELP and TYPE name its samples'
-/// `_total` name; in OpenMetrics they name the family and the body ends in `# EOF`.
-fn render(families: &[MetricFamily], format: Format) -> String {
-    let mut out = String::new();
+/// Text format 0.0.4 of `families`, by the `prometheus` crate's encoder: a counter's
+/// HELP and TYPE name its `_total` samples, as Prometheus's own parser and `promtool`
+/// expect.
+fn render(families: &[MetricFamily]) -> String {
+    use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+    let registry = Registry::new();
     for f in families {
-        let sample = if f.counter { format!("{}_total", f.name) } else { f.name.to_owned() };
-        let family = if format == Format::Text { sample.as_str() } else { f.name };
-        let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(out, "# HELP {family} {help}.");
-        let _ = writeln!(out, "# TYPE {family} {}", if f.counter { "counter" } else { "gauge" });
-        for (labels, value) in &f.samples {
-            out.push_str(&sample);
-            if !labels.is_empty() {
-                let l: Vec<String> = labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
-                    .collect();
-                let _ = write!(out, "{{{}}}", l.join(","));
-            }
-            let _ = writeln!(out, " {value}");
-        }
+        let names: Vec<&str> = f.samples.first().map(|(l, _)| l.iter().map(|(k, _)| *k).collect()).unwrap_or_default();
+        let values = |labels: &[(&str, String)]| labels.iter().map(|(_, v)| v.clone()).collect::<Vec<String>>();
+        let registered = if f.counter {
+            let vec = IntCounterVec::new(Opts::new(format!("{}_total", f.name), f.help), &names);
+            vec.and_then(|c| {
+                for (labels, n) in &f.samples {
+                    c.get_metric_with_label_values(&values(labels))?.inc_by(*n);
+                }
+                registry.register(Box::new(c))
+            })
+        } else {
+            let vec = IntGaugeVec::new(Opts::new(f.name, f.help), &names);
+            vec.and_then(|g| {
+                for (labels, n) in &f.samples {
+                    g.get_metric_with_label_values(&values(labels))?.set(i64::try_from(*n).unwrap_or(i64::MAX));
+                }
+                registry.register(Box::new(g))
+            })
+        };
+        // Names, help and label names are this module's constants: a refusal is a bug.
+        registered.unwrap_or_else(|e| panic!("metric family {}: {e}", f.name));
     }
-    if format == Format::OpenMetrics {
-        out.push_str("# EOF\n");
-    }
-    out
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out).expect("encoding to memory cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
 }
 
 /// Reloads (SIGHUP) the daemon handled since it started, by outcome: a counter the
@@ -366,42 +337,29 @@ pub struct Reloads {
     pub refused: std::sync::atomic::AtomicU64,
 }
 
-impl Reloads {
-    /// `text` (text 0.0.4, or OpenMetrics ending in `# EOF`) with
-    /// `edge_filter_reloads_total{outcome}` added (before the `# EOF`).
-    pub fn add_to(&self, text: &str) -> String {
-        let eof = text.rfind("# EOF");
-        // Text 0.0.4 names a counter's HELP and TYPE with `_total`, OpenMetrics without.
-        let family = if eof.is_some() { "edge_filter_reloads" } else { "edge_filter_reloads_total" };
-        let mut ours = format!(
-            "# HELP {family} Config reloads (SIGHUP) since the daemon started, applied or refused.\n# TYPE {family} counter\n"
-        );
-        for (name, n) in [("applied", &self.applied), ("refused", &self.refused)] {
-            let _ = writeln!(ours, "edge_filter_reloads_total{{outcome=\"{name}\"}} {}", n.load(std::sync::atomic::Ordering::Relaxed));
-        }
-        match eof {
-            Some(i) => format!("{}{ours}{}", &text[..i], &text[i..]),
-            None => format!("{text}{ours}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn reload_outcomes_join_the_exposition_before_its_end() {
+    fn reload_outcomes_join_the_exposition() {
         let r = Reloads::default();
         r.refused.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
-        let text = r.add_to("edge_filter_flows 4\n# EOF\n");
+        let s = Snapshot {
+            counters: vec![],
+            rules: vec![],
+            addresses: vec![],
+            flows: 4,
+            interfaces: vec![],
+            dry_run: false,
+            events: vec![],
+            flow_events: FlowEvents::default(),
+        };
+        let text = s.prometheus_with(Some(&r));
         assert!(text.lines().any(|l| l == "edge_filter_reloads_total{outcome=\"refused\"} 2"), "{text}");
         assert!(text.lines().any(|l| l == "edge_filter_reloads_total{outcome=\"applied\"} 0"), "{text}");
-        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
-        assert!(text.ends_with("# EOF\n") && text.starts_with("edge_filter_flows 4\n"), "{text}");
-        assert!(text.contains("# TYPE edge_filter_reloads counter"), "{text}");
-        let plain = r.add_to("edge_filter_flows 4\n");
-        assert!(plain.contains("# TYPE edge_filter_reloads_total counter") && !plain.contains("EOF"), "{plain}");
+        assert!(text.contains("# TYPE edge_filter_reloads_total counter"), "{text}");
+        assert!(text.lines().any(|l| l == "edge_filter_flows 4"), "{text}");
     }
 
     #[test]
@@ -418,8 +376,8 @@ mod tests {
         };
         let text = s.prometheus();
         for line in [
-            "edge_filter_packets_total{interface=\"eth0\",action=\"drop\",reason=\"no_rule\"} 3",
-            "edge_filter_bytes_total{interface=\"eth0\",action=\"drop\",reason=\"no_rule\"} 180",
+            "edge_filter_packets_total{action=\"drop\",interface=\"eth0\",reason=\"no_rule\"} 3",
+            "edge_filter_bytes_total{action=\"drop\",interface=\"eth0\",reason=\"no_rule\"} 180",
             "edge_filter_rule_hits_total{rule=\"federation-in\"} 2",
             "edge_filter_addresses{set=\"access-edge\"} 2",
             "edge_filter_flows 4",
@@ -433,9 +391,9 @@ mod tests {
         assert!(s.table().contains("eth0             drop        no_rule"));
         // Every series that can exist, at 0 until it moves.
         for line in [
-            "edge_filter_packets_total{interface=\"eth1\",action=\"drop\",reason=\"no_rule\"} 0",
-            "edge_filter_bytes_total{interface=\"eth0\",action=\"would_drop\",reason=\"unpoliced\"} 0",
-            "edge_filter_packets_total{interface=\"unattached\",action=\"pass\",reason=\"unattached\"} 0",
+            "edge_filter_packets_total{action=\"drop\",interface=\"eth1\",reason=\"no_rule\"} 0",
+            "edge_filter_bytes_total{action=\"would_drop\",interface=\"eth0\",reason=\"unpoliced\"} 0",
+            "edge_filter_packets_total{action=\"pass\",interface=\"unattached\",reason=\"unattached\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
@@ -445,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn text_0_0_4_names_samples_in_help_and_type_and_openmetrics_ends_in_eof() {
+    fn text_0_0_4_names_samples_in_help_and_type() {
         let s = Snapshot {
             counters: vec![],
             rules: vec![RuleRow { rule: "a\"b".into(), packets: 1, bytes: 60 }],
@@ -466,21 +424,6 @@ mod tests {
             let name = l.split(' ').nth(2).unwrap();
             assert!(!text.contains(&format!("{name}_total")), "{name}: a sample name differs from its TYPE");
         }
-        let om = s.openmetrics();
-        assert!(om.lines().any(|l| l == "# TYPE edge_filter_packets counter"), "{om}");
-        assert!(om.lines().any(|l| l == "edge_filter_rule_hits_total{rule=\"a\\\"b\"} 1"), "{om}");
-        assert!(om.ends_with("# EOF\n"), "{om}");
-    }
-
-    #[test]
-    fn the_accept_header_picks_the_format() {
-        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
-        assert_eq!(Format::from_accept(None), Format::Text);
-        assert_eq!(Format::from_accept(Some("*/*")), Format::Text);
-        assert_eq!(Format::from_accept(Some("text/plain;version=0.0.4")), Format::Text);
-        assert_eq!(Format::from_accept(Some("application/openmetrics-text;q=0.2, text/plain")), Format::Text);
-        assert_eq!(Format::from_accept(Some("application/openmetrics-text;q=0")), Format::Text);
     }
 
     #[test]

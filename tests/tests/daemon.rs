@@ -74,7 +74,7 @@ fn the_vendor_table_with_real_tcp_in_both_families() {
     let metrics = ok(t.metrics(METRICS.parse().unwrap()));
     let now = stats(&t);
     for iface in ["out0", "fe0"] {
-        let line = format!("edge_filter_packets_total{{interface=\"{iface}\",action=\"drop\",reason=\"no_rule\"}} {}", packets(&now, iface, "drop", "no_rule"));
+        let line = format!("edge_filter_packets_total{{action=\"drop\",interface=\"{iface}\",reason=\"no_rule\"}} {}", packets(&now, iface, "drop", "no_rule"));
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
     let line = format!("edge_filter_rule_hits_total{{rule=\"internal-mtls\"}} {}", rule_hits(&now, "internal-mtls"));
