@@ -453,12 +453,14 @@ pub struct Rule {
     pub src: u8,
     /// Set index of the destination, or [`set::ANY`].
     pub dst: u8,
-    pub _pad: u8,
+    /// The row's position in the table as the operator wrote it (slots keep ids
+    /// across reloads, so they are not in that order).
+    pub position: u8,
 }
 
 impl Default for Rule {
     fn default() -> Self {
-        Self { id: [0; NAME_LEN], lo: 0, hi: 0, proto: 0, src: 0, dst: 0, _pad: 0 }
+        Self { id: [0; NAME_LEN], lo: 0, hi: 0, proto: 0, src: 0, dst: 0, position: 0 }
     }
 }
 

@@ -434,7 +434,7 @@ impl Maps {
         Ok(())
     }
 
-    /// The policy the kernel holds, its rule table in slot order.
+    /// The policy the kernel holds, its rule table in the order it was written.
     pub fn policy(&self) -> Result<Policy, Error> {
         let s = self.settings()?;
         let corrupt = || Error::Corrupt { name: map::SETTINGS, what: format!("{s:?}") };

@@ -456,7 +456,7 @@ impl RuleTable {
             ruleset: Ruleset::default(),
             rules: vec![Rule::default(); MAX_RULES as usize],
         };
-        for (row, &slot) in self.rows.iter().zip(slots) {
+        for (position, (row, &slot)) in self.rows.iter().zip(slots).enumerate() {
             let bit = 1u64 << slot;
             let proto = usize::from(row.proto == Proto::Udp);
             c.ports[proto].push((row.ports, bit));
@@ -483,15 +483,16 @@ impl RuleTable {
                     }
                 }
             }
-            c.rules[slot] = row.to_kernel();
+            c.rules[slot] = row.to_kernel(position);
         }
         c
     }
 
-    /// The rows the kernel's table holds (slot by slot), if they are ones this version
-    /// writes.
+    /// The rows the kernel's table holds, with their slots, in the table's order, if
+    /// they are ones this version writes.
     pub fn from_kernel(rules: &[Rule]) -> Option<Vec<(usize, Row)>> {
         let mut out = Vec::new();
+        let mut positions = Vec::new();
         for (slot, r) in rules.iter().enumerate() {
             if r.id == [0; NAME_LEN] {
                 continue;
@@ -506,13 +507,16 @@ impl RuleTable {
                 destination: Endpoint::from_kernel(r.dst)?,
             };
             out.push((slot, row));
+            positions.push(r.position);
         }
-        Some(out)
+        let mut order: Vec<usize> = (0..out.len()).collect();
+        order.sort_by_key(|i| positions[*i]);
+        Some(order.into_iter().map(|i| out[i].clone()).collect())
     }
 }
 
 impl Row {
-    fn to_kernel(&self) -> Rule {
+    fn to_kernel(&self, position: usize) -> Rule {
         let mut id = [0u8; NAME_LEN];
         id[..self.id.len()].copy_from_slice(self.id.as_bytes());
         Rule {
@@ -522,7 +526,7 @@ impl Row {
             proto: self.proto.number(),
             src: self.source.to_kernel(),
             dst: self.destination.to_kernel(),
-            _pad: 0,
+            position: position as u8,
         }
     }
 }

@@ -403,9 +403,5 @@ fn a_new_table_replaces_the_old_one_whole() {
     ])
     .unwrap_or_else(|e| panic!("{e:#}"));
     let back = h.filter.policy().unwrap();
-    let mut ids: Vec<String> = back.rules.rows().iter().map(|r| r.id.clone()).collect();
-    let mut want: Vec<String> = new.rules.rows().iter().map(|r| r.id.clone()).collect();
-    ids.sort();
-    want.sort();
-    assert_eq!(ids, want, "the kernel's table reads back as written");
+    assert_eq!(back.rules, new.rules, "the kernel's table reads back as written, in its order, whatever the slots");
 }
