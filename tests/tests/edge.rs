@@ -269,7 +269,6 @@ fn ids(rows: &[Value]) -> Vec<&str> {
     rows.iter().map(|r| r["id"].as_str().unwrap()).collect()
 }
 
-
 fn json(t: &Topology, args: &[&str]) -> Value {
     let out = ok(t.cli(args));
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
