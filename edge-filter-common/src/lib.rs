@@ -424,6 +424,12 @@ pub struct SetBits {
     pub all: u32,
 }
 
+/// A NUL-padded name of [`SetName`] or [`Rule`]: `None` when empty or not UTF-8.
+pub fn name_of(bytes: &[u8; NAME_LEN]) -> Option<&str> {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
+    if end == 0 { None } else { core::str::from_utf8(&bytes[..end]).ok() }
+}
+
 /// Value of [`map::SET_NAMES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -592,6 +598,23 @@ impl Settings {
         source_len6: 64,
         _pad: [0; 6],
     };
+}
+
+impl Settings {
+    /// How long a flow in `state` ([`flow_state`]) may stay idle; `udp` for an entry
+    /// of [`map::UDP_FLOWS`]. The kernel removes an entry idle longer; userspace counts
+    /// it as not live.
+    #[inline(always)]
+    pub const fn idle_timeout_ns(&self, state: u8, udp: bool) -> u64 {
+        if udp {
+            return self.udp_timeout_ns;
+        }
+        match state {
+            flow_state::SYN_SENT | flow_state::SYN_RECV => self.syn_timeout_ns,
+            flow_state::ESTABLISHED => self.established_timeout_ns,
+            _ => self.closing_timeout_ns,
+        }
+    }
 }
 
 impl Default for Settings {

@@ -436,13 +436,7 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
                 return;
             };
             p.icmp_type = hdr[0];
-            let error = if p.family == family::V4 {
-                p.proto == IPPROTO_ICMP
-                    && matches!(p.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
-            } else {
-                p.proto == IPPROTO_ICMPV6 && p.icmp_type >= 1 && p.icmp_type <= ICMPV6_ERROR_MAX
-            };
-            if error {
+            if is_icmp_error(p.family, p.proto, p.icmp_type) {
                 quoted(frame, p, l4 + 8, end);
             }
         }
@@ -459,6 +453,17 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
         _ => {}
     }
     p.l4 = L4_WHOLE;
+}
+
+/// ICMP destination unreachable (fragmentation needed included), time exceeded and
+/// parameter problem; ICMPv6 errors 1-4.
+#[inline(always)]
+pub fn is_icmp_error(fam: u8, proto: u8, icmp_type: u8) -> bool {
+    if fam == family::V4 {
+        proto == IPPROTO_ICMP && matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
+    } else {
+        proto == IPPROTO_ICMPV6 && (1..=ICMPV6_ERROR_MAX).contains(&icmp_type)
+    }
 }
 
 /// The window scale option among a SYN's options at `start..end`, or [`NO_WSCALE`].

@@ -45,7 +45,7 @@ use edge_filter_common::{Settings, family, flags, role, set, verdict};
 use crate::{
     counters, droplog,
     maps::{IFACES, SETTINGS},
-    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, L4_WHOLE, Packet, Parsed},
+    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMPV6, L4_WHOLE, Packet, Parsed},
     rules,
     sets::sets_of,
     state,
@@ -190,12 +190,6 @@ fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, bytes: u64) -> u3
     verdict::DROP_NO_RULE
 }
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETERPROB: u8 = 12;
-/// ICMPv6 errors: destination unreachable, packet too big, time exceeded, parameter
-/// problem.
-const ICMPV6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
 /// ICMPv6 router solicitation, advertisement, neighbour solicitation, advertisement,
 /// redirect.
 const ICMPV6_ND: core::ops::RangeInclusive<u8> = 133..=137;
@@ -217,12 +211,5 @@ fn essential(p: &Packet) -> bool {
 /// parameter problem; ICMPv6 errors 1-4.
 #[inline(always)]
 fn icmp_error(p: &Packet) -> bool {
-    if p.l4 != L4_WHOLE {
-        return false;
-    }
-    if p.family == family::V4 {
-        p.proto == IPPROTO_ICMP && matches!(p.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
-    } else {
-        p.proto == IPPROTO_ICMPV6 && ICMPV6_ERRORS.contains(&p.icmp_type)
-    }
+    p.l4 == L4_WHOLE && parse::is_icmp_error(p.family, p.proto, p.icmp_type)
 }

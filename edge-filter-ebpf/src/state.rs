@@ -199,16 +199,7 @@ fn key<'a>(p: &Packet, reply: bool) -> Option<&'a mut FlowKey> {
 
 #[inline(always)]
 fn expired(flow: &Flow, settings: &Settings, udp: bool, now: u64) -> bool {
-    let timeout = if udp {
-        settings.udp_timeout_ns
-    } else {
-        match flow.state {
-            flow_state::SYN_SENT | flow_state::SYN_RECV => settings.syn_timeout_ns,
-            flow_state::ESTABLISHED => settings.established_timeout_ns,
-            _ => settings.closing_timeout_ns,
-        }
-    };
-    now.saturating_sub(flow.last_seen_ns) > timeout
+    now.saturating_sub(flow.last_seen_ns) > settings.idle_timeout_ns(flow.state, udp)
 }
 
 /// A found entry, or `None` if there is none or it expired (then it is removed and

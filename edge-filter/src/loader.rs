@@ -823,17 +823,12 @@ impl Maps {
     /// it sees them; LRU evictions, expiries nobody looked at and lost races are what
     /// this corrects. Returns (flows removed as expired, sources counted).
     pub fn recount_sources(&mut self, now_ns: u64) -> Result<(usize, usize), Error> {
-        let policy = self.policy()?;
-        let settings = policy.to_settings(0);
+        let settings = self.settings()?;
         let flows = self.flows()?;
         let mut counts: BTreeMap<SourceKey, u64> = BTreeMap::new();
         let mut stale = Vec::new();
         for (k, f) in &flows {
-            let timeout = match f.state {
-                edge_filter_common::flow_state::ESTABLISHED => settings.established_timeout_ns,
-                _ => settings.closing_timeout_ns,
-            };
-            if now_ns.saturating_sub(f.last_seen_ns) > timeout {
+            if !flow_is_live(f, &settings, false, now_ns) {
                 stale.push(k.0);
                 continue;
             }
@@ -946,17 +941,7 @@ struct Census {
 /// else the SYN timeout for `syn_sent`/`syn_recv`, the established timeout for
 /// `established`, the closing timeout for the rest (`closing`, `reset`).
 pub fn flow_is_live(flow: &Flow, settings: &Settings, udp: bool, now_ns: u64) -> bool {
-    use edge_filter_common::flow_state as st;
-    let timeout = if udp {
-        settings.udp_timeout_ns
-    } else {
-        match flow.state {
-            st::SYN_SENT | st::SYN_RECV => settings.syn_timeout_ns,
-            st::ESTABLISHED => settings.established_timeout_ns,
-            _ => settings.closing_timeout_ns,
-        }
-    };
-    now_ns.saturating_sub(flow.last_seen_ns) <= timeout
+    now_ns.saturating_sub(flow.last_seen_ns) <= settings.idle_timeout_ns(flow.state, udp)
 }
 
 /// What happened in the flow table, the embryonic table and the UDP table.
@@ -1083,8 +1068,7 @@ fn write_entry<K: aya::Pod>(
 
 /// A NUL-padded name, `None` when empty or not UTF-8.
 fn name_str(bytes: &[u8; NAME_LEN]) -> Option<String> {
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
-    (end > 0).then(|| std::str::from_utf8(&bytes[..end]).ok().map(str::to_owned)).flatten()
+    edge_filter_common::name_of(bytes).map(str::to_owned)
 }
 
 /// The id of a row slot, `None` when unused.

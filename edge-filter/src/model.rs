@@ -114,12 +114,7 @@ impl Ip {
     /// the quote holds an IP header of the error's family (IPv6 without extension
     /// headers, IPv4 not a later fragment) and four bytes of a TCP or UDP header.
     fn quoted(&self) -> Option<(IpAddr, IpAddr, u8, u16, u16)> {
-        let error = match (self.src.is_ipv4(), self.proto) {
-            (true, ICMP) => matches!(self.upper[0], 3 | 11 | 12),
-            (false, ICMPV6) => matches!(self.upper[0], 1..=4),
-            _ => false,
-        };
-        if !error {
+        if !icmp_error(self) {
             return None;
         }
         let q = &self.upper[8..];

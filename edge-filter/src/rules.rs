@@ -497,8 +497,7 @@ impl RuleTable {
             if r.id == [0; NAME_LEN] {
                 continue;
             }
-            let end = r.id.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
-            let id = std::str::from_utf8(&r.id[..end]).ok()?.to_owned();
+            let id = edge_filter_common::name_of(&r.id)?.to_owned();
             let row = Row {
                 id,
                 proto: Proto::from_number(r.proto)?,
