@@ -105,3 +105,34 @@ fn host_mode_with_tcx() {
 fn host_mode_with_clsact_as_on_kernels_before_6_6() {
     host_mode(&[("EDGE_FILTER_TC_ATTACH", "clsact")]);
 }
+
+/// With the vendor's external table, a host-mode server does more than federate from
+/// its public address: its DNS queries (UDP and TCP) and CRL fetches are rows whose
+/// source is an edge set, recorded at egress as an `edge` NIC records them at ingress,
+/// and their answers pass; an answer nobody asked for does not.
+#[test]
+fn host_mode_outbound_rows_let_the_servers_own_queries_be_answered() {
+    use edge_filter_tests::topology::{Datagram, datagram, udp_echo_server};
+    let t = ok(Topology::host_mode());
+    for ip in [PARTNER4, PARTNER6] {
+        ok(udp_echo_server(&t.partner, sa(ip, 53)));
+        ok(echo_server(&t.partner, sa(ip, 53)));
+        ok(echo_server(&t.partner, sa(ip, 80)));
+    }
+    // A second partner address sends the unasked answer (the first holds port 53).
+    ok(t.partner.ip(&["addr", "add", "198.51.100.22/24", "dev", "eth0"]));
+    ok(t.partner.ip(&["-6", "addr", "add", "2001:db8:5100::22/64", "dev", "eth0", "nodad"]));
+    let extra = "[policy]\ntables = [\"lync-edge-external\"]\n[metrics]\nlisten = \"127.0.0.1:9641\"\n";
+    let d = ok(t.start(&ok(t.write_config(extra))));
+    let other: [std::net::IpAddr; 2] = [[198, 51, 100, 22].into(), "2001:db8:5100::22".parse().unwrap()];
+    for ((fam, access, partner), other) in [("v4", ACCESS4, PARTNER4), ("v6", ACCESS6, PARTNER6)].into_iter().zip(other) {
+        assert_eq!(ok(datagram(&t.edge, sa(access, 0), sa(partner, 53), b"query", T)), Datagram::Answered, "{fam} DNS over UDP");
+        assert_eq!(ok(connect_from(&t.edge, sa(access, 0), sa(partner, 53), T)), Outcome::Connected, "{fam} DNS over TCP");
+        assert_eq!(ok(connect_from(&t.edge, sa(access, 0), sa(partner, 80), T)), Outcome::Connected, "{fam} CRL fetch");
+        // Nothing was asked from this port: the partner's datagram from 53 is refused.
+        let before = drops(&t, "ext0");
+        assert_eq!(ok(datagram(&t.partner, sa(other, 53), sa(access, 40999), b"unasked", T)), Datagram::NoAnswer, "{fam}");
+        assert!(drops(&t, "ext0") > before, "{fam}: the unasked datagram is drop/no_rule on ext0");
+    }
+    drop(d);
+}
