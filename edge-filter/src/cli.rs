@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::{
     addr::{AddressSets, Prefix, SetId},
+    census::Census,
     config::Config,
     daemon,
     loader::Maps,
@@ -211,7 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats { watch, json } => loop {
             need_root()?;
             let maps = open(&pins)?;
-            let snap = Snapshot::read(&maps)?;
+            let snap = Snapshot::read(&maps, census(&pins, &maps)?)?;
             if json {
                 println!("{}", serde_json::to_string(&snap)?);
             } else {
@@ -473,7 +474,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     let ifaces = maps.ifaces()?;
     let policy = maps.policy()?;
     let sets = maps.address_sets()?;
-    let snap = Snapshot::read(&maps)?;
+    let snap = Snapshot::read(&maps, census(pins, &maps)?)?;
     let rows: Vec<_> = links
         .iter()
         .map(|l| {
@@ -502,6 +503,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
             "max_embryos_out": maps.max_embryos_out()?,
             "max_udp_flows": maps.max_udp_flows()?,
             "flow_events": snap.flow_events,
+            "census": snap.census,
             "egress": pins.egress_links(),
         });
         let mut v = v;
@@ -530,8 +532,12 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     // them; they are shown apart, never as live.
     let ev = snap.flow_events;
     println!(
-        "live: established {}, closing {}, handshakes {}, udp {}",
-        ev.live.established, ev.live.closing, ev.live.handshakes, ev.live.udp
+        "live: established {}, closing {}, handshakes {}, udp {} ({})",
+        ev.live.established,
+        ev.live.closing,
+        ev.live.handshakes,
+        ev.live.udp,
+        snap.census.line()
     );
     for (name, t, max) in [
         ("flows", ev.flows, maps.max_flows()?),
@@ -557,6 +563,15 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The state tables' census: the one the daemon of `pins` published, or, with no
+/// daemon running, one taken now (a pass over the tables).
+fn census(pins: &Pins, maps: &Maps) -> anyhow::Result<Census> {
+    match Census::published(&pins.census_path()) {
+        Some(c) => Ok(c),
+        None => Ok(Census::take(maps, None)?),
+    }
+}
+
 fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     need_root()?;
     let maps = open(pins)?;
@@ -578,7 +593,7 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     for r in &rows {
         println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", r.proto, r.opener, r.responder, r.state, r.age_secs, r.idle_secs, r.rule);
     }
-    let ev = maps.flow_events_at(now)?;
+    let ev = maps.flow_events()?;
     println!(
         "{} established, {} closing of {}, {} handshakes of {}, {} udp of {} live; past their timeout: {} flows, {} handshakes, {} udp; evicted: {} flows, {} handshakes, {} udp",
         ev.live.established,

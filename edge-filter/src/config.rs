@@ -95,6 +95,8 @@ pub struct Config {
     pub max_udp_flows: u32,
     /// `None`: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
+    /// How often the daemon counts the state tables for `status` and `/metrics`.
+    pub census_interval: std::time::Duration,
 }
 
 /// Default metrics listener.
@@ -111,6 +113,7 @@ impl Default for Config {
             max_embryos_out: edge_filter_common::DEFAULT_MAX_EMBRYOS_OUT,
             max_udp_flows: edge_filter_common::DEFAULT_MAX_UDP_FLOWS,
             metrics: Some(DEFAULT_METRICS.parse().expect("valid default")),
+            census_interval: crate::census::DEFAULT_INTERVAL,
         }
     }
 }
@@ -136,6 +139,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max-flows-per-source",
             "source-prefix-v4",
             "source-prefix-v6",
+            "census-interval",
         ],
     ),
     ("metrics", &["listen"]),
@@ -285,6 +289,9 @@ impl Config {
             }
             if let Some(n) = cx.int(state.get("max-udp-flows"), "state.max-udp-flows", 1, i64::from(u32::MAX))? {
                 config.max_udp_flows = n as u32;
+            }
+            if let Some(n) = cx.int(state.get("census-interval"), "state.census-interval", 1, 3600)? {
+                config.census_interval = std::time::Duration::from_secs(n as u64);
             }
             let limit = &mut config.policy.sources;
             if let Some(n) = cx.int(state.get("max-flows-per-source"), "state.max-flows-per-source", 1, i64::from(u32::MAX))? {

@@ -21,11 +21,23 @@
 //!   with a sequence number, which `edge-filter reload` waits for.
 //! - SIGTERM and SIGINT end the process and leave the filter attached and pinned, so
 //!   enforcement never lapses; the next `run` adopts it.
-//! - `/metrics` serves Prometheus text read from the pinned maps at each scrape.
-//! - Every [`RECOUNT`], flows that expired unseen are removed and the per-source
-//!   flow counts recounted (`Maps::recount_sources`).
+//! - `/metrics` serves Prometheus text read from the pinned maps at each scrape, with
+//!   the live-flow counts of the latest census (`crate::census`): a scrape reads a
+//!   fixed number of entries, whatever the size of the state tables.
+//! - A thread of its own, with its own handle on the pinned maps, takes a census every
+//!   `state.census-interval` and publishes it (to `/metrics` and to `status`); every
+//!   [`RECOUNT`] it also removes the flows that expired unseen and recounts the
+//!   per-source flow counts (`Maps::recount_sources`). Nothing that walks a table
+//!   runs on the thread that handles signals.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use log::{error, info, warn};
@@ -35,12 +47,13 @@ use crate::{
     config::Config,
     loader::{Filter, LoadOptions, Maps},
     pins::{self, Pins},
+    census::Census,
     report::{Reloads, Snapshot},
     statedir::{Changes, Composed, ReloadStatus},
 };
 
 /// How often the per-source counts are put right.
-const RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
+const RECOUNT: Duration = Duration::from_secs(60);
 
 pub fn run(config_path: &Path, config: Config, pins: Pins, state_dir: PathBuf) -> anyhow::Result<()> {
     // One daemon per pin directory, held until the process ends and taken before
@@ -90,7 +103,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         publish(&state_dir, config_path, 0, "started", None, &composed);
         filter
     };
-    let reloads = std::sync::Arc::new(Reloads::default());
+    let reloads = Arc::new(Reloads::default());
     let mut seq = 0;
 
     // Drop log lines from the kernel, named and passed to this process's logger.
@@ -101,24 +114,16 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         Err(e) => warn!("no drop log reader: {e}"),
     }
 
+    let census = Censuses::start(pins.maps_dir(), pins.census_path(), config.census_interval)?;
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics listener {addr}"))?;
         info!("metrics on http://{addr}/metrics");
-        tokio::spawn(metrics(listener, pins.maps_dir(), reloads.clone()));
+        tokio::spawn(metrics(listener, pins.maps_dir(), reloads.clone(), census.latest.clone()));
     }
     info!("enforcing; SIGHUP re-reads {}, SIGTERM leaves the filter attached", config_path.display());
 
-    let mut recount = tokio::time::interval(RECOUNT);
-    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = recount.tick() => {
-                match filter.recount_sources(crate::report::monotonic_ns()) {
-                    Ok((0, _)) => {}
-                    Ok((stale, sources)) => info!("removed {stale} expired flows; {sources} sources hold flows"),
-                    Err(e) => warn!("recounting the flows per source: {e:#}"),
-                }
-            }
             _ = hup.recv() => {
                 seq += 1;
                 let outcome = match Config::load(config_path) {
@@ -145,6 +150,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                                 Err(why)
                             }
                             Ok(composed) => {
+                                census.set_interval(new.census_interval);
                                 config = Config {
                                     metrics: config.metrics,
                                     max_flows: config.max_flows,
@@ -160,12 +166,12 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
                 };
                 match outcome {
                     Ok(composed) => {
-                        reloads.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        reloads.applied.fetch_add(1, Ordering::Relaxed);
                         info!("reload {seq} applied {}", config_path.display());
                         publish(&state_dir, config_path, seq, "applied", None, &composed);
                     }
                     Err(why) => {
-                        reloads.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        reloads.refused.fetch_add(1, Ordering::Relaxed);
                         error!("reload {seq} refused: {why}; keeping the running config");
                         publish(&state_dir, config_path, seq, "refused", Some(why), &Composed::default());
                     }
@@ -175,6 +181,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
             _ = int.recv() => break,
         }
     }
+    census.stop();
     // Say what the kernel keeps, as it is now (a SIGHUP may have removed every NIC).
     match pins.links() {
         Ok(links) if links.is_empty() => info!("exiting; no NIC has the filter attached; maps stay pinned at {}", pins.dir().display()),
@@ -185,6 +192,70 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         Err(e) => warn!("exiting; cannot read the links pinned at {}: {e:#}", pins.dir().display()),
     }
     Ok(())
+}
+
+/// The census thread ([`crate::census`]) and what it shares: the latest census for
+/// `/metrics`, the interval SIGHUP may change, the stop flag.
+struct Censuses {
+    latest: Arc<Mutex<Option<Census>>>,
+    interval_ms: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Censuses {
+    /// Open the pinned maps for the thread and start it; the first census is taken
+    /// at once.
+    fn start(maps_dir: PathBuf, path: PathBuf, interval: Duration) -> anyhow::Result<Self> {
+        let mut maps = Maps::open_pinned(&maps_dir).context("open the pinned maps for the census")?;
+        let latest = Arc::new(Mutex::new(None));
+        let interval_ms = Arc::new(AtomicU64::new(interval.as_millis() as u64));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new().name("census".into()).spawn({
+            let (latest, interval_ms, stop) = (latest.clone(), interval_ms.clone(), stop.clone());
+            move || {
+                let mut recounted = Instant::now();
+                let mut previous: Option<Census> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let interval = interval_ms.load(Ordering::Relaxed);
+                    match Census::take(&maps, previous.as_ref()) {
+                        Ok(mut c) => {
+                            c.interval_ms = interval;
+                            if let Err(e) = c.publish(&path) {
+                                warn!("publishing the census at {}: {e}", path.display());
+                            }
+                            *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                            previous = Some(c);
+                        }
+                        Err(e) => warn!("counting the state tables: {e:#}"),
+                    }
+                    if recounted.elapsed() >= RECOUNT {
+                        recounted = Instant::now();
+                        match maps.recount_sources(crate::report::monotonic_ns()) {
+                            Ok((0, _)) => {}
+                            Ok((stale, sources)) => info!("removed {stale} expired flows; {sources} sources hold flows"),
+                            Err(e) => warn!("recounting the flows per source: {e:#}"),
+                        }
+                    }
+                    std::thread::park_timeout(Duration::from_millis(interval));
+                }
+            }
+        })?;
+        Ok(Self { latest, interval_ms, stop, thread })
+    }
+
+    fn set_interval(&self, interval: Duration) {
+        self.interval_ms.store(interval.as_millis() as u64, Ordering::Relaxed);
+        self.thread.thread().unpark();
+    }
+
+    /// End the thread and wait for it, so that no census is published after the
+    /// daemon lock (which removes it) is let go.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
+        let _ = self.thread.join();
+    }
 }
 
 /// Write the outcome of a start or reload for `edge-filter reload`, `status` and
@@ -336,20 +407,25 @@ async fn drop_log(logger: aya_log::EbpfLogger<DropLogNames>) {
     }
 }
 
-async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf, reloads: std::sync::Arc<Reloads>) {
+async fn metrics(listener: tokio::net::TcpListener, maps_dir: PathBuf, reloads: Arc<Reloads>, census: Arc<Mutex<Option<Census>>>) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let maps_dir = maps_dir.clone();
             let reloads = reloads.clone();
+            let census = census.clone();
             async move {
-                // The map reads are system calls, as many as the tables have entries:
-                // off the runtime's thread, so signals and the drop log are not kept
-                // waiting by a scrape.
+                // A fixed number of system calls (counters, interface and rule
+                // tables, address sets) and the latest census: off the runtime's
+                // thread all the same, so signals never wait for a scrape.
                 let text = tokio::task::spawn_blocking(move || {
-                    Maps::open_pinned(&maps_dir)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|m| Snapshot::read(&m).map_err(anyhow::Error::from))
+                    let maps = Maps::open_pinned(&maps_dir)?;
+                    let latest = census.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let census = match latest {
+                        Some(c) => c,
+                        None => Census::take(&maps, None)?,
+                    };
+                    Snapshot::read(&maps, census).map_err(anyhow::Error::from)
                 })
                 .await
                 .map_err(anyhow::Error::from)

@@ -6,6 +6,7 @@
 //!   rows, and their kernel encoding;
 //! - [`policy`]: NIC roles and the policy settings, and their kernel encoding;
 //! - [`loader`]: loads the embedded object and reads and writes its maps;
+//! - [`census`]: the count of live flows the daemon keeps, so views cost O(1);
 //! - [`counters`]: counter snapshots with the names the CLI and metrics use;
 //! - [`config`]: the TOML configuration, validated;
 //! - [`pins`]: the pin directory that keeps the filter attached without a process;
@@ -18,6 +19,7 @@
 //! `edge-filter-common`.
 
 pub mod addr;
+pub mod census;
 pub mod cli;
 pub mod config;
 pub mod counters;

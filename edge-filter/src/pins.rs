@@ -136,10 +136,16 @@ pub struct DaemonLock {
 
 impl Drop for DaemonLock {
     fn drop(&mut self) {
+        // The daemon's census goes with it: nobody keeps it up to date any more.
+        let _ = std::fs::remove_file(census_path_of(&self.path));
         // Unlinked while still held, so /run keeps no file per pin directory ever used;
         // whoever opened it meanwhile sees it is gone and opens the path again.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+fn census_path_of(lock: &Path) -> PathBuf {
+    lock.with_extension("census.json")
 }
 
 /// clsact filter priority of the egress program on kernels without TCX.
@@ -351,6 +357,12 @@ impl Pins {
             .iter()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
         Path::new(LOCK_DIR).join(format!("{hash:016x}.lock"))
+    }
+
+    /// Where the daemon of this directory publishes its census of the state tables
+    /// (`crate::census`): beside its lock, `LOCK_DIR/<hash>.census.json`.
+    pub fn census_path(&self) -> PathBuf {
+        census_path_of(&self.daemon_lock_path())
     }
 
     /// Attach `filter`'s program to `iface`, or replace the program in the link we

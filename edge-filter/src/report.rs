@@ -10,7 +10,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::loader::{FlowEvents, Maps};
+use crate::{
+    census::{Census, FlowEvents},
+    loader::Maps,
+};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -74,7 +77,7 @@ pub struct RuleRow {
 }
 
 /// Everything the views show, read at one moment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Snapshot {
     pub counters: Vec<CounterRow>,
     pub rules: Vec<RuleRow>,
@@ -89,6 +92,29 @@ pub struct Snapshot {
     /// `(event name, occurrences)`.
     pub events: Vec<(&'static str, u64)>,
     pub flow_events: FlowEvents,
+    /// The census the live and evicted counts come from.
+    pub census: CensusInfo,
+}
+
+/// When and by whom the state tables were counted ([`Census`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CensusInfo {
+    /// `daemon` or `this command`.
+    pub by: &'static str,
+    pub taken_unix_ms: u64,
+    pub age_secs: f64,
+    pub took_ms: f64,
+}
+
+impl CensusInfo {
+    pub fn of(c: &Census) -> Self {
+        Self { by: c.taker(), taken_unix_ms: c.taken_unix_ms, age_secs: c.age().as_secs_f64(), took_ms: c.took_us as f64 / 1e3 }
+    }
+
+    /// `counted by the daemon 3.2 s ago in 12.0 ms`.
+    pub fn line(&self) -> String {
+        format!("counted by {} {:.1} s ago in {:.1} ms", self.by, self.age_secs, self.took_ms)
+    }
 }
 
 /// `action/reason` of a verdict code, or `verdict#N` for a code this version lacks.
@@ -109,7 +135,8 @@ pub fn interface_name(ifindex: u32) -> String {
 }
 
 impl Snapshot {
-    pub fn read(maps: &Maps) -> Result<Self, crate::loader::Error> {
+    /// The maps as they are now, with the state tables as `census` counted them.
+    pub fn read(maps: &Maps, census: Census) -> Result<Self, crate::loader::Error> {
         let ifaces = maps.ifaces()?;
         let counters = maps.counters()?;
         let name_of = |slot: u32| {
@@ -127,7 +154,8 @@ impl Snapshot {
             .map(|(rule, c)| RuleRow { rule: rule.to_owned(), packets: c.packets, bytes: c.bytes })
             .collect();
         let sets = maps.address_sets()?;
-        let flow_events = maps.flow_events()?;
+        let events = maps.events()?;
+        let flow_events = census.flow_events(&events);
         let mut slots: Vec<_> = ifaces.iter().map(|e| (e.slot, interface_name(e.ifindex))).collect();
         slots.sort();
         Ok(Self {
@@ -136,12 +164,10 @@ impl Snapshot {
             addresses: sets.sets().map(|s| (sets.name(s).to_owned(), sets.of(s).count())).collect(),
             flows: flow_events.flows.live as usize,
             interfaces: slots.into_iter().map(|(_, n)| n).collect(),
-            dry_run: maps.policy()?.dry_run,
-            events: {
-                let counts = maps.events()?;
-                edge_filter_common::event::NAMES[..2].iter().map(|(i, n)| (*n, counts[*i as usize])).collect()
-            },
+            dry_run: maps.dry_run()?,
+            events: edge_filter_common::event::NAMES[..2].iter().map(|(i, n)| (*n, events[*i as usize])).collect(),
             flow_events,
+            census: CensusInfo::of(&census),
         })
     }
 
@@ -160,6 +186,7 @@ impl Snapshot {
         let _ = writeln!(out, "\naddresses: {}; flows: {}; dry-run: {}", sets.join(", "), self.flows, self.dry_run);
         let events: Vec<String> = self.events.iter().map(|(e, n)| format!("{e} {n}")).collect();
         let _ = writeln!(out, "events: {}", events.join(", "));
+        let _ = writeln!(out, "flows {}", self.census.line());
         out
     }
 
@@ -171,6 +198,16 @@ impl Snapshot {
     /// [`Snapshot::prometheus`] with the daemon's reload counter beside the maps'.
     pub fn prometheus_with(&self, reloads: Option<&Reloads>) -> String {
         let mut families = self.families();
+        families.push(MetricFamily::float_gauge(
+            "edge_filter_census_timestamp_seconds",
+            "When the live-flow counts were taken (Unix time): the state tables are counted every state.census-interval",
+            self.census.taken_unix_ms as f64 / 1e3,
+        ));
+        families.push(MetricFamily::float_gauge(
+            "edge_filter_census_duration_seconds",
+            "How long the latest count of the state tables took",
+            self.census.took_ms / 1e3,
+        ));
         if let Some(r) = reloads {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
             families.push(MetricFamily::counter(
@@ -283,15 +320,21 @@ struct MetricFamily {
     help: &'static str,
     counter: bool,
     samples: Vec<(Vec<(&'static str, String)>, u64)>,
+    /// A gauge with one unlabelled sample that is not a whole number.
+    float: Option<f64>,
 }
 
 impl MetricFamily {
     fn counter(name: &'static str, help: &'static str, samples: Vec<(Vec<(&'static str, String)>, u64)>) -> Self {
-        Self { name, help, counter: true, samples }
+        Self { name, help, counter: true, samples, float: None }
     }
 
     fn gauge(name: &'static str, help: &'static str, samples: Vec<(Vec<(&'static str, String)>, u64)>) -> Self {
-        Self { name, help, counter: false, samples }
+        Self { name, help, counter: false, samples, float: None }
+    }
+
+    fn float_gauge(name: &'static str, help: &'static str, value: f64) -> Self {
+        Self { name, help, counter: false, samples: Vec::new(), float: Some(value) }
     }
 }
 
@@ -299,9 +342,17 @@ impl MetricFamily {
 /// HELP and TYPE name its `_total` samples, as Prometheus's own parser and `promtool`
 /// expect.
 fn render(families: &[MetricFamily]) -> String {
-    use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+    use prometheus::{Encoder as _, Gauge, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
     let registry = Registry::new();
     for f in families {
+        if let Some(value) = f.float {
+            let registered = Gauge::with_opts(Opts::new(f.name, f.help)).and_then(|g| {
+                g.set(value);
+                registry.register(Box::new(g))
+            });
+            registered.unwrap_or_else(|e| panic!("metric family {}: {e}", f.name));
+            continue;
+        }
         let names: Vec<&str> = f.samples.first().map(|(l, _)| l.iter().map(|(k, _)| *k).collect()).unwrap_or_default();
         let values = |labels: &[(&str, String)]| labels.iter().map(|(_, v)| v.clone()).collect::<Vec<String>>();
         let registered = if f.counter {
@@ -354,6 +405,7 @@ mod tests {
             dry_run: false,
             events: vec![],
             flow_events: FlowEvents::default(),
+            census: CensusInfo::of(&Census::default()),
         };
         let text = s.prometheus_with(Some(&r));
         assert!(text.lines().any(|l| l == "edge_filter_reloads_total{outcome=\"refused\"} 2"), "{text}");
@@ -373,6 +425,7 @@ mod tests {
             dry_run: false,
             events: vec![("drop_log_suppressed", 7)],
             flow_events: FlowEvents::default(),
+            census: CensusInfo::of(&Census::default()),
         };
         let text = s.prometheus();
         for line in [
@@ -413,6 +466,7 @@ mod tests {
             dry_run: true,
             events: vec![],
             flow_events: FlowEvents::default(),
+            census: CensusInfo::of(&Census::default()),
         };
         let text = s.prometheus();
         assert!(text.lines().any(|l| l == "# TYPE edge_filter_packets_total counter"), "{text}");
@@ -428,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_flow_is_live_by_the_kernels_timeout_for_its_state_and_table() {
-        use crate::loader::flow_is_live;
+        use crate::census::flow_is_live;
         use edge_filter_common::{Flow, flow_state as st};
         let settings = crate::Policy::default().to_settings(0);
         let s = 1_000_000_000u64;

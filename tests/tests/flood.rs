@@ -45,7 +45,7 @@ fn established_federation_flows_survive_a_syn_flood_of_twenty_times_the_table() 
     }
     // A metrics port of its own (the daemon tests use the default one).
     let config = ok(t.write_config(&format!(
-        "[state]\nmax-flows = {MAX_FLOWS}\nmax-embryonic = {MAX_EMBRYOS}\n[metrics]\nlisten = \"{METRICS}\"\n"
+        "[state]\nmax-flows = {MAX_FLOWS}\nmax-embryonic = {MAX_EMBRYOS}\ncensus-interval = 1\n[metrics]\nlisten = \"{METRICS}\"\n"
     )));
     let d = ok(t.start(&config));
 
@@ -74,7 +74,8 @@ fn established_federation_flows_survive_a_syn_flood_of_twenty_times_the_table() 
     for (name, s) in &mut conns {
         assert!(echo(s), "{name} after the flood, on the same connection");
     }
-    let status: Value = serde_json::from_slice(&ok(t.cli(&["status", "--json"])).stdout).unwrap();
+    let counted = std::time::SystemTime::now();
+    let status: Value = ok(t.status_counted_after(counted));
     let ev = &status["flow_events"];
     let n = |table: &str, what: &str| ev[table][what].as_u64().unwrap_or_else(|| panic!("{table}.{what} in {status:#}"));
     assert_eq!(n("flows", "evicted"), 0, "no established flow was evicted: {ev:#}");
@@ -83,7 +84,7 @@ fn established_federation_flows_survive_a_syn_flood_of_twenty_times_the_table() 
     assert!(n("embryos", "created") >= u64::from(FLOOD), "every SYN was a handshake: {ev:#}");
     assert!(n("embryos", "evicted") >= u64::from(FLOOD) - MAX_EMBRYOS, "the flood evicted its own kind: {ev:#}");
     assert!(n("embryos", "live") <= MAX_EMBRYOS, "{ev:#}");
-    let metrics = ok(t.metrics(METRICS.parse().unwrap()));
+    let metrics = ok(t.metrics_counted_after(METRICS.parse().unwrap(), counted));
     let evicted = metrics.lines().find(|l| l.starts_with("edge_filter_flow_events_total{event=\"handshake_evicted\"}")).unwrap();
     assert!(evicted.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= u64::from(FLOOD) - MAX_EMBRYOS, "{evicted}");
     assert!(metrics.lines().any(|l| l == "edge_filter_flow_events_total{event=\"evicted\"} 0"), "{metrics}");
@@ -108,7 +109,7 @@ fn established_federation_flows_survive_a_udp_flood_of_eighty_times_the_udp_tabl
         WHOLE_EDGE_SETS,
         &format!(
             "[policy]\ntables = [\"lync-edge-external\", \"lync-edge-internal\"]\n\
-             [state]\nmax-udp-flows = {MAX_UDP_FLOWS}\n[metrics]\nlisten = \"{UDP_METRICS}\"\n"
+             [state]\nmax-udp-flows = {MAX_UDP_FLOWS}\ncensus-interval = 1\n[metrics]\nlisten = \"{UDP_METRICS}\"\n"
         ),
     ));
     let d = ok(t.start(&config));
@@ -153,7 +154,8 @@ fn established_federation_flows_survive_a_udp_flood_of_eighty_times_the_udp_tabl
     assert_eq!(stun(PARTNER4, AV4), Datagram::Answered, "STUN after the flood");
     assert_eq!(stun(PARTNER6, AV6), Datagram::Answered, "STUN (v6) after the flood");
 
-    let status: Value = serde_json::from_slice(&ok(t.cli(&["status", "--json"])).stdout).unwrap();
+    let counted = std::time::SystemTime::now();
+    let status: Value = ok(t.status_counted_after(counted));
     let ev = &status["flow_events"];
     eprintln!("flow events: {ev}");
     let n = |table: &str, what: &str| ev[table][what].as_u64().unwrap_or_else(|| panic!("{table}.{what} in {status:#}"));
@@ -167,7 +169,7 @@ fn established_federation_flows_survive_a_udp_flood_of_eighty_times_the_udp_tabl
     let stats: Value = serde_json::from_slice(&ok(t.cli(&["stats", "--json"])).stdout).unwrap();
     let hits = stats["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "stun-udp-in").map_or(0, |r| r["packets"].as_u64().unwrap());
     assert!(hits >= u64::from(UDP_FLOOD), "every datagram counted under its row: {hits}");
-    let metrics = ok(t.metrics(UDP_METRICS.parse().unwrap()));
+    let metrics = ok(t.metrics_counted_after(UDP_METRICS.parse().unwrap(), counted));
     assert!(metrics.lines().any(|l| l == "edge_filter_flow_events_total{event=\"evicted\"} 0"), "{metrics}");
     drop(d);
 }

@@ -12,7 +12,7 @@ use std::{
     os::unix::process::ExitStatusExt as _,
     process::Stdio,
     thread::sleep,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use edge_filter_tests::{
@@ -137,19 +137,25 @@ fn flows_past_their_timeout_are_not_counted_as_live() {
     for port in [5269, 22] {
         ok(echo_server(&t.edge, sa(ACCESS4, port)));
     }
-    let extra = format!("{}[state]\nsyn-timeout = 2\nestablished-timeout = 3\nclosing-timeout = 2\nudp-timeout = 2\n", metrics_config(9837));
+    let extra = format!(
+        "{}[state]\nsyn-timeout = 2\nestablished-timeout = 3\nclosing-timeout = 2\nudp-timeout = 2\ncensus-interval = 1\n",
+        metrics_config(9837)
+    );
     let d = ok(t.start(&ok(t.write_config(&extra))));
     let metrics: SocketAddr = "127.0.0.1:9837".parse().unwrap();
-    let gauge = |name: &str| -> String {
-        let (_, body) = scrape(&t, metrics, None);
+    // The live counts come from the daemon's census: read one taken after `since`.
+    let gauge = |name: &str, since| -> String {
+        let body = ok(t.metrics_counted_after(metrics, since));
         body.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name} in\n{body}")).to_owned()
     };
     let mut idle = ok(open_stream(&t.partner, sa(ACCESS4, 5269), T));
     assert!(echo(&mut idle));
-    let status = json(&t, &["status", "--json"]);
+    let since = SystemTime::now();
+    let status = ok(t.status_counted_after(since));
+    assert_eq!(status["census"]["by"], "daemon", "{status:#}");
     assert_eq!(status["flows"], 1, "{status:#}");
     assert_eq!(status["flow_events"]["flows"]["live"], 1, "{status:#}");
-    assert_eq!(gauge("edge_filter_flows"), "edge_filter_flows 1");
+    assert_eq!(gauge("edge_filter_flows", since), "edge_filter_flows 1");
     let (_, text, err) = run(&t, &["status"]);
     assert!(text.contains("established 1"), "status says how many are established: {text}{err}");
 
@@ -157,16 +163,67 @@ fn flows_past_their_timeout_are_not_counted_as_live() {
     sleep(Duration::from_millis(4500));
     let table = json(&t, &["flows", "--json"]);
     assert!(!table.as_array().unwrap().is_empty(), "the expired flow is still in the table: {table:#}");
-    let status = json(&t, &["status", "--json"]);
+    let since = SystemTime::now();
+    let status = ok(t.status_counted_after(since));
     assert_eq!(status["flows"], 0, "{status:#}");
     assert_eq!(status["flow_events"]["flows"]["live"], 0, "{status:#}");
     assert_eq!(status["flow_events"]["flows"]["evicted"], 0, "an expired flow is not an evicted one: {status:#}");
-    assert_eq!(gauge("edge_filter_flows"), "edge_filter_flows 0");
+    assert_eq!(gauge("edge_filter_flows", since), "edge_filter_flows 0");
     let (_, text, _) = run(&t, &["flows"]);
     assert!(text.lines().last().unwrap_or("").starts_with("0 established"), "{text}");
     let (_, text, _) = run(&t, &["status"]);
     assert!(text.contains("established 0"), "{text}");
     drop(d);
+}
+
+/// Finding 12: a scrape and `status` do not walk the state tables; they read the
+/// census the daemon takes every `state.census-interval` on its own thread, and say
+/// when it was taken. With an hour between censuses, a new connection is in the
+/// table (`flows` walks it) and not yet in the counts; a SIGHUP that shortens the
+/// interval brings the next census, which counts it. The census goes with the daemon.
+#[test]
+fn scrapes_and_status_read_the_daemons_census_instead_of_walking_the_tables() {
+    let t = ok(Topology::new());
+    ok(echo_server(&t.edge, sa(ACCESS4, 5269)));
+    let config = |interval: u32| ok(t.write_config(&format!("{}[state]\ncensus-interval = {interval}\n", metrics_config(9838))));
+    let d = ok(t.start(&config(3600)));
+    let metrics: SocketAddr = "127.0.0.1:9838".parse().unwrap();
+    let census_file = edge_filter::pins::Pins::new(&t.pin_dir).census_path();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !census_file.exists() {
+        assert!(Instant::now() < deadline, "the daemon publishes its census at {}", census_file.display());
+        sleep(Duration::from_millis(50));
+    }
+
+    let mut conn = ok(open_stream(&t.partner, sa(ACCESS4, 5269), T));
+    assert!(echo(&mut conn));
+    let listed = json(&t, &["flows", "--json"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "flows walks the table: {listed:#}");
+    let status = json(&t, &["status", "--json"]);
+    assert_eq!(status["census"]["by"], "daemon", "{status:#}");
+    assert_eq!(status["flows"], 0, "status counts as of the daemon's census, taken before the connection: {status:#}");
+    let (_, body) = scrape(&t, metrics, None);
+    assert!(body.lines().any(|l| l == "edge_filter_flows 0"), "a scrape reads the census too:\n{body}");
+    assert!(body.lines().any(|l| l.starts_with("edge_filter_census_timestamp_seconds ")), "{body}");
+    assert!(body.lines().any(|l| l.starts_with("edge_filter_census_duration_seconds ")), "{body}");
+    let (_, text, err) = run(&t, &["status"]);
+    assert!(text.contains("counted by daemon"), "status says whose count it shows: {text}{err}");
+
+    // A shorter interval takes effect at once: the next census counts the connection.
+    let since = SystemTime::now();
+    config(1);
+    d.signal(libc::SIGHUP);
+    let body = ok(t.metrics_counted_after(metrics, since));
+    assert!(body.lines().any(|l| l == "edge_filter_flows 1"), "{body}");
+    assert_eq!(ok(t.status_counted_after(since))["flows"], 1);
+    assert!(echo(&mut conn));
+
+    let st = ok(d.stop());
+    assert!(st.success(), "{st:?}");
+    assert!(!census_file.exists(), "the census goes with its daemon");
+    let status = json(&t, &["status", "--json"]);
+    assert_eq!(status["census"]["by"], "this command", "without a daemon, status counts for itself: {status:#}");
+    assert_eq!(status["flows"], 1, "{status:#}");
 }
 
 /// A pipe whose reader is already gone: the first write fails with EPIPE.

@@ -11,6 +11,7 @@
 //! - Every map write goes through a domain type that is already valid ([`Policy`],
 //!   [`AddressSets`], [`Role`]); address changes are computed in full and checked
 //!   before the first map write, so a refused change leaves the maps as they were.
+//! - Whole maps are read in batches ([`batch`]), never an entry per system call.
 //! - Each NIC gets its own counter slot; a slot is zeroed when it is handed out, so a
 //!   NIC never inherits the counts of one that left.
 
@@ -20,8 +21,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod batch;
+
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, Pod, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     util::{KernelVersion, nr_cpus},
@@ -33,6 +36,7 @@ use edge_filter_common::{
 };
 
 use crate::{
+    census::{Census, FlowEvents, flow_is_live},
     addr::{AddrError, AddressSets, Prefix, SetId},
     counters::Counters,
     policy::{Policy, Role},
@@ -88,6 +92,12 @@ pub enum Error {
     #[error("pin directory {}", dir.display())]
     PinDir {
         dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading map `{name}`")]
+    Read {
+        name: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -345,7 +355,35 @@ impl Maps {
         self.maps.get_mut(name).ok_or(Error::MissingMap { name })
     }
 
-    fn settings(&self) -> Result<Settings, Error> {
+    fn map_data(&self, name: &'static str) -> Result<&MapData, Error> {
+        batch::data(self.map(name)?).ok_or_else(|| Error::Corrupt { name, what: "not an array or a hash map".into() })
+    }
+
+    /// Every entry of map `name`, read in batches ([`batch::for_each`]).
+    pub(crate) fn each<K: Pod, V: Pod>(&self, name: &'static str, mut visit: impl FnMut(&K, &V)) -> Result<(), Error> {
+        batch::for_each::<K, V>(self.map_data(name)?, false, |k, v| visit(k, &v[0]))
+            .map_err(|source| Error::Read { name, source })
+    }
+
+    /// Every value of array `name`, in index order, read in batches.
+    fn array_values<V: Pod>(&self, name: &'static str) -> Result<Vec<V>, Error> {
+        let mut out = Vec::new();
+        self.each::<u32, V>(name, |_, v| out.push(*v))?;
+        Ok(out)
+    }
+
+    /// Every entry of per-CPU array `name`, in index order, each summed over the
+    /// CPUs by `add`, read in batches.
+    fn per_cpu_sums<V: Pod + Default>(&self, name: &'static str, add: impl Fn(V, &V) -> V) -> Result<Vec<V>, Error> {
+        let mut out = Vec::new();
+        batch::for_each::<u32, V>(self.map_data(name)?, true, |_, per_cpu| {
+            out.push(per_cpu.iter().fold(V::default(), &add));
+        })
+        .map_err(|source| Error::Read { name, source })?;
+        Ok(out)
+    }
+
+    pub(crate) fn settings(&self) -> Result<Settings, Error> {
         let settings: Array<&MapData, Settings> =
             Array::try_from(self.map(map::SETTINGS)?).map_err(map_err(map::SETTINGS))?;
         settings.get(&0, 0).map_err(map_err(map::SETTINGS))
@@ -353,8 +391,12 @@ impl Maps {
 
     /// The row slots of one generation of the rule table.
     fn rule_slots(&self, generation: u32) -> Result<Vec<Rule>, Error> {
-        let rules: Array<&MapData, Rule> = Array::try_from(self.map(map::RULES)?).map_err(map_err(map::RULES))?;
-        (0..MAX_RULES).map(|i| rules.get(&(generation * MAX_RULES + i), 0).map_err(map_err(map::RULES))).collect()
+        let mut rules = self.array_values::<Rule>(map::RULES)?;
+        let at = (generation * MAX_RULES) as usize;
+        if rules.len() < at + MAX_RULES as usize {
+            return Err(Error::Corrupt { name: map::RULES, what: format!("{} entries", rules.len()) });
+        }
+        Ok(rules.drain(at..at + MAX_RULES as usize).collect())
     }
 
     /// The id of each row slot of the current table (`None`: unused).
@@ -444,12 +486,16 @@ impl Maps {
         Policy::from_settings(&s, table).ok_or_else(corrupt)
     }
 
+    /// Whether the policy counts would-be drops and passes them (dry run): the
+    /// settings alone, without reading the rule table.
+    pub fn dry_run(&self) -> Result<bool, Error> {
+        Ok(self.settings()?.flags & edge_filter_common::flags::DRY_RUN != 0)
+    }
+
     /// The NICs with a role, by ifindex.
     pub fn ifaces(&self) -> Result<Vec<IfaceEntry>, Error> {
-        let ifaces: Array<&MapData, Iface> = Array::try_from(self.map(map::IFACES)?).map_err(map_err(map::IFACES))?;
         let mut out = Vec::new();
-        for (ifindex, entry) in ifaces.iter().enumerate() {
-            let iface = entry.map_err(map_err(map::IFACES))?;
+        for (ifindex, iface) in self.array_values::<Iface>(map::IFACES)?.into_iter().enumerate() {
             if iface.role == 0 {
                 continue;
             }
@@ -521,17 +567,15 @@ impl Maps {
                 return Err(Error::Corrupt { name: map::SET_NAMES, what: format!("peer set `{name}` at index {i}") });
             }
         }
-        let v4: HashMap<&MapData, SetKey4, SetBits> =
-            HashMap::try_from(self.map(map::EDGE4)?).map_err(map_err(map::EDGE4))?;
-        for entry in v4.iter() {
-            let (key, bits) = entry.map_err(map_err(map::EDGE4))?;
-            insert_read(&mut sets, map::EDGE4, std::net::Ipv4Addr::from(key.addr).into(), key.len, bits.own)?;
+        let mut v4 = Vec::new();
+        self.each::<SetKey4, SetBits>(map::EDGE4, |k, b| v4.push((std::net::Ipv4Addr::from(k.addr).into(), k.len, b.own)))?;
+        for (addr, len, own) in v4 {
+            insert_read(&mut sets, map::EDGE4, addr, len, own)?;
         }
-        let v6: HashMap<&MapData, SetKey6, SetBits> =
-            HashMap::try_from(self.map(map::EDGE6)?).map_err(map_err(map::EDGE6))?;
-        for entry in v6.iter() {
-            let (key, bits) = entry.map_err(map_err(map::EDGE6))?;
-            insert_read(&mut sets, map::EDGE6, std::net::Ipv6Addr::from(key.addr).into(), key.len, bits.own)?;
+        let mut v6 = Vec::new();
+        self.each::<SetKey6, SetBits>(map::EDGE6, |k, b| v6.push((std::net::Ipv6Addr::from(k.addr).into(), k.len, b.own)))?;
+        for (addr, len, own) in v6 {
+            insert_read(&mut sets, map::EDGE6, addr, len, own)?;
         }
         Ok(sets)
     }
@@ -641,27 +685,20 @@ impl Maps {
 
     /// Packet and byte counters per NIC slot and verdict, and hits per rule.
     pub fn counters(&self) -> Result<Counters, Error> {
-        let counters: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.map(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
-        let mut by_index = Vec::with_capacity(COUNTER_ENTRIES as usize);
-        for i in 0..COUNTER_ENTRIES {
-            by_index.push(sum(&counters.get(&i, 0).map_err(map_err(map::COUNTERS))?));
+        let add = |acc: Counter, c: &Counter| Counter { packets: acc.packets + c.packets, bytes: acc.bytes + c.bytes };
+        let by_index = self.per_cpu_sums(map::COUNTERS, add)?;
+        let rules = self.per_cpu_sums(map::RULE_HITS, add)?;
+        if by_index.len() != COUNTER_ENTRIES as usize || rules.len() != MAX_RULES as usize {
+            return Err(Error::Corrupt { name: map::COUNTERS, what: format!("{} counters, {} rule counters", by_index.len(), rules.len()) });
         }
-        let hits: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.map(map::RULE_HITS)?).map_err(map_err(map::RULE_HITS))?;
-        let rules = (0..MAX_RULES)
-            .map(|i| Ok(sum(&hits.get(&i, 0).map_err(map_err(map::RULE_HITS))?)))
-            .collect::<Result<Vec<_>, Error>>()?;
         Ok(Counters::new(by_index, rules, self.rule_names()?))
     }
 
     /// Occurrences of each `event`, summed over CPUs.
     pub fn events(&self) -> Result<Vec<u64>, Error> {
-        let events: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(map::EVENTS)?).map_err(map_err(map::EVENTS))?;
-        (0..edge_filter_common::event::COUNT)
-            .map(|i| Ok(events.get(&i, 0).map_err(map_err(map::EVENTS))?.iter().sum()))
-            .collect()
+        let mut events = self.per_cpu_sums(map::EVENTS, |acc: u64, n: &u64| acc + n)?;
+        events.resize(edge_filter_common::event::COUNT as usize, 0);
+        Ok(events)
     }
 
     fn table_size(&self, name: &'static str) -> Result<u32, Error> {
@@ -693,12 +730,10 @@ impl Maps {
     }
 
     fn table(&self, name: &'static str) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
-        let flows: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         let mut out = BTreeMap::new();
-        for entry in flows.iter() {
-            let (k, v) = entry.map_err(map_err(name))?;
-            out.insert(FlowKeyOrd(k), v);
-        }
+        self.each::<FlowKey, Flow>(name, |k, v| {
+            out.insert(FlowKeyOrd(*k), *v);
+        })?;
         Ok(out)
     }
 
@@ -734,86 +769,18 @@ impl Maps {
         self.table(map::UDP_FLOWS)
     }
 
-    /// What happened in the state tables now ([`Maps::flow_events_at`]).
+    /// What happened in the state tables now, from a census taken by this call
+    /// ([`Census::take`]: a pass over the tables).
     pub fn flow_events(&self) -> Result<FlowEvents, Error> {
-        self.flow_events_at(crate::report::monotonic_ns())
-    }
-
-    /// What happened in the state tables, with live entries judged at `now_ns`
-    /// (`CLOCK_MONOTONIC`) by the kernel's timeouts and LRU evictions derived from the
-    /// rest. An entry past its timeout is not live, but it is not evicted either: the
-    /// kernel removes it (and counts it expired) when a packet of it comes, the daemon
-    /// when it recounts.
-    pub fn flow_events_at(&self, now_ns: u64) -> Result<FlowEvents, Error> {
-        use edge_filter_common::{event as e, flow_state as st};
-        let ev = self.events()?;
-        let at = |i: u32| ev[i as usize];
-        let settings = self.settings()?;
-        let flows = self.census(map::FLOWS, false, &settings, now_ns)?;
-        let embryos = self.census(map::EMBRYOS, false, &settings, now_ns)?;
-        let embryos_out = self.census(map::EMBRYOS_OUT, false, &settings, now_ns)?;
-        let udp = self.census(map::UDP_FLOWS, true, &settings, now_ns)?;
-        let table = |created: u64, expired: u64, closed: u64, failed, (present, live): (u64, u64)| TableEvents {
-            created,
-            expired,
-            closed,
-            insert_failed: failed,
-            // Every entry that left by our hand is counted; the rest the LRU evicted.
-            evicted: created.saturating_sub(expired + closed + present),
-            live,
-            stale: present - live,
-        };
-        let sum = |c: &Census| (c.present, c.live.iter().sum());
-        Ok(FlowEvents {
-            flows: table(at(e::FLOW_CREATED), at(e::FLOW_EXPIRED), at(e::FLOW_CLOSED), at(e::FLOW_INSERT_FAILED), sum(&flows)),
-            embryos: table(at(e::EMBRYO_CREATED), at(e::EMBRYO_EXPIRED), at(e::EMBRYO_CLOSED), at(e::EMBRYO_INSERT_FAILED), sum(&embryos)),
-            embryos_out: table(
-                at(e::EMBRYO_OUT_CREATED),
-                at(e::EMBRYO_OUT_EXPIRED),
-                at(e::EMBRYO_OUT_CLOSED),
-                at(e::EMBRYO_OUT_INSERT_FAILED),
-                sum(&embryos_out),
-            ),
-            udp: table(at(e::UDP_CREATED), at(e::UDP_EXPIRED), 0, at(e::UDP_INSERT_FAILED), sum(&udp)),
-            source_limited: at(e::SOURCE_LIMITED),
-            live: LiveFlows {
-                established: flows.live[usize::from(st::ESTABLISHED)],
-                closing: flows.live[usize::from(st::CLOSING)] + flows.live[usize::from(st::RESET)],
-                handshakes: embryos.live.iter().sum::<u64>() + embryos_out.live.iter().sum::<u64>(),
-                udp: udp.live.iter().sum(),
-            },
-        })
-    }
-
-    /// Entries of one state table, and the live ones by state, without copying the
-    /// table.
-    fn census(&self, name: &'static str, udp: bool, settings: &Settings, now_ns: u64) -> Result<Census, Error> {
-        let table: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
-        let mut c = Census::default();
-        for entry in table.iter() {
-            let (_, f) = match entry {
-                Ok(kv) => kv,
-                // The entry left between listing its key and reading it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(name)(e)),
-            };
-            c.present += 1;
-            if flow_is_live(&f, settings, udp, now_ns) {
-                c.live[usize::from(f.state & 7)] += 1;
-            }
-        }
-        Ok(c)
+        Ok(Census::take(self, None)?.flow_events(&self.events()?))
     }
 
     /// Established flows per source prefix, as the kernel counts them.
     pub fn sources(&self) -> Result<BTreeMap<([u8; 16], u8), u64>, Error> {
-        let name = map::SOURCES;
-        let table: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         let mut out = BTreeMap::new();
-        for entry in table.iter() {
-            let (k, n) = entry.map_err(map_err(name))?;
-            out.insert((k.addr, k.family), n);
-        }
+        self.each::<SourceKey, u64>(map::SOURCES, |k, n| {
+            out.insert((k.addr, k.family), *n);
+        })?;
         Ok(out)
     }
 
@@ -846,9 +813,10 @@ impl Maps {
             }
         }
         let name = map::SOURCES;
+        let mut keys = Vec::new();
+        self.each::<SourceKey, u64>(name, |k, _| keys.push(*k))?;
         let mut table: HashMap<&mut MapData, SourceKey, u64> =
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        let keys: Vec<SourceKey> = table.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
         for k in keys.iter().filter(|k| !counts.contains_key(k)) {
             match table.remove(k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -877,9 +845,10 @@ impl Maps {
     /// Empty the state tables.
     pub fn clear_state(&mut self) -> Result<(), Error> {
         for name in [map::FLOWS, map::EMBRYOS, map::EMBRYOS_OUT, map::UDP_FLOWS] {
+            let mut keys = Vec::new();
+            self.each::<FlowKey, Flow>(name, |k, _| keys.push(*k))?;
             let mut table: HashMap<&mut MapData, FlowKey, Flow> =
                 HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            let keys: Vec<FlowKey> = table.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
             for k in keys {
                 match table.remove(&k) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -898,65 +867,6 @@ pub fn xdp_md(frame_len: usize, ifindex: u32) -> [u8; 24] {
     ctx[4..8].copy_from_slice(&(frame_len as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
-}
-
-/// What happened in one state table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TableEvents {
-    pub created: u64,
-    pub expired: u64,
-    /// Removed by an RST or a new SYN; for embryos, also promoted to the flow table.
-    pub closed: u64,
-    pub evicted: u64,
-    pub insert_failed: u64,
-    /// Entries within their idle timeout.
-    pub live: u64,
-    /// Entries past their idle timeout that nothing has removed yet: not live.
-    pub stale: u64,
-}
-
-/// Live entries of the state tables by what they are, judged by the kernel's
-/// timeouts ([`flow_is_live`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LiveFlows {
-    /// Flow table, `established`.
-    pub established: u64,
-    /// Flow table, `closing` or `reset`.
-    pub closing: u64,
-    /// Embryonic table: `syn_sent`, `syn_recv`.
-    pub handshakes: u64,
-    /// UDP flow table.
-    pub udp: u64,
-}
-
-/// One pass over a state table: entries present, live ones by state.
-#[derive(Default)]
-struct Census {
-    present: u64,
-    live: [u64; 8],
-}
-
-/// Whether `flow` is within its idle timeout at `now_ns` (`CLOCK_MONOTONIC`), as the
-/// kernel program judges it (`state.rs`, `expired`): the UDP timeout in the UDP table;
-/// else the SYN timeout for `syn_sent`/`syn_recv`, the established timeout for
-/// `established`, the closing timeout for the rest (`closing`, `reset`).
-pub fn flow_is_live(flow: &Flow, settings: &Settings, udp: bool, now_ns: u64) -> bool {
-    now_ns.saturating_sub(flow.last_seen_ns) <= settings.idle_timeout_ns(flow.state, udp)
-}
-
-/// What happened in the flow table, the embryonic table and the UDP table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct FlowEvents {
-    pub flows: TableEvents,
-    /// Handshakes opened from outside.
-    pub embryos: TableEvents,
-    /// Handshakes the trusted side opened.
-    pub embryos_out: TableEvents,
-    pub udp: TableEvents,
-    /// Completed handshakes not recorded: their source held its share of the table.
-    pub source_limited: u64,
-    /// The live entries by what they are.
-    pub live: LiveFlows,
 }
 
 /// The source prefix of a flow, as the kernel program forms it (`state.rs`): the
