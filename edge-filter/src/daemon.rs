@@ -27,8 +27,9 @@
 //! - A thread of its own, with its own handle on the pinned maps, takes a census every
 //!   `state.census-interval` and publishes it (to `/metrics` and to `status`); every
 //!   [`RECOUNT`] it also removes the flows that expired unseen and recounts the
-//!   per-source flow counts (`Maps::recount_sources`). Nothing that walks a table
-//!   runs on the thread that handles signals.
+//!   per-source flow counts (`Maps::recount_sources`). A reload that is applied
+//!   counts at once. Nothing that walks a table runs on the thread that handles
+//!   signals.
 
 use std::{
     path::{Path, PathBuf},

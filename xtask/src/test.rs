@@ -110,6 +110,13 @@ pub fn run() -> anyhow::Result<()> {
 /// and the verdicts and writes under `target/bench-quick/`.
 pub fn bench(quick: bool, rounds: Option<usize>) -> anyhow::Result<()> {
     println!("== benchmark{}", if quick { " (quick)" } else { "" });
+    // The scrape figure runs the daemon, found beside the benchmark's binary.
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "--package", "edge-filter", "--bin", "edge-filter"]);
+    if !quick {
+        build.arg("--release");
+    }
+    setup::status(&mut build)?;
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["run", "--quiet", "--package", "edge-filter-tests", "--bin", "bench"]);
     if !quick {

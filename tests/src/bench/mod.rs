@@ -7,6 +7,7 @@
 //!   and how that cost grows with the address sets and the flow table.
 //! - [`throughput`]: packets per second through a veth pair, from an in-kernel
 //!   generator in one namespace to the receiver under test in another.
+//! - [`scrape`]: what a `/metrics` scrape costs the daemon as the flow table grows.
 //! - [`rivals`]: xdp-filter and nftables, set up as close to the policy as each can be.
 //! - [`report`]: the terminal table, the JSON record, `docs/benchmark.md` and its SVG
 //!   charts.
@@ -28,6 +29,7 @@
 pub mod cost;
 pub mod report;
 pub mod rivals;
+pub mod scrape;
 pub mod throughput;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +45,8 @@ pub struct Plan {
     /// Growth sizes: address sets, flow table.
     pub set_sizes: &'static [usize],
     pub flow_sizes: &'static [usize],
+    /// Flow-table sizes of the scrape figure.
+    pub scrape_sizes: &'static [usize],
 }
 
 impl Plan {
@@ -53,6 +57,7 @@ impl Plan {
         frames: 2_000_000,
         set_sizes: &[1, 1_000, 65_536],
         flow_sizes: &[1, 100_000, 1_000_000],
+        scrape_sizes: &[0, 100_000, 1_000_000],
     };
     /// One short round: the harness and the verdicts, not the times.
     pub const QUICK: Plan = Plan {
@@ -61,6 +66,7 @@ impl Plan {
         frames: 20_000,
         set_sizes: &[1, 1_000],
         flow_sizes: &[1, 10_000],
+        scrape_sizes: &[0, 10_000],
     };
 }
 

@@ -120,7 +120,7 @@ fn r0_rx_packets() -> anyhow::Result<u64> {
 }
 
 /// The flow the generator's `n`th frame belongs to (see `edge-filter-ebpf/src/gen.rs`).
-fn generated_flow(n: u32, now_ns: u64) -> (FlowKey, Flow) {
+pub(super) fn generated_flow(n: u32, now_ns: u64) -> (FlowKey, Flow) {
     let src = Ipv4Addr::new(198, 51, 100, 128 + (n % 128) as u8);
     established_r1(src, 1024 + ((n / 128) % 64512) as u16, now_ns)
 }

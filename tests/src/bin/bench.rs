@@ -42,6 +42,8 @@ enum Part {
     Growth,
     /// veth throughput.
     Veth,
+    /// What a /metrics scrape costs the daemon as the flow table grows.
+    Scrape,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     }
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let mut results =
-        Results { machine: Machine::read(), plan, quick: args.quick, costs: Vec::new(), growth: Vec::new(), rates: Vec::new() };
+        Results { machine: Machine::read(), plan, quick: args.quick, costs: Vec::new(), growth: Vec::new(), rates: Vec::new(), scrapes: Vec::new() };
     // Each part's figures are printed as soon as they are taken, so a later failure
     // loses nothing that was measured.
     if wants(Part::Cost) {
@@ -81,6 +83,10 @@ fn main() -> anyhow::Result<()> {
     if wants(Part::Veth) {
         eprintln!("bench: veth throughput ({} frames per figure)", plan.frames);
         results.rates = bench::throughput::rates(&plan).context("veth throughput")?;
+    }
+    if wants(Part::Scrape) {
+        eprintln!("bench: /metrics scrape at {:?} flows", plan.scrape_sizes);
+        results.scrapes = bench::scrape::scrape_cost(&plan).context("scrape cost")?;
     }
     print!("{}", results.table());
     let json = results.write(&args.results, &args.docs)?;
