@@ -898,8 +898,12 @@ mod tests {
 
     #[test]
     fn role_bits_are_distinct() {
-        assert_eq!(role::bit(role::OUTSIDE) & role::bit(role::EDGE), 0);
-        assert_eq!(role::bit(role::HOST) & role::bit(role::EDGE), 0);
-        assert_eq!(role::bit(role::HOST) & role::bit(role::OUTSIDE), 0);
+        let roles = [role::OUTSIDE, role::EDGE, role::HOST];
+        for (i, a) in roles.iter().enumerate() {
+            assert_ne!(role::bit(*a), 0, "role {a} has a bit");
+            for b in &roles[i + 1..] {
+                assert_eq!(role::bit(*a) & role::bit(*b), 0, "roles {a} and {b}");
+            }
+        }
     }
 }

@@ -16,6 +16,8 @@ fn every_recorded_disagreement_now_agrees() {
     let mut paths: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     paths.retain(|p| p.extension().is_some_and(|e| e == "case"));
     paths.sort();
+    // A missing or emptied directory must not pass as "every fixture agrees".
+    assert!(!paths.is_empty(), "no fixtures (*.case) in {}", dir.display());
     let mut failures = Vec::new();
     for path in &paths {
         let f = fuzz::read_fixture(path).unwrap_or_else(|e| panic!("{e:#}"));

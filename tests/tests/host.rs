@@ -77,12 +77,8 @@ fn host_mode(env: &[(&str, &str)]) {
     assert!(out.len() >= 2 && out.iter().all(|f| f["opener"].as_str().unwrap().contains("203")), "{flows:#}");
 
     // The egress program outlives the daemon and is adopted by the next run.
-    let egress_attached = || {
-        let out = std::process::Command::new("tc").args(["-n", &t.fw.name, "filter", "show", "dev", "ext0", "egress"]).output();
-        let tc = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        let status: Value = serde_json::from_slice(&ok(t.cli(&["status", "--json"])).stdout).unwrap_or(Value::Null);
-        tc.contains("edge_filter_eg") || status["egress"].as_array().is_some_and(|e| e.iter().any(|i| i == "ext0"))
-    };
+    let egress_attached = || ok(egress_programs(&t.fw, "ext0")).iter().any(|p| p == "edge_filter_eg");
+    assert!(egress_attached(), "the kernel lists the egress program on ext0: {:?}", egress_programs(&t.fw, "ext0"));
     assert!(d.stop().unwrap().success());
     assert!(egress_attached(), "the egress program stays when the daemon stops");
     assert_eq!(ok(connect_from(&t.edge, sa(ACCESS4, 0), sa(PARTNER4, 5269), T)), Outcome::Connected, "R2 with no daemon");
@@ -90,10 +86,25 @@ fn host_mode(env: &[(&str, &str)]) {
     assert!(d.log_text().contains("egress flows recorded by TC") && d.log_text().contains("program replaced"), "{}", d.log_text());
     assert_eq!(ok(connect_from(&t.edge, sa(ACCESS6, 0), sa(PARTNER6, 5269), T)), Outcome::Connected, "R2 after the restart");
     drop(d);
+    assert!(egress_attached(), "the egress program was replaced, not removed");
     let out = ok(t.cli(&["detach"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let tc = std::process::Command::new("tc").args(["-n", &t.fw.name, "filter", "show", "dev", "ext0", "egress"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&tc.stdout).contains("edge_filter_eg"), "detach removed the egress program");
+    assert!(!egress_attached(), "detach removed the egress program: {:?}", egress_programs(&t.fw, "ext0"));
+}
+
+/// The programs the kernel runs at `iface`'s egress in `ns`, by name, however they
+/// are attached: TCX links (asked of the kernel, BPF_PROG_QUERY) and clsact filters
+/// (`tc filter show`, which does not list TCX links).
+fn egress_programs(ns: &Netns, iface: &'static str) -> anyhow::Result<Vec<String>> {
+    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    let tcx = ns.enter(move || -> anyhow::Result<Vec<String>> {
+        let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress)?;
+        Ok(programs.iter().map(|p| p.name_as_str().unwrap_or("?").to_owned()).collect())
+    })??;
+    let tc = std::process::Command::new("tc").args(["-n", &ns.name, "filter", "show", "dev", iface, "egress"]).output()?;
+    anyhow::ensure!(tc.status.success(), "tc filter show: {}", String::from_utf8_lossy(&tc.stderr));
+    let clsact = String::from_utf8_lossy(&tc.stdout).contains("edge_filter_eg").then(|| "edge_filter_eg".to_owned());
+    Ok(tcx.into_iter().chain(clsact).collect())
 }
 
 #[test]

@@ -355,6 +355,13 @@ impl Maps {
         self.maps.get_mut(name).ok_or(Error::MissingMap { name })
     }
 
+    /// The descriptor of map `name`, for tools that read it by themselves (the
+    /// benchmark's instruction counter reads through to the kernel's maps).
+    pub fn raw_fd(&self, name: &str) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        batch::data(self.maps.get(name)?).map(|m| m.fd().as_fd())
+    }
+
     fn map_data(&self, name: &'static str) -> Result<&MapData, Error> {
         batch::data(self.map(name)?).ok_or_else(|| Error::Corrupt { name, what: "not an array or a hash map".into() })
     }
