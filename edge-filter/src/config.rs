@@ -18,11 +18,12 @@
 //!   the host (`pins::preflight`); `check --offline` checks the file alone, as on
 //!   another machine.
 
-use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroU16, path::Path, str::FromStr};
+use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroU16, path::Path};
 
 use toml::{Table, Value};
 
 use crate::{
+    names::named_enum,
     addr::{AddressSets, Prefix, SetId},
     policy::{Fate, Policy, Role},
     rules::{PortRange, RowSpec, RuleTable, TableSpec},
@@ -43,32 +44,16 @@ pub enum ConfigError {
     Policy { file: String, message: String },
 }
 
-/// How the XDP program is attached to a NIC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Native (driver) mode when the driver has it, else generic (skb) mode.
-    Auto,
-    /// Native mode only.
-    Native,
-    /// Generic mode.
-    Skb,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::Native => "native",
-            Mode::Skb => "skb",
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        [Mode::Auto, Mode::Native, Mode::Skb].into_iter().find(|m| m.name() == s).ok_or(())
+named_enum! {
+    /// How the XDP program is attached to a NIC.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Mode ("mode") {
+        /// Native (driver) mode when the driver has it, else generic (skb) mode.
+        Auto = "auto",
+        /// Native mode only.
+        Native = "native",
+        /// Generic mode.
+        Skb = "skb",
     }
 }
 
@@ -185,11 +170,11 @@ impl Config {
             // Past its name, an interface is named by it: `interface "eth0" role`.
             let key = |k: &str| format!("interface {} {k}", quote(&name));
             let role = match cx.string(iface.get("role"), &key("role"))? {
-                Some(r) => r.parse::<Role>().map_err(|_| cx.value(&key("role"), &quote(r), "outside, edge or host"))?,
+                Some(r) => r.parse::<Role>().map_err(|_| cx.value(&key("role"), &quote(r), &Role::expected()))?,
                 None => return Err(cx.value(&key("role"), "(missing)", "outside, edge or host")),
             };
             let mode = match cx.string(iface.get("mode"), &key("mode"))? {
-                Some(m) => m.parse::<Mode>().map_err(|()| cx.value(&key("mode"), &quote(m), "auto, native or skb"))?,
+                Some(m) => m.parse::<Mode>().map_err(|_| cx.value(&key("mode"), &quote(m), &Mode::expected()))?,
                 None => Mode::Auto,
             };
             if seen.insert(name.clone(), ()).is_some() {
@@ -257,7 +242,7 @@ impl Config {
             let id = need("id", "every row needs an id")?.to_owned();
             let key = |k: &str| format!("rule `{id}` {k}");
             let proto = need("proto", "tcp or udp")?;
-            let proto = proto.parse().map_err(|_| cx.value(&key("proto"), &quote(proto), "tcp or udp"))?;
+            let proto = proto.parse().map_err(|_| cx.value(&key("proto"), &quote(proto), &crate::rules::Proto::expected()))?;
             let ports: PortRange = match row.get("port") {
                 Some(Value::Integer(n)) => u16::try_from(*n)
                     .ok()
@@ -475,12 +460,7 @@ impl Cx<'_> {
     }
 
     fn fate(&self, v: Option<&Value>, key: &str) -> Result<Option<Fate>, ConfigError> {
-        match self.string(v, key)? {
-            None => Ok(None),
-            Some("pass") => Ok(Some(Fate::Pass)),
-            Some("drop") => Ok(Some(Fate::Drop)),
-            Some(other) => Err(self.value(key, &quote(other), "pass or drop")),
-        }
+        self.string(v, key)?.map(|s| s.parse().map_err(|_| self.value(key, &quote(s), &Fate::expected()))).transpose()
     }
 }
 

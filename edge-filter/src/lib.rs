@@ -9,6 +9,7 @@
 //! - [`census`]: the count of live flows the daemon keeps, so views cost O(1);
 //! - [`counters`]: counter snapshots with the names the CLI and metrics use;
 //! - [`config`]: the TOML configuration, validated;
+//! - [`names`]: the enums with names (roles, fates, modes, ...), declared once;
 //! - [`pins`]: the pin directory that keeps the filter attached without a process;
 //! - [`statedir`]: runtime address changes kept across reboots;
 //! - [`report`]: the snapshot `stats`, `status` and `/metrics` show;
@@ -26,6 +27,7 @@ pub mod counters;
 pub mod daemon;
 pub mod loader;
 pub mod model;
+pub mod names;
 pub mod pins;
 pub mod policy;
 pub mod report;

@@ -5,34 +5,26 @@
 //! defaults are the vendor's XMPP federation table on ports 5269 and 23456,
 //! unpoliced traffic passes, policed fragments are dropped, enforcing.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::time::Duration;
 
 use edge_filter_common::{Settings, flags, role};
 
-use crate::{addr::AddressSets, rules::RuleTable};
+use crate::{addr::AddressSets, names::named_enum, rules::RuleTable};
 
-/// What a NIC faces; decides which rules may open flows from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Partners or the corporate network. Untrusted: edge sources are spoofed here.
-    Outside,
-    /// The Edge server's interfaces.
-    Edge,
-    /// Edge addresses are local to this machine.
-    Host,
+named_enum! {
+    /// What a NIC faces; decides which rules may open flows from it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Role ("role") {
+        /// Partners or the corporate network. Untrusted: edge sources are spoofed here.
+        Outside = "outside",
+        /// The Edge server's interfaces.
+        Edge = "edge",
+        /// Edge addresses are local to this machine.
+        Host = "host",
+    }
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Outside, Role::Edge, Role::Host];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Outside => "outside",
-            Role::Edge => "edge",
-            Role::Host => "host",
-        }
-    }
-
     /// The value the kernel stores.
     pub fn to_kernel(self) -> u32 {
         match self {
@@ -43,48 +35,17 @@ impl Role {
     }
 
     pub fn from_kernel(value: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.to_kernel() == value)
+        Self::ALL.iter().copied().find(|r| r.to_kernel() == value)
     }
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An unknown role name.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown role `{input}` (expected outside, edge or host)")]
-pub struct UnknownRole {
-    pub input: String,
-}
-
-impl FromStr for Role {
-    type Err = UnknownRole;
-
-    fn from_str(input: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.name() == input)
-            .ok_or_else(|| UnknownRole { input: input.to_owned() })
-    }
-}
-
-/// What happens to a class of packets the rules do not decide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Fate {
-    #[default]
-    Pass,
-    Drop,
-}
-
-impl Fate {
-    pub fn name(self) -> &'static str {
-        match self {
-            Fate::Pass => "pass",
-            Fate::Drop => "drop",
-        }
+named_enum! {
+    /// What happens to a class of packets the rules do not decide.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub enum Fate ("fate") {
+        #[default]
+        Pass = "pass",
+        Drop = "drop",
     }
 }
 
@@ -266,7 +227,7 @@ mod tests {
 
     #[test]
     fn roles_parse_and_name() {
-        for r in Role::ALL {
+        for &r in Role::ALL {
             assert_eq!(r.name().parse::<Role>(), Ok(r));
             assert_eq!(Role::from_kernel(r.to_kernel()), Some(r));
         }

@@ -22,7 +22,10 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use edge_filter_common::{MAX_RULES, NAME_LEN, Rule, Ruleset, SetRows, set};
 
-use crate::addr::{AddressSets, SetId};
+use crate::{
+    addr::{AddressSets, SetId},
+    names::named_enum,
+};
 
 /// Why a rule table was refused; each names the bad value.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,8 +46,6 @@ pub enum RuleError {
     BadPort(String),
     #[error("`{0}`: a range's first port must not be above its last")]
     Reversed(String),
-    #[error("`{0}`: tcp or udp")]
-    BadProto(String),
     #[error("`{0}`: a row id of 1 to 32 letters, digits, `-` and `_`")]
     BadId(String),
     #[error("{have} rows: the table holds at most {max}")]
@@ -53,20 +54,16 @@ pub enum RuleError {
     MediaRange { start: u16, count: u16 },
 }
 
-/// A row's transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
+named_enum! {
+    /// A row's transport.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Proto ("proto") {
+        Tcp = "tcp",
+        Udp = "udp",
+    }
 }
 
 impl Proto {
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
 
     /// The IP protocol number.
     pub fn number(self) -> u8 {
@@ -77,15 +74,7 @@ impl Proto {
     }
 
     pub fn from_number(n: u8) -> Option<Self> {
-        [Proto::Tcp, Proto::Udp].into_iter().find(|p| p.number() == n)
-    }
-}
-
-impl FromStr for Proto {
-    type Err = RuleError;
-
-    fn from_str(s: &str) -> Result<Self, RuleError> {
-        [Proto::Tcp, Proto::Udp].into_iter().find(|p| p.name() == s).ok_or_else(|| RuleError::BadProto(s.to_owned()))
+        Self::ALL.iter().copied().find(|p| p.number() == n)
     }
 }
 
@@ -711,7 +700,7 @@ mod tests {
         ] {
             assert!(input.parse::<PortRange>().unwrap_err().to_string().starts_with(want), "{input}");
         }
-        assert_eq!("sctp".parse::<Proto>().unwrap_err().to_string(), "`sctp`: tcp or udp");
+        assert_eq!("sctp".parse::<Proto>().unwrap_err().to_string(), "unknown proto `sctp` (expected tcp or udp)");
     }
 
     #[test]

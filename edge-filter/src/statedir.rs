@@ -36,7 +36,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{AddrError, AddressSets, Prefix, SetId};
+use crate::{
+    addr::{AddrError, AddressSets, Prefix, SetId},
+    names::named_enum,
+};
 
 const FILE: &str = "addresses.toml";
 
@@ -59,24 +62,16 @@ pub enum StateError {
     },
 }
 
-/// Where an entry of the effective sets comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// Listed by the config.
-    Config,
-    /// Added at runtime; the config does not list it.
-    Runtime,
-    /// Listed by the config, removed at runtime: not enforced.
-    Removed,
-}
-
-impl Source {
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::Config => "config",
-            Source::Runtime => "runtime",
-            Source::Removed => "removed",
-        }
+named_enum! {
+    /// Where an entry of the effective sets comes from.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Source ("source") {
+        /// Listed by the config.
+        Config = "config",
+        /// Added at runtime; the config does not list it.
+        Runtime = "runtime",
+        /// Listed by the config, removed at runtime: not enforced.
+        Removed = "removed",
     }
 }
 
