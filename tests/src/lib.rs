@@ -7,6 +7,7 @@
 //! It fails with the reason when it cannot run; it never skips.
 
 pub mod bench;
+pub mod emulate;
 pub mod fuzz;
 pub mod generator;
 pub mod packet;

@@ -4,7 +4,9 @@
 //! sets, one NIC per role); paths that need a flow get its handshake first. The same
 //! frame, with the same `xdp_md`, goes through the floor programs and xdp-filter in
 //! the same round. The kernel reports the mean time of one run of the program over
-//! the repetitions; that is the figure.
+//! the repetitions; that is the figure. Once per run, each path's frame also goes
+//! through the emulator ([`crate::emulate`]) on the same maps, which counts the
+//! instructions and the calls out of the program; its XDP action must be the kernel's.
 //!
 //! Growth: the address sets filled to 1, 1k and 64k entries (exact addresses, and
 //! prefixes), the flow table to 1, 100k and 1M flows. Each figure cycles through
@@ -21,6 +23,7 @@ use edge_filter_common::{Flow, FlowKey, TcpDir, family, flow_state, role, verdic
 use super::{Figure, Plan, rivals, rotated};
 use crate::{
     Harness, Nic, XDP_DROP, XDP_PASS,
+    emulate::Emulator,
     packet::{TPID_8021Q, arp, flags::*, tcp},
     plan::*,
 };
@@ -144,6 +147,15 @@ pub struct PathCost {
     /// xdp-filter's actions on this path (they differ from edge-filter's: it cannot
     /// express the policy).
     pub rival_actions: Vec<(Contender, u32)>,
+    /// edge-filter's bytecode on this path, counted once by the emulator
+    /// ([`crate::emulate`]): instructions executed (0: not counted, an old record).
+    pub insns: u64,
+    /// Helper calls that stay calls at run time (all but array lookups).
+    pub helper_calls: u64,
+    /// BPF-to-BPF calls (`memcpy`, `memset` included).
+    pub subprog_calls: u64,
+    /// Array lookups, which the verifier inlines.
+    pub inlined_lookups: u64,
 }
 
 /// The floor programs, loaded.
@@ -234,8 +246,13 @@ pub fn paths_cost(plan: &Plan) -> anyhow::Result<Vec<PathCost>> {
             drop: verdict::is_drop(p.verdict),
             figures: Contender::ALL.iter().map(|c| (*c, Figure::default())).collect(),
             rival_actions: Vec::new(),
+            insns: 0,
+            helper_calls: 0,
+            subprog_calls: 0,
+            inlined_lookups: 0,
         })
         .collect();
+    count(&h, &paths, &mut out)?;
     for round in 0..plan.rounds {
         for (p, cost) in paths.iter().zip(&mut out) {
             let ifindex = h.nic(p.nic).0;
@@ -266,6 +283,33 @@ pub fn paths_cost(plan: &Plan) -> anyhow::Result<Vec<PathCost>> {
         }
     }
     Ok(out)
+}
+
+/// Count what edge-filter's bytecode does on each path, once per run: the emulator
+/// runs the frame against the harness's maps (the state the setup frames left), then
+/// the kernel runs it once, and the two XDP actions must agree (else the emulator is
+/// wrong, and the benchmark fails).
+fn count(h: &Harness, paths: &[Path], out: &mut [PathCost]) -> anyhow::Result<()> {
+    let program = h.filter.program_name();
+    let mut emulator = Emulator::new(edge_filter::loader::OBJECT, program, &h.filter).context("the instruction counter")?;
+    for (p, cost) in paths.iter().zip(out) {
+        let ifindex = h.nic(p.nic).0;
+        // Each path on the kernel's state alone, not on what earlier paths wrote.
+        emulator.reset();
+        let trace = emulator.run(&p.frame, ifindex).with_context(|| format!("{}: emulating {program}", p.name))?;
+        let (action, _) = run(h.filter.program()?, &p.frame, ifindex, 1)?;
+        ensure!(
+            trace.action == action,
+            "{}: the emulator returned XDP action {} where the kernel returned {action}: the emulator is wrong",
+            p.name,
+            trace.action
+        );
+        cost.insns = trace.insns;
+        cost.helper_calls = trace.helper_calls;
+        cost.subprog_calls = trace.subprog_calls;
+        cost.inlined_lookups = trace.inlined_lookups;
+    }
+    Ok(())
 }
 
 /// One growth dimension at one size.

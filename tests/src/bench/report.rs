@@ -146,7 +146,12 @@ impl Results {
         let m = &self.machine;
         let _ = writeln!(s, "edge-filter benchmark, {} UTC, kernel {}, {} ({} CPUs), {} round(s)", m.date, m.kernel, m.cpu, m.cpus, self.plan.rounds);
         let _ = writeln!(s, "\ncost per packet (ns, median of rounds [min..max]; x = ratio to the floor of the round)");
-        let _ = writeln!(s, "{:<24} {:>22} {:>14} {:>16} {:>16}", "path", "edge-filter", "floor", "xdp-filter tcp", "xdp-filter all");
+        let _ = writeln!(s, "(insns: edge-filter's instructions executed; calls: helper calls / BPF-to-BPF calls / inlined array lookups)");
+        let _ = writeln!(
+            s,
+            "{:<24} {:>22} {:>14} {:>16} {:>16} {:>6} {:>10}",
+            "path", "edge-filter", "floor", "xdp-filter tcp", "xdp-filter all", "insns", "calls"
+        );
         for c in &self.costs {
             let e = fig(c, Contender::EdgeFilter);
             let _ = write!(s, "{:<24} {:>7.1} [{:>5.0}..{:<5.0}] {:>4.2}x", c.path, e.value.median(), e.value.min(), e.value.max(), e.ratio.median());
@@ -154,6 +159,7 @@ impl Results {
                 let f = fig(c, *who);
                 let _ = write!(s, " {:>9.1} {:>5.2}x", f.value.median(), f.ratio.median());
             }
+            let _ = write!(s, " {:>6} {:>10}", insns(c), calls(c));
             s.push('\n');
         }
         let _ = writeln!(s, "\ngrowth (edge-filter ns per packet, {} keys per figure)", super::cost::KEYS);
@@ -201,6 +207,8 @@ impl Results {
                 "drop": c.drop,
                 "figures": c.figures.iter().map(|(who, f)| (who.name().to_owned(), f.json())).collect::<serde_json::Map<_, _>>(),
                 "rival_actions": c.rival_actions.iter().map(|(who, a)| (who.name().to_owned(), serde_json::json!(a))).collect::<serde_json::Map<_, _>>(),
+                "insns": c.insns,
+                "calls": { "helper": c.helper_calls, "subprog": c.subprog_calls, "inlined_lookups": c.inlined_lookups },
             })).collect::<Vec<_>>(),
             "growth_ns": self.growth.iter().map(|p| serde_json::json!({
                 "table": p.table, "size": p.size, "path": p.path, "figure": p.figure.json(),
@@ -254,7 +262,18 @@ impl Results {
                 .iter()
                 .filter_map(|who| c["rival_actions"][who.name()].as_u64().map(|a| (*who, a as u32)))
                 .collect();
-            costs.push(PathCost { path: text(&c["path"], "path")?, drop: c["drop"].as_bool().unwrap_or(false), figures, rival_actions });
+            // Records from before the instruction counter have no counts: 0.
+            let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+            costs.push(PathCost {
+                path: text(&c["path"], "path")?,
+                drop: c["drop"].as_bool().unwrap_or(false),
+                figures,
+                rival_actions,
+                insns: count(&c["insns"]),
+                helper_calls: count(&c["calls"]["helper"]),
+                subprog_calls: count(&c["calls"]["subprog"]),
+                inlined_lookups: count(&c["calls"]["inlined_lookups"]),
+            });
         }
         let mut growth = Vec::new();
         for g in v["growth_ns"].as_array().into_iter().flatten() {
@@ -406,8 +425,12 @@ impl Results {
              same `xdp_md`, go through the floor and through xdp-filter 1.3.1 (Debian's xdp-tools), loaded without \
              libxdp's dispatcher, default deny with TCP ports 5269 and 23456 allowed: the nearest it comes to the \
              policy, as it judges fields one by one and keeps no state.\n\n\
+             Instructions and calls are edge-filter's on each path, counted once per run by running the object's \
+             bytecode (before the verifier's rewrites) in an emulator on the same maps, whose XDP action must be the \
+             kernel's: the instructions executed, and the calls out of the program as helper calls (all but \
+             array lookups) / BPF-to-BPF calls / array lookups, which the verifier inlines. They do not drift.\n\n\
              ![cost per path](benchmark-cost.svg)\n\n\
-             | path | edge-filter ns | x floor | floor ns | xdp-filter tcp ns | xdp-filter all ns |\n|---|---|---|---|---|---|\n",
+             | path | edge-filter ns | x floor | floor ns | xdp-filter tcp ns | xdp-filter all ns | insns | calls (helper / BPF-to-BPF / inlined) |\n|---|---|---|---|---|---|---|---|\n",
             repeat = self.plan.repeat
         );
         let all = Contender::XdpFilter(super::rivals::XdpFilterFeatures::All);
@@ -416,13 +439,15 @@ impl Results {
             let e = fig(c, Contender::EdgeFilter);
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {} |",
                 c.path,
                 spread(&e.value, 1),
                 e.ratio.median(),
                 fig(c, Contender::Floor).value.median(),
                 fig(c, tcp).value.median(),
-                fig(c, all).value.median()
+                fig(c, all).value.median(),
+                insns(c),
+                calls(c).replace('/', " / ")
             );
         }
         let _ = write!(
@@ -495,6 +520,17 @@ impl Results {
         );
         s
     }
+}
+
+/// The instructions of a path, `-` when the record has none.
+fn insns(c: &PathCost) -> String {
+    if c.insns == 0 { "-".into() } else { c.insns.to_string() }
+}
+
+/// The calls out of the program on a path, `helper/subprog/inlined`; `-` when the
+/// record has no counts.
+fn calls(c: &PathCost) -> String {
+    if c.insns == 0 { "-".into() } else { format!("{}/{}/{}", c.helper_calls, c.subprog_calls, c.inlined_lookups) }
 }
 
 /// `median [min..max]`.
@@ -632,6 +668,10 @@ mod tests {
             drop: true,
             figures: Contender::ALL.iter().enumerate().map(|(i, c)| (*c, figure(&[100.0 + i as f64, 90.0], 30.0))).collect(),
             rival_actions: vec![(Contender::ALL[2], 1)],
+            insns: 321,
+            helper_calls: 7,
+            subprog_calls: 2,
+            inlined_lookups: 5,
         }];
         let growth = vec![
             GrowthPoint { table: "sets exact v4".into(), size: 1, path: "drop/no_rule".into(), figure: figure(&[100.0, 100.0], 30.0) },
@@ -660,6 +700,19 @@ mod tests {
         let back = Results::from_json(&r.json()).unwrap();
         assert_eq!(back.json(), r.json());
         assert_eq!(back.page("x.json"), r.page("x.json"));
+        let c = &back.costs[0];
+        assert_eq!((c.insns, c.helper_calls, c.subprog_calls, c.inlined_lookups), (321, 7, 2, 5));
+        assert_eq!(r.json()["cost_ns"][0]["calls"], serde_json::json!({ "helper": 7, "subprog": 2, "inlined_lookups": 5 }));
+        assert!(r.page("x.json").contains("| 321 | 7 / 2 / 5 |"));
+        assert!(r.table().lines().any(|l| l.starts_with("drop/no_rule v4") && l.ends_with("   321      7/2/5")));
+        // A record from before the counts reads back with none.
+        let mut old = r.json();
+        for key in ["insns", "calls"] {
+            old["cost_ns"][0].as_object_mut().unwrap().remove(key);
+        }
+        let c = &Results::from_json(&old).unwrap().costs[0];
+        assert_eq!((c.insns, c.helper_calls, c.subprog_calls, c.inlined_lookups), (0, 0, 0, 0));
+        assert!(Results::from_json(&old).unwrap().page("x.json").contains("| - | - |"));
     }
 
     #[test]
