@@ -490,11 +490,45 @@ pub struct Ruleset {
     pub from_outside: u64,
 }
 
+/// Entries a family's address sets may hold and still be scanned in place
+/// ([`PrefixLens::small4`]) rather than probed in the hash table.
+pub const SMALL_SET: usize = 8;
+/// [`PrefixLens::v4_small`] / `v6_small` of a family whose sets are too many to scan:
+/// probe the hash table at each length.
+pub const SMALL_NONE: u8 = 0xff;
+
+/// One IPv4 prefix of a small set table: an address `a` (host order) is in it when
+/// `a & mask == net`; `all` is its set mask ([`SetBits::all`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Small4 {
+    pub net: u32,
+    pub mask: u32,
+    pub all: u32,
+}
+
+/// One IPv6 prefix of a small set table: the address's two halves, each loaded as a
+/// native-endian `u64` from its network-order bytes, masked, equal `net`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Small6 {
+    pub net: [u64; 2],
+    pub mask: [u64; 2],
+    pub all: u32,
+    pub _pad: u32,
+}
+
 /// The one value of [`map::EDGE_LENS`]: for each family, the prefix lengths its set
 /// table holds, longest first; the first `*_count` entries count. `*_hint` is the
 /// length [`hint`] buckets are taken at: at most the shortest length held.
+///
+/// A family whose sets hold at most [`SMALL_SET`] prefixes has them here as well,
+/// longest first (`*_small` of them; [`SMALL_NONE`]: too many): the realistic Edge
+/// has a handful of addresses, and a scan of them is a few instructions where a hash
+/// probe is a call. The table is published whole with the lengths, so a packet sees
+/// the old list or the new one.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixLens {
     pub v4: [u8; MAX_PREFIX_LENS],
     pub v6: [u8; MAX_PREFIX_LENS],
@@ -502,6 +536,30 @@ pub struct PrefixLens {
     pub v6_count: u8,
     pub v4_hint: u8,
     pub v6_hint: u8,
+    pub v4_small: u8,
+    pub v6_small: u8,
+    pub _pad: [u8; 2],
+    pub small4: [Small4; SMALL_SET],
+    pub small6: [Small6; SMALL_SET],
+}
+
+impl Default for PrefixLens {
+    /// No lengths, no small tables: nothing is in any set until userspace writes.
+    fn default() -> Self {
+        Self {
+            v4: [0; MAX_PREFIX_LENS],
+            v6: [0; MAX_PREFIX_LENS],
+            v4_count: 0,
+            v6_count: 0,
+            v4_hint: 0,
+            v6_hint: 0,
+            v4_small: SMALL_NONE,
+            v6_small: SMALL_NONE,
+            _pad: [0; 2],
+            small4: [Small4::default(); SMALL_SET],
+            small6: [Small6::default(); SMALL_SET],
+        }
+    }
 }
 
 /// Prefix arithmetic both sides share, and the buckets of [`map::EDGE_HINTS`].
@@ -752,7 +810,8 @@ const _: () = {
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<SetKey4>() == 8);
     assert!(size_of::<SetKey6>() == 20);
-    assert!(size_of::<PrefixLens>() == 2 * MAX_PREFIX_LENS + 4);
+    assert!(size_of::<PrefixLens>() == 2 * MAX_PREFIX_LENS + 8 + SMALL_SET * (12 + 40));
+    assert!(size_of::<Small6>() == 40);
     assert!(verdict::DROP_BASE + 2 * verdict::DRY_RUN_OFFSET == verdict::SLOTS);
     assert!(MAX_IFACES * verdict::SLOTS <= 4096);
 };

@@ -38,9 +38,7 @@ mod sets;
 mod state;
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::xdp_action,
-    helpers::generated::bpf_xdp_get_buff_len,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -51,16 +49,13 @@ use crate::{maps::SETTINGS, parse::Frame};
 /// The filter for kernels with multi-buffer XDP.
 #[xdp(frags)]
 pub fn edge_filter(ctx: XdpContext) -> u32 {
-    // SAFETY: the helper reads the context it is given, which the kernel passed us.
-    let bytes = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr().cast()) };
-    filter(&ctx, bytes)
+    filter(&ctx, &Frame::multi_buffer(&ctx))
 }
 
 /// The filter for kernels before 5.18: frames are one buffer.
 #[xdp]
 pub fn edge_filter_lin(ctx: XdpContext) -> u32 {
-    let bytes = ctx.data_end() - ctx.data();
-    filter(&ctx, bytes as u64)
+    filter(&ctx, &Frame::linear(&ctx))
 }
 
 /// Host mode: record the flows this machine opens or answers, at TC egress of a
@@ -72,16 +67,17 @@ pub fn edge_filter_eg(ctx: TcContext) -> i32 {
     0
 }
 
-/// Judge, count, act. `bytes` is the frame's whole length.
+/// Judge, count, act.
 #[inline(always)]
-fn filter(ctx: &XdpContext, bytes: u64) -> u32 {
-    let frame = Frame::new(ctx, bytes as usize);
+fn filter(ctx: &XdpContext, frame: &Frame) -> u32 {
     // Entry 0 of an array map always exists (userspace writes it before it attaches);
     // read in place, not copied to the stack.
     let Some(settings) = SETTINGS.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    let (slot, mut v) = policy::judge(ctx, &frame, settings, bytes);
+    let (slot, mut v) = policy::judge(ctx, frame, settings);
+    // Known once the headers are parsed ([`Frame`]).
+    let bytes = frame.len() as u64;
     if verdict::is_drop(v) {
         // Tested here too, so that a drop without the log makes no call.
         if settings.flags & flags::DROP_LOG != 0 {

@@ -31,9 +31,11 @@
 //! still live after parsing, the verifier would walk the whole policy once per path
 //! and run out of its instruction budget.
 
-use core::mem::size_of;
+use core::{cell::Cell, mem::size_of, ptr};
 
 use aya_ebpf::{
+    bindings::xdp_md,
+    helpers::generated::bpf_xdp_get_buff_len,
     macros::map,
     maps::PerCpuArray,
     programs::{TcContext, XdpContext},
@@ -117,30 +119,60 @@ pub struct Malformed;
 ///
 /// A multi-buffer frame is longer than the buffer the program can read: headers are
 /// read from the first buffer (`start..end`), lengths in headers are checked against
-/// the whole frame (`len`).
+/// the whole frame ([`Frame::holds`]). The whole length costs a helper call
+/// (`bpf_xdp_get_buff_len`), so it is asked only when a header claims more than the
+/// first buffer holds, which a frame in one buffer never does: most frames make no
+/// call. The frame's length is then the first buffer's (a frame whose IP packet fits
+/// its first buffer and that still has fragments carries only padding in them).
 pub struct Frame {
     start: usize,
     end: usize,
-    len: usize,
+    /// The whole length when known (`whole` is null), else the first buffer's.
+    len: Cell<usize>,
+    /// The multi-buffer context to ask for the whole length; null once asked, and for
+    /// frames in one buffer.
+    whole: Cell<*mut xdp_md>,
 }
 
 impl Frame {
-    /// The frame of `ctx`, `len` bytes long in all its buffers.
+    /// A frame of the single-buffer program: all of it is in `ctx`'s buffer.
     #[inline(always)]
-    pub fn new(ctx: &XdpContext, len: usize) -> Self {
-        Self { start: ctx.data(), end: ctx.data_end(), len }
+    pub fn linear(ctx: &XdpContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end(), len: Cell::new(ctx.data_end() - ctx.data()), whole: Cell::new(ptr::null_mut()) }
+    }
+
+    /// A frame of the multi-buffer program: its first buffer in `ctx`, perhaps more.
+    #[inline(always)]
+    pub fn multi_buffer(ctx: &XdpContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end(), len: Cell::new(ctx.data_end() - ctx.data()), whole: Cell::new(ctx.ctx) }
     }
 
     /// A socket buffer at TC: headers in its linear part, `skb->len` in all.
     #[inline(always)]
     pub fn from_skb(ctx: &TcContext) -> Self {
-        Self { start: ctx.data(), end: ctx.data_end(), len: ctx.len() as usize }
+        Self { start: ctx.data(), end: ctx.data_end(), len: Cell::new(ctx.len() as usize), whole: Cell::new(ptr::null_mut()) }
     }
 
-    /// Bytes in the whole frame.
+    /// Bytes in the frame, as far as they are known ([`Frame`]).
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.len
+        self.len.get()
+    }
+
+    /// Whether the frame is at least `n` bytes long, in all its buffers.
+    #[inline(always)]
+    fn holds(&self, n: usize) -> bool {
+        if n <= self.len.get() {
+            return true;
+        }
+        let ctx = self.whole.replace(ptr::null_mut());
+        if ctx.is_null() {
+            return false;
+        }
+        // SAFETY: the context the kernel passed the program, valid for its run.
+        let whole = unsafe { bpf_xdp_get_buff_len(ctx) } as usize;
+        self.len.set(whole);
+        n <= whole
     }
 
     /// A copy of the `T` at `off`, if all of it lies inside the frame.
@@ -298,7 +330,7 @@ fn ipv4(frame: &Frame, off: usize, p: &mut Packet) -> Result<(), Malformed> {
     let hdr: Ipv4Hdr = frame.read(off)?;
     let ihl = usize::from(hdr.ihl());
     let total = usize::from(hdr.tot_len());
-    if hdr.version() != 4 || ihl < Ipv4Hdr::LEN || total < ihl || off + total > frame.len() {
+    if hdr.version() != 4 || ihl < Ipv4Hdr::LEN || total < ihl || !frame.holds(off + total) {
         return Err(Malformed);
     }
     let frag = if hdr.frag_offset() != 0 {
@@ -322,7 +354,7 @@ fn ipv4(frame: &Frame, off: usize, p: &mut Packet) -> Result<(), Malformed> {
 fn ipv6(frame: &Frame, off: usize, p: &mut Packet) -> Result<Parsed, Malformed> {
     let hdr: Ipv6Hdr = frame.read(off)?;
     let end = off + Ipv6Hdr::LEN + usize::from(hdr.payload_len());
-    if hdr.version() != 6 || end > frame.len() {
+    if hdr.version() != 6 || !frame.holds(end) {
         return Err(Malformed);
     }
     p.reset(family::V6, hdr.next_hdr, hdr.hop_limit);

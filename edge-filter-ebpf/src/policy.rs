@@ -54,10 +54,10 @@ use crate::{
 /// Counter slot of NICs that have no role.
 const UNATTACHED_SLOT: u32 = 0;
 
-/// The verdict for this packet and the counter slot of its NIC; `bytes` is the
-/// frame's whole length, for the rule counters.
+/// The verdict for this packet and the counter slot of its NIC; the rule counters
+/// count `frame`'s length as the parse leaves it known.
 #[inline(always)]
-pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -> (u32, u32) {
+pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32) {
     let ifindex = ctx.ingress_ifindex() as u32;
     let iface = IFACES.get(ifindex).copied().unwrap_or_default();
     if iface.role == 0 {
@@ -68,7 +68,7 @@ pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings, bytes: u64) -
     };
     let v = match parse::parse(frame, p) {
         Ok(Parsed::Ip) => {
-            let v = judge_ip(p, iface.role, ifindex, settings, bytes);
+            let v = judge_ip(p, iface.role, ifindex, settings, frame.len() as u64);
             if verdict::is_drop(v) {
                 droplog::remember(settings, Some(p));
             }

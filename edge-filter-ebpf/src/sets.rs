@@ -13,6 +13,11 @@
 //! machines with return-thunk mitigations (`cargo xtask bench`); LPM tries, which this
 //! replaced, cost four probes' worth per walk.
 //!
+//! After the hint, a family whose sets hold at most `SMALL_SET` prefixes (the
+//! realistic Edge: a handful of addresses) is scanned in place: its prefixes sit in
+//! the same `EDGE_LENS` entry, longest first, and the first whose mask matches
+//! answers. No call at all. Larger sets are probed in the hash table as above.
+//!
 //! Contract with userspace: while the sets change, every hint bit is set and the
 //! lengths listed are those of the old and new sets together, so a lookup never misses
 //! an entry that is in the table; afterwards the hints are exact again. A list of
@@ -20,7 +25,7 @@
 //! then made current by flipping `EDGE_LENS_AT`. A listed length with no entries
 //! costs one probe and finds nothing.
 
-use edge_filter_common::{MAX_PREFIX_LENS, SetKey4, SetKey6, family, hint};
+use edge_filter_common::{MAX_PREFIX_LENS, SMALL_NONE, SetKey4, SetKey6, family, hint};
 
 use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE_LENS_AT, EDGE4, EDGE6};
 
@@ -44,6 +49,17 @@ pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
         if !hinted(0, hint::bucket4(a, u32::from(lens.v4_hint))) {
             return 0;
         }
+        if lens.v4_small != SMALL_NONE {
+            for (i, e) in lens.small4.iter().enumerate() {
+                if i >= usize::from(lens.v4_small) {
+                    break;
+                }
+                if a & e.mask == e.net {
+                    return e.all;
+                }
+            }
+            return 0;
+        }
         for i in 0..MAX_PREFIX_LENS {
             if i >= usize::from(lens.v4_count) {
                 break;
@@ -57,6 +73,19 @@ pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
         }
     } else {
         if !hinted(hint::WORDS, hint::bucket6(addr, u32::from(lens.v6_hint))) {
+            return 0;
+        }
+        if lens.v6_small != SMALL_NONE {
+            let hi = u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+            let lo = u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
+            for (i, e) in lens.small6.iter().enumerate() {
+                if i >= usize::from(lens.v6_small) {
+                    break;
+                }
+                if hi & e.mask[0] == e.net[0] && lo & e.mask[1] == e.net[1] {
+                    return e.all;
+                }
+            }
             return 0;
         }
         for i in 0..MAX_PREFIX_LENS {

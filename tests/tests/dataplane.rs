@@ -849,6 +849,68 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
     assert_eq!(h.filter.address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }
 
+/// A family whose sets hold at most `SMALL_SET` prefixes is scanned in place, a
+/// larger one probed in the hash table: the same longest-prefix answers on both sides
+/// of the line, and while the sets cross it at run time, either way.
+#[test]
+fn address_sets_answer_alike_scanned_in_place_and_probed_in_the_hash_table() {
+    let mut sets = edge_filter_tests::plan::sets();
+    for (set, p) in [
+        (SetId::ACCESS_EDGE, "198.18.0.0/16"),
+        (SetId::ACCESS_EDGE, "198.18.4.0/24"),
+        (SetId::ACCESS_EDGE, "198.18.4.130"),
+        (SetId::ACCESS_EDGE, "2001:db8:aa::/48"),
+        (SetId::ACCESS_EDGE, "2001:db8:aa:1::7"),
+    ] {
+        sets.insert(set, p.parse::<Prefix>().unwrap()).unwrap();
+    }
+    let mut h = Harness::with_sets(Policy::default(), &sets).unwrap_or_else(|e| panic!("{e:#}"));
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let probe = |dst: &str, want: Option<u32>| {
+        let frame = tcp(if dst.contains(':') { PARTNER6 } else { PARTNER4 }, ip(dst), 40000, 5269, SYN).build();
+        match want {
+            Some(r) => Case::rule(format!("R1 to {dst}"), Outside, frame, r),
+            None => Case::new(format!("R1 to {dst}"), Outside, frame, PASS_UNPOLICED),
+        }
+    };
+    let cases = || {
+        vec![
+            probe("198.18.200.1", Some(R1)),
+            probe("198.18.4.130", Some(R1)),
+            probe("198.19.0.1", None),
+            probe("2001:db8:aa:ffff::1", Some(R1)),
+            probe("2001:db8:aa:1::7", Some(R1)),
+            probe("2001:db8:ab::1", None),
+            // The plan's internal-edge address, nested nowhere: R1's port is no rule there.
+            Case::new("R1 to internal-edge", Outside, tcp(PARTNER4, INTERNAL4, 40000, 5269, SYN).build(), DROP_NO_RULE),
+            Case::rule("R3 to internal-edge", Outside, tcp(PARTNER6, INTERNAL6, 40000, 23456, SYN).build(), R3),
+        ]
+    };
+    h.check_all(&cases()).unwrap_or_else(|e| panic!("scanned in place: {e:#}"));
+    // Peer-set prefixes nobody sends from: enough to pass the line in both families.
+    let peers = sets.add_peer("far").unwrap();
+    let fillers: Vec<Prefix> = (1..=edge_filter_common::SMALL_SET as u8)
+        .flat_map(|i| [format!("198.18.250.{i}"), format!("2001:db8:ff::{i}")])
+        .map(|p| p.parse().unwrap())
+        .collect();
+    for p in &fillers {
+        sets.insert(peers, *p).unwrap();
+    }
+    h.filter.set_address_sets(&sets).unwrap();
+    h.check_all(&cases()).unwrap_or_else(|e| panic!("probed in the hash table: {e:#}"));
+    // A change on the hash side, then back under the line.
+    sets.remove(SetId::ACCESS_EDGE, &"198.18.0.0/16".parse().unwrap());
+    h.filter.set_address_sets(&sets).unwrap();
+    h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]).unwrap_or_else(|e| panic!("{e:#}"));
+    for p in &fillers {
+        sets.remove(peers, p);
+    }
+    h.filter.set_address_sets(&sets).unwrap();
+    h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1)), probe("2001:db8:aa:1::7", Some(R1))])
+        .unwrap_or_else(|e| panic!("scanned again: {e:#}"));
+    assert_eq!(h.filter.address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
+}
+
 /// A pinned map this version does not use (one an older edge-filter left, of another
 /// type) is refused with the way out, not adopted and misread.
 #[test]

@@ -31,8 +31,8 @@ use aya::{
 };
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
-    MAX_IFACES, MAX_IFINDEX, MAX_PREFIX_LENS, MAX_RULES, MAX_SETS, NAME_LEN, PrefixLens, Rule, Ruleset, SetBits, SetKey4,
-    SetKey6, SetName, SetRows, Settings, SourceKey, TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, hint, map, verdict,
+    MAX_IFACES, MAX_IFINDEX, MAX_PREFIX_LENS, MAX_RULES, MAX_SETS, NAME_LEN, PrefixLens, Rule, Ruleset, SMALL_SET, SetBits, SetKey4,
+    SetKey6, SetName, SetRows, Settings, Small4, Small6, SourceKey, TC_PROGRAM, XDP_PROGRAM, XDP_PROGRAM_LINEAR, counter_index, hint, map, verdict,
 };
 
 use crate::{
@@ -996,6 +996,7 @@ fn rule_id(r: &Rule) -> Option<String> {
 /// The value of `EDGE_LENS` for these prefix lengths (duplicates allowed), or `None`
 /// when a family has more than the kernel looks up. Hints are taken at the shortest
 /// length (0 when the family is empty).
+/// The lengths alone, without small tables: a packet probes the hash tables.
 fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
     let mut out = PrefixLens::default();
     for (lens, slots, count, hint) in [
@@ -1017,5 +1018,40 @@ fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
 /// The value of `EDGE_LENS` for `sets`, which [`AddressSets::insert`] keeps within
 /// the kernel's limit; sets read back from an interrupted change may pass it.
 fn lens_of(sets: &AddressSets) -> Result<PrefixLens, Error> {
-    prefix_lens(sets.lengths(false), sets.lengths(true)).ok_or(Error::TooManyLengths)
+    let mut out = prefix_lens(sets.lengths(false), sets.lengths(true)).ok_or(Error::TooManyLengths)?;
+    let mut v4: Vec<(u8, Small4)> = Vec::new();
+    let mut v6: Vec<(u8, Small6)> = Vec::new();
+    for prefix in sets.prefixes() {
+        let all = sets.all(&prefix);
+        let len = prefix.len();
+        match prefix.addr() {
+            std::net::IpAddr::V4(a) => {
+                let mask = hint::mask32(u32::from(len));
+                v4.push((len, Small4 { net: u32::from(a) & mask, mask, all }));
+            }
+            std::net::IpAddr::V6(a) => {
+                let ones = hint::mask6(&[0xff; 16], u32::from(len));
+                let net = hint::mask6(&a.octets(), u32::from(len));
+                let half = |b: &[u8; 16], i: usize| u64::from_ne_bytes(b[8 * i..8 * i + 8].try_into().expect("eight bytes"));
+                v6.push((len, Small6 { net: [half(&net, 0), half(&net, 1)], mask: [half(&ones, 0), half(&ones, 1)], all, _pad: 0 }));
+            }
+        }
+    }
+    // Longest first: the first match is the longest prefix, whose `all` holds the
+    // sets of every prefix that contains it.
+    v4.sort_by(|a, b| b.0.cmp(&a.0));
+    v6.sort_by(|a, b| b.0.cmp(&a.0));
+    if v4.len() <= SMALL_SET {
+        out.v4_small = v4.len() as u8;
+        for (slot, (_, e)) in out.small4.iter_mut().zip(v4) {
+            *slot = e;
+        }
+    }
+    if v6.len() <= SMALL_SET {
+        out.v6_small = v6.len() as u8;
+        for (slot, (_, e)) in out.small6.iter_mut().zip(v6) {
+            *slot = e;
+        }
+    }
+    Ok(out)
 }
