@@ -52,6 +52,9 @@ pub struct Trace {
     pub subprog_calls: u64,
     /// Helper id -> calls, every helper call (inlined lookups included).
     pub by_helper: BTreeMap<u32, u64>,
+    /// Instruction index (in the relocated program) -> times executed: where the
+    /// instructions go, to be read beside the object's line table.
+    pub by_pc: BTreeMap<usize, u64>,
 }
 
 /// One decoded instruction (`struct bpf_insn`: opcode, registers, offset, immediate).
@@ -350,6 +353,7 @@ impl Emulator {
         loop {
             let Some(&i) = self.insns.get(pc) else { bail!("pc {pc}: past the end of the program") };
             t.insns += 1;
+            *t.by_pc.entry(pc).or_default() += 1;
             ensure!(t.insns <= MAX_INSNS, "pc {pc}: more than {MAX_INSNS} instructions: a runaway loop");
             let (dst, src) = (i.dst as usize, i.src as usize);
             ensure!(dst <= 10 && src <= 10, "pc {pc}: bad register in {i:?}");

@@ -304,6 +304,14 @@ fn count(h: &Harness, paths: &[Path], out: &mut [PathCost]) -> anyhow::Result<()
             p.name,
             trace.action
         );
+        // `EDGE_FILTER_BENCH_PROFILE=DIR`: each path's executed instructions, by index
+        // in the relocated program, to read beside `llvm-objdump -d -l` of the object.
+        if let Some(dir) = std::env::var_os("EDGE_FILTER_BENCH_PROFILE") {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir)?;
+            let text: String = trace.by_pc.iter().map(|(pc, n)| format!("{pc} {n}\n")).collect();
+            std::fs::write(dir.join(p.name.replace([' ', '/'], "_")), text)?;
+        }
         cost.insns = trace.insns;
         cost.helper_calls = trace.helper_calls;
         cost.subprog_calls = trace.subprog_calls;
