@@ -97,8 +97,27 @@ pub mod map {
 
     /// Every map, for pinning and listing.
     pub const ALL: [&str; 21] = [
-        IFACES, EDGE4, EDGE6, SET_NAMES, EDGE_LENS, EDGE_LENS_AT, EDGE_HINTS, SETTINGS, RULES, PORT_ROWS, SET_ROWS,
-        RULESET, FLOWS, EMBRYOS, EMBRYOS_OUT, UDP_FLOWS, SOURCES, COUNTERS, RULE_HITS, EVENTS, LOG_BUDGET,
+        IFACES,
+        EDGE4,
+        EDGE6,
+        SET_NAMES,
+        EDGE_LENS,
+        EDGE_LENS_AT,
+        EDGE_HINTS,
+        SETTINGS,
+        RULES,
+        PORT_ROWS,
+        SET_ROWS,
+        RULESET,
+        FLOWS,
+        EMBRYOS,
+        EMBRYOS_OUT,
+        UDP_FLOWS,
+        SOURCES,
+        COUNTERS,
+        RULE_HITS,
+        EVENTS,
+        LOG_BUDGET,
     ];
 
     const _: () = {
@@ -907,10 +926,7 @@ mod tests {
         assert_eq!(verdict::name(verdict::PASS_UNATTACHED), Some(("pass", "unattached")));
         assert_eq!(verdict::name(verdict::DROP_NO_RULE), Some(("drop", "no_rule")));
         assert_eq!(verdict::name(verdict::DROP_UNPOLICED), Some(("drop", "unpoliced")));
-        assert_eq!(
-            verdict::name(verdict::DROP_SPOOFED + verdict::DRY_RUN_OFFSET),
-            Some(("would_drop", "spoofed"))
-        );
+        assert_eq!(verdict::name(verdict::DROP_SPOOFED + verdict::DRY_RUN_OFFSET), Some(("would_drop", "spoofed")));
         assert_eq!(verdict::name(verdict::PASS_RELATED), Some(("pass", "related")));
         assert_eq!(verdict::name(7), None);
         assert_eq!(verdict::name(verdict::DROP_UNPOLICED + 1), None);

@@ -19,19 +19,19 @@ fn add(counter: Option<*mut Counter>, bytes: u64) {
 
 /// Count a packet of `bytes` under the NIC `slot` and `verdict`.
 #[inline(always)]
-pub fn count_verdict(slot: u32, verdict: u32, bytes: u64) {
+pub(crate) fn count_verdict(slot: u32, verdict: u32, bytes: u64) {
     add(COUNTERS.get_ptr_mut(counter_index(slot, verdict)), bytes);
 }
 
 /// Count a packet of `bytes` that matched `rule`.
 #[inline(always)]
-pub fn count_rule(rule: u32, bytes: u64) {
+pub(crate) fn count_rule(rule: u32, bytes: u64) {
     add(RULE_HITS.get_ptr_mut(rule), bytes);
 }
 
 /// Count one occurrence of `event` `e`.
 #[inline(always)]
-pub fn count_event(e: u32) {
+pub(crate) fn count_event(e: u32) {
     if let Some(n) = EVENTS.get_ptr_mut(e) {
         // SAFETY: as in `add`.
         unsafe { *n += 1 };

@@ -13,19 +13,13 @@ use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
 use aya_log_ebpf::warn;
 use edge_filter_common::{NS_PER_SEC, Settings, event, family, flags, verdict};
 
-use crate::{
-    counters::count_event as bump,
-    mem,
-    maps::LOG_BUDGET,
-    parse::Packet,
-    state,
-};
+use crate::{counters::count_event as bump, maps::LOG_BUDGET, mem, parse::Packet, state};
 
 /// The tuple of the packet being dropped, handed from the policy to the log. Aligned
 /// and addresses first, to be written a word at a time (see `mem`).
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
-pub struct DropTuple {
+pub(crate) struct DropTuple {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     /// 0 when the packet had no IP tuple (malformed, not IP).
@@ -43,7 +37,7 @@ static DROP_TUPLE: PerCpuArray<DropTuple> = PerCpuArray::with_max_entries(1, 0);
 
 /// Keep the tuple of a packet the policy drops, for [`report`].
 #[inline(always)]
-pub fn remember(settings: &Settings, p: Option<&Packet>) {
+pub(crate) fn remember(settings: &Settings, p: Option<&Packet>) {
     if settings.flags & flags::DROP_LOG == 0 {
         return;
     }
@@ -64,7 +58,6 @@ pub fn remember(settings: &Settings, p: Option<&Packet>) {
         None => t.family = 0,
     }
 }
-
 
 /// Whether the budget of this CPU allows one more line now.
 #[inline(always)]
@@ -91,7 +84,7 @@ fn allowed(settings: &Settings) -> bool {
 ///
 /// Verifier: a function of its own; see `policy::tracked`.
 #[inline(never)]
-pub fn report(ctx: &XdpContext, settings: &Settings, ifindex: u32, v: u32) {
+pub(crate) fn report(ctx: &XdpContext, settings: &Settings, ifindex: u32, v: u32) {
     if settings.flags & flags::DROP_LOG == 0 {
         return;
     }

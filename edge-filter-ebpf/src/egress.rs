@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn record(ctx: &TcContext) {
+pub(crate) fn record(ctx: &TcContext) {
     let frame = Frame::from_skb(ctx);
     let Some(p) = Packet::scratch(parse::TC_SLOT) else {
         return;

@@ -48,20 +48,20 @@ use crate::{maps::SETTINGS, parse::Frame};
 
 /// The filter for kernels with multi-buffer XDP.
 #[xdp(frags)]
-pub fn edge_filter(ctx: XdpContext) -> u32 {
+pub(crate) fn edge_filter(ctx: XdpContext) -> u32 {
     filter(&ctx, &Frame::multi_buffer(&ctx))
 }
 
 /// The filter for kernels before 5.18: frames are one buffer.
 #[xdp]
-pub fn edge_filter_lin(ctx: XdpContext) -> u32 {
+pub(crate) fn edge_filter_lin(ctx: XdpContext) -> u32 {
     filter(&ctx, &Frame::linear(&ctx))
 }
 
 /// Host mode: record the flows this machine opens or answers, at TC egress of a
 /// `host` NIC. Never drops: egress is the machine's own traffic.
 #[classifier]
-pub fn edge_filter_eg(ctx: TcContext) -> i32 {
+pub(crate) fn edge_filter_eg(ctx: TcContext) -> i32 {
     egress::record(&ctx);
     // TC_ACT_OK
     0
@@ -93,7 +93,7 @@ fn filter(ctx: &XdpContext, frame: &Frame) -> u32 {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // The verifier rejects any program that could reach a panic, so this is dead code.
     loop {}
 }

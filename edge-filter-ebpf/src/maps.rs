@@ -7,100 +7,100 @@ use aya_ebpf::{
 };
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
-    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, Ruleset,
-    SET_ROWS_ENTRIES, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, SourceKey, event, hint,
+    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, Ruleset, SET_ROWS_ENTRIES, SetBits, SetKey4,
+    SetKey6, SetName, SetRows, Settings, SourceKey, event, hint,
 };
 
 /// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
 #[map]
-pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
+pub(crate) static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
 
 /// IPv4 prefix (length, network address in network order) -> set masks. Written by
 /// userspace.
 #[map]
-pub static EDGE4: HashMap<SetKey4, SetBits> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
+pub(crate) static EDGE4: HashMap<SetKey4, SetBits> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
 
 /// IPv6 prefix (length, network address in network order) -> set masks. Written by
 /// userspace.
 #[map]
-pub static EDGE6: HashMap<SetKey6, SetBits> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
+pub(crate) static EDGE6: HashMap<SetKey6, SetBits> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
 
 /// Set index -> its name. Written and read by userspace; here so that it is pinned
 /// with the rest.
 #[map]
-pub static SET_NAMES: Array<SetName> = Array::with_max_entries(MAX_SETS, 0);
+pub(crate) static SET_NAMES: Array<SetName> = Array::with_max_entries(MAX_SETS, 0);
 
 /// `gen * MAX_RULES + row` -> the row as written. Written and read by userspace.
 #[map]
-pub static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0);
+pub(crate) static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0);
 
 /// `(gen * 2 + proto) * 65536 + port` (host order) -> rows of that protocol whose port
 /// or range holds the port. Written by userspace.
 #[map]
-pub static PORT_ROWS: Array<u64> = Array::with_max_entries(PORT_ROWS_ENTRIES, 0);
+pub(crate) static PORT_ROWS: Array<u64> = Array::with_max_entries(PORT_ROWS_ENTRIES, 0);
 
 /// `(gen * 2 + half) * 256 + byte of the set mask` -> rows whose source or destination
 /// such an address matches. Written by userspace.
 #[map]
-pub static SET_ROWS: Array<SetRows> = Array::with_max_entries(SET_ROWS_ENTRIES, 0);
+pub(crate) static SET_ROWS: Array<SetRows> = Array::with_max_entries(SET_ROWS_ENTRIES, 0);
 
 /// Generation -> rows that open from each NIC role. Written by userspace.
 #[map]
-pub static RULESET: Array<Ruleset> = Array::with_max_entries(2, 0);
+pub(crate) static RULESET: Array<Ruleset> = Array::with_max_entries(2, 0);
 
 /// Index 0 or 1 (the one `EDGE_LENS_AT` names) -> the prefix lengths of `EDGE4` and
 /// `EDGE6`, longest first. Written by userspace.
 #[map]
-pub static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(2, 0);
+pub(crate) static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(2, 0);
 
 /// Index 0 -> the current entry of `EDGE_LENS`. Written by userspace.
 #[map]
-pub static EDGE_LENS_AT: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static EDGE_LENS_AT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Word -> 64 bucket bits, `hint::WORDS` words per family (IPv4 first): which buckets
 /// of leading address bits some edge prefix falls in. Written by userspace.
 #[map]
-pub static EDGE_HINTS: Array<u64> = Array::with_max_entries(2 * hint::WORDS, 0);
+pub(crate) static EDGE_HINTS: Array<u64> = Array::with_max_entries(2 * hint::WORDS, 0);
 
 /// Index 0 -> the settings (ports in network order). Written by userspace.
 #[map]
-pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// Opener's 5-tuple -> flow whose handshake completed. Written here; size set by
 /// userspace at load time.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub(crate) static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Opener's 5-tuple -> handshake in progress. Written here; size set by userspace.
 #[map]
-pub static EMBRYOS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS, 0);
+pub(crate) static EMBRYOS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS, 0);
 
 /// Opener's 5-tuple -> handshake the trusted side opened. Written here; size set by
 /// userspace.
 #[map]
-pub static EMBRYOS_OUT: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS_OUT, 0);
+pub(crate) static EMBRYOS_OUT: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS_OUT, 0);
 
 /// Opener's 5-tuple -> UDP flow. Written here; size set by userspace.
 #[map]
-pub static UDP_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_UDP_FLOWS, 0);
+pub(crate) static UDP_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_UDP_FLOWS, 0);
 
 /// Source prefix -> established flows it holds. Written here (counts up and down) and
 /// by the daemon (recounts); sized as the flow table by userspace.
 #[map]
-pub static SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub(crate) static SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// `slot * verdict::SLOTS + verdict` -> packets and bytes, per CPU. Written here.
 #[map]
-pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+pub(crate) static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
 /// Row -> packets and bytes that matched the row as an opener's, per CPU. Written here.
 #[map]
-pub static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+pub(crate) static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 /// `event` index -> occurrences, per CPU. Written here.
 #[map]
-pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
+pub(crate) static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
 
 /// Index 0 -> the drop log's window and lines used in it, per CPU. Written here.
 #[map]
-pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);

@@ -16,7 +16,7 @@
 /// # Safety
 /// `dst` is 8-byte aligned and valid for writes of `words * 8` bytes.
 #[inline(always)]
-pub unsafe fn zero(dst: *mut u8, words: usize) {
+pub(crate) unsafe fn zero(dst: *mut u8, words: usize) {
     let dst = dst.cast::<u64>();
     for i in 0..words {
         // SAFETY: the caller's contract.
@@ -29,7 +29,7 @@ pub unsafe fn zero(dst: *mut u8, words: usize) {
 /// # Safety
 /// Both are 8-byte aligned and valid for `words * 8` bytes.
 #[inline(always)]
-pub unsafe fn copy(dst: *mut u8, src: *const u8, words: usize) {
+pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, words: usize) {
     let (dst, src) = (dst.cast::<u64>(), src.cast::<u64>());
     for i in 0..words {
         // SAFETY: the caller's contract.
@@ -39,7 +39,7 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, words: usize) {
 
 /// An address field (16 bytes at an 8-byte aligned offset) set to `addr`.
 #[inline(always)]
-pub fn set_addr(dst: &mut [u8; 16], addr: &[u8; 16]) {
+pub(crate) fn set_addr(dst: &mut [u8; 16], addr: &[u8; 16]) {
     // SAFETY: every address field this is used on sits at a multiple of 8 in a
     // `#[repr(C, align(8))]` type (`FlowKey`, `SourceKey`, `Packet`); 16 bytes are
     // two words.
@@ -48,7 +48,7 @@ pub fn set_addr(dst: &mut [u8; 16], addr: &[u8; 16]) {
 
 /// An address field set to an IPv4 address (network order) and zeros after it.
 #[inline(always)]
-pub fn set_addr4(dst: &mut [u8; 16], addr: [u8; 4]) {
+pub(crate) fn set_addr4(dst: &mut [u8; 16], addr: [u8; 4]) {
     // SAFETY: as in `set_addr`.
     unsafe {
         zero(dst.as_mut_ptr(), 2);
@@ -61,7 +61,7 @@ pub fn set_addr4(dst: &mut [u8; 16], addr: [u8; 4]) {
 /// # Safety
 /// `dst` is 8-byte aligned and valid for an 8-byte write.
 #[inline(always)]
-pub unsafe fn set_word(dst: *mut u8, value: u64) {
+pub(crate) unsafe fn set_word(dst: *mut u8, value: u64) {
     // SAFETY: the caller's contract.
     unsafe { dst.cast::<u64>().write_volatile(value) }
 }

@@ -51,10 +51,10 @@ use network_types::{
 };
 
 /// 802.1Q / 802.1ad tags skipped before the inner packet is judged.
-pub const MAX_VLAN_TAGS: usize = 2;
+pub(crate) const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked; a longer chain is malformed. RFC 8200 §4.1 orders
 /// at most six (hop-by-hop, destination, routing, fragment, AH, destination).
-pub const MAX_IPV6_EXT: usize = 8;
+pub(crate) const MAX_IPV6_EXT: usize = 8;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
@@ -62,46 +62,46 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-pub const IPPROTO_HOPOPTS: u8 = 0;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ROUTING: u8 = 43;
-pub const IPPROTO_FRAGMENT: u8 = 44;
-pub const IPPROTO_AH: u8 = 51;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_DSTOPTS: u8 = 60;
+pub(crate) const IPPROTO_HOPOPTS: u8 = 0;
+pub(crate) const IPPROTO_ICMP: u8 = 1;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_ROUTING: u8 = 43;
+pub(crate) const IPPROTO_FRAGMENT: u8 = 44;
+pub(crate) const IPPROTO_AH: u8 = 51;
+pub(crate) const IPPROTO_ICMPV6: u8 = 58;
+pub(crate) const IPPROTO_DSTOPTS: u8 = 60;
 
 /// [`Packet::wscale`] of a segment without the option.
-pub const NO_WSCALE: u8 = 0xff;
+pub(crate) const NO_WSCALE: u8 = 0xff;
 
 /// Values of [`Packet::frag`].
-pub const FRAG_NONE: u8 = 0;
+pub(crate) const FRAG_NONE: u8 = 0;
 /// Offset 0, more fragments follow: the upper-layer header may be here.
-pub const FRAG_FIRST: u8 = 1;
+pub(crate) const FRAG_FIRST: u8 = 1;
 /// Offset > 0: no upper-layer header.
-pub const FRAG_LATER: u8 = 2;
+pub(crate) const FRAG_LATER: u8 = 2;
 
 /// Values of [`Packet::l4`].
 /// The upper-layer header the policy reads is whole (or the protocol has none it reads).
-pub const L4_WHOLE: u8 = 0;
+pub(crate) const L4_WHOLE: u8 = 0;
 /// The upper-layer header is cut short or its length field points past the packet.
-pub const L4_TRUNCATED: u8 = 1;
+pub(crate) const L4_TRUNCATED: u8 = 1;
 /// A non-first fragment: there is no upper-layer header.
-pub const L4_ABSENT: u8 = 2;
+pub(crate) const L4_ABSENT: u8 = 2;
 
 /// Options of a SYN walked looking for the window scale; Linux and Windows put it
 /// within the first six.
-pub const MAX_TCP_OPTIONS: usize = 12;
+pub(crate) const MAX_TCP_OPTIONS: usize = 12;
 /// RFC 7323 §2.3: a shift above 14 is taken as 14.
 const MAX_WSCALE: u8 = 14;
 
 /// TCP flag bits as in byte 13 of the header.
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
+pub(crate) mod tcp_flags {
+    pub(crate) const FIN: u8 = 0x01;
+    pub(crate) const SYN: u8 = 0x02;
+    pub(crate) const RST: u8 = 0x04;
+    pub(crate) const ACK: u8 = 0x10;
 }
 
 /// ICMP error types whose quote may relate them to a flow.
@@ -113,7 +113,7 @@ const ICMP_PARAMETERPROB: u8 = 12;
 const ICMPV6_ERROR_MAX: u8 = 4;
 
 /// The frame cannot be judged.
-pub struct Malformed;
+pub(crate) struct Malformed;
 
 /// The packet's bounds, read once from the context.
 ///
@@ -124,7 +124,7 @@ pub struct Malformed;
 /// first buffer holds, which a frame in one buffer never does: most frames make no
 /// call. The frame's length is then the first buffer's (a frame whose IP packet fits
 /// its first buffer and that still has fragments carries only padding in them).
-pub struct Frame {
+pub(crate) struct Frame {
     start: usize,
     end: usize,
     /// The whole length when known (`whole` is null), else the first buffer's.
@@ -137,25 +137,25 @@ pub struct Frame {
 impl Frame {
     /// A frame of the single-buffer program: all of it is in `ctx`'s buffer.
     #[inline(always)]
-    pub fn linear(ctx: &XdpContext) -> Self {
+    pub(crate) fn linear(ctx: &XdpContext) -> Self {
         Self { start: ctx.data(), end: ctx.data_end(), len: Cell::new(ctx.data_end() - ctx.data()), whole: Cell::new(ptr::null_mut()) }
     }
 
     /// A frame of the multi-buffer program: its first buffer in `ctx`, perhaps more.
     #[inline(always)]
-    pub fn multi_buffer(ctx: &XdpContext) -> Self {
+    pub(crate) fn multi_buffer(ctx: &XdpContext) -> Self {
         Self { start: ctx.data(), end: ctx.data_end(), len: Cell::new(ctx.data_end() - ctx.data()), whole: Cell::new(ctx.ctx) }
     }
 
     /// A socket buffer at TC: headers in its linear part, `skb->len` in all.
     #[inline(always)]
-    pub fn from_skb(ctx: &TcContext) -> Self {
+    pub(crate) fn from_skb(ctx: &TcContext) -> Self {
         Self { start: ctx.data(), end: ctx.data_end(), len: Cell::new(ctx.len() as usize), whole: Cell::new(ptr::null_mut()) }
     }
 
     /// Bytes in the frame, as far as they are known ([`Frame`]).
     #[inline(always)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len.get()
     }
 
@@ -191,12 +191,12 @@ impl Frame {
         }
         // SAFETY: `at..at + size_of::<T>()` was just checked to lie inside the packet,
         // and `T` is plain bytes; the read is unaligned because headers are.
-        Ok(unsafe { core::ptr::read_unaligned(at as *const T) })
+        Ok(unsafe { ptr::read_unaligned(at as *const T) })
     }
 }
 
 /// What the frame carries.
-pub enum Parsed {
+pub(crate) enum Parsed {
     Arp,
     /// Neither IP nor ARP: not the policy's business.
     Other,
@@ -207,9 +207,9 @@ pub enum Parsed {
 }
 
 /// Slot of [`PACKET`] the XDP program uses.
-pub const XDP_SLOT: u32 = 0;
+pub(crate) const XDP_SLOT: u32 = 0;
 /// Slot of [`PACKET`] the TC egress program uses.
-pub const TC_SLOT: u32 = 1;
+pub(crate) const TC_SLOT: u32 = 1;
 
 /// Index [`XDP_SLOT`] or [`TC_SLOT`] -> the facts of the packet being judged on this
 /// CPU (see [`Packet::scratch`]).
@@ -220,7 +220,7 @@ static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(2, 0);
 /// in the quoted packet's direction (family and protocol included). Scratch space:
 /// it keeps 40 bytes off the stack, which the verifier's 512-byte limit needs.
 #[map]
-pub static QUOTE: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static QUOTE: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// The facts of an IP packet, either family. IPv4 addresses sit in the first four
 /// bytes. Port fields are zero unless `proto` is TCP or UDP and `l4` is whole; TCP
@@ -229,7 +229,7 @@ pub static QUOTE: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
 /// Aligned to 8 bytes, addresses first, so that it is built and copied a word at a
 /// time (see `FlowKey`'s alignment for why that matters to the verifier).
 #[repr(C, align(8))]
-pub struct Packet {
+pub(crate) struct Packet {
     /// Network order.
     pub src: [u8; 16],
     /// Network order.
@@ -277,7 +277,7 @@ impl Packet {
     /// 512-byte stack. The slot is this program's alone while it runs: XDP runs in
     /// softirq context, and TC egress (the other user, slot 1) with bottom halves off.
     #[inline(always)]
-    pub fn scratch<'a>(slot: u32) -> Option<&'a mut Self> {
+    pub(crate) fn scratch<'a>(slot: u32) -> Option<&'a mut Self> {
         let p = PACKET.get_ptr_mut(slot)?;
         // SAFETY: a per-CPU slot, valid for this run and used by this run only (see
         // above); `Packet` is plain integers and byte arrays, aligned to 8 and a
@@ -303,7 +303,7 @@ impl Packet {
 
 /// Parse the frame down to the upper-layer header.
 #[inline(always)]
-pub fn parse(frame: &Frame, p: &mut Packet) -> Result<Parsed, Malformed> {
+pub(crate) fn parse(frame: &Frame, p: &mut Packet) -> Result<Parsed, Malformed> {
     let eth: EthHdr = frame.read(0)?;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut off = EthHdr::LEN;
@@ -416,10 +416,7 @@ fn ipv6(frame: &Frame, off: usize, p: &mut Packet) -> Result<Parsed, Malformed> 
 
 #[inline(always)]
 fn is_extension(proto: u8) -> bool {
-    matches!(
-        proto,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
-    )
+    matches!(proto, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT)
 }
 
 /// The extension chain runs past the packet: malformed, unless the packet is a first
@@ -490,7 +487,7 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
 /// ICMP destination unreachable (fragmentation needed included), time exceeded and
 /// parameter problem; ICMPv6 errors 1-4.
 #[inline(always)]
-pub fn is_icmp_error(fam: u8, proto: u8, icmp_type: u8) -> bool {
+pub(crate) fn is_icmp_error(fam: u8, proto: u8, icmp_type: u8) -> bool {
     if fam == family::V4 {
         proto == IPPROTO_ICMP && matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
     } else {

@@ -57,7 +57,7 @@ const UNATTACHED_SLOT: u32 = 0;
 /// The verdict for this packet and the counter slot of its NIC; the rule counters
 /// count `frame`'s length as the parse leaves it known.
 #[inline(always)]
-pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32) {
+pub(crate) fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32) {
     let ifindex = ctx.ingress_ifindex() as u32;
     let iface = IFACES.get(ifindex).copied().unwrap_or_default();
     if iface.role == 0 {
@@ -92,11 +92,7 @@ pub fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32)
 
 #[inline(always)]
 fn unpoliced(settings: &Settings) -> u32 {
-    if settings.flags & flags::UNPOLICED_DROP != 0 {
-        verdict::DROP_UNPOLICED
-    } else {
-        verdict::PASS_UNPOLICED
-    }
+    if settings.flags & flags::UNPOLICED_DROP != 0 { verdict::DROP_UNPOLICED } else { verdict::PASS_UNPOLICED }
 }
 
 #[inline(always)]
@@ -181,8 +177,7 @@ fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, bytes: u64) -> u3
         let row = what & 0xff;
         // Rows that open from an edge NIC are answered from the partners' side;
         // the rest are answered by the Edge.
-        let reply_roles =
-            if nic_role == role::EDGE { role::bit(role::OUTSIDE) | role::bit(role::HOST) } else { role::bit(role::EDGE) };
+        let reply_roles = if nic_role == role::EDGE { role::bit(role::OUTSIDE) | role::bit(role::HOST) } else { role::bit(role::EDGE) };
         state::open(p, row, reply_roles, ifindex, settings, &mut clock);
         counters::count_rule(row, bytes);
         return verdict::PASS_RULE;
@@ -200,11 +195,7 @@ const ND_HOP_LIMIT: u8 = 255;
 /// qualifies.
 #[inline(always)]
 fn essential(p: &Packet) -> bool {
-    p.l4 == L4_WHOLE
-        && p.family == family::V6
-        && p.proto == IPPROTO_ICMPV6
-        && ICMPV6_ND.contains(&p.icmp_type)
-        && p.hop_limit == ND_HOP_LIMIT
+    p.l4 == L4_WHOLE && p.family == family::V6 && p.proto == IPPROTO_ICMPV6 && ICMPV6_ND.contains(&p.icmp_type) && p.hop_limit == ND_HOP_LIMIT
 }
 
 /// ICMP destination unreachable (fragmentation needed included), time exceeded and

@@ -25,7 +25,7 @@ use edge_filter_common::{Settings, proto_index, role};
 use crate::maps::{PORT_ROWS, RULESET, SET_ROWS};
 
 /// The rows a packet opens and the rows it may be a reply of.
-pub struct Rows {
+pub(crate) struct Rows {
     pub open: u64,
     pub reply: u64,
 }
@@ -52,15 +52,7 @@ fn set_rows(generation: u32, bits: u32) -> (u64, u64) {
 /// The rows of a TCP or UDP packet from an address with set mask `src_bits` to one
 /// with `dst_bits`, arriving on a NIC of `nic_role`.
 #[inline(always)]
-pub fn rows(
-    settings: &Settings,
-    proto: u8,
-    sport_be: u16,
-    dport_be: u16,
-    src_bits: u32,
-    dst_bits: u32,
-    nic_role: u32,
-) -> Rows {
+pub(crate) fn rows(settings: &Settings, proto: u8, sport_be: u16, dport_be: u16, src_bits: u32, dst_bits: u32, nic_role: u32) -> Rows {
     let Some(proto) = proto_index(proto) else {
         return Rows { open: 0, reply: 0 };
     };
@@ -68,8 +60,7 @@ pub fn rows(
     let Some(set) = RULESET.get(generation) else {
         return Rows { open: 0, reply: 0 };
     };
-    let (opens_here, replies_here) =
-        if nic_role == role::EDGE { (set.from_edge, set.from_outside) } else { (set.from_outside, set.from_edge) };
+    let (opens_here, replies_here) = if nic_role == role::EDGE { (set.from_edge, set.from_outside) } else { (set.from_outside, set.from_edge) };
     let (src_as_src, src_as_dst) = set_rows(generation, src_bits);
     let (dst_as_src, dst_as_dst) = set_rows(generation, dst_bits);
     let open = opens_here & src_as_src & dst_as_dst;
@@ -83,7 +74,7 @@ pub fn rows(
 /// under when it opens several. Six steps of a binary search (the BPF instruction set
 /// has no count-trailing-zeros).
 #[inline(always)]
-pub fn first(mut mask: u64) -> u32 {
+pub(crate) fn first(mut mask: u64) -> u32 {
     let mut n = 0;
     if mask & 0xffff_ffff == 0 {
         n += 32;

@@ -39,7 +39,7 @@ fn hinted(base: u32, b: u32) -> bool {
 /// Set mask of the address (0: in no set). `addr` is network order; IPv4 in
 /// its first four bytes.
 #[inline(always)]
-pub fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
+pub(crate) fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
     let at = EDGE_LENS_AT.get(0).map_or(0, |a| *a & 1);
     let Some(lens) = EDGE_LENS.get(at) else {
         return 0;

@@ -63,38 +63,36 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use edge_filter_common::{
-    Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flow_state, hint, role,
-};
+use edge_filter_common::{Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flow_state, hint, role};
 
 use crate::{
     counters::count_event as bump,
-    mem,
     maps::{EMBRYOS, EMBRYOS_OUT, FLOWS, SOURCES, UDP_FLOWS},
+    mem,
     parse::{IPPROTO_TCP, IPPROTO_UDP, NO_WSCALE, Packet, QUOTE, tcp_flags},
 };
 
 /// The current time in the state table's clock.
 #[inline(always)]
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: a helper without arguments or side effects.
     unsafe { bpf_ktime_get_ns() }
 }
 
 /// The time, read once and only when a packet needs it: a packet that finds no entry
 /// and creates none (most drops) never pays for the clock.
-pub struct Clock(u64);
+pub(crate) struct Clock(u64);
 
 impl Clock {
     #[inline(always)]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(0)
     }
 
     /// [`now`], the same value for every call on this packet. (The clock is never 0
     /// once the machine has booted.)
     #[inline(always)]
-    pub fn now(&mut self) -> u64 {
+    pub(crate) fn now(&mut self) -> u64 {
         if self.0 == 0 {
             self.0 = now();
         }
@@ -205,13 +203,7 @@ fn expired(flow: &Flow, settings: &Settings, udp: bool, now: u64) -> bool {
 /// A found entry, or `None` if there is none or it expired (then it is removed and
 /// counted).
 #[inline(always)]
-fn live<'a>(
-    table: &LruHashMap<FlowKey, Flow>,
-    key: &FlowKey,
-    settings: &Settings,
-    clock: &mut Clock,
-    expired_event: u32,
-) -> Option<&'a mut Flow> {
+fn live<'a>(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, settings: &Settings, clock: &mut Clock, expired_event: u32) -> Option<&'a mut Flow> {
     let flow = table.get_ptr_mut(key)?;
     // SAFETY: a pointer from a map lookup, valid for this run (RCU); see the module
     // comment for concurrent writers.
@@ -413,7 +405,7 @@ fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> b
 /// A packet row `rule` allowed, in the opener's direction, arriving on `ifindex`:
 /// open, continue or close its flow.
 #[inline(always)]
-pub fn open(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
+pub(crate) fn open(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
     if p.proto == IPPROTO_UDP {
         open_udp(p, rule, reply_roles, ifindex, settings, clock);
     } else if p.proto == IPPROTO_TCP {
@@ -500,11 +492,7 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
         }
         return;
     }
-    if embryo.state != flow_state::SYN_RECV
-        || !has(p, tcp_flags::ACK)
-        || p.seq != isn_next
-        || p.ack_seq != embryo.responder.end
-    {
+    if embryo.state != flow_state::SYN_RECV || !has(p, tcp_flags::ACK) || p.seq != isn_next || p.ack_seq != embryo.responder.end {
         return;
     }
     // The opener acknowledged the responder's SYN-ACK: a completed handshake.
@@ -544,11 +532,11 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
 /// Whether this packet belongs to a live flow as its reply, arriving on a NIC of
 /// `nic_role`; moves the flow when the packet fits.
 #[inline(always)]
-pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) -> bool {
+pub(crate) fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) -> bool {
     let Some(key) = key(p, true).map(|k| &*k) else {
         return false;
     };
-    let bit = edge_filter_common::role::bit(nic_role);
+    let bit = role::bit(nic_role);
     if p.proto == IPPROTO_UDP {
         let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
             return false;
@@ -576,7 +564,7 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
         return false;
     }
     // An answer from the Edge's side belongs to a handshake opened from outside.
-    let e = if nic_role == edge_filter_common::role::EDGE { &FROM_OUTSIDE } else { &FROM_TRUSTED };
+    let e = if nic_role == role::EDGE { &FROM_OUTSIDE } else { &FROM_TRUSTED };
     let Some(embryo) = live(e.table, key, settings, clock, e.expired) else {
         return false;
     };
@@ -618,7 +606,7 @@ pub fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) 
 /// Whether the ICMP error being judged quotes a packet of a live flow, in either
 /// direction (the quote's tuple is in `QUOTE`).
 #[inline(always)]
-pub fn related(settings: &Settings, clock: &mut Clock) -> bool {
+pub(crate) fn related(settings: &Settings, clock: &mut Clock) -> bool {
     let Some(q) = QUOTE.get_ptr_mut(0) else {
         return false;
     };
@@ -630,9 +618,7 @@ pub fn related(settings: &Settings, clock: &mut Clock) -> bool {
         if udp {
             alive(&UDP_FLOWS, key, settings, true, now)
         } else {
-            alive(&FLOWS, key, settings, false, now)
-                || alive(&EMBRYOS, key, settings, false, now)
-                || alive(&EMBRYOS_OUT, key, settings, false, now)
+            alive(&FLOWS, key, settings, false, now) || alive(&EMBRYOS, key, settings, false, now) || alive(&EMBRYOS_OUT, key, settings, false, now)
         }
     };
     if found(forward) {

@@ -105,7 +105,7 @@ impl Prefix {
 /// `addr` with every bit after the first `len` cleared, by the arithmetic the kernel
 /// program masks with.
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
-    use edge_filter_common::hint::{mask32, mask6};
+    use edge_filter_common::hint::{mask6, mask32};
     match addr {
         IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(u32::from(len)))),
         IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(mask6(&a.octets(), u32::from(len)))),
@@ -131,9 +131,7 @@ impl FromStr for Prefix {
         let max = u32::from(Self::width(&addr));
         match len.parse::<u32>() {
             Ok(l) if l <= max => Self::new(addr, l as u8).map_err(|e| match e {
-                AddrError::HostBits { len, network, .. } => {
-                    AddrError::HostBits { input: input.to_owned(), len, network }
-                }
+                AddrError::HostBits { len, network, .. } => AddrError::HostBits { input: input.to_owned(), len, network },
                 other => other,
             }),
             Ok(l) => Err(AddrError::PrefixTooLong { input: input.to_owned(), len: l, max }),
@@ -158,8 +156,7 @@ impl SetId {
     pub const AV_EDGE: SetId = SetId(set::AV_EDGE as u8);
     pub const INTERNAL_EDGE: SetId = SetId(set::INTERNAL_EDGE as u8);
     /// The edge sets, in index order.
-    pub const EDGE: [SetId; set::EDGE_COUNT as usize] =
-        [SetId::ACCESS_EDGE, SetId::WEBCONF_EDGE, SetId::AV_EDGE, SetId::INTERNAL_EDGE];
+    pub const EDGE: [SetId; set::EDGE_COUNT as usize] = [SetId::ACCESS_EDGE, SetId::WEBCONF_EDGE, SetId::AV_EDGE, SetId::INTERNAL_EDGE];
 
     /// The set of a kernel index, if it is one.
     pub fn from_index(index: u32) -> Option<Self> {
@@ -204,12 +201,7 @@ pub struct AddressSets {
 
 impl Default for AddressSets {
     fn default() -> Self {
-        Self {
-            names: set::EDGE_NAMES.iter().map(|n| n.to_string()).collect(),
-            entries: BTreeSet::new(),
-            counts: [0; 2],
-            lens: Default::default(),
-        }
+        Self { names: set::EDGE_NAMES.iter().map(|n| n.to_string()).collect(), entries: BTreeSet::new(), counts: [0; 2], lens: Default::default() }
     }
 }
 
@@ -223,14 +215,9 @@ impl AddressSets {
         if name == "any" {
             return Err(bad("`any` means every address"));
         }
-        if name.is_empty()
-            || name.len() > edge_filter_common::NAME_LEN
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        if name.is_empty() || name.len() > edge_filter_common::NAME_LEN || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(bad(&format!(
-                "a name of 1 to {} letters, digits, `-` and `_`",
-                edge_filter_common::NAME_LEN
-            )));
+            return Err(bad(&format!("a name of 1 to {} letters, digits, `-` and `_`", edge_filter_common::NAME_LEN)));
         }
         if self.names.len() >= MAX_SETS as usize {
             return Err(AddrError::TooManySets { name: name.to_owned(), max: MAX_SETS });
@@ -241,10 +228,11 @@ impl AddressSets {
 
     /// The set of this name.
     pub fn set_named(&self, name: &str) -> Result<SetId, AddrError> {
-        self.names.iter().position(|n| n == name).map(|i| SetId(i as u8)).ok_or_else(|| AddrError::UnknownSet {
-            input: name.to_owned(),
-            expected: self.names.join(", "),
-        })
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| SetId(i as u8))
+            .ok_or_else(|| AddrError::UnknownSet { input: name.to_owned(), expected: self.names.join(", ") })
     }
 
     /// The name of a set.
@@ -332,10 +320,7 @@ impl AddressSets {
     /// those of every shorter prefix that contains it.
     pub fn all(&self, prefix: &Prefix) -> u32 {
         let fam = usize::from(prefix.addr.is_ipv6());
-        self.lens[fam]
-            .keys()
-            .filter(|l| **l <= prefix.len)
-            .fold(0, |m, l| m | self.own(&Prefix { addr: mask(prefix.addr, *l), len: *l }))
+        self.lens[fam].keys().filter(|l| **l <= prefix.len).fold(0, |m, l| m | self.own(&Prefix { addr: mask(prefix.addr, *l), len: *l }))
     }
 
     /// The distinct prefixes, each once.
@@ -418,14 +403,8 @@ mod tests {
             ("edge", "`edge` is not an IP address or prefix"),
             ("203.0.113.10/33", "`203.0.113.10/33`: prefix length 33 is longer than 32 bits"),
             ("2001:db8::/129", "`2001:db8::/129`: prefix length 129 is longer than 128 bits"),
-            (
-                "203.0.113.10/24",
-                "`203.0.113.10/24` has host bits set beyond /24; did you mean 203.0.113.0/24?",
-            ),
-            (
-                "2001:db8::1/64",
-                "`2001:db8::1/64` has host bits set beyond /64; did you mean 2001:db8::/64?",
-            ),
+            ("203.0.113.10/24", "`203.0.113.10/24` has host bits set beyond /24; did you mean 203.0.113.0/24?"),
+            ("2001:db8::1/64", "`2001:db8::1/64` has host bits set beyond /64; did you mean 2001:db8::/64?"),
         ] {
             let err = input.parse::<Prefix>().unwrap_err().to_string();
             assert!(err.starts_with(want), "{input}: {err}");
@@ -470,10 +449,7 @@ mod tests {
         assert!(sets.remove(SetId::ACCESS_EDGE, &p("203.0.113.0/24")));
         assert!(!sets.remove(SetId::ACCESS_EDGE, &p("203.0.113.0/24")));
         assert_eq!(sets.of(SetId::ACCESS_EDGE).collect::<Vec<_>>(), vec![p("203.0.113.10")]);
-        assert_eq!(
-            sets.overlaps(),
-            vec![(p("203.0.113.10"), SetId::ACCESS_EDGE, p("203.0.113.10"), SetId::AV_EDGE)]
-        );
+        assert_eq!(sets.overlaps(), vec![(p("203.0.113.10"), SetId::ACCESS_EDGE, p("203.0.113.10"), SetId::AV_EDGE)]);
     }
 
     #[test]
@@ -489,10 +465,7 @@ mod tests {
         for i in 1..12 {
             sets.add_peer(&format!("p{i}")).unwrap();
         }
-        assert_eq!(
-            sets.add_peer("one-more").unwrap_err().to_string(),
-            "peer set `one-more`: at most 16 sets in all, the four edge sets included"
-        );
+        assert_eq!(sets.add_peer("one-more").unwrap_err().to_string(), "peer set `one-more`: at most 16 sets in all, the four edge sets included");
         assert_eq!(
             sets.set_named("acess-edge").unwrap_err().to_string(),
             "unknown address set `acess-edge` (expected access-edge, webconf-edge, av-edge, internal-edge, partners, \
@@ -573,7 +546,7 @@ mod tests {
             assert_eq!(SetId::from_index(i as u32), Some(s));
             assert_eq!(s.bit(), 1 << i);
             assert!(s.is_edge());
-            assert_eq!(s.edge_name(), Some(edge_filter_common::set::EDGE_NAMES[i]));
+            assert_eq!(s.edge_name(), Some(set::EDGE_NAMES[i]));
         }
         assert_eq!(SetId::from_index(16), None);
         assert!(!SetId::from_index(4).unwrap().is_edge());

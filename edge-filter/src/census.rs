@@ -98,13 +98,8 @@ impl Census {
         };
         let idx = |i: u32| i as usize;
         let flows = count(map::FLOWS, false, idx(e::FLOW_CREATED), &[idx(e::FLOW_EXPIRED), idx(e::FLOW_CLOSED)], previous.map(|p| &p.flows))?;
-        let embryos = count(
-            map::EMBRYOS,
-            false,
-            idx(e::EMBRYO_CREATED),
-            &[idx(e::EMBRYO_EXPIRED), idx(e::EMBRYO_CLOSED)],
-            previous.map(|p| &p.embryos),
-        )?;
+        let embryos =
+            count(map::EMBRYOS, false, idx(e::EMBRYO_CREATED), &[idx(e::EMBRYO_EXPIRED), idx(e::EMBRYO_CLOSED)], previous.map(|p| &p.embryos))?;
         let embryos_out = count(
             map::EMBRYOS_OUT,
             false,

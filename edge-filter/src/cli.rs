@@ -179,13 +179,13 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("edge-filter: {e:#}");
             let bad_nic = matches!(
-                e.downcast_ref::<crate::pins::PinError>(),
+                e.downcast_ref::<pins::PinError>(),
                 Some(
-                    crate::pins::PinError::UnknownInterface { .. }
-                        | crate::pins::PinError::Foreign { .. }
-                        | crate::pins::PinError::IfindexTooHigh { .. }
-                        | crate::pins::PinError::DaemonRunning { .. }
-                        | crate::pins::PinError::NotBpffs { .. }
+                    pins::PinError::UnknownInterface { .. }
+                        | pins::PinError::Foreign { .. }
+                        | pins::PinError::IfindexTooHigh { .. }
+                        | pins::PinError::DaemonRunning { .. }
+                        | pins::PinError::NotBpffs { .. }
                 )
             );
             if bad_nic || e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<crate::config::ConfigError>().is_some() {
@@ -321,9 +321,8 @@ fn check(pins: &Pins, state_dir: &Path, path: &Path, json: bool, offline: bool) 
 /// next recorded outcome.
 fn reload(state_dir: &Path, pid: Option<u32>, timeout: Duration) -> anyhow::Result<ExitCode> {
     let path = ReloadStatus::path(state_dir);
-    let before = ReloadStatus::load(state_dir)?.with_context(|| {
-        format!("no daemon has recorded a start in {} (is `edge-filter run` running with this --state-dir?)", path.display())
-    })?;
+    let before = ReloadStatus::load(state_dir)?
+        .with_context(|| format!("no daemon has recorded a start in {} (is `edge-filter run` running with this --state-dir?)", path.display()))?;
     if let Some(pid) = pid.filter(|p| *p != before.pid) {
         bail!("pid {pid} is not the daemon that records its outcomes in {} (pid {})", path.display(), before.pid);
     }
@@ -371,11 +370,8 @@ fn reload(state_dir: &Path, pid: Option<u32>, timeout: Duration) -> anyhow::Resu
 fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) -> anyhow::Result<()> {
     let rows = config.policy.rules.view(&config.sets);
     let sets = &config.sets;
-    let overlaps: Vec<String> = sets
-        .overlaps()
-        .into_iter()
-        .map(|(p, s, q, t)| format!("{p} in {} is also in {} ({q})", sets.name(s), sets.name(t)))
-        .collect();
+    let overlaps: Vec<String> =
+        sets.overlaps().into_iter().map(|(p, s, q, t)| format!("{p} in {} is also in {} ({q})", sets.name(s), sets.name(t))).collect();
     let members: Vec<serde_json::Value> = sets
         .sets()
         .map(|s| {
@@ -388,11 +384,8 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
         .collect();
     let p = &config.policy;
     if json {
-        let ifaces: Vec<_> = config
-            .interfaces
-            .iter()
-            .map(|i| serde_json::json!({"name": i.name, "role": i.role.name(), "mode": i.mode.name()}))
-            .collect();
+        let ifaces: Vec<_> =
+            config.interfaces.iter().map(|i| serde_json::json!({"name": i.name, "role": i.role.name(), "mode": i.mode.name()})).collect();
         let v = serde_json::json!({
             "rules": rows,
             "sets": members,
@@ -478,10 +471,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     let rows: Vec<_> = links
         .iter()
         .map(|l| {
-            let role = pins::ifindex(&l.interface)
-                .ok()
-                .and_then(|ix| ifaces.iter().find(|e| e.ifindex == ix))
-                .map_or("none", |e| e.role.name());
+            let role = pins::ifindex(&l.interface).ok().and_then(|ix| ifaces.iter().find(|e| e.ifindex == ix)).map_or("none", |e| e.role.name());
             let mode = pins::xdp_mode(&l.interface).unwrap_or("unknown");
             (l, role, mode)
         })
@@ -519,12 +509,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
         println!("{:<16} {:<8} {:<7} {:>8} {:>10}", l.interface, role, mode, l.link_id, l.program_id);
     }
     print!("{}", policy.rules.render(&sets));
-    println!(
-        "unpoliced {}, fragments {}, dry-run {}",
-        policy.unpoliced.name(),
-        policy.fragments.name(),
-        policy.dry_run
-    );
+    println!("unpoliced {}, fragments {}, dry-run {}", policy.unpoliced.name(), policy.fragments.name(), policy.dry_run);
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!("addresses: {}", sets.join(", "));
     // Live: within the idle timeout of its state, as the kernel judges it. Entries past
@@ -550,10 +535,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
             t.live, t.stale, t.created, t.expired, t.closed, t.evicted, t.insert_failed
         );
     }
-    println!(
-        "handshakes not recorded because their source held its share ({} flows per source): {}",
-        policy.sources.max_flows, ev.source_limited
-    );
+    println!("handshakes not recorded because their source held its share ({} flows per source): {}", policy.sources.max_flows, ev.source_limited);
     let egress = pins.egress_links();
     if !egress.is_empty() {
         println!("host-mode egress (TCX): {}", egress.join(", "));

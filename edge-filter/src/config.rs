@@ -23,8 +23,8 @@ use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroU16, path::Path};
 use toml::{Table, Value};
 
 use crate::{
-    names::named_enum,
     addr::{AddressSets, Prefix, SetId},
+    names::named_enum,
     policy::{Fate, Policy, Role},
     rules::{PortRange, RowSpec, RuleTable, TableSpec},
 };
@@ -135,8 +135,7 @@ impl Config {
     /// Read and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Syntax { file: file.clone(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Syntax { file: file.clone(), message: e.to_string() })?;
         Self::parse(&text, &file)
     }
 
@@ -158,11 +157,8 @@ impl Config {
         let mut seen = BTreeMap::new();
         for (i, iface) in cx.array_of_tables(&table, "interface")?.into_iter().enumerate() {
             let key = |k: &str| format!("interface[{i}].{k}");
-            let name = cx.string(iface.get("name"), &key("name"))?.ok_or_else(|| cx.value(
-                &key("name"),
-                "(missing)",
-                "every interface needs a name",
-            ))?;
+            let name =
+                cx.string(iface.get("name"), &key("name"))?.ok_or_else(|| cx.value(&key("name"), "(missing)", "every interface needs a name"))?;
             let name = name.to_owned();
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                 return Err(cx.value(&key("name"), &quote(&name), "an interface name of 1 to 15 characters"));
@@ -258,8 +254,8 @@ impl Config {
             let destination = need("destination", "any, or the name of a set")?.to_owned();
             spec.rows.push(RowSpec { id, proto, ports, source, destination });
         }
-        config.policy.rules = RuleTable::build(&spec, &config.sets)
-            .map_err(|e| ConfigError::Policy { file: file.to_owned(), message: e.to_string() })?;
+        config.policy.rules =
+            RuleTable::build(&spec, &config.sets).map_err(|e| ConfigError::Policy { file: file.to_owned(), message: e.to_string() })?;
 
         if let Some(state) = cx.table(&table, "state")? {
             if let Some(n) = cx.int(state.get("max-flows"), "state.max-flows", 1, i64::from(u32::MAX))? {
@@ -303,8 +299,7 @@ impl Config {
         if let Some(log) = cx.table(&table, "log")? {
             let per_second = cx.int(log.get("drops-per-second"), "log.drops-per-second", 1, 1_000_000)?;
             if cx.bool(log.get("drops"), "log.drops")? == Some(true) {
-                config.policy.drop_log =
-                    Some(per_second.map_or(crate::policy::DEFAULT_DROP_LOG_PER_SEC, |n| n as u32));
+                config.policy.drop_log = Some(per_second.map_or(crate::policy::DEFAULT_DROP_LOG_PER_SEC, |n| n as u32));
             }
         }
 
@@ -333,10 +328,7 @@ impl Cx<'_> {
     }
 
     fn unknown(&self, key: String, valid: &[&str], leaf: &str) -> ConfigError {
-        let hint = nearest(leaf, valid).map_or_else(
-            || format!(" (valid here: {})", valid.join(", ")),
-            |n| format!("; did you mean `{n}`?"),
-        );
+        let hint = nearest(leaf, valid).map_or_else(|| format!(" (valid here: {})", valid.join(", ")), |n| format!("; did you mean `{n}`?"));
         ConfigError::UnknownKey { file: self.file.to_owned(), key, hint }
     }
 
@@ -412,8 +404,7 @@ impl Cx<'_> {
     /// A list of prefixes into `set`.
     fn prefixes(&self, sets: &mut AddressSets, set: SetId, v: Option<&Value>, key: &str) -> Result<(), ConfigError> {
         for entry in self.string_array(v, key)? {
-            let prefix: Prefix =
-                entry.parse().map_err(|e: crate::AddrError| self.value(key, &quote(entry), &e.to_string()))?;
+            let prefix: Prefix = entry.parse().map_err(|e: crate::AddrError| self.value(key, &quote(entry), &e.to_string()))?;
             sets.insert(set, prefix).map_err(|e| self.value(key, &quote(entry), &e.to_string()))?;
         }
         Ok(())
@@ -423,10 +414,9 @@ impl Cx<'_> {
     fn names(&self, v: Option<&Value>, key: &str, what: &str) -> Result<Vec<String>, ConfigError> {
         match v {
             None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|i| i.as_str().map(str::to_owned).ok_or_else(|| self.value(key, &i.to_string(), what)))
-                .collect(),
+            Some(Value::Array(items)) => {
+                items.iter().map(|i| i.as_str().map(str::to_owned).ok_or_else(|| self.value(key, &i.to_string(), what))).collect()
+            }
             Some(other) => Err(self.value(key, &other.to_string(), what)),
         }
     }
@@ -450,11 +440,9 @@ impl Cx<'_> {
     fn port(&self, v: Option<&Value>, key: &str) -> Result<Option<NonZeroU16>, ConfigError> {
         match v {
             None => Ok(None),
-            Some(Value::Integer(n)) => u16::try_from(*n)
-                .ok()
-                .and_then(NonZeroU16::new)
-                .map(Some)
-                .ok_or_else(|| self.value(key, &n.to_string(), "a port from 1 to 65535")),
+            Some(Value::Integer(n)) => {
+                u16::try_from(*n).ok().and_then(NonZeroU16::new).map(Some).ok_or_else(|| self.value(key, &n.to_string(), "a port from 1 to 65535"))
+            }
             Some(other) => Err(self.value(key, &other.to_string(), "a port from 1 to 65535")),
         }
     }
@@ -466,12 +454,7 @@ impl Cx<'_> {
 
 /// The valid key closest to `key` by edit distance, if it is plausibly a typo.
 fn nearest<'a>(key: &str, valid: &[&'a str]) -> Option<&'a str> {
-    valid
-        .iter()
-        .map(|v| (strsim::damerau_levenshtein(&key.to_lowercase(), v), *v))
-        .filter(|(d, v)| *d <= 3.max(v.len() / 3))
-        .min()
-        .map(|(_, v)| v)
+    valid.iter().map(|v| (strsim::damerau_levenshtein(&key.to_lowercase(), v), *v)).filter(|(d, v)| *d <= 3.max(v.len() / 3)).min().map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -614,7 +597,10 @@ mod tests {
         for (text, want) in [
             ("[policy]\nfederation_port = 5269", "edge.toml: unknown key `policy.federation_port`; did you mean `federation-port`?"),
             ("[polcy]\ndry-run = true", "edge.toml: unknown key `polcy`; did you mean `policy`?"),
-            ("[[interface]]\nname = \"eth0\"\nrole = \"outside\"\nmod = \"skb\"", "edge.toml: unknown key `interface \"eth0\".mod`; did you mean `mode`?"),
+            (
+                "[[interface]]\nname = \"eth0\"\nrole = \"outside\"\nmod = \"skb\"",
+                "edge.toml: unknown key `interface \"eth0\".mod`; did you mean `mode`?",
+            ),
             ("[[interface]]\nname = \"a/b\"\nrole = \"outside\"\nmod = \"skb\"", "edge.toml: unknown key `interface[0].mod`; did you mean `mode`?"),
             ("[[interface]]\nrole = \"outside\"", "edge.toml: interface[0].name = (missing): every interface needs a name"),
             ("[[interface]]\nname = \"a/b\"\nrole = \"outside\"", "edge.toml: interface[0].name = \"a/b\": an interface name of 1 to 15 characters"),
@@ -624,28 +610,66 @@ mod tests {
             ("[log]\ndrops = \"yes\"", "edge.toml: log.drops = \"yes\": true or false"),
             ("[log]\ndrops-per-second = 0", "edge.toml: log.drops-per-second = 0: an integer from 1 to 1000000"),
             ("[[interface]]\nname = \"eth0\"\nrole = \"inside\"", "edge.toml: interface \"eth0\" role = \"inside\": outside, edge or host"),
-            ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\nmode = \"fast\"", "edge.toml: interface \"eth0\" mode = \"fast\": auto, native or skb"),
-            ("[[interface]]\nname = \"eth0\"\nrole = \"edge\"\n[[interface]]\nname = \"eth0\"\nrole = \"outside\"", "edge.toml: interface `eth0` is listed twice"),
-            ("[addresses]\naccess-edge = [\"203.0.113.300\"]", "edge.toml: addresses.access-edge = \"203.0.113.300\": `203.0.113.300` is not an IP address or prefix"),
-            ("[policy]\ntables = [\"lync-edge\"]", "edge.toml: unknown table `lync-edge` (expected xmpp-federation, lync-edge-external or lync-edge-internal)"),
-            ("[policy.ports]\nXmppPort = 5269", "edge.toml: policy.ports.XmppPort = 5269: unknown port parameter `XmppPort` (expected one of XmppListeningPort, "),
+            (
+                "[[interface]]\nname = \"eth0\"\nrole = \"edge\"\nmode = \"fast\"",
+                "edge.toml: interface \"eth0\" mode = \"fast\": auto, native or skb",
+            ),
+            (
+                "[[interface]]\nname = \"eth0\"\nrole = \"edge\"\n[[interface]]\nname = \"eth0\"\nrole = \"outside\"",
+                "edge.toml: interface `eth0` is listed twice",
+            ),
+            (
+                "[addresses]\naccess-edge = [\"203.0.113.300\"]",
+                "edge.toml: addresses.access-edge = \"203.0.113.300\": `203.0.113.300` is not an IP address or prefix",
+            ),
+            (
+                "[policy]\ntables = [\"lync-edge\"]",
+                "edge.toml: unknown table `lync-edge` (expected xmpp-federation, lync-edge-external or lync-edge-internal)",
+            ),
+            (
+                "[policy.ports]\nXmppPort = 5269",
+                "edge.toml: policy.ports.XmppPort = 5269: unknown port parameter `XmppPort` (expected one of XmppListeningPort, ",
+            ),
             ("[policy.ports]\nXmppListeningPort = 0", "edge.toml: policy.ports.XmppListeningPort = 0: a port from 1 to 65535"),
-            ("[policy]\nfederation-port = 5270\n[policy.ports]\nXmppListeningPort = 5271", "edge.toml: policy.ports.XmppListeningPort = 5271: one name per port: policy.federation-port says it too"),
+            (
+                "[policy]\nfederation-port = 5270\n[policy.ports]\nXmppListeningPort = 5271",
+                "edge.toml: policy.ports.XmppListeningPort = 5271: one name per port: policy.federation-port says it too",
+            ),
             ("[policy]\ndisable = [\"federation\"]", "edge.toml: disable = `federation`: no row of the table has this id"),
-            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"edge\"", "edge.toml: row `x`: unknown set `edge` (expected any, access-edge, webconf-edge, av-edge, internal-edge)"),
-            ("[peers]\npartners = [\"198.51.100.0/24\"]\n[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"partners\"", "edge.toml: row `x`: names no edge set"),
-            ("[[rule]]\nid = \"federation-in\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: row `federation-in` is defined twice"),
-            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = \"60000-50000\"\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: rule `x` port = \"60000-50000\": a port from 1 to 65535, or a range"),
-            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 70000\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: rule `x` port = 70000: a port from 1 to 65535"),
-            ("[[rule]]\nid = \"x\"\nproto = \"sctp\"\nport = 1\nsource = \"any\"\ndestination = \"access-edge\"", "edge.toml: rule `x` proto = \"sctp\": tcp or udp"),
-            ("[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 1\nsource = \"any\"\ndestination = \"access-edge\"\nsorce = \"any\"", "edge.toml: unknown key `rule[0].sorce`; did you mean `source`?"),
+            (
+                "[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"edge\"",
+                "edge.toml: row `x`: unknown set `edge` (expected any, access-edge, webconf-edge, av-edge, internal-edge)",
+            ),
+            (
+                "[peers]\npartners = [\"198.51.100.0/24\"]\n[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"partners\"",
+                "edge.toml: row `x`: names no edge set",
+            ),
+            (
+                "[[rule]]\nid = \"federation-in\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"access-edge\"",
+                "edge.toml: row `federation-in` is defined twice",
+            ),
+            (
+                "[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = \"60000-50000\"\nsource = \"any\"\ndestination = \"access-edge\"",
+                "edge.toml: rule `x` port = \"60000-50000\": a port from 1 to 65535, or a range",
+            ),
+            (
+                "[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 70000\nsource = \"any\"\ndestination = \"access-edge\"",
+                "edge.toml: rule `x` port = 70000: a port from 1 to 65535",
+            ),
+            (
+                "[[rule]]\nid = \"x\"\nproto = \"sctp\"\nport = 1\nsource = \"any\"\ndestination = \"access-edge\"",
+                "edge.toml: rule `x` proto = \"sctp\": tcp or udp",
+            ),
+            (
+                "[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 1\nsource = \"any\"\ndestination = \"access-edge\"\nsorce = \"any\"",
+                "edge.toml: unknown key `rule[0].sorce`; did you mean `source`?",
+            ),
             ("[peers]\naccess-edge = []", "edge.toml: peers.access-edge = \"access-edge\": set `access-edge`: the name is taken"),
             ("[polcy", "edge.toml: line 1, column 7: "),
             ("[state]\nmax-flows = 0", "edge.toml: state.max-flows = 0: an integer from 1 to 4294967295"),
             ("[state]\nsyn-timeout = 0", "edge.toml: state.syn-timeout = 0: an integer from 1 to 2592000"),
             ("[metrics]\nlisten = \"localhost\"", "edge.toml: metrics.listen = \"localhost\": an address and port such as 127.0.0.1:9435"),
             ("policy = 3", "edge.toml: policy = 3: a table ([policy])"),
-
         ] {
             let e = err(text);
             assert!(e.starts_with(want), "{text:?}\n got: {e}\nwant: {want}");

@@ -71,21 +71,14 @@ impl Counters {
             .rows()
             .filter_map(|r| {
                 let before = earlier.get(r.slot, r.verdict);
-                (r.packets != before.packets).then_some(Row {
-                    packets: r.packets - before.packets,
-                    bytes: r.bytes - before.bytes,
-                    ..r
-                })
+                (r.packets != before.packets).then_some(Row { packets: r.packets - before.packets, bytes: r.bytes - before.bytes, ..r })
             })
             .collect();
         let rules = self
             .rules
             .iter()
             .zip(&earlier.rules)
-            .map(|(now, then)| Counter {
-                packets: now.packets.wrapping_sub(then.packets),
-                bytes: now.bytes.wrapping_sub(then.bytes),
-            })
+            .map(|(now, then)| Counter { packets: now.packets.wrapping_sub(then.packets), bytes: now.bytes.wrapping_sub(then.bytes) })
             .collect();
         Delta { moved, rules }
     }

@@ -45,10 +45,10 @@ use log::{error, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    census::Census,
     config::Config,
     loader::{Filter, LoadOptions, Maps},
     pins::{self, Pins},
-    census::Census,
     report::{Reloads, Snapshot},
     statedir::{Changes, Composed, ReloadStatus},
 };
@@ -90,10 +90,10 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
         if adopted {
             info!("adopting the maps pinned at {}", pins.maps_dir().display());
             for (what, have, want) in [
-                ("flow table", filter.max_flows()?, config.max_flows),
-                ("handshake table", filter.max_embryos()?, config.max_embryos),
-                ("trusted-side handshake table", filter.max_embryos_out()?, config.max_embryos_out),
-                ("UDP flow table", filter.max_udp_flows()?, config.max_udp_flows),
+                ("flow table", filter.maps().max_flows()?, config.max_flows),
+                ("handshake table", filter.maps().max_embryos()?, config.max_embryos),
+                ("trusted-side handshake table", filter.maps().max_embryos_out()?, config.max_embryos_out),
+                ("UDP flow table", filter.maps().max_udp_flows()?, config.max_udp_flows),
             ] {
                 if have != want {
                     warn!("the pinned {what} has {have} entries, the config asks for {want}; detach to resize");
@@ -295,10 +295,10 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
 
     // Sets before rows: a new peer set's addresses carry its bit before any row names
     // it, so no row ever matches on a set that is still being filled.
-    filter.set_address_sets(sets)?;
-    filter.set_policy(&config.policy)?;
+    filter.maps_mut().set_address_sets(sets)?;
+    filter.maps_mut().set_policy(&config.policy)?;
     for (ifindex, iface) in &want {
-        filter.set_iface(*ifindex, iface.role)?;
+        filter.maps_mut().set_iface(*ifindex, iface.role)?;
     }
     for (_, iface) in &want {
         let attached = pins.attach(filter, &iface.name, iface.mode)?;
@@ -325,9 +325,9 @@ fn apply(filter: &mut Filter, pins: &Pins, config: &Config, state_dir: &Path) ->
             info!("{}: detached (no longer in the config)", link.interface);
         }
     }
-    for entry in filter.ifaces()? {
+    for entry in filter.maps().ifaces()? {
         if !want.iter().any(|(ix, _)| *ix == entry.ifindex) {
-            filter.remove_iface(entry.ifindex)?;
+            filter.maps_mut().remove_iface(entry.ifindex)?;
         }
     }
     if composed.prunes() {
@@ -375,9 +375,7 @@ impl log::Log for DropLogNames {
 
     fn log(&self, record: &log::Record<'_>) {
         let line = Self::rewrite(&record.args().to_string());
-        log::logger().log(
-            &log::Record::builder().args(format_args!("{line}")).level(record.level()).target("edge_filter::drop").build(),
-        );
+        log::logger().log(&log::Record::builder().args(format_args!("{line}")).level(record.level()).target("edge_filter::drop").build());
     }
 
     fn flush(&self) {}

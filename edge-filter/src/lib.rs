@@ -13,7 +13,6 @@
 //! - [`pins`]: the pin directory that keeps the filter attached without a process;
 //! - [`statedir`]: runtime address changes kept across reboots;
 //! - [`report`]: the snapshot `stats`, `status` and `/metrics` show;
-//! - [`model`]: the policy as plain Rust, for differential tests against the kernel;
 //! - [`cli`] and [`daemon`]: the `edge-filter` command and its `run` loop.
 //!
 //! The kernel side is `edge-filter-ebpf`; the types both sides share are in
@@ -26,7 +25,6 @@ pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod loader;
-pub mod model;
 pub mod names;
 pub mod pins;
 pub mod policy;
@@ -35,8 +33,8 @@ pub mod rules;
 pub mod statedir;
 
 pub use addr::{AddrError, AddressSets, Prefix, SetId};
-pub use counters::{Counters, Delta, Row};
 pub use config::Config;
+pub use counters::{Counters, Delta, Row};
 pub use loader::{Error, Filter, IfaceEntry, LoadOptions, Maps, Variant};
 pub use policy::{Fate, Policy, Role, SourceLimit, Timeouts};
 pub use rules::{Proto, RuleTable};

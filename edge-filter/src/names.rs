@@ -43,17 +43,17 @@ macro_rules! named_enum {
 
         impl $name {
             /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            $vis const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The value's name in the config, the CLI and the views.
-            pub fn name(self) -> &'static str {
+            $vis fn name(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
                 }
             }
 
             /// The valid names, for messages: `a, b or c`.
-            pub fn expected() -> String {
+            $vis fn expected() -> String {
                 $crate::names::list(&[$($text),+])
             }
         }

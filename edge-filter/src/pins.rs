@@ -57,7 +57,9 @@ pub enum PinError {
     NotBpffs { dir: PathBuf, parent: PathBuf },
     #[error("`edge-filter run` (pid {pid}) holds {}; stop it first (SIGTERM leaves the filter attached); nothing changed", dir.display())]
     DaemonRunning { dir: PathBuf, pid: String },
-    #[error("cannot tell whether interface `{name}` carries an XDP program of another tool (asking the kernel over rtnetlink: {source}); nothing changed")]
+    #[error(
+        "cannot tell whether interface `{name}` carries an XDP program of another tool (asking the kernel over rtnetlink: {source}); nothing changed"
+    )]
     XdpQuery {
         name: String,
         #[source]
@@ -215,8 +217,7 @@ impl Pins {
                 let path = self.tc_path(iface);
                 if path.exists() {
                     let pinned = PinnedLink::from_pin(&path).map_err(|source| PinError::Link { path: path.clone(), source })?;
-                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                        .map_err(|source| PinError::Link { path: path.clone(), source })?;
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| PinError::Link { path: path.clone(), source })?;
                     program.attach_to_link(link).map_err(err)?;
                     return Ok(true);
                 }
@@ -261,9 +262,8 @@ impl Pins {
 
     /// The NICs with a pinned egress link.
     pub fn egress_links(&self) -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(self.tc_dir())
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
+        let mut out: Vec<String> =
+            std::fs::read_dir(self.tc_dir()).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
         out.sort();
         out
     }
@@ -335,9 +335,7 @@ impl Pins {
             Err(_) => return Err(PinError::DaemonRunning { dir: self.dir.clone(), pid: holder_pid(&path) }),
         };
         use std::io::Write as _;
-        file.set_len(0)
-            .and_then(|()| write!(file, "{}\n{}\n", std::process::id(), self.dir.display()))
-            .map_err(io(&path))?;
+        file.set_len(0).and_then(|()| write!(file, "{}\n{}\n", std::process::id(), self.dir.display())).map_err(io(&path))?;
         Ok(DaemonLock { _file: file, path })
     }
 
@@ -372,11 +370,8 @@ impl Pins {
         let program = filter.program_mut()?;
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path).map_err(|source| PinError::Link { path: path.clone(), source })?;
-            let link = XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|source| PinError::Link { path: path.clone(), source })?;
-            program
-                .attach_to_link(link)
-                .map_err(|source| PinError::Attach { name: iface.to_owned(), mode: "kept", source })?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| PinError::Link { path: path.clone(), source })?;
+            program.attach_to_link(link).map_err(|source| PinError::Attach { name: iface.to_owned(), mode: "kept", source })?;
             return Ok(Attached { mode: "kept", replaced: true, native_refused: None });
         }
         let ifindex = ifindex(iface)?;
@@ -417,11 +412,7 @@ impl Pins {
             let path = entry.path();
             let link = PinnedLink::from_pin(&path).map_err(|source| PinError::Link { path: path.clone(), source })?;
             let info = FdLink::from(link).info().map_err(|source| PinError::Link { path: path.clone(), source })?;
-            out.push(LinkEntry {
-                interface: entry.file_name().to_string_lossy().into_owned(),
-                link_id: info.id(),
-                program_id: info.program_id(),
-            });
+            out.push(LinkEntry { interface: entry.file_name().to_string_lossy().into_owned(), link_id: info.id(), program_id: info.program_id() });
         }
         out.sort_by(|a, b| a.interface.cmp(&b.interface));
         Ok(out)

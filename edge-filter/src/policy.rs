@@ -231,10 +231,7 @@ mod tests {
             assert_eq!(r.name().parse::<Role>(), Ok(r));
             assert_eq!(Role::from_kernel(r.to_kernel()), Some(r));
         }
-        assert_eq!(
-            "inside".parse::<Role>().unwrap_err().to_string(),
-            "unknown role `inside` (expected outside, edge or host)"
-        );
+        assert_eq!("inside".parse::<Role>().unwrap_err().to_string(), "unknown role `inside` (expected outside, edge or host)");
         assert_eq!(Role::from_kernel(0), None);
     }
 }

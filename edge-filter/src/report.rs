@@ -149,10 +149,7 @@ impl Snapshot {
             .rows()
             .map(|r| CounterRow { interface: name_of(r.slot), action: r.action, reason: r.reason, packets: r.packets, bytes: r.bytes })
             .collect();
-        let rules = counters
-            .rule_rows()
-            .map(|(rule, c)| RuleRow { rule: rule.to_owned(), packets: c.packets, bytes: c.bytes })
-            .collect();
+        let rules = counters.rule_rows().map(|(rule, c)| RuleRow { rule: rule.to_owned(), packets: c.packets, bytes: c.bytes }).collect();
         let sets = maps.address_sets()?;
         let events = maps.events()?;
         let flow_events = census.flow_events(&events);
@@ -213,10 +210,7 @@ impl Snapshot {
             families.push(MetricFamily::counter(
                 "edge_filter_reloads",
                 "Config reloads (SIGHUP) since the daemon started, applied or refused",
-                vec![
-                    (vec![("outcome", "applied".to_owned())], n(&r.applied)),
-                    (vec![("outcome", "refused".to_owned())], n(&r.refused)),
-                ],
+                vec![(vec![("outcome", "applied".to_owned())], n(&r.applied)), (vec![("outcome", "refused".to_owned())], n(&r.refused))],
             ));
         }
         render(&families)

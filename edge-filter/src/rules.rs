@@ -64,12 +64,11 @@ named_enum! {
 }
 
 impl Proto {
-
     /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
+            Tcp => 6,
+            Udp => 17,
         }
     }
 
@@ -241,9 +240,11 @@ impl Default for EdgePorts {
 impl EdgePorts {
     /// Set a parameter. The value's range (1-65535) is the caller's to check.
     pub fn set(&mut self, name: &str, value: u16) -> Result<(), RuleError> {
-        let key = PORT_PARAMETERS.iter().map(|(k, _)| *k).find(|k| *k == name).ok_or_else(|| {
-            RuleError::UnknownPort(name.to_owned(), PORT_PARAMETERS.map(|(k, _)| k).join(", "))
-        })?;
+        let key = PORT_PARAMETERS
+            .iter()
+            .map(|(k, _)| *k)
+            .find(|k| *k == name)
+            .ok_or_else(|| RuleError::UnknownPort(name.to_owned(), PORT_PARAMETERS.map(|(k, _)| k).join(", ")))?;
         self.values.insert(key, value);
         Ok(())
     }
@@ -384,13 +385,7 @@ impl RuleTable {
                     Fixed(lo, hi) => PortRange::new(*lo, *hi)?,
                     Media => media.clone()?,
                 };
-                let row = Row {
-                    id: (*id).to_owned(),
-                    proto: *proto,
-                    ports,
-                    source: resolve(id, source)?,
-                    destination: resolve(id, destination)?,
-                };
+                let row = Row { id: (*id).to_owned(), proto: *proto, ports, source: resolve(id, source)?, destination: resolve(id, destination)? };
                 if !rows.iter().any(|r| r.id == row.id) {
                     rows.push(row);
                 }
@@ -447,7 +442,7 @@ impl RuleTable {
         };
         for (position, (row, &slot)) in self.rows.iter().zip(slots).enumerate() {
             let bit = 1u64 << slot;
-            let proto = usize::from(row.proto == Proto::Udp);
+            let proto = usize::from(row.proto == Udp);
             c.ports[proto].push((row.ports, bit));
             if row.opens_from_edge() {
                 c.ruleset.from_edge |= bit;
@@ -583,11 +578,7 @@ impl RuleTable {
         let mut out = String::new();
         let _ = writeln!(out, "{:<22} {:<5} {:<11} {:<16} {:<16} OPENS FROM", "ROW", "PROTO", "PORT", "SOURCE", "DESTINATION");
         for r in self.view(sets) {
-            let _ = writeln!(
-                out,
-                "{:<22} {:<5} {:<11} {:<16} {:<16} {}",
-                r.id, r.proto, r.port, r.source, r.destination, r.opens_from
-            );
+            let _ = writeln!(out, "{:<22} {:<5} {:<11} {:<16} {:<16} {}", r.id, r.proto, r.port, r.source, r.destination, r.opens_from);
         }
         out
     }
@@ -627,13 +618,7 @@ mod tests {
     }
 
     fn row(id: &str, proto: &str, port: &str, source: &str, destination: &str) -> RowSpec {
-        RowSpec {
-            id: id.into(),
-            proto: proto.parse().unwrap(),
-            ports: port.parse().unwrap(),
-            source: source.into(),
-            destination: destination.into(),
-        }
+        RowSpec { id: id.into(), proto: proto.parse().unwrap(), ports: port.parse().unwrap(), source: source.into(), destination: destination.into() }
     }
 
     #[test]
@@ -662,7 +647,7 @@ mod tests {
         assert_eq!(get("federation-out").ports.to_string(), "5270");
         assert_eq!(get("rtp-udp-in").ports.to_string(), "40000-40099");
         assert_eq!(get("logging").ports.to_string(), "50001-50003");
-        assert_eq!(get("stun-udp-in").proto, Proto::Udp);
+        assert_eq!(get("stun-udp-in").proto, Udp);
         assert_eq!(get("stun-udp-in").destination, Endpoint::Set(SetId::AV_EDGE));
         assert!(get("sip-internal-out").opens_from_edge());
     }
@@ -729,10 +714,8 @@ mod tests {
         ] {
             let got = c.port_mask(proto, port) & set_mask(src_bits, true) & set_mask(dst_bits, false);
             let want = t.rows().iter().zip(&slots).fold(0u64, |m, (r, slot)| {
-                let hit = usize::from(r.proto == Proto::Udp) == proto
-                    && r.ports.contains(port)
-                    && r.source.matches(src_bits)
-                    && r.destination.matches(dst_bits);
+                let hit =
+                    usize::from(r.proto == Udp) == proto && r.ports.contains(port) && r.source.matches(src_bits) && r.destination.matches(dst_bits);
                 if hit { m | 1 << slot } else { m }
             });
             assert_eq!(got, want, "proto {proto} port {port} {src_bits:#x} -> {dst_bits:#x}");

@@ -223,10 +223,7 @@ impl Changes {
     /// The sets to enforce: the config's, with these changes, each entry with its source.
     pub fn apply(&self, config: &AddressSets) -> Result<Vec<(Prefix, SetId, Source)>, AddrError> {
         let effective = self.effective(config)?;
-        let mut out: Vec<_> = effective
-            .iter()
-            .map(|(p, s)| (p, s, if config.contains(s, &p) { Source::Config } else { Source::Runtime }))
-            .collect();
+        let mut out: Vec<_> = effective.iter().map(|(p, s)| (p, s, if config.contains(s, &p) { Source::Config } else { Source::Runtime })).collect();
         out.sort();
         Ok(out)
     }
@@ -382,13 +379,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(back, c);
         let eff = back.apply(&config).unwrap();
-        assert_eq!(
-            eff,
-            vec![
-                (p("203.0.113.10"), SetId::ACCESS_EDGE, Source::Config),
-                (p("203.0.113.11"), SetId::ACCESS_EDGE, Source::Runtime),
-            ]
-        );
+        assert_eq!(eff, vec![(p("203.0.113.10"), SetId::ACCESS_EDGE, Source::Config), (p("203.0.113.11"), SetId::ACCESS_EDGE, Source::Runtime),]);
         // The last change wins: removing the runtime addition and adding back the
         // config entry leaves the config's sets.
         let mut c = back;

@@ -75,25 +75,25 @@ impl Insn {
 
 /// Map types the program may use, as the kernel numbers them.
 mod map_type {
-    pub const HASH: u32 = 1;
-    pub const ARRAY: u32 = 2;
-    pub const PERCPU_HASH: u32 = 5;
-    pub const PERCPU_ARRAY: u32 = 6;
-    pub const LRU_HASH: u32 = 9;
-    pub const LRU_PERCPU_HASH: u32 = 10;
+    pub(super) const HASH: u32 = 1;
+    pub(super) const ARRAY: u32 = 2;
+    pub(super) const PERCPU_HASH: u32 = 5;
+    pub(super) const PERCPU_ARRAY: u32 = 6;
+    pub(super) const LRU_HASH: u32 = 9;
+    pub(super) const LRU_PERCPU_HASH: u32 = 10;
 }
 
 /// Helper ids the object calls.
 mod helper {
-    pub const MAP_LOOKUP_ELEM: u32 = 1;
-    pub const MAP_UPDATE_ELEM: u32 = 2;
-    pub const MAP_DELETE_ELEM: u32 = 3;
-    pub const KTIME_GET_NS: u32 = 5;
-    pub const RINGBUF_OUTPUT: u32 = 130;
-    pub const RINGBUF_RESERVE: u32 = 131;
-    pub const RINGBUF_SUBMIT: u32 = 132;
-    pub const RINGBUF_DISCARD: u32 = 133;
-    pub const XDP_GET_BUFF_LEN: u32 = 188;
+    pub(super) const MAP_LOOKUP_ELEM: u32 = 1;
+    pub(super) const MAP_UPDATE_ELEM: u32 = 2;
+    pub(super) const MAP_DELETE_ELEM: u32 = 3;
+    pub(super) const KTIME_GET_NS: u32 = 5;
+    pub(super) const RINGBUF_OUTPUT: u32 = 130;
+    pub(super) const RINGBUF_RESERVE: u32 = 131;
+    pub(super) const RINGBUF_SUBMIT: u32 = 132;
+    pub(super) const RINGBUF_DISCARD: u32 = 133;
+    pub(super) const XDP_GET_BUFF_LEN: u32 = 188;
 }
 
 const ENOENT: i64 = 2;
@@ -259,11 +259,7 @@ impl Emulator {
         obj.relocate_calls(&text_sections).context("relocate the calls")?;
         let prog = obj.programs.get(program).with_context(|| format!("no program `{program}` in the object"))?;
         let function = obj.functions.get(&prog.function_key()).with_context(|| format!("no function for program `{program}`"))?;
-        let insns = function
-            .instructions
-            .iter()
-            .map(|i| Insn { code: i.code, dst: i.dst_reg(), src: i.src_reg(), off: i.off, imm: i.imm })
-            .collect();
+        let insns = function.instructions.iter().map(|i| Insn { code: i.code, dst: i.dst_reg(), src: i.src_reg(), off: i.off, imm: i.imm }).collect();
         let mut emu_maps = Vec::new();
         for (name, def) in &defs {
             let real = match maps.raw_fd(name) {
@@ -641,19 +637,11 @@ impl Emulator {
             value: u64,
             flags: u64,
         }
-        let attr = ElemAttr {
-            map_fd: fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: key.as_ptr() as u64,
-            value: value.as_mut_ptr() as u64,
-            flags: 0,
-        };
+        let attr = ElemAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key.as_ptr() as u64, value: value.as_mut_ptr() as u64, flags: 0 };
         const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
         // SAFETY: the attribute points at a key of the map's key size and a buffer of
         // the map's value size (per CPU, for a per-CPU map), both alive for the call.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr as *const ElemAttr, std::mem::size_of::<ElemAttr>())
-        };
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr as *const ElemAttr, std::mem::size_of::<ElemAttr>()) };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOENT) {
@@ -736,15 +724,33 @@ fn alu(r: &mut [u64; 11], i: Insn, wide: bool) -> anyhow::Result<()> {
             0x00 => a.wrapping_add(b),
             0x10 => a.wrapping_sub(b),
             0x20 => a.wrapping_mul(b),
-            0x30 if signed => if b == 0 { 0 } else { (a as i64).wrapping_div(b as i64) as u64 },
+            0x30 if signed => {
+                if b == 0 {
+                    0
+                } else {
+                    (a as i64).wrapping_div(b as i64) as u64
+                }
+            }
             0x30 => a.checked_div(b).unwrap_or(0),
             0x40 => a | b,
             0x50 => a & b,
             0x60 => a << (b & 63),
             0x70 => a >> (b & 63),
             0x80 => (a as i64).wrapping_neg() as u64,
-            0x90 if signed => if b == 0 { a } else { (a as i64).wrapping_rem(b as i64) as u64 },
-            0x90 => if b == 0 { a } else { a % b },
+            0x90 if signed => {
+                if b == 0 {
+                    a
+                } else {
+                    (a as i64).wrapping_rem(b as i64) as u64
+                }
+            }
+            0x90 => {
+                if b == 0 {
+                    a
+                } else {
+                    a % b
+                }
+            }
             0xa0 => a ^ b,
             0xb0 => match i.off {
                 0 => b,
@@ -760,15 +766,33 @@ fn alu(r: &mut [u64; 11], i: Insn, wide: bool) -> anyhow::Result<()> {
             0x00 => a.wrapping_add(b),
             0x10 => a.wrapping_sub(b),
             0x20 => a.wrapping_mul(b),
-            0x30 if signed => if b == 0 { 0 } else { (a as i32).wrapping_div(b as i32) as u32 },
+            0x30 if signed => {
+                if b == 0 {
+                    0
+                } else {
+                    (a as i32).wrapping_div(b as i32) as u32
+                }
+            }
             0x30 => a.checked_div(b).unwrap_or(0),
             0x40 => a | b,
             0x50 => a & b,
             0x60 => a << (b & 31),
             0x70 => a >> (b & 31),
             0x80 => (a as i32).wrapping_neg() as u32,
-            0x90 if signed => if b == 0 { a } else { (a as i32).wrapping_rem(b as i32) as u32 },
-            0x90 => if b == 0 { a } else { a % b },
+            0x90 if signed => {
+                if b == 0 {
+                    a
+                } else {
+                    (a as i32).wrapping_rem(b as i32) as u32
+                }
+            }
+            0x90 => {
+                if b == 0 {
+                    a
+                } else {
+                    a % b
+                }
+            }
             0xa0 => a ^ b,
             0xb0 => match i.off {
                 0 => b,
@@ -801,17 +825,17 @@ mod tests {
     fn alu_in_both_widths() {
         let t = run(
             vec![
-                mov64_imm(0, -1),                 // r0 = u64::MAX
-                Insn::new(0x04, 0, 0, 0, 2),      // w0 += 2: 1, upper half cleared
-                mov64_imm(1, 7),                  //
-                Insn::new(0x2f, 0, 1, 0, 0),      // r0 *= r1: 7
-                Insn::new(0x67, 0, 0, 0, 8),      // r0 <<= 8: 0x700
-                Insn::new(0x37, 0, 0, 0, 3),      // r0 /= 3: 597
-                Insn::new(0x97, 0, 0, 0, 100),    // r0 %= 100: 97
-                Insn::new(0xdc, 0, 0, 0, 16),     // be16: 0x6100
-                Insn::new(0x87, 0, 0, 0, 0),      // r0 = -r0
-                Insn::new(0xc7, 0, 0, 0, 4),      // r0 s>>= 4: -0x610
-                Insn::new(0x37, 0, 0, 1, -2),     // r0 s/= -2: 0x308
+                mov64_imm(0, -1),              // r0 = u64::MAX
+                Insn::new(0x04, 0, 0, 0, 2),   // w0 += 2: 1, upper half cleared
+                mov64_imm(1, 7),               //
+                Insn::new(0x2f, 0, 1, 0, 0),   // r0 *= r1: 7
+                Insn::new(0x67, 0, 0, 0, 8),   // r0 <<= 8: 0x700
+                Insn::new(0x37, 0, 0, 0, 3),   // r0 /= 3: 597
+                Insn::new(0x97, 0, 0, 0, 100), // r0 %= 100: 97
+                Insn::new(0xdc, 0, 0, 0, 16),  // be16: 0x6100
+                Insn::new(0x87, 0, 0, 0, 0),   // r0 = -r0
+                Insn::new(0xc7, 0, 0, 0, 4),   // r0 s>>= 4: -0x610
+                Insn::new(0x37, 0, 0, 1, -2),  // r0 s/= -2: 0x308
                 EXIT,
             ],
             Vec::new(),
@@ -832,14 +856,7 @@ mod tests {
     fn a_loop_of_conditional_jumps() {
         // r0 = 0; r1 = 10; loop: r0 += 3; r1 -= 1; if r1 != 0 goto loop; exit.
         let t = run(
-            vec![
-                mov64_imm(0, 0),
-                mov64_imm(1, 10),
-                Insn::new(0x07, 0, 0, 0, 3),
-                Insn::new(0x17, 1, 0, 0, 1),
-                Insn::new(0x55, 1, 0, -3, 0),
-                EXIT,
-            ],
+            vec![mov64_imm(0, 0), mov64_imm(1, 10), Insn::new(0x07, 0, 0, 0, 3), Insn::new(0x17, 1, 0, 0, 1), Insn::new(0x55, 1, 0, -3, 0), EXIT],
             Vec::new(),
         );
         assert_eq!(t.action, 30);
@@ -872,13 +889,13 @@ mod tests {
         let t = run(
             vec![
                 mov64_imm(6, 5),
-                Insn::new(0x7a, 10, 0, -8, 11),  // *(u64 *)(r10 - 8) = 11
-                Insn::new(0x85, 0, 1, 0, 4),     // call +4
-                Insn::new(0x79, 1, 10, -8, 0),   // r1 = *(u64 *)(r10 - 8): still 11
-                Insn::new(0x0f, 0, 1, 0, 0),     // r0 += r1
-                Insn::new(0x0f, 0, 6, 0, 0),     // r0 += r6: still 5
+                Insn::new(0x7a, 10, 0, -8, 11), // *(u64 *)(r10 - 8) = 11
+                Insn::new(0x85, 0, 1, 0, 4),    // call +4
+                Insn::new(0x79, 1, 10, -8, 0),  // r1 = *(u64 *)(r10 - 8): still 11
+                Insn::new(0x0f, 0, 1, 0, 0),    // r0 += r1
+                Insn::new(0x0f, 0, 6, 0, 0),    // r0 += r6: still 5
                 EXIT,
-                mov64_imm(6, 100),               // callee: clobbers r6 and its own stack
+                mov64_imm(6, 100), // callee: clobbers r6 and its own stack
                 Insn::new(0x7a, 10, 0, -8, 99),
                 mov64_imm(0, 1000),
                 EXIT,
@@ -895,9 +912,9 @@ mod tests {
     fn atomics_and_the_context() {
         let t = run(
             vec![
-                Insn::new(0x61, 2, 1, 12, 0),    // r2 = ctx->ingress_ifindex (3)
-                Insn::new(0x7a, 10, 0, -8, 40),  // *(u64 *)(r10 - 8) = 40
-                Insn::new(0xdb, 10, 2, -8, 0),   // lock *(u64 *)(r10 - 8) += r2: 43
+                Insn::new(0x61, 2, 1, 12, 0),   // r2 = ctx->ingress_ifindex (3)
+                Insn::new(0x7a, 10, 0, -8, 40), // *(u64 *)(r10 - 8) = 40
+                Insn::new(0xdb, 10, 2, -8, 0),  // lock *(u64 *)(r10 - 8) += r2: 43
                 mov64_imm(3, 1),
                 Insn::new(0xc3, 10, 3, -8, 0x01), // w3 = atomic_fetch_add((u32 *)(r10 - 8), w3): 43, mem 44
                 mov64_imm(0, 44),

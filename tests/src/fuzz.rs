@@ -1,5 +1,5 @@
 //! The differential run: generated frames through the real XDP program
-//! (BPF_PROG_TEST_RUN) and through the reference model (`edge_filter::model`), verdict
+//! (BPF_PROG_TEST_RUN) and through the reference model ([`crate::model`]), verdict
 //! by verdict.
 //!
 //! Policies are named, and a name fixes both the policy and the address sets it is
@@ -38,13 +38,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use edge_filter::{
     AddressSets, Fate, LoadOptions, Policy, Prefix, RuleTable, SetId, Timeouts,
-    model::Model,
     rules::{PortRange, Proto, RowSpec, TableSpec},
 };
 use edge_filter_common::{MAX_SETS, verdict};
 use rand::{Rng, SeedableRng, rngs::SmallRng, seq::IndexedRandom};
 
-use crate::{Harness, Nic, generator::Generator, plan};
+use crate::{Harness, Nic, generator::Generator, model::Model, plan};
 
 pub use edge_filter::report::verdict_name;
 
@@ -248,9 +247,9 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
 /// The kernel's verdict: the one counter of the NIC that moved.
 pub fn kernel_verdict(h: &Harness, frame: &[u8], nic: Nic) -> anyhow::Result<u32> {
     let (ifindex, slot) = h.prepare(nic)?;
-    let before = h.filter.slot_counters(slot)?;
+    let before = h.filter.maps().slot_counters(slot)?;
     h.send(frame, ifindex)?;
-    let after = h.filter.slot_counters(slot)?;
+    let after = h.filter.maps().slot_counters(slot)?;
     let moved: Vec<u32> = (0..verdict::SLOTS).filter(|v| after[*v as usize].packets != before[*v as usize].packets).collect();
     match moved[..] {
         [v] => Ok(v),
@@ -299,11 +298,7 @@ pub struct Disagreement {
 
 impl std::fmt::Display for Disagreement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "disagreement at frame {} of policy {} (seed {}, {}, NIC {:?}):",
-            self.index, self.policy, self.seed, self.what, self.nic
-        )?;
+        writeln!(f, "disagreement at frame {} of policy {} (seed {}, {}, NIC {:?}):", self.index, self.policy, self.seed, self.what, self.nic)?;
         writeln!(f, "  kernel {}, model {}", verdict_name(self.kernel), verdict_name(self.model))?;
         writeln!(f, "  frame {}", hex(&self.frame))?;
         match self.minimal.as_deref() {
@@ -538,10 +533,10 @@ fn run_policy(opts: &RunOptions, name: &str, group: Group, frames: u64) -> anyho
 
 /// FNV-1a of the steps: a fixture's name that two reproducers do not share.
 fn digest(steps: &[Step]) -> u64 {
-    steps.iter().flat_map(|(nic, f)| format!("{nic:?}").into_bytes().into_iter().chain(f.iter().copied())).fold(
-        0xcbf2_9ce4_8422_2325,
-        |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3),
-    )
+    steps
+        .iter()
+        .flat_map(|(nic, f)| format!("{nic:?}").into_bytes().into_iter().chain(f.iter().copied()))
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn nic_name(nic: Nic) -> String {

@@ -579,7 +579,11 @@ impl Generator {
             48..55 => {
                 let s = seg(FIN_ACK, x.nxt, y.nxt, "tcp fin");
                 self.advance(c, from_client, 1);
-                if from_client { c.c.fin = true } else { c.s.fin = true }
+                if from_client {
+                    c.c.fin = true
+                } else {
+                    c.s.fin = true
+                }
                 s
             }
             55..59 => {
@@ -601,7 +605,11 @@ impl Generator {
             }
             75..80 => {
                 let win = *WINDOWS.choose(&mut self.rng).expect("non-empty");
-                if from_client { c.c.win = win } else { c.s.win = win }
+                if from_client {
+                    c.c.win = win
+                } else {
+                    c.s.win = win
+                }
                 seg(ACK, x.nxt, y.nxt, "tcp window update")
             }
             80..84 => seg(ACK, x.nxt.wrapping_sub(1), y.nxt, "tcp keepalive"),
@@ -675,7 +683,8 @@ impl Generator {
             }
             6..8 if !self.udp.is_empty() => {
                 let u = *self.udp.choose(&mut self.rng).expect("non-empty");
-                let (src, dst, nic) = if self.rng.random_bool(0.5) { (u.client, u.server, u.responder_nic) } else { (u.server, u.client, u.opener_nic) };
+                let (src, dst, nic) =
+                    if self.rng.random_bool(0.5) { (u.client, u.server, u.responder_nic) } else { (u.server, u.client, u.opener_nic) };
                 (packet::udp(src.0, dst.0, src.1, dst.1).payload(100), nic, "icmp error, udp quote")
             }
             _ => {

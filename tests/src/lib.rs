@@ -3,14 +3,20 @@
 //! cases through the real kernel object with BPF_PROG_TEST_RUN and checks the verdict
 //! and every counter that moved ([`Harness`]).
 //!
+//! Beside the harness: the reference model of the policy ([`model`]) and the
+//! differential run of the kernel program against it ([`fuzz`], [`generator`]), and
+//! the kernel programs of the tests and the benchmark, not part of the filter
+//! ([`programs`]).
+//!
 //! Privileged: the harness needs root (to unshare a network namespace and load BPF).
 //! It fails with the reason when it cannot run; it never skips.
 
-pub mod bench;
 pub mod emulate;
 pub mod fuzz;
 pub mod generator;
+pub mod model;
 pub mod packet;
+pub mod programs;
 pub mod subset;
 pub mod topology;
 
@@ -121,10 +127,7 @@ impl Lab {
         let original = File::open("/proc/thread-self/ns/net").context("open own network namespace")?;
         // SAFETY: unshare takes flags only; it affects the calling thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "unshare(CLONE_NEWNET): {}: the privileged tests need root (CAP_SYS_ADMIN)",
-                std::io::Error::last_os_error()
-            );
+            bail!("unshare(CLONE_NEWNET): {}: the privileged tests need root (CAP_SYS_ADMIN)", std::io::Error::last_os_error());
         }
         let lab = Self { original, names: names.iter().map(|s| s.to_string()).collect() };
         for pair in names.chunks(2) {
@@ -157,7 +160,6 @@ impl Drop for Lab {
         }
     }
 }
-
 
 /// One packet and what must happen to it.
 #[derive(Clone, Debug)]
@@ -222,18 +224,18 @@ impl Harness {
     pub fn build(policy: Policy, sets: &AddressSets, opts: LoadOptions) -> anyhow::Result<Self> {
         let lab = Lab::new(&["outside0", "edge0", "host0", "spare0"])?;
         let mut filter = Filter::load(&opts).context("load the XDP program")?;
-        filter.set_address_sets(sets)?;
-        filter.set_policy(&policy)?;
+        filter.maps_mut().set_address_sets(sets)?;
+        filter.maps_mut().set_policy(&policy)?;
         let mut nics = Vec::new();
         for (nic, dev) in Nic::ALL.into_iter().zip(["outside0", "edge0", "host0", "spare0"]) {
             let ifindex = lab.ifindex(dev)?;
             let slot = match nic.role() {
-                Some(role) => filter.set_iface(ifindex, role)?,
+                Some(role) => filter.maps_mut().set_iface(ifindex, role)?,
                 None => 0,
             };
             nics.push((nic, ifindex, slot));
         }
-        let loopback = if Filter::test_run_takes_context() { None } else { Some(std::cell::RefCell::new(filter.reopen()?)) };
+        let loopback = if Filter::test_run_takes_context() { None } else { Some(std::cell::RefCell::new(filter.maps().reopen()?)) };
         Ok(Self { filter, nics, loopback, _lab: lab })
     }
 
@@ -245,27 +247,23 @@ impl Harness {
 
     /// Empty the state tables, as after a fresh load.
     pub fn reset_state(&mut self) -> anyhow::Result<()> {
-        self.filter.clear_state()?;
+        self.filter.maps_mut().clear_state()?;
         Ok(())
     }
 
     /// Run one case; `Err` describes every way it went wrong.
     pub fn check(&self, case: &Case) -> anyhow::Result<()> {
         let (ifindex, slot) = self.prepare(case.nic)?;
-        let before = self.filter.counters()?;
+        let before = self.filter.maps().counters()?;
         let action = self.send(&case.frame, ifindex)?;
-        let after = self.filter.counters()?;
+        let after = self.filter.maps().counters()?;
         let mut problems = String::new();
         let want_action = if verdict::is_drop(case.verdict) { XDP_DROP } else { XDP_PASS };
         if action != want_action {
             let _ = write!(problems, " action {} (want {});", action_name(action), action_name(want_action));
         }
         problems.push_str(&counter_problems(&before, &after, slot, case));
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            bail!("{} [{:?}, {} bytes]:{problems}", case.name, case.nic, case.frame.len())
-        }
+        if problems.is_empty() { Ok(()) } else { bail!("{} [{:?}, {} bytes]:{problems}", case.name, case.nic, case.frame.len()) }
     }
 
     /// Get ready to send a frame as arriving on `nic`: the ifindex to give the test
@@ -297,8 +295,7 @@ impl Harness {
 
     /// Run cases in order (a sequence shares flow state); all failures are reported.
     pub fn check_all(&self, cases: &[Case]) -> anyhow::Result<()> {
-        let failures: Vec<String> =
-            cases.iter().filter_map(|c| self.check(c).err().map(|e| format!("{e:#}"))).collect();
+        let failures: Vec<String> = cases.iter().filter_map(|c| self.check(c).err().map(|e| format!("{e:#}"))).collect();
         ensure!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
         Ok(())
     }
@@ -331,11 +328,8 @@ fn counter_problems(before: &Counters, after: &Counters, slot: u32, case: &Case)
         if row.slot == slot && row.verdict == case.verdict && row.packets == 1 && row.bytes == want_bytes {
             found = true;
         } else {
-            let _ = write!(
-                problems,
-                " counter slot {} {}/{} moved by {} packets {} bytes;",
-                row.slot, row.action, row.reason, row.packets, row.bytes
-            );
+            let _ =
+                write!(problems, " counter slot {} {}/{} moved by {} packets {} bytes;", row.slot, row.action, row.reason, row.packets, row.bytes);
         }
     }
     if !found {

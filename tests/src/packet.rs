@@ -9,9 +9,8 @@
 use std::net::IpAddr;
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options,
-    Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, UdpHeader,
-    VlanId,
+    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader,
+    UdpHeader, VlanId,
 };
 
 /// TCP flag bits, as in the header.
@@ -39,14 +38,35 @@ pub const IPV6_LEN: usize = 40;
 pub enum L4 {
     /// TCP; `seq` and `ack` are the sequence and acknowledgement numbers, `window` the
     /// window field, `options` the raw option bytes (padded to a multiple of four).
-    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, window: u16, options: Vec<u8> },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        options: Vec<u8>,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP or ICMPv6 (by the address family): type and code, 8-byte header.
-    Icmp { kind: u8, code: u8 },
+    Icmp {
+        kind: u8,
+        code: u8,
+    },
     /// An ICMP or ICMPv6 error quoting an IP packet (its bytes from the IP header on).
-    IcmpQuote { kind: u8, code: u8, quote: Vec<u8> },
+    IcmpQuote {
+        kind: u8,
+        code: u8,
+        quote: Vec<u8>,
+    },
     /// Any protocol number with raw bytes.
-    Raw { proto: u8, bytes: Vec<u8> },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl L4 {
@@ -54,7 +74,13 @@ impl L4 {
         match self {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
-            L4::Icmp { .. } | L4::IcmpQuote { .. } => if v6 { 58 } else { 1 },
+            L4::Icmp { .. } | L4::IcmpQuote { .. } => {
+                if v6 {
+                    58
+                } else {
+                    1
+                }
+            }
             L4::Raw { proto, .. } => *proto,
         }
     }
@@ -113,18 +139,7 @@ pub fn icmp(src: IpAddr, dst: IpAddr, kind: u8, code: u8) -> Pkt {
 impl Pkt {
     pub fn new(src: IpAddr, dst: IpAddr, l4: L4) -> Self {
         assert_eq!(src.is_ipv4(), dst.is_ipv4(), "one family per packet");
-        Self {
-            tags: Vec::new(),
-            src,
-            dst,
-            l4,
-            payload: 0,
-            ttl: 64,
-            ipv4_options: Vec::new(),
-            ipv4_frag: None,
-            ipv6_exts: Vec::new(),
-            l4_cut: None,
-        }
+        Self { tags: Vec::new(), src, dst, l4, payload: 0, ttl: 64, ipv4_options: Vec::new(), ipv4_frag: None, ipv6_exts: Vec::new(), l4_cut: None }
     }
 
     /// TCP sequence and acknowledgement numbers.
@@ -325,11 +340,7 @@ pub fn ipv6_fragment_header(next: u8, offset: u16, more: bool) -> [u8; 8] {
 /// Ethernet header and VLAN tags, ending in `ether_type`.
 pub fn ethernet(tags: &[(u16, u16)], ether_type: EtherType) -> Vec<u8> {
     let first = tags.first().map_or(ether_type, |(tpid, _)| EtherType(*tpid));
-    let eth = Ethernet2Header {
-        source: [0x02, 0, 0, 0, 0, 0x01],
-        destination: [0x02, 0, 0, 0, 0, 0x02],
-        ether_type: first,
-    };
+    let eth = Ethernet2Header { source: [0x02, 0, 0, 0, 0, 0x01], destination: [0x02, 0, 0, 0, 0, 0x02], ether_type: first };
     let mut out = eth.to_bytes().to_vec();
     for (i, (_, vid)) in tags.iter().enumerate() {
         let inner = tags.get(i + 1).map_or(ether_type, |(tpid, _)| EtherType(*tpid));

@@ -17,7 +17,8 @@ use crate::{
 pub fn groups() -> Vec<(&'static str, Policy, Vec<Case>)> {
     let r1 = |src, dst| tcp(src, dst, 40000, 5269, SYN);
     let mut default = Vec::new();
-    for (t, access, internal, partner, frontend) in [("v4", ACCESS4, INTERNAL4, PARTNER4, FRONTEND4), ("v6", ACCESS6, INTERNAL6, PARTNER6, FRONTEND6)] {
+    for (t, access, internal, partner, frontend) in [("v4", ACCESS4, INTERNAL4, PARTNER4, FRONTEND4), ("v6", ACCESS6, INTERNAL6, PARTNER6, FRONTEND6)]
+    {
         default.extend([
             Case::rule(format!("{t} R1"), Outside, r1(partner, access).build(), R1),
             Case::rule(format!("{t} R1 behind two VLAN tags"), Outside, r1(partner, access).tag(TPID_8021AD, 2).tag(TPID_8021Q, 1).build(), R1),
@@ -26,7 +27,12 @@ pub fn groups() -> Vec<(&'static str, Policy, Vec<Case>)> {
             Case::rule(format!("{t} R2 SYN"), Edge, tcp(access, partner, 40002, 5269, SYN).seq_ack(1000, 0).build(), R2),
             Case::new(format!("{t} R2 SYN-ACK"), Outside, tcp(partner, access, 5269, 40002, SYN_ACK).seq_ack(5000, 1001).build(), PASS_REPLY),
             Case::rule(format!("{t} R2 ACK"), Edge, tcp(access, partner, 40002, 5269, ACK).seq_ack(1001, 5001).build(), R2),
-            Case::new(format!("{t} R2 data back"), Outside, tcp(partner, access, 5269, 40002, ACK | PSH).seq_ack(5001, 1001).payload(50).build(), PASS_REPLY),
+            Case::new(
+                format!("{t} R2 data back"),
+                Outside,
+                tcp(partner, access, 5269, 40002, ACK | PSH).seq_ack(5001, 1001).payload(50).build(),
+                PASS_REPLY,
+            ),
             Case::new(format!("{t} port 22"), Outside, tcp(partner, access, 40000, 22, SYN).build(), DROP_NO_RULE),
             Case::new(format!("{t} from 5269, no flow"), Outside, tcp(partner, access, 5269, 40003, ACK).build(), DROP_NO_RULE),
             Case::new(format!("{t} spoofed"), Outside, tcp(access, partner, 5269, 40000, SYN_ACK).build(), DROP_SPOOFED),

@@ -102,11 +102,7 @@ impl Netns {
     /// once (IPv6 without duplicate address detection). An address inside the
     /// prefix the firewall already has on that link needs no route there.
     pub fn add_address(&self, dev: &str, cidr: &str) -> anyhow::Result<()> {
-        if cidr.contains(':') {
-            self.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"])
-        } else {
-            self.ip(&["addr", "add", cidr, "dev", dev])
-        }
+        if cidr.contains(':') { self.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"]) } else { self.ip(&["addr", "add", cidr, "dev", dev]) }
     }
 }
 
@@ -377,10 +373,42 @@ impl Topology {
             std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
         })??;
         let links = [
-            (&t.partner, Link { fw_dev: "out0", host_dev: "eth0", fw_addrs: &["198.51.100.1/24", "2001:db8:5100::1/64"], host_addrs: &["198.51.100.20/24", "2001:db8:5100::20/64"] }),
-            (&t.edge, Link { fw_dev: "ext0", host_dev: "ext0", fw_addrs: &["203.0.113.1/24", "2001:db8:203::1/64"], host_addrs: &["203.0.113.10/24", "2001:db8:203::10/64"] }),
-            (&t.edge, Link { fw_dev: "int0", host_dev: "int0", fw_addrs: &["192.0.2.1/24", "2001:db8:192::1/64"], host_addrs: &["192.0.2.10/24", "2001:db8:192::10/64"] }),
-            (&t.frontend, Link { fw_dev: "fe0", host_dev: "eth0", fw_addrs: &["198.18.0.1/24", "2001:db8:198::1/64"], host_addrs: &["198.18.0.20/24", "2001:db8:198::20/64"] }),
+            (
+                &t.partner,
+                Link {
+                    fw_dev: "out0",
+                    host_dev: "eth0",
+                    fw_addrs: &["198.51.100.1/24", "2001:db8:5100::1/64"],
+                    host_addrs: &["198.51.100.20/24", "2001:db8:5100::20/64"],
+                },
+            ),
+            (
+                &t.edge,
+                Link {
+                    fw_dev: "ext0",
+                    host_dev: "ext0",
+                    fw_addrs: &["203.0.113.1/24", "2001:db8:203::1/64"],
+                    host_addrs: &["203.0.113.10/24", "2001:db8:203::10/64"],
+                },
+            ),
+            (
+                &t.edge,
+                Link {
+                    fw_dev: "int0",
+                    host_dev: "int0",
+                    fw_addrs: &["192.0.2.1/24", "2001:db8:192::1/64"],
+                    host_addrs: &["192.0.2.10/24", "2001:db8:192::10/64"],
+                },
+            ),
+            (
+                &t.frontend,
+                Link {
+                    fw_dev: "fe0",
+                    host_dev: "eth0",
+                    fw_addrs: &["198.18.0.1/24", "2001:db8:198::1/64"],
+                    host_addrs: &["198.18.0.20/24", "2001:db8:198::20/64"],
+                },
+            ),
         ];
         for (host, l) in &links {
             l.build(&t.fw, host)?;
@@ -552,10 +580,7 @@ impl Topology {
         let deadline = Instant::now() + CENSUS_WAIT;
         loop {
             let body = self.metrics(addr)?;
-            let taken = body
-                .lines()
-                .find_map(|l| l.strip_prefix("edge_filter_census_timestamp_seconds "))
-                .and_then(|v| v.trim().parse::<f64>().ok());
+            let taken = body.lines().find_map(|l| l.strip_prefix("edge_filter_census_timestamp_seconds ")).and_then(|v| v.trim().parse::<f64>().ok());
             if taken.is_some_and(|t| t >= since_s - 0.0005) {
                 return Ok(body);
             }
@@ -717,7 +742,7 @@ pub fn mac_in(link: &serde_json::Value) -> anyhow::Result<[u8; 6]> {
 pub fn flood(ns: &Netns, dev: &'static str, frame: Vec<u8>, count: u32) -> anyhow::Result<Duration> {
     ns.enter(move || -> anyhow::Result<Duration> {
         use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
-        let mut ebpf = aya::Ebpf::load(edge_filter::loader::TRAFFIC_GEN).context("load the traffic generator")?;
+        let mut ebpf = aya::Ebpf::load(crate::programs::TRAFFIC_GEN).context("load the traffic generator")?;
         let prog: &mut Xdp = ebpf.program_mut("traffic_gen").context("traffic_gen")?.try_into()?;
         prog.load()?;
         let ifindex = edge_filter::pins::ifindex(dev)?;
@@ -752,7 +777,7 @@ pub fn inject(dev: &str, frame: &[u8]) -> anyhow::Result<()> {
             frame.len(),
             0,
             (&raw const ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            size_of::<libc::sockaddr_ll>() as u32,
         )
     };
     ensure!(sent == frame.len() as isize, "sendto on {dev}: {}", std::io::Error::last_os_error());

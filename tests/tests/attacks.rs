@@ -46,7 +46,14 @@ impl Flow {
 
     fn federation_out(v6: bool, port: u16) -> Self {
         let (p, a) = if v6 { (PARTNER6, ACCESS6) } else { (PARTNER4, ACCESS4) };
-        Self { tag: tag(v6, "federation-out"), opener: (a, port), responder: (p, 5269), opener_nic: Edge, responder_nic: Outside, row: FEDERATION_OUT }
+        Self {
+            tag: tag(v6, "federation-out"),
+            opener: (a, port),
+            responder: (p, 5269),
+            opener_nic: Edge,
+            responder_nic: Outside,
+            row: FEDERATION_OUT,
+        }
     }
 
     fn internal_mtls(v6: bool, port: u16) -> Self {
@@ -114,11 +121,7 @@ fn flows(port: u16) -> Vec<Flow> {
 /// A packet from the outsider, impersonating the flow's side that is not the Edge's,
 /// arriving where that side's packets arrive.
 fn spoofed(f: &Flow, what: &str, flags: u8, seq: u32, ack: u32) -> Case {
-    if f.outsider_is_opener() {
-        f.opener(what, flags, seq, ack, 0)
-    } else {
-        f.responder(what, flags, seq, ack, 0, PASS_REPLY)
-    }
+    if f.outsider_is_opener() { f.opener(what, flags, seq, ack, 0) } else { f.responder(what, flags, seq, ack, 0, PASS_REPLY) }
 }
 
 fn run(policy: Policy, cases: &[Case]) {
@@ -300,8 +303,8 @@ fn a_connection_between_two_rows_ports_is_tracked_as_the_reply_it_is() {
     }
     let h = Harness::new(Policy::default()).unwrap_or_else(|e| panic!("{e:#}"));
     h.check_all(&cases).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(h.filter.flows().unwrap().len(), 2, "one tracked flow per family");
-    assert!(h.filter.embryos().unwrap().is_empty());
+    assert_eq!(h.filter.maps().flows().unwrap().len(), 2, "one tracked flow per family");
+    assert!(h.filter.maps().embryos().unwrap().is_empty());
 }
 
 /// Finding 7: completed handshakes from one prefix, ten times the flow table, while
@@ -333,11 +336,11 @@ fn a_completed_handshake_flood_from_one_prefix_evicts_no_other_source() {
         send(tcp(ACCESS6, attacker, 5269, port, SYN_ACK).seq_ack(5000, 1001).build(), edge);
         send(tcp(attacker, ACCESS6, port, 5269, ACK).seq_ack(1001, 5001).build(), out);
     }
-    let ev = h.filter.flow_events().unwrap();
+    let ev = h.filter.maps().flow_events().unwrap();
     assert_eq!(ev.flows.evicted, 0, "{ev:?}");
     assert_eq!(ev.source_limited, u64::from(flood - SHARE), "{ev:?}");
     assert_eq!(ev.flows.live, u64::from(SHARE) + legit.len() as u64, "{ev:?}");
-    let sources = h.filter.sources().unwrap();
+    let sources = h.filter.maps().sources().unwrap();
     let mut attacker = [0u8; 16];
     attacker[..8].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x51, 0x00, 0x00, 0x01]);
     assert_eq!(sources.get(&(attacker, 6)), Some(&u64::from(SHARE)), "{sources:?}");
@@ -354,8 +357,8 @@ fn a_completed_handshake_flood_from_one_prefix_evicts_no_other_source() {
 fn a_syn_flood_from_outside_cannot_evict_the_edges_own_handshakes() {
     use edge_filter::LoadOptions;
     const TABLE: u32 = 64;
-    let h = Harness::build(Policy::default(), &sets(), LoadOptions { max_embryos: TABLE, ..LoadOptions::default() })
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let h =
+        Harness::build(Policy::default(), &sets(), LoadOptions { max_embryos: TABLE, ..LoadOptions::default() }).unwrap_or_else(|e| panic!("{e:#}"));
     let outs = [Flow::federation_out(false, 42100), Flow::federation_out(true, 42101)];
     for f in &outs {
         h.check_all(&[f.opener("SYN", SYN, 1000, 0, 0)]).unwrap_or_else(|e| panic!("{e:#}"));
@@ -379,7 +382,7 @@ fn a_syn_flood_from_outside_cannot_evict_the_edges_own_handshakes() {
         ])
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
-    let ev = h.filter.flow_events().unwrap();
+    let ev = h.filter.maps().flow_events().unwrap();
     assert!(ev.embryos.evicted >= u64::from(flood - TABLE), "the flood churned its own table: {ev:?}");
     assert_eq!((ev.embryos_out.created, ev.embryos_out.evicted), (2, 0), "{ev:?}");
 }

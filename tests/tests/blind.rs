@@ -47,15 +47,16 @@ fn conn(name: &str, ns: &Netns, to: SocketAddr) -> Conn {
 fn send(t: &Topology, host: &Netns, host_dev: &'static str, fw_dev: &str, frames: Vec<Vec<u8>>) {
     let dst = ok(mac_of(&t.fw, fw_dev));
     let src = ok(mac_of(host, host_dev));
-    ok(host.enter(move || -> anyhow::Result<()> {
-        for mut f in frames {
-            f[..6].copy_from_slice(&dst);
-            f[6..12].copy_from_slice(&src);
-            inject(host_dev, &f)?;
-        }
-        Ok(())
-    })
-    .and_then(|r| r));
+    ok(host
+        .enter(move || -> anyhow::Result<()> {
+            for mut f in frames {
+                f[..6].copy_from_slice(&dst);
+                f[6..12].copy_from_slice(&src);
+                inject(host_dev, &f)?;
+            }
+            Ok(())
+        })
+        .and_then(|r| r));
 }
 
 fn segment(from: SocketAddr, to: SocketAddr, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
@@ -181,22 +182,23 @@ fn an_idle_connection_survives_a_flood_of_completed_handshakes_from_one_prefix()
     }
     let maps_dir = t.pin_dir.join("maps");
     let flood = 10 * TABLE;
-    ok(t.fw.enter(move || -> anyhow::Result<()> {
-        // The filter's program once more, on the daemon's pinned maps.
-        let filter = Filter::load(&LoadOptions { map_pin_dir: Some(maps_dir), ..LoadOptions::default() })?;
-        let (out0, ext0) = (edge_filter::pins::ifindex("out0")?, edge_filter::pins::ifindex("ext0")?);
-        for i in 0..flood {
-            let attacker: IpAddr = format!("2001:db8:6666:1::{:x}", i + 1).parse()?;
-            let port = 1024 + (i % 60000) as u16;
-            let a = SocketAddr::new(attacker, port);
-            let e = sa(ACCESS6, 5269);
-            filter.test_run(&segment(a, e, SYN, 1000, 0), out0)?;
-            filter.test_run(&segment(e, a, SYN_ACK, 5000, 1001), ext0)?;
-            filter.test_run(&segment(a, e, ACK, 1001, 5001), out0)?;
-        }
-        Ok(())
-    })
-    .and_then(|r| r));
+    ok(t.fw
+        .enter(move || -> anyhow::Result<()> {
+            // The filter's program once more, on the daemon's pinned maps.
+            let filter = Filter::load(&LoadOptions { map_pin_dir: Some(maps_dir), ..LoadOptions::default() })?;
+            let (out0, ext0) = (edge_filter::pins::ifindex("out0")?, edge_filter::pins::ifindex("ext0")?);
+            for i in 0..flood {
+                let attacker: IpAddr = format!("2001:db8:6666:1::{:x}", i + 1).parse()?;
+                let port = 1024 + (i % 60000) as u16;
+                let a = SocketAddr::new(attacker, port);
+                let e = sa(ACCESS6, 5269);
+                filter.test_run(&segment(a, e, SYN, 1000, 0), out0)?;
+                filter.test_run(&segment(e, a, SYN_ACK, 5000, 1001), ext0)?;
+                filter.test_run(&segment(a, e, ACK, 1001, 5001), out0)?;
+            }
+            Ok(())
+        })
+        .and_then(|r| r));
     for c in &mut idle {
         assert!(echo(&mut c.stream), "{} after the flood, on the same connection", c.name);
     }
@@ -206,10 +208,8 @@ fn an_idle_connection_survives_a_flood_of_completed_handshakes_from_one_prefix()
     assert_eq!(ev["source_limited"], u64::from(flood - SHARE), "{ev:#}");
     assert_eq!(ev["flows"]["live"], u64::from(SHARE) + idle.len() as u64, "{ev:#}");
     let metrics = ok(t.metrics(METRICS.parse().unwrap()));
-    let limited = metrics
-        .lines()
-        .find(|l| l.starts_with("edge_filter_flow_events_total{event=\"source_limited\"}"))
-        .unwrap_or_else(|| panic!("{metrics}"));
+    let limited =
+        metrics.lines().find(|l| l.starts_with("edge_filter_flow_events_total{event=\"source_limited\"}")).unwrap_or_else(|| panic!("{metrics}"));
     assert!(limited.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= u64::from(flood - SHARE), "{limited}");
     drop(d);
 }

@@ -16,10 +16,7 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
 /// The config of the topology with access-edge set to `access` (TOML list items) and
 /// the metrics endpoint on `metrics`.
 fn config_with_access(t: &Topology, access: &str, metrics: &str) -> std::path::PathBuf {
-    let base = t.base_config().replace(
-        "access-edge = [\"203.0.113.10\", \"2001:db8:203::10\"]",
-        &format!("access-edge = [{access}]"),
-    );
+    let base = t.base_config().replace("access-edge = [\"203.0.113.10\", \"2001:db8:203::10\"]", &format!("access-edge = [{access}]"));
     assert!(base.contains(&format!("access-edge = [{access}]")), "{base}");
     let path = t.work.join("edge-filter.toml");
     std::fs::write(&path, format!("{base}\n[metrics]\nlisten = \"{metrics}\"\n")).unwrap();
@@ -28,7 +25,8 @@ fn config_with_access(t: &Topology, access: &str, metrics: &str) -> std::path::P
 
 /// SIGHUP, and wait until the daemon has logged one more outcome (applied or not).
 fn hup(d: &Daemon) {
-    let outcomes = |log: &str| log.lines().filter(|l| l.contains("applied") || l.contains("keeping the running config") || l.contains("refused")).count();
+    let outcomes =
+        |log: &str| log.lines().filter(|l| l.contains("applied") || l.contains("keeping the running config") || l.contains("refused")).count();
     let before = outcomes(&d.log_text());
     d.signal(libc::SIGHUP);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -74,7 +74,10 @@ fn the_vendor_table_with_real_tcp_in_both_families() {
     let metrics = ok(t.metrics(METRICS.parse().unwrap()));
     let now = stats(&t);
     for iface in ["out0", "fe0"] {
-        let line = format!("edge_filter_packets_total{{action=\"drop\",interface=\"{iface}\",reason=\"no_rule\"}} {}", packets(&now, iface, "drop", "no_rule"));
+        let line = format!(
+            "edge_filter_packets_total{{action=\"drop\",interface=\"{iface}\",reason=\"no_rule\"}} {}",
+            packets(&now, iface, "drop", "no_rule")
+        );
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
     let line = format!("edge_filter_rule_hits_total{{rule=\"internal-mtls\"}} {}", rule_hits(&now, "internal-mtls"));
@@ -149,10 +152,7 @@ fn sigterm_leaves_the_filter_enforcing_and_the_next_run_adopts_it() {
     assert_eq!(status["interfaces"].as_array().unwrap().len(), 4, "{status:#}");
     assert!(echo(&mut conn), "still working after the new run replaced the program");
     let after = stats(&t);
-    assert!(
-        packets(&after, "out0", "drop", "no_rule") >= packets(&gap, "out0", "drop", "no_rule"),
-        "counters carried over: {gap:#} then {after:#}"
-    );
+    assert!(packets(&after, "out0", "drop", "no_rule") >= packets(&gap, "out0", "drop", "no_rule"), "counters carried over: {gap:#} then {after:#}");
     assert!(rule_hits(&after, "federation-in") >= rule_hits(&gap, "federation-in"));
     drop(d);
 }
@@ -207,12 +207,21 @@ fn bad_input_is_one_line_naming_the_value_and_changes_nothing() {
         (bad("a.toml", &format!("{base}\n[policy]\nfederation-port = 0\n")), "policy.federation-port = 0: a port from 1 to 65535"),
         (bad("b.toml", &format!("{base}\n[policy]\ninternal-port = 70000\n")), "policy.internal-port = 70000: a port from 1 to 65535"),
         (bad("c.toml", "[[interface]]\nname = \"out0\"\nrole = \"inside\"\n"), "interface \"out0\" role = \"inside\": outside, edge or host"),
-        (bad("d.toml", "[[interface]]\nname = \"out0\"\nrole = \"edge\"\nmode = \"turbo\"\n"), "interface \"out0\" mode = \"turbo\": auto, native or skb"),
+        (
+            bad("d.toml", "[[interface]]\nname = \"out0\"\nrole = \"edge\"\nmode = \"turbo\"\n"),
+            "interface \"out0\" mode = \"turbo\": auto, native or skb",
+        ),
         (bad("e.toml", "[addresses]\naccess-edge = [\"203.0.113.10/33\"]\n"), "prefix length 33 is longer than 32 bits"),
         (bad("f.toml", "[[rule]]\nid = \"x\"\nproto = \"tcp\"\nport = 22\nsource = \"any\"\ndestination = \"any\"\n"), "row `x`: names no edge set"),
         (bad("j.toml", "[policy]\ntables = [\"lync-edge\"]\n"), "unknown table `lync-edge`"),
-        (bad("k.toml", "[[rule]]\nid = \"x\"\nproto = \"udp\"\nport = \"60000-50000\"\nsource = \"any\"\ndestination = \"av-edge\"\n"), "rule `x` port = \"60000-50000\""),
-        (bad("g.toml", "[[interface]]\nname = \"out0\"\nrole = \"edge\"\n[[interface]]\nname = \"out0\"\nrole = \"edge\"\n"), "interface `out0` is listed twice"),
+        (
+            bad("k.toml", "[[rule]]\nid = \"x\"\nproto = \"udp\"\nport = \"60000-50000\"\nsource = \"any\"\ndestination = \"av-edge\"\n"),
+            "rule `x` port = \"60000-50000\"",
+        ),
+        (
+            bad("g.toml", "[[interface]]\nname = \"out0\"\nrole = \"edge\"\n[[interface]]\nname = \"out0\"\nrole = \"edge\"\n"),
+            "interface `out0` is listed twice",
+        ),
         (bad("h.toml", "[state]\nmax_flows = 10\n"), "unknown key `state.max_flows`; did you mean `max-flows`?"),
         (bad("i.toml", "[[interface]]\nname = \"nosuch0\"\nrole = \"edge\"\n"), "unknown interface `nosuch0`"),
     ];
@@ -231,7 +240,10 @@ fn bad_input_is_one_line_naming_the_value_and_changes_nothing() {
     let d = ok(t.start(&ok(t.write_config(""))));
     for (args, want) in [
         (vec!["addr", "add", "access-edge", "203.0.113.12", "203.0.113.300"], "`203.0.113.300` is not an IP address or prefix"),
-        (vec!["addr", "add", "access_edge", "203.0.113.12"], "unknown address set `access_edge` (expected access-edge, webconf-edge, av-edge, internal-edge)"),
+        (
+            vec!["addr", "add", "access_edge", "203.0.113.12"],
+            "unknown address set `access_edge` (expected access-edge, webconf-edge, av-edge, internal-edge)",
+        ),
         (vec!["addr", "add", "access-edge", "203.0.113.12/24"], "has host bits set beyond /24; did you mean 203.0.113.0/24?"),
     ] {
         let (code, err) = fails(&t, &args);
@@ -272,13 +284,15 @@ fn the_drop_log_reports_refused_packets_within_its_limit() {
 
     // A burst of a thousand refused UDP datagrams.
     let start = std::time::Instant::now();
-    ok(t.partner.enter(|| -> anyhow::Result<()> {
-        let s = std::net::UdpSocket::bind("198.51.100.20:0")?;
-        for _ in 0..1000 {
-            s.send_to(b"x", "203.0.113.10:9")?;
-        }
-        Ok(())
-    }).and_then(|r| r));
+    ok(t.partner
+        .enter(|| -> anyhow::Result<()> {
+            let s = std::net::UdpSocket::bind("198.51.100.20:0")?;
+            for _ in 0..1000 {
+                s.send_to(b"x", "203.0.113.10:9")?;
+            }
+            Ok(())
+        })
+        .and_then(|r| r));
     let elapsed = start.elapsed().as_secs() + 1;
     sleep(Duration::from_millis(500));
     let logged = lines(&d.log_text()) - before;
@@ -299,26 +313,22 @@ fn operator_commands_refuse_without_root_and_serialise_with_a_lock() {
     // Not root: one line that says so, nothing changed.
     let bin = ok(edge_filter_tests::topology::edge_filter_bin());
     for args in [vec!["status"], vec!["addr", "add", "access-edge", "203.0.113.12"], vec!["stats"]] {
-        let out = t
-            .fw
-            .command("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin)
-            .args(&args)
-            .env("EDGE_FILTER_PIN_DIR", &t.pin_dir)
-            .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
-            .output()
-            .unwrap();
+        let out =
+            t.fw.command("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(&bin)
+                .args(&args)
+                .env("EDGE_FILTER_PIN_DIR", &t.pin_dir)
+                .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
+                .output()
+                .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert_eq!(err.trim(), "edge-filter: needs root (CAP_BPF and CAP_NET_ADMIN) to load and read BPF programs and maps");
     }
     // Twenty concurrent `addr add`s: every one lands in the maps and the state file.
-    let children: Vec<_> = (0..20)
-        .map(|i| {
-            ok(t.edge_filter()).args(["addr", "add", "access-edge", &format!("203.0.113.{}", 100 + i)]).spawn().unwrap()
-        })
-        .collect();
+    let children: Vec<_> =
+        (0..20).map(|i| ok(t.edge_filter()).args(["addr", "add", "access-edge", &format!("203.0.113.{}", 100 + i)]).spawn().unwrap()).collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }

@@ -8,10 +8,7 @@
 
 use std::{net::IpAddr, thread::sleep, time::Duration};
 
-use edge_filter::{
-    Fate, Policy, Prefix, RuleTable, SetId, Timeouts, Variant,
-    rules::TableSpec,
-};
+use edge_filter::{Fate, Policy, Prefix, RuleTable, SetId, Timeouts, Variant, rules::TableSpec};
 use edge_filter_common::verdict::*;
 use edge_filter_tests::{
     Case, Harness,
@@ -78,52 +75,55 @@ fn rules_allow_their_tuples_and_nothing_next_to_them() {
         let t = f.tag;
         cases.extend([
             Case::rule(format!("{t} R1 partner to access-edge:5269"), Outside, r1_syn(f).build(), R1),
-            Case::rule(format!("{t} R1 to an address of an access-edge prefix"), Outside,
-                tcp(f.partner, f.access_net, 40000, 5269, SYN).build(), R1),
+            Case::rule(format!("{t} R1 to an address of an access-edge prefix"), Outside, tcp(f.partner, f.access_net, 40000, 5269, SYN).build(), R1),
             Case::rule(format!("{t} R1 on a host NIC"), Host, r1_syn(f).build(), R1),
-            Case::rule(format!("{t} R1 continues with data"), Outside,
-                tcp(f.partner, f.access, 40000, 5269, ACK | PSH).payload(100).build(), R1),
-            Case::new(format!("{t} R1 wrong port 5270"), Outside,
-                tcp(f.partner, f.access, 40000, 5270, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R1 wrong port 22"), Outside,
-                tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R1 wrong set: internal-edge:5269"), Outside,
-                tcp(f.partner, f.internal, 40000, 5269, SYN).build(), DROP_NO_RULE),
+            Case::rule(format!("{t} R1 continues with data"), Outside, tcp(f.partner, f.access, 40000, 5269, ACK | PSH).payload(100).build(), R1),
+            Case::new(format!("{t} R1 wrong port 5270"), Outside, tcp(f.partner, f.access, 40000, 5270, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R1 wrong port 22"), Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R1 wrong set: internal-edge:5269"), Outside, tcp(f.partner, f.internal, 40000, 5269, SYN).build(), DROP_NO_RULE),
             Case::new(format!("{t} R1 wrong role: arrives on an edge NIC"), Edge, r1_syn(f).build(), DROP_NO_RULE),
-            Case::rule(format!("{t} R2 access-edge to partner:5269"), Edge,
-                tcp(f.access, f.partner, 40001, 5269, SYN).build(), R2),
-            Case::rule(format!("{t} R2 from an address of an access-edge prefix"), Edge,
-                tcp(f.access_net, f.partner, 40001, 5269, SYN).build(), R2),
-            Case::new(format!("{t} R2 wrong port 443"), Edge,
-                tcp(f.access, f.partner, 40001, 443, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R2 wrong set: internal-edge to partner:5269"), Edge,
-                tcp(f.internal, f.partner, 40001, 5269, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R2 wrong role: arrives on an outside NIC (spoofed)"), Outside,
-                tcp(f.access, f.partner, 40001, 5269, SYN).build(), DROP_SPOOFED),
-            Case::rule(format!("{t} R3 frontend to internal-edge:23456"), Outside,
-                tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), R3),
-            Case::new(format!("{t} R3 wrong port 23457"), Outside,
-                tcp(f.frontend, f.internal, 40002, 23457, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R3 wrong set: access-edge:23456"), Outside,
-                tcp(f.frontend, f.access, 40002, 23456, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R3 wrong role: arrives on an edge NIC"), Edge,
-                tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} UDP to 5269 (the table is TCP)"), Outside,
-                udp(f.partner, f.access, 40000, 5269).build(), DROP_NO_RULE),
-            Case::new(format!("{t} UDP to 23456"), Outside,
-                udp(f.frontend, f.internal, 40000, 23456).build(), DROP_NO_RULE),
-            Case::new(format!("{t} spoofed access-edge source on outside"), Outside,
-                tcp(f.access, f.partner, 5269, 40000, SYN_ACK).build(), DROP_SPOOFED),
-            Case::new(format!("{t} spoofed internal-edge source on host"), Host,
-                tcp(f.internal, f.frontend, 23456, 40000, ACK).build(), DROP_SPOOFED),
-            Case::new(format!("{t} spoofed prefix source on outside"), Outside,
-                tcp(f.access_net, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED),
-            Case::new(format!("{t} edge NIC, Edge to an unlisted port"), Edge,
-                tcp(f.internal, f.frontend, 40000, 443, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} unpoliced TCP"), Outside,
-                tcp(f.partner, f.frontend, 40000, 22, SYN).build(), PASS_UNPOLICED),
-            Case::new(format!("{t} unpoliced TCP on an edge NIC"), Edge,
-                tcp(f.frontend, f.partner, 40000, 22, SYN).build(), PASS_UNPOLICED),
+            Case::rule(format!("{t} R2 access-edge to partner:5269"), Edge, tcp(f.access, f.partner, 40001, 5269, SYN).build(), R2),
+            Case::rule(format!("{t} R2 from an address of an access-edge prefix"), Edge, tcp(f.access_net, f.partner, 40001, 5269, SYN).build(), R2),
+            Case::new(format!("{t} R2 wrong port 443"), Edge, tcp(f.access, f.partner, 40001, 443, SYN).build(), DROP_NO_RULE),
+            Case::new(
+                format!("{t} R2 wrong set: internal-edge to partner:5269"),
+                Edge,
+                tcp(f.internal, f.partner, 40001, 5269, SYN).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{t} R2 wrong role: arrives on an outside NIC (spoofed)"),
+                Outside,
+                tcp(f.access, f.partner, 40001, 5269, SYN).build(),
+                DROP_SPOOFED,
+            ),
+            Case::rule(format!("{t} R3 frontend to internal-edge:23456"), Outside, tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), R3),
+            Case::new(format!("{t} R3 wrong port 23457"), Outside, tcp(f.frontend, f.internal, 40002, 23457, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} R3 wrong set: access-edge:23456"), Outside, tcp(f.frontend, f.access, 40002, 23456, SYN).build(), DROP_NO_RULE),
+            Case::new(
+                format!("{t} R3 wrong role: arrives on an edge NIC"),
+                Edge,
+                tcp(f.frontend, f.internal, 40002, 23456, SYN).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(format!("{t} UDP to 5269 (the table is TCP)"), Outside, udp(f.partner, f.access, 40000, 5269).build(), DROP_NO_RULE),
+            Case::new(format!("{t} UDP to 23456"), Outside, udp(f.frontend, f.internal, 40000, 23456).build(), DROP_NO_RULE),
+            Case::new(
+                format!("{t} spoofed access-edge source on outside"),
+                Outside,
+                tcp(f.access, f.partner, 5269, 40000, SYN_ACK).build(),
+                DROP_SPOOFED,
+            ),
+            Case::new(
+                format!("{t} spoofed internal-edge source on host"),
+                Host,
+                tcp(f.internal, f.frontend, 23456, 40000, ACK).build(),
+                DROP_SPOOFED,
+            ),
+            Case::new(format!("{t} spoofed prefix source on outside"), Outside, tcp(f.access_net, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED),
+            Case::new(format!("{t} edge NIC, Edge to an unlisted port"), Edge, tcp(f.internal, f.frontend, 40000, 443, SYN).build(), DROP_NO_RULE),
+            Case::new(format!("{t} unpoliced TCP"), Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), PASS_UNPOLICED),
+            Case::new(format!("{t} unpoliced TCP on an edge NIC"), Edge, tcp(f.frontend, f.partner, 40000, 22, SYN).build(), PASS_UNPOLICED),
         ]);
         for flags in [SYN, ACK, RST, SYN_ACK, RST_ACK] {
             cases.push(Case::new(
@@ -145,27 +145,43 @@ fn essentials_pass_and_other_icmp_does_not() {
         cases.extend([
             // ICMP errors are related traffic now: one that quotes no live flow is
             // not essential (`icmp_errors_relate_to_live_flows_only` has the rest).
-            Case::new(format!("{t} frag needed / packet too big quoting nothing"), Outside,
-                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).payload(28).build(), DROP_NO_RULE),
-            Case::new(format!("{t} time exceeded quoting nothing"), Outside,
-                icmp(f.frontend, f.internal, f.time_exceeded.0, f.time_exceeded.1).payload(28).build(), DROP_NO_RULE),
-            Case::new(format!("{t} echo request to access-edge"), Outside,
-                icmp(f.partner, f.access, f.echo, 0).build(), DROP_NO_RULE),
-            Case::new(format!("{t} echo request, unpoliced"), Outside,
-                icmp(f.partner, f.frontend, f.echo, 0).build(), PASS_UNPOLICED),
-            Case::new(format!("{t} ICMP header cut short"), Outside,
-                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).cut_l4(4).build(), DROP_MALFORMED),
+            Case::new(
+                format!("{t} frag needed / packet too big quoting nothing"),
+                Outside,
+                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).payload(28).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{t} time exceeded quoting nothing"),
+                Outside,
+                icmp(f.frontend, f.internal, f.time_exceeded.0, f.time_exceeded.1).payload(28).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(format!("{t} echo request to access-edge"), Outside, icmp(f.partner, f.access, f.echo, 0).build(), DROP_NO_RULE),
+            Case::new(format!("{t} echo request, unpoliced"), Outside, icmp(f.partner, f.frontend, f.echo, 0).build(), PASS_UNPOLICED),
+            Case::new(
+                format!("{t} ICMP header cut short"),
+                Outside,
+                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).cut_l4(4).build(),
+                DROP_MALFORMED,
+            ),
         ]);
     }
     cases.extend([
-        Case::new("v6 neighbour solicitation for access-edge", Outside,
-            icmp(PARTNER6, ACCESS6, 135, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL),
-        Case::new("v6 neighbour advertisement from the Edge", Edge,
-            icmp(ACCESS6, PARTNER6, 136, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL),
-        Case::new("v6 router advertisement to internal-edge", Outside,
-            icmp(FRONTEND6, INTERNAL6, 134, 0).ttl(255).payload(8).build(), PASS_ESSENTIAL),
-        Case::new("v6 neighbour solicitation with hop limit 64 (off-link)", Outside,
-            icmp(PARTNER6, ACCESS6, 135, 0).ttl(64).payload(16).build(), DROP_NO_RULE),
+        Case::new("v6 neighbour solicitation for access-edge", Outside, icmp(PARTNER6, ACCESS6, 135, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL),
+        Case::new("v6 neighbour advertisement from the Edge", Edge, icmp(ACCESS6, PARTNER6, 136, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL),
+        Case::new(
+            "v6 router advertisement to internal-edge",
+            Outside,
+            icmp(FRONTEND6, INTERNAL6, 134, 0).ttl(255).payload(8).build(),
+            PASS_ESSENTIAL,
+        ),
+        Case::new(
+            "v6 neighbour solicitation with hop limit 64 (off-link)",
+            Outside,
+            icmp(PARTNER6, ACCESS6, 135, 0).ttl(64).payload(16).build(),
+            DROP_NO_RULE,
+        ),
     ]);
     run(Policy::default(), &cases);
 }
@@ -177,16 +193,26 @@ fn vlan_tags_are_skipped_and_the_inner_packet_judged() {
         let t = f.tag;
         cases.extend([
             Case::rule(format!("{t} R1 with an 802.1Q tag"), Outside, r1_syn(f).tag(TPID_8021Q, 100).build(), R1),
-            Case::rule(format!("{t} R1 with 802.1ad + 802.1Q tags"), Outside,
-                r1_syn(f).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), R1),
-            Case::rule(format!("{t} R1 with two 802.1Q tags"), Outside,
-                r1_syn(f).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(), R1),
-            Case::new(format!("{t} two tags, wrong port"), Outside,
-                tcp(f.partner, f.access, 40000, 22, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), DROP_NO_RULE),
-            Case::new(format!("{t} two tags, spoofed"), Outside,
-                tcp(f.access, f.partner, 40000, 5269, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), DROP_SPOOFED),
-            Case::new(format!("{t} three tags: inner packet cannot be judged"), Outside,
-                r1_syn(f).tag(TPID_8021AD, 300).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(), DROP_MALFORMED),
+            Case::rule(format!("{t} R1 with 802.1ad + 802.1Q tags"), Outside, r1_syn(f).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), R1),
+            Case::rule(format!("{t} R1 with two 802.1Q tags"), Outside, r1_syn(f).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(), R1),
+            Case::new(
+                format!("{t} two tags, wrong port"),
+                Outside,
+                tcp(f.partner, f.access, 40000, 22, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{t} two tags, spoofed"),
+                Outside,
+                tcp(f.access, f.partner, 40000, 5269, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(),
+                DROP_SPOOFED,
+            ),
+            Case::new(
+                format!("{t} three tags: inner packet cannot be judged"),
+                Outside,
+                r1_syn(f).tag(TPID_8021AD, 300).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(),
+                DROP_MALFORMED,
+            ),
         ]);
     }
     run(Policy::default(), &cases);
@@ -199,25 +225,38 @@ fn ipv4_header_length_is_the_real_one() {
     let cases = vec![
         Case::rule("IPv4 with 12 bytes of options", Outside, r1.clone().options(opts.clone()).build(), R1),
         Case::rule("IPv4 with 40 bytes of options (IHL 15)", Outside, r1.clone().options(vec![1; 40]).build(), R1),
-        Case::new("IPv4 with options, wrong port", Outside,
-            tcp(PARTNER4, ACCESS4, 40000, 22, SYN).options(opts.clone()).build(), DROP_NO_RULE),
+        Case::new("IPv4 with options, wrong port", Outside, tcp(PARTNER4, ACCESS4, 40000, 22, SYN).options(opts.clone()).build(), DROP_NO_RULE),
         // Port 5269 sits right behind a 20-byte header: read at IHL 8 it is gone.
-        Case::new("IPv4 with options, port 5269 where a 20-byte header would end", Outside,
-            tcp(PARTNER4, ACCESS4, 5269, 5270, SYN).options(opts).build(), DROP_NO_RULE),
+        Case::new(
+            "IPv4 with options, port 5269 where a 20-byte header would end",
+            Outside,
+            tcp(PARTNER4, ACCESS4, 5269, 5270, SYN).options(opts).build(),
+            DROP_NO_RULE,
+        ),
         Case::new("IHL 4", Outside, packet::set_byte(r1.build(), 14, 0x44), DROP_MALFORMED),
         Case::new("IHL 0", Outside, packet::set_byte(r1.build(), 14, 0x40), DROP_MALFORMED),
         Case::new("version 6 in an IPv4 frame", Outside, packet::set_byte(r1.build(), 14, 0x65), DROP_MALFORMED),
-        Case::new("total length beyond the frame", Outside, {
-            let f = r1.build();
-            let n = f.len() - 1;
-            packet::truncate(f, n)
-        }, DROP_MALFORMED),
+        Case::new(
+            "total length beyond the frame",
+            Outside,
+            {
+                let f = r1.build();
+                let n = f.len() - 1;
+                packet::truncate(f, n)
+            },
+            DROP_MALFORMED,
+        ),
         Case::new("total length shorter than IHL", Outside, packet::set_byte(packet::set_byte(r1.build(), 16, 0), 17, 19), DROP_MALFORMED),
-        Case::rule("Ethernet padding after the IP packet", Outside, {
-            let mut f = r1.build();
-            f.extend_from_slice(&[0; 6]);
-            f
-        }, R1),
+        Case::rule(
+            "Ethernet padding after the IP packet",
+            Outside,
+            {
+                let mut f = r1.build();
+                f.extend_from_slice(&[0; 6]);
+                f
+            },
+            R1,
+        ),
     ];
     run(Policy::default(), &cases);
 }
@@ -234,28 +273,45 @@ fn ipv6_extension_chain_is_walked_and_bounded() {
         Case::rule("hop-by-hop", Outside, r1.clone().ext(0, 8).build(), R1),
         Case::rule("routing, 24 bytes", Outside, r1.clone().ext(43, 24).build(), R1),
         Case::rule("destination options, 16 bytes", Outside, r1.clone().ext(60, 16).build(), R1),
-        Case::rule("hop-by-hop, routing, destination options", Outside,
-            r1.clone().ext(0, 8).ext(43, 24).ext(60, 16).build(), R1),
+        Case::rule("hop-by-hop, routing, destination options", Outside, r1.clone().ext(0, 8).ext(43, 24).ext(60, 16).build(), R1),
         Case::rule("atomic fragment (offset 0, no more fragments)", Outside, r1.clone().fragment(0, false).build(), R1),
-        Case::new("wrong port behind three headers", Outside,
-            tcp(PARTNER6, ACCESS6, 40000, 22, SYN).ext(0, 8).ext(43, 24).ext(60, 16).build(), DROP_NO_RULE),
+        Case::new(
+            "wrong port behind three headers",
+            Outside,
+            tcp(PARTNER6, ACCESS6, 40000, 22, SYN).ext(0, 8).ext(43, 24).ext(60, 16).build(),
+            DROP_NO_RULE,
+        ),
         Case::rule("eight extension headers", Outside, eight.build(), R1),
         Case::new("nine extension headers: too long to walk", Outside, nine.build(), DROP_MALFORMED),
-        Case::new("nine extension headers, wrong port: still never passed", Outside, {
-            let mut p = tcp(PARTNER6, ACCESS6, 40000, 22, SYN);
-            for _ in 0..9 {
-                p = p.ext(60, 8);
-            }
-            p.build()
-        }, DROP_MALFORMED),
-        Case::new("payload length beyond the frame", Outside, {
-            let f = r1.clone().ext(0, 8).build();
-            let n = f.len() - 1;
-            packet::truncate(f, n)
-        }, DROP_MALFORMED),
-        Case::new("extension header longer than the packet", Outside,
+        Case::new(
+            "nine extension headers, wrong port: still never passed",
+            Outside,
+            {
+                let mut p = tcp(PARTNER6, ACCESS6, 40000, 22, SYN);
+                for _ in 0..9 {
+                    p = p.ext(60, 8);
+                }
+                p.build()
+            },
+            DROP_MALFORMED,
+        ),
+        Case::new(
+            "payload length beyond the frame",
+            Outside,
+            {
+                let f = r1.clone().ext(0, 8).build();
+                let n = f.len() - 1;
+                packet::truncate(f, n)
+            },
+            DROP_MALFORMED,
+        ),
+        Case::new(
+            "extension header longer than the packet",
+            Outside,
             // Hop-by-hop length byte says 8 * (1 + 9) bytes; the packet has 8 + 20.
-            packet::set_byte(r1.clone().ext(0, 8).build(), 14 + 40 + 1, 9), DROP_MALFORMED),
+            packet::set_byte(r1.clone().ext(0, 8).build(), 14 + 40 + 1, 9),
+            DROP_MALFORMED,
+        ),
         Case::new("version 4 in an IPv6 frame", Outside, packet::set_byte(r1.build(), 14, 0x40), DROP_MALFORMED),
     ];
     run(Policy::default(), &cases);
@@ -274,18 +330,31 @@ fn fragment_cases(fragments: Fate) -> Vec<Case> {
             } else {
                 Case::new(format!("{t} first fragment of R1"), Outside, first.build(), DROP_FRAGMENT)
             },
-            Case::new(format!("{t} non-first fragment to access-edge"), Outside, later.build(),
-                if pass { PASS_FRAGMENT } else { DROP_FRAGMENT }),
-            Case::new(format!("{t} non-first fragment whose payload looks like port 5269"), Outside,
+            Case::new(format!("{t} non-first fragment to access-edge"), Outside, later.build(), if pass { PASS_FRAGMENT } else { DROP_FRAGMENT }),
+            Case::new(
+                format!("{t} non-first fragment whose payload looks like port 5269"),
+                Outside,
                 tcp(f.partner, f.access, 5269, 5269, SYN).fragment(3, true).build(),
-                if pass { PASS_FRAGMENT } else { DROP_FRAGMENT }),
-            Case::new(format!("{t} first fragment without the whole TCP header"), Outside,
-                r1_syn(f).fragment(0, true).cut_l4(8).build(), DROP_FRAGMENT),
-            Case::new(format!("{t} first fragment to a wrong port"), Outside,
+                if pass { PASS_FRAGMENT } else { DROP_FRAGMENT },
+            ),
+            Case::new(
+                format!("{t} first fragment without the whole TCP header"),
+                Outside,
+                r1_syn(f).fragment(0, true).cut_l4(8).build(),
+                DROP_FRAGMENT,
+            ),
+            Case::new(
+                format!("{t} first fragment to a wrong port"),
+                Outside,
                 tcp(f.partner, f.access, 40000, 22, SYN).fragment(0, true).build(),
-                if pass { DROP_NO_RULE } else { DROP_FRAGMENT }),
-            Case::new(format!("{t} unpoliced fragments follow the unpoliced default"), Outside,
-                tcp(f.partner, f.frontend, 40000, 22, SYN).fragment(185, false).build(), PASS_UNPOLICED),
+                if pass { DROP_NO_RULE } else { DROP_FRAGMENT },
+            ),
+            Case::new(
+                format!("{t} unpoliced fragments follow the unpoliced default"),
+                Outside,
+                tcp(f.partner, f.frontend, 40000, 22, SYN).fragment(185, false).build(),
+                PASS_UNPOLICED,
+            ),
         ]);
     }
     cases.push(Case::new(
@@ -369,10 +438,18 @@ fn frame_sizes_from_14_bytes_to_jumbo() {
         // Jumbo frames span several buffers; the counters take their whole length.
         Case::rule("v4 R1 in a 9014-byte jumbo frame", Outside, r1_syn(V4).payload(9014 - 54).build(), R1),
         Case::rule("v6 R1 in a 9014-byte jumbo frame", Outside, r1_syn(V6).payload(9014 - 74).build(), R1),
-        Case::new("v4 wrong port in a 9014-byte jumbo frame", Outside,
-            tcp(PARTNER4, ACCESS4, 40000, 22, ACK).payload(9014 - 54).build(), DROP_NO_RULE),
-        Case::new("v6 spoofed in a 9014-byte jumbo frame", Outside,
-            tcp(ACCESS6, PARTNER6, 40000, 5269, ACK).payload(9014 - 74).build(), DROP_SPOOFED),
+        Case::new(
+            "v4 wrong port in a 9014-byte jumbo frame",
+            Outside,
+            tcp(PARTNER4, ACCESS4, 40000, 22, ACK).payload(9014 - 54).build(),
+            DROP_NO_RULE,
+        ),
+        Case::new(
+            "v6 spoofed in a 9014-byte jumbo frame",
+            Outside,
+            tcp(ACCESS6, PARTNER6, 40000, 5269, ACK).payload(9014 - 74).build(),
+            DROP_SPOOFED,
+        ),
     ];
     let h = harness(Policy::default());
     assert_eq!(h.filter.program_name(), "edge_filter", "this kernel runs the multi-buffer program");
@@ -398,11 +475,13 @@ fn the_single_buffer_program_for_older_kernels_judges_alike() {
             Case::new(format!("{} fragment", f.tag), Outside, r1_syn(f).fragment(185, false).build(), DROP_FRAGMENT),
             Case::new(format!("{} malformed", f.tag), Outside, packet::truncate(r1_syn(f).build(), 30), DROP_MALFORMED),
             Case::new(format!("{} unpoliced", f.tag), Outside, tcp(f.partner, f.frontend, 1, 2, SYN).build(), PASS_UNPOLICED),
-            Case::new(format!("{} frag needed quoting the R1 reply", f.tag), Outside,
-                packet::icmp_error(f.partner, f.access, f.frag_needed.0, f.frag_needed.1,
-                    &tcp(f.access, f.partner, 5269, 40051, ACK)).build(), PASS_RELATED),
-            Case::rule(format!("{} R1 with two tags", f.tag), Outside,
-                r1_syn(f).tag(TPID_8021AD, 2).tag(TPID_8021Q, 1).build(), R1),
+            Case::new(
+                format!("{} frag needed quoting the R1 reply", f.tag),
+                Outside,
+                packet::icmp_error(f.partner, f.access, f.frag_needed.0, f.frag_needed.1, &tcp(f.access, f.partner, 5269, 40051, ACK)).build(),
+                PASS_RELATED,
+            ),
+            Case::rule(format!("{} R1 with two tags", f.tag), Outside, r1_syn(f).tag(TPID_8021AD, 2).tag(TPID_8021Q, 1).build(), R1),
         ]);
     }
     cases.push(Case::new("unattached", Unattached, r1_syn(V4).build(), PASS_UNATTACHED));
@@ -421,17 +500,23 @@ fn unpoliced_traffic_follows_the_setting() {
     for f in [V4, V6] {
         let t = f.tag;
         cases.extend([
-            Case::new(format!("{t} TCP between outside hosts"), Outside,
-                tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED),
-            Case::new(format!("{t} echo between outside hosts"), Outside,
-                icmp(f.partner, f.frontend, f.echo, 0).build(), DROP_UNPOLICED),
-            Case::new(format!("{t} frag needed between outside hosts still passes"), Outside,
-                icmp(f.partner, f.frontend, f.frag_needed.0, f.frag_needed.1).payload(28).build(), PASS_ESSENTIAL),
+            Case::new(format!("{t} TCP between outside hosts"), Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED),
+            Case::new(format!("{t} echo between outside hosts"), Outside, icmp(f.partner, f.frontend, f.echo, 0).build(), DROP_UNPOLICED),
+            Case::new(
+                format!("{t} frag needed between outside hosts still passes"),
+                Outside,
+                icmp(f.partner, f.frontend, f.frag_needed.0, f.frag_needed.1).payload(28).build(),
+                PASS_ESSENTIAL,
+            ),
             Case::rule(format!("{t} R1 still passes"), Outside, r1_syn(f).build(), R1),
         ]);
     }
-    cases.push(Case::new("v6 neighbour solicitation between outside hosts still passes", Outside,
-        icmp(PARTNER6, FRONTEND6, 135, 0).ttl(255).payload(16).build(), PASS_ESSENTIAL));
+    cases.push(Case::new(
+        "v6 neighbour solicitation between outside hosts still passes",
+        Outside,
+        icmp(PARTNER6, FRONTEND6, 135, 0).ttl(255).payload(16).build(),
+        PASS_ESSENTIAL,
+    ));
     run(drop, &cases);
 }
 
@@ -560,16 +645,22 @@ fn replies_of_allowed_flows_pass_and_nothing_else() {
             r3.out("R3 SYN", SYN),
             r3.back("R3 SYN-ACK", SYN_ACK, PASS_REPLY),
             // The R2 flow's reply arriving from the Edge side is not a reply.
-            Case::new(format!("{} R2 reply on the edge NIC", f.tag), Edge,
-                tcp(f.partner, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
+            Case::new(format!("{} R2 reply on the edge NIC", f.tag), Edge, tcp(f.partner, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
             // Another partner from port 5269 to the same Edge port: the flow is not theirs.
-            Case::new(format!("{} another host's 5269 to the R2 client port", f.tag), Outside,
-                tcp(f.frontend, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
-            Case::new(format!("{} the R2 partner from 5269 to another Edge port", f.tag), Outside,
-                tcp(f.partner, f.access, 5269, 40099, ACK).build(), DROP_NO_RULE),
+            Case::new(
+                format!("{} another host's 5269 to the R2 client port", f.tag),
+                Outside,
+                tcp(f.frontend, f.access, 5269, 40002, ACK).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{} the R2 partner from 5269 to another Edge port", f.tag),
+                Outside,
+                tcp(f.partner, f.access, 5269, 40099, ACK).build(),
+                DROP_NO_RULE,
+            ),
             // The R1 reply tuple from the other side of the firewall is spoofed.
-            Case::new(format!("{} R1 reply arriving on outside", f.tag), Outside,
-                tcp(f.access, f.partner, 5269, 40001, ACK).build(), DROP_SPOOFED),
+            Case::new(format!("{} R1 reply arriving on outside", f.tag), Outside, tcp(f.access, f.partner, 5269, 40001, ACK).build(), DROP_SPOOFED),
         ]);
     }
     run(Policy::default(), &cases);
@@ -619,14 +710,12 @@ fn fin_closes_a_flow_after_the_closing_timeout() {
             // The opener's FIN completes the handshake; the Edge's acknowledgement of
             // it (1002) starts the close.
             a.out("R1 FIN", FIN_ACK),
-            Case::new(format!("{t} R1 FIN-ACK acknowledging the FIN"), Edge,
-                seg(f.access, f.partner, 5269, 40021, FIN_ACK, 5001, 1002), PASS_REPLY),
+            Case::new(format!("{t} R1 FIN-ACK acknowledging the FIN"), Edge, seg(f.access, f.partner, 5269, 40021, FIN_ACK, 5001, 1002), PASS_REPLY),
             b.out("R2 SYN", SYN),
             b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
             b.out("R2 ACK", ACK),
             b.back("R2 FIN from the partner", FIN_ACK, PASS_REPLY),
-            Case::rule(format!("{t} R2 the Edge acknowledges the FIN"), Edge,
-                seg(f.access, f.partner, 40022, 5269, ACK, 1001, 5002), R2),
+            Case::rule(format!("{t} R2 the Edge acknowledges the FIN"), Edge, seg(f.access, f.partner, 40022, 5269, ACK, 1001, 5002), R2),
         ])
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
@@ -662,8 +751,7 @@ fn idle_flows_expire_by_state() {
     sleep(Duration::from_millis(800));
     for f in [V4, V6] {
         let a = Conn::r1(f, 40031);
-        h.check_all(&[a.back("established flow, idle 800 ms of 400", ACK, DROP_NO_RULE)])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        h.check_all(&[a.back("established flow, idle 800 ms of 400", ACK, DROP_NO_RULE)]).unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 
@@ -678,34 +766,29 @@ fn flows_enter_the_flow_table_only_when_the_handshake_completes() {
     };
     h.check_all(&[a.out("R2 SYN", SYN)]).unwrap_or_else(|e| panic!("{e:#}"));
     // The Edge opened it: its handshake is in the table of the trusted side's.
-    assert!(h.filter.embryos().unwrap().is_empty());
-    let (key, embryo) = only(h.filter.embryos_out().unwrap()).expect("the SYN is recorded as a handshake");
+    assert!(h.filter.maps().embryos().unwrap().is_empty());
+    let (key, embryo) = only(h.filter.maps().embryos_out().unwrap()).expect("the SYN is recorded as a handshake");
     assert_eq!(&key.0.src[..4], &[203, 0, 113, 10]);
     assert_eq!(&key.0.dst[..4], &[198, 51, 100, 20]);
     assert_eq!((u16::from_be(key.0.sport_be), u16::from_be(key.0.dport_be)), (40041, 5269));
     assert_eq!((u32::from(embryo.rule), embryo.state), (R2, SYN_SENT));
-    assert!(h.filter.flows().unwrap().is_empty());
+    assert!(h.filter.maps().flows().unwrap().is_empty());
 
     h.check_all(&[a.back("SYN-ACK", SYN_ACK, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
-    let (_, embryo) = only(h.filter.embryos_out().unwrap()).unwrap();
+    let (_, embryo) = only(h.filter.maps().embryos_out().unwrap()).unwrap();
     assert_eq!((embryo.state, embryo.responder.end), (SYN_RECV, 5001));
 
     // An ACK that does not acknowledge the responder's ISN completes nothing.
-    let blind = Case::rule("ACK with a guessed number", Edge,
-        tcp(ACCESS4, PARTNER4, 40041, 5269, ACK).seq_ack(1001, 777).build(), R2);
-    h.check_all(&[blind, a.back("data before the handshake completed", ACK | PSH, DROP_NO_RULE)])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(h.filter.flows().unwrap().is_empty());
+    let blind = Case::rule("ACK with a guessed number", Edge, tcp(ACCESS4, PARTNER4, 40041, 5269, ACK).seq_ack(1001, 777).build(), R2);
+    h.check_all(&[blind, a.back("data before the handshake completed", ACK | PSH, DROP_NO_RULE)]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(h.filter.maps().flows().unwrap().is_empty());
 
     h.check_all(&[a.out("ACK", ACK), a.back("data", ACK | PSH, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
-    let (_, flow) = only(h.filter.flows().unwrap()).expect("the completed handshake is a flow");
+    let (_, flow) = only(h.filter.maps().flows().unwrap()).expect("the completed handshake is a flow");
     assert_eq!((u32::from(flow.rule), flow.state), (R2, ESTABLISHED));
-    assert!(h.filter.embryos_out().unwrap().is_empty());
-    let ev = h.filter.flow_events().unwrap();
-    assert_eq!(
-        (ev.flows.created, ev.flows.live, ev.embryos_out.created, ev.embryos_out.closed, ev.embryos_out.evicted),
-        (1, 1, 1, 1, 0)
-    );
+    assert!(h.filter.maps().embryos_out().unwrap().is_empty());
+    let ev = h.filter.maps().flow_events().unwrap();
+    assert_eq!((ev.flows.created, ev.flows.live, ev.embryos_out.created, ev.embryos_out.closed, ev.embryos_out.evicted), (1, 1, 1, 1, 0));
 }
 
 #[test]
@@ -725,7 +808,7 @@ fn a_syn_flood_churns_the_handshake_table_and_never_touches_established_flows() 
     for c in &conns {
         h.check_all(&[c.back("data after the flood", ACK | PSH, PASS_REPLY)]).unwrap_or_else(|e| panic!("{e:#}"));
     }
-    let ev = h.filter.flow_events().unwrap();
+    let ev = h.filter.maps().flow_events().unwrap();
     assert_eq!((ev.flows.live, ev.flows.evicted, ev.flows.insert_failed), (10, 0, 0), "{ev:?}");
     // R1's handshakes were opened from outside, R2's by the Edge, in a table of their own.
     assert_eq!((ev.embryos.created, ev.embryos_out.created, ev.embryos_out.evicted), (2000 + 5, 5, 0), "{ev:?}");
@@ -742,7 +825,7 @@ fn the_drop_log_is_rate_limited_in_the_kernel_and_counts_what_it_kept_quiet() {
     h.check_all(&cases).unwrap_or_else(|e| panic!("{e:#}"));
     // Passes are never logged.
     h.check_all(&[Case::rule("R1", Outside, r1_syn(V4).build(), R1)]).unwrap_or_else(|e| panic!("{e:#}"));
-    let events = h.filter.events().unwrap();
+    let events = h.filter.maps().events().unwrap();
     let (logged, quiet) = (events[edge_filter_common::event::DROP_LOGGED as usize], events[edge_filter_common::event::DROP_LOG_SUPPRESSED as usize]);
     assert_eq!(logged + quiet, 10, "every drop is logged or counted as suppressed");
     assert!((3..=3 * cpus).contains(&logged), "3 lines per second and CPU: {logged} logged, {quiet} suppressed");
@@ -750,7 +833,7 @@ fn the_drop_log_is_rate_limited_in_the_kernel_and_counts_what_it_kept_quiet() {
     // Off: nothing is logged or counted.
     let h = harness(Policy::default());
     h.check_all(&cases).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(h.filter.events().unwrap()[..2], [0, 0]);
+    assert_eq!(h.filter.maps().events().unwrap()[..2], [0, 0]);
 }
 
 #[test]
@@ -772,20 +855,36 @@ fn blind_rst_and_syn_leave_established_flows_alone() {
         let (a, b) = (Conn::r1(f, 40061), Conn::r2(f, 40062));
         cases.extend(a.handshake());
         cases.extend([
-            Case::rule(format!("{} R1 blind RST from the partner's tuple", f.tag), Outside,
-                tcp(f.partner, f.access, 40061, 5269, RST).seq_ack(77_777, 0).build(), R1),
-            Case::rule(format!("{} R1 SYN on the established tuple", f.tag), Outside,
-                tcp(f.partner, f.access, 40061, 5269, SYN).seq_ack(12_345, 0).build(), R1),
-            Case::new(format!("{} R1 blind RST from the Edge's side", f.tag), Edge,
-                tcp(f.access, f.partner, 5269, 40061, RST).seq_ack(99, 0).build(), PASS_REPLY),
+            Case::rule(
+                format!("{} R1 blind RST from the partner's tuple", f.tag),
+                Outside,
+                tcp(f.partner, f.access, 40061, 5269, RST).seq_ack(77_777, 0).build(),
+                R1,
+            ),
+            Case::rule(
+                format!("{} R1 SYN on the established tuple", f.tag),
+                Outside,
+                tcp(f.partner, f.access, 40061, 5269, SYN).seq_ack(12_345, 0).build(),
+                R1,
+            ),
+            Case::new(
+                format!("{} R1 blind RST from the Edge's side", f.tag),
+                Edge,
+                tcp(f.access, f.partner, 5269, 40061, RST).seq_ack(99, 0).build(),
+                PASS_REPLY,
+            ),
             a.back("R1 data after the blind packets", ACK | PSH, PASS_REPLY),
             a.back("R1 RST at the Edge's sequence number", RST, PASS_REPLY),
             a.back("R1 after the real RST", ACK, DROP_NO_RULE),
         ]);
         cases.extend(b.handshake());
         cases.extend([
-            Case::new(format!("{} R2 blind RST from the partner's 5269", f.tag), Outside,
-                tcp(f.partner, f.access, 5269, 40062, RST_ACK).seq_ack(31_337, 1001).build(), PASS_REPLY),
+            Case::new(
+                format!("{} R2 blind RST from the partner's 5269", f.tag),
+                Outside,
+                tcp(f.partner, f.access, 5269, 40062, RST_ACK).seq_ack(31_337, 1001).build(),
+                PASS_REPLY,
+            ),
             b.back("R2 data after the blind RST", ACK | PSH, PASS_REPLY),
             b.out("R2 RST from the Edge at its sequence number", RST),
             b.back("R2 after the real RST", ACK, DROP_NO_RULE),
@@ -809,7 +908,7 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
         (SetId::ACCESS_EDGE, "2001:db8:aa:1::7"),
         (SetId::INTERNAL_EDGE, "2001:db8:bb::/127"),
     ];
-    let mut sets = edge_filter_tests::plan::sets();
+    let mut sets = sets();
     for (set, p) in prefixes {
         sets.insert(set, p.parse::<Prefix>().unwrap()).unwrap();
     }
@@ -840,13 +939,13 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
 
     // The /16 goes: its length is no longer looked up; the nested /24 still matches.
     sets.remove(SetId::ACCESS_EDGE, &"198.18.0.0/16".parse().unwrap());
-    h.filter.set_address_sets(&sets).unwrap();
+    h.filter.maps_mut().set_address_sets(&sets).unwrap();
     h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]).unwrap_or_else(|e| panic!("{e:#}"));
     // A /20 is a new length: it matches at once.
     sets.insert(SetId::ACCESS_EDGE, "198.18.32.0/20".parse().unwrap()).unwrap();
-    h.filter.set_address_sets(&sets).unwrap();
+    h.filter.maps_mut().set_address_sets(&sets).unwrap();
     h.check_all(&[probe("198.18.47.254", Some(R1)), probe("198.18.48.1", None)]).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(h.filter.address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
+    assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }
 
 /// A family whose sets hold at most `SMALL_SET` prefixes is scanned in place, a
@@ -854,7 +953,7 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
 /// of the line, and while the sets cross it at run time, either way.
 #[test]
 fn address_sets_answer_alike_scanned_in_place_and_probed_in_the_hash_table() {
-    let mut sets = edge_filter_tests::plan::sets();
+    let mut sets = sets();
     for (set, p) in [
         (SetId::ACCESS_EDGE, "198.18.0.0/16"),
         (SetId::ACCESS_EDGE, "198.18.4.0/24"),
@@ -896,19 +995,19 @@ fn address_sets_answer_alike_scanned_in_place_and_probed_in_the_hash_table() {
     for p in &fillers {
         sets.insert(peers, *p).unwrap();
     }
-    h.filter.set_address_sets(&sets).unwrap();
+    h.filter.maps_mut().set_address_sets(&sets).unwrap();
     h.check_all(&cases()).unwrap_or_else(|e| panic!("probed in the hash table: {e:#}"));
     // A change on the hash side, then back under the line.
     sets.remove(SetId::ACCESS_EDGE, &"198.18.0.0/16".parse().unwrap());
-    h.filter.set_address_sets(&sets).unwrap();
+    h.filter.maps_mut().set_address_sets(&sets).unwrap();
     h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]).unwrap_or_else(|e| panic!("{e:#}"));
     for p in &fillers {
         sets.remove(peers, p);
     }
-    h.filter.set_address_sets(&sets).unwrap();
+    h.filter.maps_mut().set_address_sets(&sets).unwrap();
     h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1)), probe("2001:db8:aa:1::7", Some(R1))])
         .unwrap_or_else(|e| panic!("scanned again: {e:#}"));
-    assert_eq!(h.filter.address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
+    assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }
 
 /// A pinned map this version does not use (one an older edge-filter left, of another
@@ -928,7 +1027,7 @@ fn pinned_maps_of_another_layout_are_refused() {
     // A per-CPU array pinned where edge-filter keeps its NIC table (an array of Iface).
     let mut loader = aya::EbpfLoader::new();
     loader.map_pin_path("GEN_SEQ", dir.join("IFACES"));
-    let generator = loader.load(edge_filter::loader::TRAFFIC_GEN).unwrap();
+    let generator = loader.load(edge_filter_tests::programs::TRAFFIC_GEN).unwrap();
     drop(generator);
     assert!(dir.join("IFACES").exists(), "the stand-in map is pinned");
     let err = Filter::load(&LoadOptions { map_pin_dir: Some(dir.clone()), ..LoadOptions::default() }).err().expect("refused");

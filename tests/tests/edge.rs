@@ -25,8 +25,7 @@ use std::{
 use edge_filter_tests::{
     plan::*,
     topology::{
-        AV4, AV6, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, packets,
-        rule_hits, sa, udp_echo_server,
+        AV4, AV6, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, packets, rule_hits, sa, udp_echo_server,
     },
 };
 use serde_json::Value;
@@ -294,7 +293,11 @@ fn every_service_of_the_whole_edge_answers_in_both_families_and_counts_its_row()
             ("remote users' SIP over TLS", tcp(partner, f.partner, sa(f.access, 443)), Pass { row: "sip-client-in", reply_nic: "ext0" }),
             ("TURN over TCP", tcp(partner, f.partner, sa(f.av, 443)), Pass { row: "stun-tcp-in", reply_nic: "ext0" }),
             ("STUN request and its answer", udp(partner, sa(f.partner, 0), sa(f.av, 3478), STUN), Pass { row: "stun-udp-in", reply_nic: "ext0" }),
-            ("DNS query from access-edge and its answer", udp(edge, sa(f.access, 0), sa(f.partner, 53), &dns_query()), Pass { row: "dns-udp-out", reply_nic: "out0" }),
+            (
+                "DNS query from access-edge and its answer",
+                udp(edge, sa(f.access, 0), sa(f.partner, 53), &dns_query()),
+                Pass { row: "dns-udp-out", reply_nic: "out0" },
+            ),
             ("media in, first port", udp(partner, sa(f.partner, 0), sa(f.av, 50000), RTP), Pass { row: "rtp-udp-in", reply_nic: "ext0" }),
             ("media in, last port", udp(partner, sa(f.partner, 0), sa(f.av, 59999), RTP), Pass { row: "rtp-udp-in", reply_nic: "ext0" }),
             ("media over TCP in, first port", tcp(partner, f.partner, sa(f.av, 50000)), Pass { row: "rtp-tcp-in", reply_nic: "ext0" }),
@@ -306,7 +309,11 @@ fn every_service_of_the_whole_edge_answers_in_both_families_and_counts_its_row()
             ("Front End SIP to the Edge", tcp(frontend, f.frontend, sa(f.internal, 5061)), Pass { row: "sip-internal-in", reply_nic: "int0" }),
             ("Front End web conferencing (PSOM)", tcp(frontend, f.frontend, sa(f.internal, 8057)), Pass { row: "psom-internal", reply_nic: "int0" }),
             ("Front End A/V authentication", tcp(frontend, f.frontend, sa(f.internal, 5062)), Pass { row: "av-auth", reply_nic: "int0" }),
-            ("Front End configuration replication", tcp(frontend, f.frontend, sa(f.internal, 4443)), Pass { row: "cms-replication", reply_nic: "int0" }),
+            (
+                "Front End configuration replication",
+                tcp(frontend, f.frontend, sa(f.internal, 4443)),
+                Pass { row: "cms-replication", reply_nic: "int0" },
+            ),
             ("Edge SIP to the Front End", tcp(edge, f.internal, sa(f.frontend, 5061)), Pass { row: "sip-internal-out", reply_nic: "fe0" }),
         ];
         for (what, attempt, want) in cases {
@@ -359,7 +366,8 @@ fn the_whole_edge_refuses_what_no_row_allows_and_unsolicited_datagrams() {
         for (host, to) in [(&t.edge, sa(f.access, 22)), (&t.edge, sa(f.av, 60000)), (&t.partner, sa(f.partner, 60000))] {
             assert_eq!(ok(connect_from(host, sa(to.ip(), 0), to, T)), Outcome::Connected, "{fam} tcp {to} locally");
         }
-        for (host, to) in [(&t.edge, sa(f.access, 3478)), (&t.edge, sa(f.av, 40001)), (&t.edge, sa(f.av, 60000)), (&t.partner, sa(f.partner, 60000))] {
+        for (host, to) in [(&t.edge, sa(f.access, 3478)), (&t.edge, sa(f.av, 40001)), (&t.edge, sa(f.av, 60000)), (&t.partner, sa(f.partner, 60000))]
+        {
             assert_eq!(ok(datagram(host, sa(to.ip(), 0), to, STUN, T)), Datagram::Answered, "{fam} udp {to} locally");
         }
 
@@ -404,7 +412,12 @@ fn federation_restricted_to_a_peer_set_refuses_other_sources() {
         // The Front End is not a partner: before, federation-in let any source in.
         // (Refused first: a row hit trailing an allowed connection would blur the
         // check that no row opened.)
-        expect(&t, &format!("{fam} federation from outside the peer set"), tcp(&t.frontend, f.frontend, sa(f.access, 5269)), Want::Refused { nic: "fe0" });
+        expect(
+            &t,
+            &format!("{fam} federation from outside the peer set"),
+            tcp(&t.frontend, f.frontend, sa(f.access, 5269)),
+            Want::Refused { nic: "fe0" },
+        );
         expect(
             &t,
             &format!("{fam} federation from the peer set"),
@@ -412,7 +425,12 @@ fn federation_restricted_to_a_peer_set_refuses_other_sources() {
             Want::Pass { row: "federation-in-partners", reply_nic: "ext0" },
         );
         // The other way is untouched.
-        expect(&t, &format!("{fam} federation out"), tcp(&t.edge, f.access, sa(f.partner, 5269)), Want::Pass { row: "federation-out", reply_nic: "out0" });
+        expect(
+            &t,
+            &format!("{fam} federation out"),
+            tcp(&t.edge, f.access, sa(f.partner, 5269)),
+            Want::Pass { row: "federation-out", reply_nic: "out0" },
+        );
     }
     let s = stats(&t);
     assert!(s["rules"].as_array().unwrap().iter().all(|r| r["rule"] != "federation-in"), "a disabled row has no counter: {s:#}");
@@ -421,8 +439,7 @@ fn federation_restricted_to_a_peer_set_refuses_other_sources() {
     // the partners' side; the peer set listed as such.
     let check = json(&t, &["check", "--config", config.to_str().unwrap(), "--json"]);
     let checked = rows_of(&check);
-    let want: Vec<&str> =
-        WHOLE_EDGE_ROWS.iter().copied().filter(|id| *id != "federation-in").chain(["federation-in-partners"]).collect();
+    let want: Vec<&str> = WHOLE_EDGE_ROWS.iter().copied().filter(|id| *id != "federation-in").chain(["federation-in-partners"]).collect();
     assert_eq!(ids(&checked), want, "check --json");
     assert_eq!(
         checked.last().unwrap(),
@@ -437,10 +454,7 @@ fn federation_restricted_to_a_peer_set_refuses_other_sources() {
     let out = ok(t.cli(&["addr", "add", "partners", "198.18.0.0/24", "2001:db8:198::/64"]));
     assert!(out.status.success(), "addr add partners: {}", String::from_utf8_lossy(&out.stderr));
     let listed = json(&t, &["addr", "list", "partners", "--json"]);
-    assert!(
-        listed.as_array().unwrap().iter().any(|e| e["address"] == "198.18.0.0/24" && e["source"] == "runtime"),
-        "{listed:#}"
-    );
+    assert!(listed.as_array().unwrap().iter().any(|e| e["address"] == "198.18.0.0/24" && e["source"] == "runtime"), "{listed:#}");
     for f in FAMILIES {
         expect(
             &t,

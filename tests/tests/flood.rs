@@ -12,8 +12,7 @@ use edge_filter_tests::{
     packet::{self, flags::SYN, tcp, udp},
     plan::*,
     topology::{
-        AV4, AV6, Datagram, Topology, WHOLE_EDGE_SETS, datagram, echo, echo_server, flood, mac_of, open_stream,
-        open_stream_from, sa, udp_echo_server,
+        AV4, AV6, Datagram, Topology, WHOLE_EDGE_SETS, datagram, echo, echo_server, flood, mac_of, open_stream, open_stream_from, sa, udp_echo_server,
     },
 };
 use serde_json::Value;

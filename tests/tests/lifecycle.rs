@@ -164,19 +164,18 @@ fn a_pin_directory_outside_a_bpffs_is_refused_and_nothing_is_hidden() {
     std::fs::write(parent.join("keep.txt"), "operator's file\n").unwrap();
     let pins = parent.join("pins");
     let _unmount = Unmount(parent.clone());
-    let child = t
-        .fw
-        .command(ok(edge_filter_bin()))
-        .args(["run", "--pin-dir"])
-        .arg(&pins)
-        .arg("--config")
-        .arg(config(&t, "a.toml", "listen = \"127.0.0.1:9737\""))
-        .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child =
+        t.fw.command(ok(edge_filter_bin()))
+            .args(["run", "--pin-dir"])
+            .arg(&pins)
+            .arg("--config")
+            .arg(config(&t, "a.toml", "listen = \"127.0.0.1:9737\""))
+            .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
     let out = finish(child, Duration::from_secs(10)).unwrap_or_else(|e| panic!("run under a plain directory: {e}"));
     let (code, err) = code_err(&out);
     assert_ne!(code, 0, "{err}");

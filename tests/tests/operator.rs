@@ -34,11 +34,7 @@ fn metrics_config(port: u16) -> String {
 /// Run the CLI; (exit code, stdout, stderr).
 fn run(t: &Topology, args: &[&str]) -> (i32, String, String) {
     let out = ok(t.cli(args));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).trim().to_owned())
 }
 
 fn json(t: &Topology, args: &[&str]) -> Value {
@@ -50,22 +46,23 @@ fn json(t: &Topology, args: &[&str]) -> Value {
 /// GET /metrics from the firewall namespace, with an optional Accept header: (the
 /// Content-Type, the body).
 fn scrape(t: &Topology, addr: SocketAddr, accept: Option<&'static str>) -> (String, String) {
-    ok(t.fw.enter(move || -> anyhow::Result<(String, String)> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n{accept}\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        anyhow::ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
-        let ctype = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_owned()))
-            .unwrap_or_default();
-        Ok((ctype, body.to_owned()))
-    })
-    .and_then(|r| r))
+    ok(t.fw
+        .enter(move || -> anyhow::Result<(String, String)> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+            write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n{accept}\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            anyhow::ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
+            let ctype = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_owned()))
+                .unwrap_or_default();
+            Ok((ctype, body.to_owned()))
+        })
+        .and_then(|r| r))
 }
 
 /// `promtool check metrics` on `text`: (success, what it said).
@@ -104,10 +101,9 @@ fn address_changes_that_change_nothing_are_refused_unless_idempotent() {
     assert!(!t.state_dir.join("addresses.toml").exists(), "a refused change wrote the state directory");
 
     // Scripts that converge on a state say so.
-    for args in [
-        vec!["addr", "del", "--idempotent", "access-edge", "203.0.113.12"],
-        vec!["addr", "add", "--idempotent", "access-edge", "203.0.113.10"],
-    ] {
+    for args in
+        [vec!["addr", "del", "--idempotent", "access-edge", "203.0.113.12"], vec!["addr", "add", "--idempotent", "access-edge", "203.0.113.10"]]
+    {
         let (code, _, err) = run(&t, &args);
         assert_eq!(code, 0, "{args:?}: {err}");
     }
@@ -320,11 +316,8 @@ fn metrics_are_valid_prometheus_text_with_every_series_from_the_first_scrape() {
     assert!(good, "promtool check metrics with traffic flowing: {said}\n{busy}");
     assert!(!busy.contains("# EOF"), "no OpenMetrics terminator in text 0.0.4:\n{busy}");
     let value = |l: &str| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
-    let drops = busy
-        .lines()
-        .find(|l| l.starts_with("edge_filter_packets_total{action=\"drop\",interface=\"out0\",reason=\"no_rule\"}"))
-        .map(value)
-        .unwrap();
+    let drops =
+        busy.lines().find(|l| l.starts_with("edge_filter_packets_total{action=\"drop\",interface=\"out0\",reason=\"no_rule\"}")).map(value).unwrap();
     assert!(drops >= 1, "{busy}");
     // Every HELP/TYPE line names a metric that has samples under that very name.
     for l in busy.lines().filter(|l| l.starts_with("# TYPE ")) {

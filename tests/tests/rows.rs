@@ -172,7 +172,12 @@ fn ranges_take_their_edges_and_not_one_past() {
         // Replies come from the row's range: the media the Edge sends from 59999 is
         // answered to 59999, and the answer passes; from 60000 nothing was opened.
         cases.extend([
-            Case::rule(format!("{t} media out from the range's last port"), Edge, udp(f.av, f.partner, 59999, 59999).build(), slot(&p, "rtp-udp-out")),
+            Case::rule(
+                format!("{t} media out from the range's last port"),
+                Edge,
+                udp(f.av, f.partner, 59999, 59999).build(),
+                slot(&p, "rtp-udp-out"),
+            ),
             // Between two rows' ports, the answer is its flow's reply before it is a
             // row's opener (rtp-udp-in), as conntrack finds the connection first.
             Case::new(format!("{t} its answer"), Outside, udp(f.partner, f.av, 59999, 59999).build(), PASS_REPLY),
@@ -201,8 +206,8 @@ fn udp_flows_pass_replies_on_the_reply_role_only() {
         ]);
     }
     let h = run(&p, &sets, &cases);
-    assert_eq!(h.filter.udp_flows().unwrap().len(), 2, "one UDP flow per family");
-    assert!(h.filter.flows().unwrap().is_empty() && h.filter.embryos().unwrap().is_empty(), "UDP stays out of the TCP tables");
+    assert_eq!(h.filter.maps().udp_flows().unwrap().len(), 2, "one UDP flow per family");
+    assert!(h.filter.maps().flows().unwrap().is_empty() && h.filter.maps().embryos().unwrap().is_empty(), "UDP stays out of the TCP tables");
 }
 
 #[test]
@@ -235,7 +240,7 @@ fn udp_flows_expire_after_the_udp_timeout() {
         h.check_all(&[Case::new(format!("{} after the timeout", f.tag), Outside, udp(f.partner, f.access, 53, 40400).build(), DROP_NO_RULE)])
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
-    let ev = h.filter.flow_events().unwrap();
+    let ev = h.filter.maps().flow_events().unwrap();
     assert_eq!((ev.udp.created, ev.udp.expired, ev.udp.live), (2, 2, 0), "{ev:?}");
 }
 
@@ -250,34 +255,77 @@ fn icmp_errors_relate_to_live_flows_only() {
         // A live TCP flow (federation-in, 40500 -> 5269) and a live UDP flow (the
         // Edge's STUN request, 40501 -> 3478).
         cases.extend([
-            Case::rule(format!("{t} federation SYN"), Outside, tcp(f.partner, f.access, 40500, 5269, SYN).seq_ack(1000, 0).build(), slot(&p, "federation-in")),
+            Case::rule(
+                format!("{t} federation SYN"),
+                Outside,
+                tcp(f.partner, f.access, 40500, 5269, SYN).seq_ack(1000, 0).build(),
+                slot(&p, "federation-in"),
+            ),
             Case::new(format!("{t} SYN-ACK"), Edge, tcp(f.access, f.partner, 5269, 40500, SYN_ACK).seq_ack(5000, 1001).build(), PASS_REPLY),
-            Case::rule(format!("{t} ACK"), Outside, tcp(f.partner, f.access, 40500, 5269, ACK).seq_ack(1001, 5001).build(), slot(&p, "federation-in")),
+            Case::rule(
+                format!("{t} ACK"),
+                Outside,
+                tcp(f.partner, f.access, 40500, 5269, ACK).seq_ack(1001, 5001).build(),
+                slot(&p, "federation-in"),
+            ),
             Case::rule(format!("{t} STUN out"), Edge, udp(f.av, f.partner, 40501, 3478).build(), slot(&p, "stun-udp-out")),
         ]);
         let edge_to_partner = tcp(f.access, f.partner, 5269, 40500, ACK).payload(1400);
         let partner_to_edge = tcp(f.partner, f.access, 40500, 5269, ACK);
         let stun = udp(f.av, f.partner, 40501, 3478);
         cases.extend([
-            Case::new(format!("{t} too big from a router, quoting the Edge's segment"), Outside,
-                icmp_error(router, f.access, f.too_big.0, f.too_big.1, &edge_to_partner).build(), PASS_RELATED),
-            Case::new(format!("{t} unreachable from the Edge, quoting the partner's segment"), Edge,
-                icmp_error(f.access, f.partner, f.unreachable.0, f.unreachable.1, &partner_to_edge).build(), PASS_RELATED),
-            Case::new(format!("{t} port unreachable quoting the Edge's live datagram"), Outside,
-                icmp_error(f.partner, f.av, f.unreachable.0, f.unreachable.1, &stun).build(), PASS_RELATED),
-            Case::new(format!("{t} too big quoting a segment of no flow"), Outside,
-                icmp_error(router, f.access, f.too_big.0, f.too_big.1, &tcp(f.access, f.partner, 5269, 40599, ACK)).build(), DROP_NO_RULE),
-            Case::new(format!("{t} unreachable quoting a datagram of no flow"), Outside,
-                icmp_error(f.partner, f.av, f.unreachable.0, f.unreachable.1, &udp(f.av, f.partner, 40599, 3478)).build(), DROP_NO_RULE),
-            Case::new(format!("{t} an error quoting UDP where the flow is TCP"), Outside,
-                icmp_error(router, f.access, f.too_big.0, f.too_big.1, &udp(f.access, f.partner, 5269, 40500)).build(), DROP_NO_RULE),
-            Case::new(format!("{t} an error whose quote stops before the ports"), Outside, {
-                let mut e = icmp_error(router, f.access, f.too_big.0, f.too_big.1, &edge_to_partner);
-                e = e.cut_l4(8 + if f.tag == "v4" { 20 } else { 40 } + 2);
-                e.build()
-            }, DROP_NO_RULE),
-            Case::new(format!("{t} a spoofed error from an edge address on outside"), Outside,
-                icmp_error(f.access, f.partner, f.unreachable.0, f.unreachable.1, &partner_to_edge).build(), DROP_SPOOFED),
+            Case::new(
+                format!("{t} too big from a router, quoting the Edge's segment"),
+                Outside,
+                icmp_error(router, f.access, f.too_big.0, f.too_big.1, &edge_to_partner).build(),
+                PASS_RELATED,
+            ),
+            Case::new(
+                format!("{t} unreachable from the Edge, quoting the partner's segment"),
+                Edge,
+                icmp_error(f.access, f.partner, f.unreachable.0, f.unreachable.1, &partner_to_edge).build(),
+                PASS_RELATED,
+            ),
+            Case::new(
+                format!("{t} port unreachable quoting the Edge's live datagram"),
+                Outside,
+                icmp_error(f.partner, f.av, f.unreachable.0, f.unreachable.1, &stun).build(),
+                PASS_RELATED,
+            ),
+            Case::new(
+                format!("{t} too big quoting a segment of no flow"),
+                Outside,
+                icmp_error(router, f.access, f.too_big.0, f.too_big.1, &tcp(f.access, f.partner, 5269, 40599, ACK)).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{t} unreachable quoting a datagram of no flow"),
+                Outside,
+                icmp_error(f.partner, f.av, f.unreachable.0, f.unreachable.1, &udp(f.av, f.partner, 40599, 3478)).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{t} an error quoting UDP where the flow is TCP"),
+                Outside,
+                icmp_error(router, f.access, f.too_big.0, f.too_big.1, &udp(f.access, f.partner, 5269, 40500)).build(),
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{t} an error whose quote stops before the ports"),
+                Outside,
+                {
+                    let mut e = icmp_error(router, f.access, f.too_big.0, f.too_big.1, &edge_to_partner);
+                    e = e.cut_l4(8 + if f.tag == "v4" { 20 } else { 40 } + 2);
+                    e.build()
+                },
+                DROP_NO_RULE,
+            ),
+            Case::new(
+                format!("{t} a spoofed error from an edge address on outside"),
+                Outside,
+                icmp_error(f.access, f.partner, f.unreachable.0, f.unreachable.1, &partner_to_edge).build(),
+                DROP_SPOOFED,
+            ),
         ]);
     }
     run(&p, &sets, &cases);
@@ -300,9 +348,19 @@ fn a_peer_set_restricts_a_row_to_its_addresses() {
     for f in fams() {
         let t = f.tag;
         cases.extend([
-            Case::rule(format!("{t} a partner of the peer set"), Outside, tcp(f.partner, f.access, 40600, 5269, SYN).build(), slot(&p, "federation-in-partners")),
+            Case::rule(
+                format!("{t} a partner of the peer set"),
+                Outside,
+                tcp(f.partner, f.access, 40600, 5269, SYN).build(),
+                slot(&p, "federation-in-partners"),
+            ),
             Case::new(format!("{t} a source outside the peer set"), Outside, tcp(f.frontend, f.access, 40601, 5269, SYN).build(), DROP_NO_RULE),
-            Case::rule(format!("{t} federation out is still any"), Edge, tcp(f.access, f.frontend, 40602, 5269, SYN).build(), slot(&p, "federation-out")),
+            Case::rule(
+                format!("{t} federation out is still any"),
+                Edge,
+                tcp(f.access, f.frontend, 40602, 5269, SYN).build(),
+                slot(&p, "federation-out"),
+            ),
             // A peer address is not policed: traffic between it and a non-edge
             // address is unpoliced, and a peer source on outside is no spoof.
             Case::new(format!("{t} peer to a non-edge address"), Outside, tcp(f.partner, f.frontend, 40603, 22, SYN).build(), PASS_UNPOLICED),
@@ -388,12 +446,12 @@ fn a_new_table_replaces_the_old_one_whole() {
     let mut s = spec(&["lync-edge-external"]);
     s.disable = vec!["federation-out".into()];
     let new = policy(&s, &sets);
-    h.filter.set_policy(&new).unwrap();
-    let names = h.filter.rule_names().unwrap();
+    h.filter.maps_mut().set_policy(&new).unwrap();
+    let names = h.filter.maps().rule_names().unwrap();
     assert_eq!(names[0].as_deref(), Some("federation-in"), "an id keeps its slot");
     assert_eq!(names[1].as_deref(), Some("crl-out"), "a freed slot goes to a new id");
     assert_eq!(names[2].as_deref(), Some("dns-tcp-out"), "and internal-mtls's, which is gone");
-    assert_eq!(h.filter.counters().unwrap().rule_named("federation-in").packets, 1, "its hits stay");
+    assert_eq!(h.filter.maps().counters().unwrap().rule_named("federation-in").packets, 1, "its hits stay");
     let stun = names.iter().position(|n| n.as_deref() == Some("stun-udp-in")).unwrap() as u32;
     h.check_all(&[
         Case::rule("federation in after", Outside, tcp(PARTNER4, ACCESS4, 40901, 5269, SYN).build(), 0),
@@ -402,6 +460,6 @@ fn a_new_table_replaces_the_old_one_whole() {
         Case::rule("STUN in, a new row", Outside, udp(PARTNER4, AV4.parse().unwrap(), 40904, 3478).build(), stun),
     ])
     .unwrap_or_else(|e| panic!("{e:#}"));
-    let back = h.filter.policy().unwrap();
+    let back = h.filter.maps().policy().unwrap();
     assert_eq!(back.rules, new.rules, "the kernel's table reads back as written, in its order, whatever the slots");
 }

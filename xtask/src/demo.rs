@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use crate::setup;
 
-pub fn run(keep: bool) -> anyhow::Result<()> {
+pub(crate) fn run(keep: bool) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the demo creates network namespaces and loads XDP programs: run as root");

@@ -19,11 +19,8 @@ use anyhow::{Context as _, bail, ensure};
 use crate::setup::{output, status};
 
 /// The kernel series and how Debian names their newest image package.
-const SERIES: &[(&str, &str, &str)] = &[
-    ("5.10", "linux-image-5.10.0-", "-amd64"),
-    ("6.1", "linux-image-6.1.0-", "-amd64"),
-    ("6.12", "linux-image-6.12.", "+deb12-amd64"),
-];
+const SERIES: &[(&str, &str, &str)] =
+    &[("5.10", "linux-image-5.10.0-", "-amd64"), ("6.1", "linux-image-6.1.0-", "-amd64"), ("6.12", "linux-image-6.12.", "+deb12-amd64")];
 
 const SOURCES: &str = "\
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
@@ -87,9 +84,11 @@ impl Apt {
     fn fetch(&self, package: &str, into: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(into)?;
         let find = || -> Option<PathBuf> {
-            std::fs::read_dir(into).ok()?.flatten().map(|e| e.path()).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-            })
+            std::fs::read_dir(into)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb")))
         };
         if let Some(deb) = find() {
             return Ok(deb);
@@ -213,7 +212,7 @@ fn boot(vmlinuz: &Path, initrd: &Path) -> anyhow::Result<(String, String)> {
     }
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "the kernel matrix checks BPF as root: run as root");
     let root = workspace().join("target/kernels");

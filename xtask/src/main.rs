@@ -33,7 +33,7 @@ enum Command {
     Setup,
     /// Run set-up, the unit tests and the privileged BPF suite (needs root).
     Test,
-    /// Lint the userspace crates and the eBPF crate for the BPF target.
+    /// Lint the userspace crates and the eBPF crates for the BPF target.
     Clippy,
     /// Differential test: generated frames through the kernel program and the
     /// reference model, under the vendor's tables and random rule tables, failing on

@@ -2,7 +2,8 @@
 //!
 //! Contract: idempotent, and quick when everything is in place (a few process
 //! launches); each missing piece is installed and named on the way:
-//! - the `rust-src` component of the nightly toolchain (`-Z build-std=core`);
+//! - the `rust-src` component of the nightly toolchain (`-Z build-std=core`), and
+//!   `rustfmt` and `clippy` for the toolchain that builds the rest (the lints tier);
 //! - `bpf-linker` 0.13, linked against the nightly toolchain's own libLLVM, rebuilt
 //!   when it is missing or cannot start (a dangling libLLVM after a toolchain update);
 //! - the Debian packages the tests use.
@@ -33,36 +34,44 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
 ];
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     rust_src()?;
+    lint_tools()?;
     bpf_linker()?;
     packages()?;
     Ok(())
 }
 
 /// The output of a command that must succeed.
-pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("start {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ensure!(out.status.success(), "{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Run a command with inherited output; fail if it fails.
-pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn status(cmd: &mut Command) -> anyhow::Result<()> {
     let st = cmd.status().with_context(|| format!("start {cmd:?}"))?;
     ensure!(st.success(), "{cmd:?} failed ({st})");
     Ok(())
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    let out = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("the nightly toolchain is needed to build the eBPF crate")?;
+    let out =
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context("the nightly toolchain is needed to build the eBPF crate")?;
     Ok(PathBuf::from(out.trim()))
+}
+
+/// `rustfmt` and `clippy` of the toolchain `cargo` runs, which the lints tier uses.
+fn lint_tools() -> anyhow::Result<()> {
+    for (tool, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
+        let have = Command::new(env!("CARGO")).args([tool, "--version"]).output().is_ok_and(|o| o.status.success());
+        if !have {
+            println!("setup: adding {component}");
+            status(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -144,9 +153,7 @@ fn packages() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: installing Debian packages {}", missing.join(" "));
-    let apt = |args: &[&str]| {
-        status(Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive"))
-    };
+    let apt = |args: &[&str]| status(Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive"));
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);

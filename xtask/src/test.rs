@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test tier, in the order that fails fastest.
 //!
-//! 1. set-up (see `setup`) and the lints (`cargo xtask clippy`);
+//! 1. set-up (see `setup`) and the lints: `cargo fmt --check` (`rustfmt.toml`), then
+//!    clippy with `-D warnings` on every crate (`cargo xtask clippy`);
 //! 2. host unit tests of every userspace crate;
 //! 3. the privileged suite (`tests/`): BPF_PROG_TEST_RUN against the real object, and
 //!    the `edge-filter` binary end to end on a perimeter topology of network
@@ -56,12 +57,7 @@ impl Tally {
 /// Run `cargo test` with these arguments, echoing its output and counting results.
 fn cargo_test(tier: &str, args: &[&str]) -> anyhow::Result<Tally> {
     println!("== {tier}: cargo test {}", args.join(" "));
-    let mut child = Command::new(env!("CARGO"))
-        .arg("test")
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start cargo test")?;
+    let mut child = Command::new(env!("CARGO")).arg("test").args(args).stdout(Stdio::piped()).spawn().context("start cargo test")?;
     let mut tally = Tally::default();
     for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
         let line = line?;
@@ -76,17 +72,18 @@ fn cargo_test(tier: &str, args: &[&str]) -> anyhow::Result<Tally> {
     Ok(tally)
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     setup::run()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the privileged suite loads BPF programs and creates network namespaces: run as root");
     }
     println!("== lints");
+    setup::status(Command::new(env!("CARGO")).args(["fmt", "--all", "--check"])).context("cargo fmt --check: run `cargo fmt --all`")?;
     clippy()?;
     let unit = cargo_test(
         "unit",
-        &["--workspace", "--exclude", "edge-filter-ebpf", "--exclude", "edge-filter-tests"],
+        &["--workspace", "--exclude", "edge-filter-ebpf", "--exclude", "edge-filter-test-ebpf", "--exclude", "edge-filter-tests"],
     )?;
     // The end-to-end tests run the real binary.
     setup::status(Command::new(env!("CARGO")).args(["build", "--package", "edge-filter", "--bin", "edge-filter"]))?;
@@ -105,10 +102,10 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The benchmark (`tests/src/bin/bench.rs`). The full run is a release build and
+/// The benchmark (`bench/src/bin/bench.rs`). The full run is a release build and
 /// writes `bench/results/` and `docs/benchmark.md`; the quick round checks the harness
 /// and the verdicts and writes under `target/bench-quick/`.
-pub fn bench(quick: bool, rounds: Option<usize>) -> anyhow::Result<()> {
+pub(crate) fn bench(quick: bool, rounds: Option<usize>) -> anyhow::Result<()> {
     println!("== benchmark{}", if quick { " (quick)" } else { "" });
     // The scrape figure runs the daemon, found beside the benchmark's binary.
     let mut build = Command::new(env!("CARGO"));
@@ -118,7 +115,7 @@ pub fn bench(quick: bool, rounds: Option<usize>) -> anyhow::Result<()> {
     }
     setup::status(&mut build)?;
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["run", "--quiet", "--package", "edge-filter-tests", "--bin", "bench"]);
+    cmd.args(["run", "--quiet", "--package", "edge-filter-bench", "--bin", "bench"]);
     if !quick {
         cmd.arg("--release");
     }
@@ -137,7 +134,7 @@ pub fn bench(quick: bool, rounds: Option<usize>) -> anyhow::Result<()> {
 const FUZZ_PACKETS: u64 = 20_000;
 
 /// The differential run (`tests/src/bin/fuzz.rs`).
-pub fn fuzz(packets: u64, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn fuzz(packets: u64, seed: u64) -> anyhow::Result<()> {
     println!("== differential: {packets} frames, seed {seed}");
     setup::status(Command::new(env!("CARGO")).args(["run", "--quiet", "--package", "edge-filter-tests", "--bin", "fuzz", "--"]).args([
         "--packets",
@@ -147,12 +144,14 @@ pub fn fuzz(packets: u64, seed: u64) -> anyhow::Result<()> {
     ]))
 }
 
-pub fn clippy() -> anyhow::Result<()> {
+pub(crate) fn clippy() -> anyhow::Result<()> {
     setup::status(Command::new(env!("CARGO")).args([
         "clippy",
         "--workspace",
         "--exclude",
         "edge-filter-ebpf",
+        "--exclude",
+        "edge-filter-test-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -160,7 +159,7 @@ pub fn clippy() -> anyhow::Result<()> {
     ]))?;
     setup::status(
         Command::new("rustup")
-            .args(["run", "nightly", "cargo", "clippy", "--package", "edge-filter-ebpf"])
+            .args(["run", "nightly", "cargo", "clippy", "--package", "edge-filter-ebpf", "--package", "edge-filter-test-ebpf"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
             .args(["--", "-D", "warnings"])
             .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""),
@@ -169,7 +168,7 @@ pub fn clippy() -> anyhow::Result<()> {
 
 /// libFuzzer on the operator-input parsers (`edge-filter/fuzz`), installing
 /// cargo-fuzz when it is missing.
-pub fn fuzz_parsers(seconds: u64) -> anyhow::Result<()> {
+pub(crate) fn fuzz_parsers(seconds: u64) -> anyhow::Result<()> {
     let have = Command::new(env!("CARGO")).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
     if !have {
         println!("setup: installing cargo-fuzz");

@@ -14,10 +14,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use aya::{
-    Pod,
-    maps::{Map, MapData},
-};
+use aya::{Pod, maps::MapData};
 
 /// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -62,14 +59,6 @@ fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     // pointer in it refers to a live buffer of the size the map's key and value need.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>()) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// The map's data, for the types read whole: arrays and hash maps.
-pub(crate) fn data(map: &Map) -> Option<&MapData> {
-    match map {
-        Map::Array(m) | Map::PerCpuArray(m) | Map::HashMap(m) | Map::LruHashMap(m) => Some(m),
-        _ => None,
-    }
 }
 
 /// Visit every entry of `map`: keys `K`, values `V`, one value per possible CPU for
@@ -140,12 +129,8 @@ fn walk_by_key<K: Pod, V: Pod>(fd: u32, cpus: usize, stride: usize, mut visit: i
     let mut first = true;
     let mut decoded: Vec<V> = Vec::with_capacity(cpus);
     loop {
-        let mut attr = ElemAttr {
-            map_fd: fd,
-            key: if first { 0 } else { key.as_ptr() as u64 },
-            value_or_next: next.as_mut_ptr() as u64,
-            ..ElemAttr::default()
-        };
+        let mut attr =
+            ElemAttr { map_fd: fd, key: if first { 0 } else { key.as_ptr() as u64 }, value_or_next: next.as_mut_ptr() as u64, ..ElemAttr::default() };
         match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),

@@ -17,10 +17,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use edge_filter_tests::{
     plan::*,
-    topology::{
-        AV4, AV6, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, sa,
-        udp_echo_server,
-    },
+    topology::{AV4, AV6, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, sa, udp_echo_server},
 };
 use serde_json::Value;
 
@@ -91,7 +88,9 @@ fn main() -> anyhow::Result<()> {
     // So that every answer counts as a reply, not as a media row (see the helper).
     t.ephemeral_ports_below_media_range()?;
     println!("topology: partner {} | frontend {} | firewall {} | edge {}", t.partner.name, t.frontend.name, t.fw.name, t.edge.name);
-    println!("  partner  198.51.100.20 2001:db8:5100::20 -- out0 [outside] fw [edge] ext0 -- 203.0.113.10 2001:db8:203::10 (access-edge, webconf-edge)");
+    println!(
+        "  partner  198.51.100.20 2001:db8:5100::20 -- out0 [outside] fw [edge] ext0 -- 203.0.113.10 2001:db8:203::10 (access-edge, webconf-edge)"
+    );
     println!("                                                                       203.0.113.11 2001:db8:203::11 (av-edge)");
     println!("  frontend 198.18.0.20   2001:db8:198::20  -- fe0  [outside] fw [edge] int0 -- 192.0.2.10   2001:db8:192::10 (internal-edge)\n");
 
@@ -171,10 +170,25 @@ fn main() -> anyhow::Result<()> {
     if keep {
         let pid = daemon.keep();
         println!("\nkept: explore with");
-        println!("  nsenter --net=/run/netns/{} env EDGE_FILTER_PIN_DIR={} EDGE_FILTER_STATE_DIR={} {} stats", t.fw.name, t.pin_dir.display(), t.state_dir.display(), edge_filter_tests::topology::edge_filter_bin()?.display());
+        println!(
+            "  nsenter --net=/run/netns/{} env EDGE_FILTER_PIN_DIR={} EDGE_FILTER_STATE_DIR={} {} stats",
+            t.fw.name,
+            t.pin_dir.display(),
+            t.state_dir.display(),
+            edge_filter_tests::topology::edge_filter_bin()?.display()
+        );
         println!("  ip netns exec {} nc -v 203.0.113.10 5061", t.partner.name);
         println!("remove with");
-        println!("  kill {}; rm -r {} {}; ip netns del {}; ip netns del {}; ip netns del {}; ip netns del {}", pid.unwrap_or(0), t.pin_dir.display(), t.work.display(), t.fw.name, t.partner.name, t.edge.name, t.frontend.name);
+        println!(
+            "  kill {}; rm -r {} {}; ip netns del {}; ip netns del {}; ip netns del {}; ip netns del {}",
+            pid.unwrap_or(0),
+            t.pin_dir.display(),
+            t.work.display(),
+            t.fw.name,
+            t.partner.name,
+            t.edge.name,
+            t.frontend.name
+        );
         t.keep();
     } else {
         drop(daemon);
@@ -199,7 +213,9 @@ fn stats(t: &Topology) -> anyhow::Result<Value> {
 /// ARP and neighbour discovery (`pass/essential`) are background noise here and left
 /// out.
 fn moved(before: &Value, after: &Value) -> Vec<String> {
-    let key = |r: &Value| format!("{} {}/{}", r["interface"].as_str().unwrap_or(""), r["action"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""));
+    let key = |r: &Value| {
+        format!("{} {}/{}", r["interface"].as_str().unwrap_or(""), r["action"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""))
+    };
     let count = |doc: &Value, k: &str| {
         doc["counters"].as_array().into_iter().flatten().find(|r| key(r) == k).and_then(|r| r["packets"].as_u64()).unwrap_or(0)
     };

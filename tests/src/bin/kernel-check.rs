@@ -37,15 +37,15 @@ fn native() -> anyhow::Result<()> {
     }
     let ifindex = lab.ifindex("filt0")?;
     let mut filter = Filter::load(&LoadOptions::default())?;
-    filter.set_address_sets(&sets())?;
-    filter.set_policy(&Policy::default())?;
-    let slot = filter.set_iface(ifindex, Role::Outside)?;
+    filter.maps_mut().set_address_sets(&sets())?;
+    filter.maps_mut().set_policy(&Policy::default())?;
+    let slot = filter.maps_mut().set_iface(ifindex, Role::Outside)?;
     filter.program_mut()?.attach_to_if_index(ifindex, XdpMode::Driver).context("attach in native mode")?;
     for frame in [tcp(PARTNER4, ACCESS4, 40000, 5269, SYN).build(), tcp(PARTNER4, ACCESS4, 40000, 22, SYN).build()] {
         inject("wire0", &frame)?;
     }
     std::thread::sleep(Duration::from_millis(300));
-    let c = filter.slot_counters(slot)?;
+    let c = filter.maps().slot_counters(slot)?;
     let (rule, no_rule) = (c[verdict::PASS_RULE as usize].packets, c[verdict::DROP_NO_RULE as usize].packets);
     ensure!(rule == 1 && no_rule == 1, "native veth: pass/rule {rule}, drop/no_rule {no_rule} (want 1 and 1)");
     Ok(())

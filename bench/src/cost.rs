@@ -5,8 +5,9 @@
 //! frame, with the same `xdp_md`, goes through the floor programs and xdp-filter in
 //! the same round. The kernel reports the mean time of one run of the program over
 //! the repetitions; that is the figure. Once per run, each path's frame also goes
-//! through the emulator ([`crate::emulate`]) on the same maps, which counts the
-//! instructions and the calls out of the program; its XDP action must be the kernel's.
+//! through the emulator ([`edge_filter_tests::emulate`]) on the same maps, which
+//! counts the instructions and the calls out of the program; its XDP action must be
+//! the kernel's.
 //!
 //! Growth: the address sets filled to 1, 1k and 64k entries (exact addresses, and
 //! prefixes), the flow table to 1, 100k and 1M flows. Each figure cycles through
@@ -21,7 +22,7 @@ use edge_filter::{AddressSets, LoadOptions, Policy, Prefix, SetId, loader::xdp_m
 use edge_filter_common::{Flow, FlowKey, TcpDir, family, flow_state, role, verdict};
 
 use super::{Figure, Plan, rivals, rotated};
-use crate::{
+use edge_filter_tests::{
     Harness, Nic, XDP_DROP, XDP_PASS,
     emulate::Emulator,
     packet::{TPID_8021Q, arp, flags::*, tcp},
@@ -77,12 +78,7 @@ pub fn paths() -> Vec<Path> {
         Path::new("drop/no_rule v6", Outside, tcp(PARTNER6, ACCESS6, 40000, 80, SYN).build(), DROP_NO_RULE),
         Path::new("drop/spoofed v4", Outside, tcp(ACCESS4, PARTNER4, 5269, 40000, SYN).build(), DROP_SPOOFED),
         Path::new("drop/spoofed v6", Outside, tcp(ACCESS6, PARTNER6, 5269, 40000, SYN).build(), DROP_SPOOFED),
-        Path::new(
-            "drop/fragment v4",
-            Outside,
-            tcp(PARTNER4, ACCESS4, 40000, 5269, ACK).payload(64).fragment(185, false).build(),
-            DROP_FRAGMENT,
-        ),
+        Path::new("drop/fragment v4", Outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK).payload(64).fragment(185, false).build(), DROP_FRAGMENT),
     ];
     for (fam, partner, access, frontend, internal) in
         [("v4", PARTNER4, ACCESS4, FRONTEND4, INTERNAL4), ("v6", PARTNER6, ACCESS6, FRONTEND6, INTERNAL6)]
@@ -92,7 +88,7 @@ pub fn paths() -> Vec<Path> {
         v.push(on_flow(format!("pass/rule R3 {fam}"), (Outside, frontend, 41003, Edge, internal, 23456), false, PASS_RULE));
         v.push(on_flow(format!("pass/reply {fam}"), (Outside, partner, 41004, Edge, access, 5269), true, PASS_REPLY));
     }
-    v.push(Path::new("pass/rule R1 SYN v4", Outside, tcp(PARTNER4, ACCESS4, 41005, 5269, SYN).build(), verdict::PASS_RULE));
+    v.push(Path::new("pass/rule R1 SYN v4", Outside, tcp(PARTNER4, ACCESS4, 41005, 5269, SYN).build(), PASS_RULE));
     let mut tagged = on_flow("pass/rule R1 VLAN v4".into(), (Outside, PARTNER4, 41006, Edge, ACCESS4, 5269), false, PASS_RULE);
     tagged.setup = tagged.setup.into_iter().map(|(n, f)| (n, vlan_tag(f, 42))).collect();
     tagged.frame = vlan_tag(tagged.frame, 42);
@@ -148,7 +144,8 @@ pub struct PathCost {
     /// express the policy).
     pub rival_actions: Vec<(Contender, u32)>,
     /// edge-filter's bytecode on this path, counted once by the emulator
-    /// ([`crate::emulate`]): instructions executed (0: not counted, an old record).
+    /// ([`edge_filter_tests::emulate`]): instructions executed (0: not counted, an old
+    /// record).
     pub insns: u64,
     /// Helper calls that stay calls at run time (all but array lookups).
     pub helper_calls: u64,
@@ -165,7 +162,7 @@ pub struct Floor {
 
 impl Floor {
     pub fn load() -> anyhow::Result<Self> {
-        let mut ebpf = aya::Ebpf::load(edge_filter::loader::FLOOR).context("load the floor programs")?;
+        let mut ebpf = aya::Ebpf::load(edge_filter_tests::programs::FLOOR).context("load the floor programs")?;
         for name in ["floor_pass", "floor_drop"] {
             let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
             prog.load()?;
@@ -192,9 +189,8 @@ impl Floor {
 /// Run `prog` `repeat` times on `frame` arriving on `ifindex`: (action, ns per run).
 pub fn run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(u32, f64)> {
     let ctx = xdp_md(frame.len(), ifindex);
-    let r = prog
-        .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat, ..TestRunOptions::new() })
-        .context("BPF_PROG_TEST_RUN")?;
+    let r =
+        prog.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat, ..TestRunOptions::new() }).context("BPF_PROG_TEST_RUN")?;
     Ok((r.return_value, r.duration.as_nanos() as f64))
 }
 
@@ -206,9 +202,9 @@ fn action_of(v: u32) -> u32 {
 /// verdict's counter moved by exactly `repeat`; ns per run.
 fn measure_edge(h: &Harness, frame: &[u8], nic: Nic, want: u32, repeat: u32, what: &str) -> anyhow::Result<f64> {
     let (ifindex, slot) = h.nic(nic);
-    let before = h.filter.slot_counters(slot)?[want as usize].packets;
+    let before = h.filter.maps().slot_counters(slot)?[want as usize].packets;
     let (action, ns) = run(h.filter.program()?, frame, ifindex, repeat)?;
-    let after = h.filter.slot_counters(slot)?[want as usize].packets;
+    let after = h.filter.maps().slot_counters(slot)?[want as usize].packets;
     ensure!(action == action_of(want), "{what}: action {action}, want {}", action_of(want));
     ensure!(
         after - before == u64::from(repeat),
@@ -237,7 +233,7 @@ pub fn paths_cost(plan: &Plan) -> anyhow::Result<Vec<PathCost>> {
         flows += usize::from(!p.setup.is_empty());
     }
     // Every handshake completed: the paths on a flow find it.
-    let live = h.filter.flows()?.len();
+    let live = h.filter.maps().flows()?.len();
     ensure!(live == flows, "{live} flows after {flows} handshakes");
     let mut out: Vec<PathCost> = paths
         .iter()
@@ -291,7 +287,7 @@ pub fn paths_cost(plan: &Plan) -> anyhow::Result<Vec<PathCost>> {
 /// wrong, and the benchmark fails).
 fn count(h: &Harness, paths: &[Path], out: &mut [PathCost]) -> anyhow::Result<()> {
     let program = h.filter.program_name();
-    let mut emulator = Emulator::new(edge_filter::loader::OBJECT, program, &h.filter).context("the instruction counter")?;
+    let mut emulator = Emulator::new(edge_filter::loader::OBJECT, program, h.filter.maps()).context("the instruction counter")?;
     for (p, cost) in paths.iter().zip(out) {
         let ifindex = h.nic(p.nic).0;
         // Each path on the kernel's state alone, not on what earlier paths wrote.
@@ -360,7 +356,7 @@ fn growth_entry(i: usize, v4: bool, exact: bool) -> (Prefix, IpAddr) {
 
 /// Address sets of `n` entries in access-edge, beside the plan's own.
 fn growth_sets(n: usize, v4: bool, exact: bool) -> anyhow::Result<AddressSets> {
-    let mut sets = crate::plan::sets();
+    let mut sets = sets();
     for i in 0..n {
         sets.insert(SetId::ACCESS_EDGE, growth_entry(i, v4, exact).0)?;
     }
@@ -403,7 +399,7 @@ pub fn set_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
         for (v4, exact) in rotated(&kinds, round) {
             let table = format!("sets {} {}", if exact { "exact" } else { "prefixes" }, if v4 { "v4" } else { "v6" });
             for &n in plan.set_sizes {
-                h.filter.set_address_sets(&growth_sets(n, v4, exact)?)?;
+                h.filter.maps_mut().set_address_sets(&growth_sets(n, v4, exact)?)?;
                 h.reset_state()?;
                 let partner = if v4 { PARTNER4 } else { PARTNER6 };
                 let members: Vec<IpAddr> = spread(n).map(|i| growth_entry(i, v4, exact).1).collect();
@@ -464,7 +460,7 @@ fn growth_rules(n: usize) -> anyhow::Result<Policy> {
             destination: "access-edge".into(),
         });
     }
-    Ok(Policy { rules: edge_filter::RuleTable::build(&spec, &crate::plan::sets())?, ..Policy::default() })
+    Ok(Policy { rules: edge_filter::RuleTable::build(&spec, &sets())?, ..Policy::default() })
 }
 
 /// Cost as the rule table grows from 3 to 64 rows: the paths every packet of a
@@ -476,21 +472,27 @@ pub fn rule_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
     let mut points = Vec::new();
     for round in 0..plan.rounds {
         for n in rotated(&ROW_SIZES, round) {
-            h.filter.set_policy(&growth_rules(n)?)?;
+            h.filter.maps_mut().set_policy(&growth_rules(n)?)?;
             h.reset_state()?;
             let now = edge_filter::report::monotonic_ns();
             let flows: Vec<(Ipv4Addr, u16)> = (0..KEYS).map(growth_source).collect();
-            h.filter.insert_flows(flows.iter().map(|(src, sport)| established_r1(*src, *sport, now)))?;
+            h.filter.maps_mut().insert_flows(flows.iter().map(|(src, sport)| established_r1(*src, *sport, now)))?;
             let cases: [(&str, u32, Frames); 4] = [
                 (
                     "pass/rule R1",
                     verdict::PASS_RULE,
-                    flows.iter().map(|(s, p)| (Nic::Outside, tcp((*s).into(), ACCESS4, *p, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build())).collect(),
+                    flows
+                        .iter()
+                        .map(|(s, p)| (Nic::Outside, tcp((*s).into(), ACCESS4, *p, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build()))
+                        .collect(),
                 ),
                 (
                     "pass/reply",
                     verdict::PASS_REPLY,
-                    flows.iter().map(|(s, p)| (Nic::Edge, tcp(ACCESS4, (*s).into(), 5269, *p, ACK | PSH).seq_ack(5001, 1101).payload(100).build())).collect(),
+                    flows
+                        .iter()
+                        .map(|(s, p)| (Nic::Edge, tcp(ACCESS4, (*s).into(), 5269, *p, ACK | PSH).seq_ack(5001, 1101).payload(100).build()))
+                        .collect(),
                 ),
                 (
                     "drop/no_rule",
@@ -517,15 +519,8 @@ pub fn rule_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
 /// if its handshake had completed here, with the sequence numbers of [`on_flow`]'s
 /// handshake. What the benchmarks fill the flow table with.
 pub fn established_r1(src: Ipv4Addr, sport: u16, now_ns: u64) -> (FlowKey, Flow) {
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        sport_be: sport.to_be(),
-        dport_be: 5269u16.to_be(),
-        family: family::V4,
-        proto: 6,
-        _pad: [0; 2],
-    };
+    let mut key =
+        FlowKey { src: [0; 16], dst: [0; 16], sport_be: sport.to_be(), dport_be: 5269u16.to_be(), family: family::V4, proto: 6, _pad: [0; 2] };
     key.src[..4].copy_from_slice(&src.octets());
     let IpAddr::V4(access) = ACCESS4 else { unreachable!("ACCESS4 is IPv4") };
     key.dst[..4].copy_from_slice(&access.octets());
@@ -533,7 +528,7 @@ pub fn established_r1(src: Ipv4Addr, sport: u16, now_ns: u64) -> (FlowKey, Flow)
         created_ns: now_ns,
         last_seen_ns: now_ns,
         state: flow_state::ESTABLISHED,
-        rule: crate::plan::R1 as u8,
+        rule: R1 as u8,
         reply_roles: role::bit(role::EDGE),
         ifindex: 0,
         _pad: 0,
@@ -555,7 +550,7 @@ pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
     let biggest = plan.flow_sizes.iter().copied().max().unwrap_or(1);
     // Room to spare: an LRU table starts evicting before it is full.
     let opts = LoadOptions { max_flows: (biggest * 2).next_power_of_two() as u32, ..LoadOptions::default() };
-    let mut h = Harness::build(Policy::default(), &crate::plan::sets(), opts)?;
+    let mut h = Harness::build(Policy::default(), &sets(), opts)?;
     let floor = Floor::load()?;
     let mut points = Vec::new();
     for _ in 0..plan.rounds {
@@ -564,20 +559,25 @@ pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
         for &n in plan.flow_sizes {
             // Timestamps from now, so no flow expires while measured.
             let now = edge_filter::report::monotonic_ns();
-            h.filter.insert_flows((filled..n).map(|i| {
+            h.filter.maps_mut().insert_flows((filled..n).map(|i| {
                 let (src, sport) = growth_source(i);
                 established_r1(src, sport, now)
             }))?;
             filled = n;
-            let flows: Vec<(IpAddr, u16)> = spread(n).map(|i| {
-                let (src, sport) = growth_source(i);
-                (src.into(), sport)
-            }).collect();
+            let flows: Vec<(IpAddr, u16)> = spread(n)
+                .map(|i| {
+                    let (src, sport) = growth_source(i);
+                    (src.into(), sport)
+                })
+                .collect();
             let cases: [(&str, u32, Frames); 3] = [
                 (
                     "pass/rule R1",
                     verdict::PASS_RULE,
-                    flows.iter().map(|(s, p)| (Nic::Outside, tcp(*s, ACCESS4, *p, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build())).collect(),
+                    flows
+                        .iter()
+                        .map(|(s, p)| (Nic::Outside, tcp(*s, ACCESS4, *p, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build()))
+                        .collect(),
                 ),
                 (
                     "pass/reply",
@@ -610,14 +610,14 @@ mod tests {
     fn growth_entries_are_distinct_and_disjoint_from_the_plan() {
         for (v4, exact) in [(true, true), (false, true), (true, false), (false, false)] {
             let sets = growth_sets(4_096, v4, exact).unwrap();
-            assert_eq!(sets.len(), crate::plan::sets().len() + 4_096);
+            assert_eq!(sets.len(), edge_filter_tests::plan::sets().len() + 4_096);
             // The largest set's last entries: valid, distinct, outside the plan's.
             let mut top = AddressSets::default();
             for i in 65_536 - 4_096..65_536 {
                 let (p, inside) = growth_entry(i, v4, exact);
                 assert!(p.contains(inside));
                 top.insert(SetId::ACCESS_EDGE, p).unwrap();
-                assert_eq!(crate::plan::sets().lookup(inside), 0);
+                assert_eq!(edge_filter_tests::plan::sets().lookup(inside), 0);
             }
             assert_eq!(top.len(), 4_096);
         }

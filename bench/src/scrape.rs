@@ -24,7 +24,7 @@ use anyhow::{Context as _, ensure};
 use edge_filter::Maps;
 
 use super::{Figure, Plan, Series};
-use crate::topology::Topology;
+use edge_filter_tests::topology::Topology;
 
 /// Scrapes per round and size.
 pub(super) const SCRAPES: usize = 20;
@@ -82,9 +82,7 @@ pub fn scrape_cost(plan: &Plan) -> anyhow::Result<Vec<ScrapePoint>> {
     let largest = plan.scrape_sizes.iter().copied().max().unwrap_or(0);
     // Room to spare, so the LRU evicts none of the flows written.
     let max_flows = (2 * largest).max(1024);
-    let config = t.write_config(&format!(
-        "[state]\nmax-flows = {max_flows}\ncensus-interval = 3600\n[metrics]\nlisten = \"{METRICS}\"\n"
-    ))?;
+    let config = t.write_config(&format!("[state]\nmax-flows = {max_flows}\ncensus-interval = 3600\n[metrics]\nlisten = \"{METRICS}\"\n"))?;
     let daemon = t.start(&config)?;
     let pid = daemon.pid().context("the daemon's pid")?;
     let addr: SocketAddr = METRICS.parse()?;
@@ -104,9 +102,8 @@ pub fn scrape_cost(plan: &Plan) -> anyhow::Result<Vec<ScrapePoint>> {
             ensure!(counted == flows as f64, "the census counted {counted} flows, {flows} were written");
             point.census_ms.push(sample(&body, "edge_filter_census_duration_seconds")? * 1e3);
             let cpu_before = daemon_cpu_ns(pid)?;
-            let walls = t.fw.enter(move || -> anyhow::Result<Vec<f64>> {
-                (0..SCRAPES).map(|_| Ok(scrape_once(addr)?.0.as_secs_f64() * 1e3)).collect()
-            })??;
+            let walls =
+                t.fw.enter(move || -> anyhow::Result<Vec<f64>> { (0..SCRAPES).map(|_| Ok(scrape_once(addr)?.0.as_secs_f64() * 1e3)).collect() })??;
             let cpu = (daemon_cpu_ns(pid)? - cpu_before) as f64 / 1e6 / SCRAPES as f64;
             point.scrape_ms.value.push(Series(walls).median());
             point.cpu_ms.value.push(cpu);

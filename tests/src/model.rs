@@ -15,7 +15,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use edge_filter_common::{set::EDGE_BITS, verdict as v};
 
-use crate::{
+use edge_filter::{
     addr::AddressSets,
     policy::{Fate, Policy, Role},
     rules::Proto,
@@ -58,10 +58,12 @@ impl Ip {
     /// The header the policy reads is all there.
     fn upper_whole(&self) -> bool {
         match self.proto {
-            TCP => self.upper.len() >= 20 && {
-                let hdr_len = usize::from(self.upper[12] >> 4) * 4;
-                hdr_len >= 20 && hdr_len <= self.upper.len()
-            },
+            TCP => {
+                self.upper.len() >= 20 && {
+                    let hdr_len = usize::from(self.upper[12] >> 4) * 4;
+                    hdr_len >= 20 && hdr_len <= self.upper.len()
+                }
+            }
             UDP | ICMP | ICMPV6 => self.upper.len() >= 8,
             _ => true,
         }
@@ -613,12 +615,7 @@ fn segment(ip: &Ip, state: &mut State, s: &mut Side, r: &mut Side) -> bool {
 
 /// ICMPv6 router and neighbour discovery from the link (hop limit 255).
 fn neighbour_discovery(ip: &Ip) -> bool {
-    !ip.src.is_ipv4()
-        && ip.proto == ICMPV6
-        && !ip.later_fragment
-        && ip.upper_whole()
-        && matches!(ip.upper[0], 133..=137)
-        && ip.hop_limit == 255
+    !ip.src.is_ipv4() && ip.proto == ICMPV6 && !ip.later_fragment && ip.upper_whole() && matches!(ip.upper[0], 133..=137) && ip.hop_limit == 255
 }
 
 /// ICMP errors (destination unreachable, time exceeded, parameter problem) and
@@ -637,8 +634,8 @@ mod tests {
 
     fn model() -> Model {
         let mut sets = AddressSets::default();
-        sets.insert(crate::SetId::ACCESS_EDGE, "203.0.113.10".parse().unwrap()).unwrap();
-        sets.insert(crate::SetId::INTERNAL_EDGE, "192.0.2.10".parse().unwrap()).unwrap();
+        sets.insert(edge_filter::SetId::ACCESS_EDGE, "203.0.113.10".parse().unwrap()).unwrap();
+        sets.insert(edge_filter::SetId::INTERNAL_EDGE, "192.0.2.10".parse().unwrap()).unwrap();
         Model::new(sets, Policy::default())
     }
 
@@ -696,9 +693,9 @@ mod tests {
     #[test]
     fn udp_rows_open_flows_whose_replies_pass_from_the_rows_port() {
         let mut sets = AddressSets::default();
-        sets.insert(crate::SetId::AV_EDGE, "203.0.113.10".parse().unwrap()).unwrap();
-        let spec = crate::rules::TableSpec { tables: vec!["lync-edge-external".into()], ..Default::default() };
-        let rules = crate::RuleTable::build(&spec, &sets).unwrap();
+        sets.insert(edge_filter::SetId::AV_EDGE, "203.0.113.10".parse().unwrap()).unwrap();
+        let spec = edge_filter::rules::TableSpec { tables: vec!["lync-edge-external".into()], ..Default::default() };
+        let rules = edge_filter::RuleTable::build(&spec, &sets).unwrap();
         let mut m = Model::new(sets, Policy { rules, ..Policy::default() });
         let (p, av) = ([198, 51, 100, 20], [203, 0, 113, 10]);
         assert_eq!(m.judge(&udp4(av, p, 40000, 3478), Some(Role::Outside)), v::DROP_SPOOFED);

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail, ensure};
 use aya::programs::{ProgramInfo, Xdp};
 use aya_obj::programs::XdpAttachType;
 
-use crate::plan;
+use edge_filter_tests::plan;
 
 /// xdp-filter's feature sets, as its `--features` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,17 +53,10 @@ pub fn xdp_filter(dev: &str, features: XdpFilterFeatures) -> anyhow::Result<Xdp>
         .env("LIBXDP_SKIP_DISPATCHER", "1")
         .output()
         .context("run xdp-filter (Debian package xdp-tools)")?;
-    ensure!(
-        out.status.success(),
-        "xdp-filter load on {dev} ({}): {}",
-        features.name(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ensure!(out.status.success(), "xdp-filter load on {dev} ({}): {}", features.name(), String::from_utf8_lossy(&out.stderr).trim());
     let id = attached_xdp_id(dev)?;
-    let info = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
-        .with_context(|| format!("program {id} on {dev} is gone"))?;
+    let info =
+        aya::programs::loaded_programs().filter_map(Result::ok).find(|p| p.id() == id).with_context(|| format!("program {id} on {dev} is gone"))?;
     program_of(info, "xdp-filter")
 }
 
@@ -117,11 +110,9 @@ impl Nft {
                 // No connection tracking here: R2's replies come from port 5269.
                 "ip daddr @access4 tcp sport 5269 accept\n    ip6 daddr @access6 tcp sport 5269 accept".to_owned(),
             ),
-            Nft::InetInput => (
-                "inet",
-                "type filter hook input priority 0; policy accept;".to_owned(),
-                "ct state established,related accept".to_owned(),
-            ),
+            Nft::InetInput => {
+                ("inet", "type filter hook input priority 0; policy accept;".to_owned(), "ct state established,related accept".to_owned())
+            }
         };
         format!(
             "table {family} {NFT_TABLE} {{
@@ -184,12 +175,8 @@ impl Nft {
 
 /// `nft ARGS` in the calling thread's network namespace (a child inherits it).
 fn nft(args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run nft (Debian package nftables)")?;
+    let mut child =
+        Command::new("nft").args(args).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().context("run nft (Debian package nftables)")?;
     if let Some(text) = input {
         child.stdin.take().context("nft stdin")?.write_all(text.as_bytes())?;
     }

@@ -10,7 +10,12 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::{map, xdp}, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
 
 /// Index 0 -> frames generated on this CPU.
 #[map]
@@ -32,7 +37,7 @@ fn csum_update(csum: u16, old: u16, new: u16) -> u16 {
 }
 
 #[xdp]
-pub fn traffic_gen(ctx: XdpContext) -> u32 {
+pub(crate) fn traffic_gen(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + TCP_CSUM + 2 > end {
         return xdp_action::XDP_TX;
@@ -72,7 +77,7 @@ pub fn traffic_gen(ctx: XdpContext) -> u32 {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // The verifier rejects any program that could reach a panic, so this is dead code.
     loop {}
 }

@@ -9,19 +9,19 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// Passes every frame.
 #[xdp]
-pub fn floor_pass(_ctx: XdpContext) -> u32 {
+pub(crate) fn floor_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 /// Drops every frame.
 #[xdp]
-pub fn floor_drop(_ctx: XdpContext) -> u32 {
+pub(crate) fn floor_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // The verifier rejects any program that could reach a panic, so this is dead code.
     loop {}
 }

@@ -2,13 +2,13 @@
 //!
 //! Cost per verdict path against the floor and xdp-filter, growth with the tables,
 //! veth throughput against the floor, xdp-filter and nftables; see
-//! `edge_filter_tests::bench`. Prints the table, writes the JSON record and the page.
+//! `edge_filter_bench`. Prints the table, writes the JSON record and the page.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use edge_filter_tests::bench::{self, Machine, Plan, report::Results};
+use edge_filter_bench::{self as bench, Machine, Plan, report::Results};
 
 #[derive(Parser)]
 #[command(about = "Measure edge-filter side by side with the floor, xdp-filter and nftables")]

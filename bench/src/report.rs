@@ -51,11 +51,18 @@ impl Results {
     pub fn verdicts(&self) -> Vec<Verdict> {
         let mut out = Vec::new();
         // The path classes: what a verdict needs besides the parse.
-        let no_lookup = |p: &str| p.starts_with("pass/essential") || p.starts_with("pass/unpoliced") || p.starts_with("drop/fragment") || p.starts_with("drop/malformed");
+        let no_lookup = |p: &str| {
+            p.starts_with("pass/essential") || p.starts_with("pass/unpoliced") || p.starts_with("drop/fragment") || p.starts_with("drop/malformed")
+        };
         let set_probe = |p: &str| p.starts_with("drop/spoofed") || p.starts_with("drop/no_rule");
         let tracked = |p: &str| p.starts_with("pass/rule") || p.starts_with("pass/reply");
         for (class, limit, target, why) in [
-            (&no_lookup as &dyn Fn(&str) -> bool, 1.3, "no lookup needed (ARP, unpoliced, malformed, fragment): within 1.3x the floor", WHY_NO_LOOKUP),
+            (
+                &no_lookup as &dyn Fn(&str) -> bool,
+                1.3,
+                "no lookup needed (ARP, unpoliced, malformed, fragment): within 1.3x the floor",
+                WHY_NO_LOOKUP,
+            ),
             (&set_probe, 2.0, "one set probe (drop/spoofed, drop/no_rule): within 2x the floor", WHY_DROP),
             (&tracked, 3.0, "set and flow lookups (pass/rule, pass/reply): within 3x the floor", WHY_PASS),
         ] {
@@ -115,10 +122,7 @@ impl Results {
             if let Some((flows, ms)) = slowest {
                 out.push(Verdict {
                     target: "a /metrics scrape under 10 ms at every flow-table size, and flat (the largest within 1.25x of the empty table)",
-                    measured: format!(
-                        "slowest {ms:.2} ms ({flows} flows); {} flows {ratio:.2}x {} flows",
-                        largest.flows, empty.flows
-                    ),
+                    measured: format!("slowest {ms:.2} ms ({flows} flows); {} flows {ratio:.2}x {} flows", largest.flows, empty.flows),
                     met: ms < 10.0 && ratio <= 1.25,
                     why: WHY_SCRAPE,
                 });
@@ -127,9 +131,7 @@ impl Results {
         let mut worst: Option<(String, f64)> = None;
         for table in ["sets exact v4", "sets exact v6", "flows v4", "rules"] {
             let of_table: Vec<&GrowthPoint> = self.growth.iter().filter(|p| p.table == table).collect();
-            let (Some(small), Some(large)) =
-                (of_table.iter().map(|p| p.size).min(), of_table.iter().map(|p| p.size).max())
-            else {
+            let (Some(small), Some(large)) = (of_table.iter().map(|p| p.size).min(), of_table.iter().map(|p| p.size).max()) else {
                 continue;
             };
             for p in of_table.iter().filter(|p| p.size == large) {
@@ -176,12 +178,31 @@ impl Results {
         let _ = writeln!(s, "\ngrowth (edge-filter ns per packet, {} keys per figure)", super::cost::KEYS);
         for p in &self.growth {
             let f = &p.figure;
-            let _ = writeln!(s, "{:<20} {:>9} {:<18} {:>7.1} [{:>5.0}..{:<5.0}] {:>4.2}x", p.table, p.size, p.path, f.value.median(), f.value.min(), f.value.max(), f.ratio.median());
+            let _ = writeln!(
+                s,
+                "{:<20} {:>9} {:<18} {:>7.1} [{:>5.0}..{:<5.0}] {:>4.2}x",
+                p.table,
+                p.size,
+                p.path,
+                f.value.median(),
+                f.value.min(),
+                f.value.max(),
+                f.ratio.median()
+            );
         }
         let _ = writeln!(s, "\nveth throughput (Mpps, {} frames per figure)", self.plan.frames);
         for r in &self.rates {
             for (who, f) in &r.figures {
-                let _ = writeln!(s, "{:<5} {:<24} {:>6.2} [{:>5.2}..{:<5.2}] {:>4.2}x", r.path, who.name(), f.value.median(), f.value.min(), f.value.max(), f.ratio.median());
+                let _ = writeln!(
+                    s,
+                    "{:<5} {:<24} {:>6.2} [{:>5.2}..{:<5.2}] {:>4.2}x",
+                    r.path,
+                    who.name(),
+                    f.value.median(),
+                    f.value.min(),
+                    f.value.max(),
+                    f.ratio.median()
+                );
             }
         }
         if !self.scrapes.is_empty() {
@@ -248,9 +269,8 @@ impl Results {
             let samples = v["samples"].as_array().context("samples")?;
             Ok(Series(samples.iter().map(|x| x.as_f64().context("a sample")).collect::<anyhow::Result<_>>()?))
         };
-        let figure = |v: &serde_json::Value| -> anyhow::Result<Figure> {
-            Ok(Figure { value: series(&v["value"])?, ratio: series(&v["ratio_to_floor"])? })
-        };
+        let figure =
+            |v: &serde_json::Value| -> anyhow::Result<Figure> { Ok(Figure { value: series(&v["value"])?, ratio: series(&v["ratio_to_floor"])? }) };
         let m = &v["machine"];
         let machine = Machine {
             kernel: text(&m["kernel"], "kernel")?,
@@ -269,10 +289,7 @@ impl Results {
             for who in Contender::ALL {
                 figures.push((who, figure(&c["figures"][who.name()]).with_context(|| who.name())?));
             }
-            let rival_actions = Contender::ALL
-                .iter()
-                .filter_map(|who| c["rival_actions"][who.name()].as_u64().map(|a| (*who, a as u32)))
-                .collect();
+            let rival_actions = Contender::ALL.iter().filter_map(|who| c["rival_actions"][who.name()].as_u64().map(|a| (*who, a as u32))).collect();
             // Records from before the instruction counter have no counts: 0.
             let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
             costs.push(PathCost {
@@ -298,10 +315,7 @@ impl Results {
         let mut rates = Vec::new();
         for (path, receivers) in [("drop", &DROP_RECEIVERS[..]), ("pass", &PASS_RECEIVERS[..])] {
             let Some(r) = v["veth_mpps"].as_array().into_iter().flatten().find(|r| r["path"] == path) else { continue };
-            let figures = receivers
-                .iter()
-                .map(|who| Ok((*who, figure(&r["figures"][who.name()])?)))
-                .collect::<anyhow::Result<_>>()?;
+            let figures = receivers.iter().map(|who| Ok((*who, figure(&r["figures"][who.name()])?))).collect::<anyhow::Result<_>>()?;
             rates.push(Rates { path, figures });
         }
         let mut scrapes = Vec::new();
@@ -343,11 +357,8 @@ impl Results {
 
     fn cost_chart(&self) -> String {
         let series: Vec<&str> = Contender::ALL.iter().map(|c| c.name()).collect();
-        let groups = self
-            .costs
-            .iter()
-            .map(|c| (c.path.clone(), Contender::ALL.iter().map(|who| bar(&fig(c, *who).value)).collect()))
-            .collect::<Vec<_>>();
+        let groups =
+            self.costs.iter().map(|c| (c.path.clone(), Contender::ALL.iter().map(|who| bar(&fig(c, *who).value)).collect())).collect::<Vec<_>>();
         svg::bars("Cost per packet by verdict path (ns, BPF_PROG_TEST_RUN; whiskers: min..max of rounds)", "ns", &series, &groups)
     }
 
@@ -363,12 +374,7 @@ impl Results {
             }
             let bars = sizes
                 .iter()
-                .map(|n| {
-                    self.growth
-                        .iter()
-                        .find(|q| q.table == p.table && q.path == p.path && q.size == *n)
-                        .and_then(|q| bar(&q.figure.value))
-                })
+                .map(|n| self.growth.iter().find(|q| q.table == p.table && q.path == p.path && q.size == *n).and_then(|q| bar(&q.figure.value)))
                 .collect();
             groups.push((label, bars));
         }
@@ -407,7 +413,7 @@ impl Results {
              The record of this run is `bench/results/{json_name}`.\n\n\
              Every figure is the median over the rounds, with the spread (min..max), and a ratio to the floor \
              measured in the same round: the floor is an XDP program of this project that returns its action \
-             without reading the frame (`edge-filter-ebpf/src/floor.rs`). Variants are interleaved round by \
+             without reading the frame (`tests/ebpf/src/floor.rs`). Variants are interleaved round by \
              round. The machine is shared and has no CPU performance counters, so absolute figures drift \
              between runs; ratios drift much less.\n\n",
             date = m.date,
@@ -595,21 +601,17 @@ mod svg {
     }
 
     /// A labelled group of bars: (median, min, max) per series, `None` when absent.
-    pub type Group = (String, Vec<Option<(f64, f64, f64)>>);
+    pub(super) type Group = (String, Vec<Option<(f64, f64, f64)>>);
 
     /// Groups of bars, one bar per series, with min..max whiskers.
-    pub fn bars(title: &str, unit: &str, series: &[&str], groups: &[Group]) -> String {
+    pub(super) fn bars(title: &str, unit: &str, series: &[&str], groups: &[Group]) -> String {
         let (label_w, plot_w, bar_h, gap) = (260.0, 560.0, 11.0, 10.0);
         let n = series.len().max(1) as f64;
         let group_h = n * bar_h + gap;
         let top = 50.0 + 18.0 * series.len() as f64;
         let height = top + group_h * groups.len() as f64 + 40.0;
         let width = label_w + plot_w + 90.0;
-        let max = groups
-            .iter()
-            .flat_map(|(_, b)| b.iter().flatten().map(|(_, _, hi)| *hi))
-            .fold(0.0_f64, f64::max)
-            .max(1e-9);
+        let max = groups.iter().flat_map(|(_, b)| b.iter().flatten().map(|(_, _, hi)| *hi)).fold(0.0_f64, f64::max).max(1e-9);
         let step = nice_step(max / 5.0);
         let scale_max = (max / step).ceil() * step;
         let x = |v: f64| label_w + v / scale_max * plot_w;
@@ -619,11 +621,27 @@ mod svg {
         let _ = writeln!(s, r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#, esc(title));
         for (i, name) in series.iter().enumerate() {
             let y = 36.0 + 18.0 * i as f64;
-            let _ = writeln!(s, r#"<rect x="{label_w}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#, y - 10.0, PALETTE[i % PALETTE.len()], label_w + 18.0, y, esc(name));
+            let _ = writeln!(
+                s,
+                r#"<rect x="{label_w}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+                y - 10.0,
+                PALETTE[i % PALETTE.len()],
+                label_w + 18.0,
+                y,
+                esc(name)
+            );
         }
         let mut v = 0.0;
         while v <= scale_max + step / 2.0 {
-            let _ = writeln!(s, r##"<line x1="{0}" x2="{0}" y1="{1}" y2="{2}" stroke="#ddd"/><text x="{0}" y="{3}" text-anchor="middle">{4}</text>"##, x(v), top - 4.0, height - 30.0, height - 16.0, fmt(v));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{0}" x2="{0}" y1="{1}" y2="{2}" stroke="#ddd"/><text x="{0}" y="{3}" text-anchor="middle">{4}</text>"##,
+                x(v),
+                top - 4.0,
+                height - 30.0,
+                height - 16.0,
+                fmt(v)
+            );
             v += step;
         }
         let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, label_w + plot_w / 2.0, height - 3.0, esc(unit));
@@ -633,7 +651,15 @@ mod svg {
             for (i, b) in bars.iter().enumerate() {
                 let Some((med, lo, hi)) = b else { continue };
                 let y = y0 + bar_h * i as f64;
-                let _ = writeln!(s, r#"<rect x="{label_w}" y="{y}" width="{:.1}" height="{}" fill="{}"><title>{}: {}</title></rect>"#, x(*med) - label_w, bar_h - 2.0, PALETTE[i % PALETTE.len()], esc(series.get(i).copied().unwrap_or("")), fmt(*med));
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{label_w}" y="{y}" width="{:.1}" height="{}" fill="{}"><title>{}: {}</title></rect>"#,
+                    x(*med) - label_w,
+                    bar_h - 2.0,
+                    PALETTE[i % PALETTE.len()],
+                    esc(series.get(i).copied().unwrap_or("")),
+                    fmt(*med)
+                );
                 let _ = writeln!(s, r#"<line x1="{:.1}" x2="{:.1}" y1="{2}" y2="{2}" stroke="black"/>"#, x(*lo), x(*hi), y + (bar_h - 2.0) / 2.0);
                 let _ = writeln!(s, r#"<text x="{:.1}" y="{}" font-size="9">{}</text>"#, x(*hi) + 4.0, y + bar_h - 3.0, fmt(*med));
             }
@@ -650,7 +676,13 @@ mod svg {
     fn fmt(v: f64) -> String {
         if v == 0.0 {
             "0".into()
-        } else if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+        } else if v >= 100.0 {
+            format!("{v:.0}")
+        } else if v >= 10.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.2}")
+        }
     }
 
     #[cfg(test)]
@@ -692,10 +724,7 @@ mod tests {
             GrowthPoint { table: "sets exact v4".into(), size: 1, path: "drop/no_rule".into(), figure: figure(&[100.0, 100.0], 30.0) },
             GrowthPoint { table: "sets exact v4".into(), size: 65_536, path: "drop/no_rule".into(), figure: figure(&[120.0, 120.0], 30.0) },
         ];
-        let rates = vec![Rates {
-            path: "drop",
-            figures: DROP_RECEIVERS.iter().map(|r| (*r, figure(&[4.0, 5.0], 5.0))).collect(),
-        }];
+        let rates = vec![Rates { path: "drop", figures: DROP_RECEIVERS.iter().map(|r| (*r, figure(&[4.0, 5.0], 5.0))).collect() }];
         let machine = Machine { kernel: "6.18".into(), cpu: "cpu".into(), cpus: 2, date: "2026-11-29 18:00".into() };
         let scrapes = [(0, 2.0, 0.5), (1_000_000, 2.2, 0.6)]
             .iter()

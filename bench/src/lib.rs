@@ -2,6 +2,14 @@
 //! it holds, measured side by side with the floor (the cheapest XDP programs there
 //! are), xdp-filter and nftables, on this machine, in one run.
 //!
+//! It measures with the test support of `edge-filter-tests`: the [`Harness`] and the
+//! namespace topology, and the floor and the traffic generator of
+//! [`edge_filter_tests::programs`]. The `bench` binary runs it (`cargo xtask bench`);
+//! its records go to `bench/results/` beside this crate, its page to
+//! `docs/benchmark.md`. Needs root.
+//!
+//! [`Harness`]: edge_filter_tests::Harness
+//!
 //! - [`cost`]: nanoseconds per packet on every verdict path, with BPF_PROG_TEST_RUN
 //!   `repeat` on the real object, against the floor and xdp-filter on the same frames;
 //!   and how that cost grows with the address sets and the flow table.
@@ -60,14 +68,8 @@ impl Plan {
         scrape_sizes: &[0, 100_000, 1_000_000],
     };
     /// One short round: the harness and the verdicts, not the times.
-    pub const QUICK: Plan = Plan {
-        rounds: 1,
-        repeat: 2_000,
-        frames: 20_000,
-        set_sizes: &[1, 1_000],
-        flow_sizes: &[1, 10_000],
-        scrape_sizes: &[0, 10_000],
-    };
+    pub const QUICK: Plan =
+        Plan { rounds: 1, repeat: 2_000, frames: 20_000, set_sizes: &[1, 1_000], flow_sizes: &[1, 10_000], scrape_sizes: &[0, 10_000] };
 }
 
 /// Samples of one figure, one per round.

@@ -26,7 +26,7 @@ use super::{
     cost::{Floor, established_r1},
     rivals, rotated,
 };
-use crate::{
+use edge_filter_tests::{
     Lab,
     packet::{flags::*, tcp},
     plan::*,
@@ -96,11 +96,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
 /// `ethtool -S r0` as name -> value.
 fn r0_stats() -> anyhow::Result<BTreeMap<String, u64>> {
     let text = run(Command::new("ethtool").args(["-S", "r0"])).context("ethtool (Debian package ethtool)")?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter_map(|(k, v)| Some((k.trim().to_owned(), v.trim().parse().ok()?)))
-        .collect())
+    Ok(text.lines().filter_map(|l| l.split_once(':')).filter_map(|(k, v)| Some((k.trim().to_owned(), v.trim().parse().ok()?))).collect())
 }
 
 fn xdp_drops() -> anyhow::Result<u64> {
@@ -119,7 +115,7 @@ fn r0_rx_packets() -> anyhow::Result<u64> {
     r0_link()?["stats64"]["rx"]["packets"].as_u64().context("rx packets of r0")
 }
 
-/// The flow the generator's `n`th frame belongs to (see `edge-filter-ebpf/src/gen.rs`).
+/// The flow the generator's `n`th frame belongs to (see `tests/ebpf/src/gen.rs`).
 pub(super) fn generated_flow(n: u32, now_ns: u64) -> (FlowKey, Flow) {
     let src = Ipv4Addr::new(198, 51, 100, 128 + (n % 128) as u8);
     established_r1(src, 1024 + ((n / 128) % 64512) as u16, now_ns)
@@ -129,7 +125,7 @@ impl Rig {
     fn new(plan: &Plan) -> anyhow::Result<Self> {
         let lab = Lab::new(&["r0", "g0"])?;
         let sender = Netns::new("bench-gen")?;
-        crate::topology::ip(&["link", "set", "g0", "netns", &sender.name])?;
+        edge_filter_tests::topology::ip(&["link", "set", "g0", "netns", &sender.name])?;
         sender.ip(&["link", "set", "g0", "up"])?;
         for args in [
             &["link", "set", "lo", "up"][..],
@@ -140,7 +136,7 @@ impl Rig {
             &["neigh", "add", "203.0.113.1", "lladdr", "02:00:00:00:00:01", "dev", "r0", "nud", "permanent"],
             &["route", "add", "198.51.100.0/24", "via", "203.0.113.1", "dev", "r0"],
         ] {
-            crate::topology::ip(args)?;
+            edge_filter_tests::topology::ip(args)?;
         }
         // veth hands XDP_TX frames of its peer to NAPI only, which GRO turns on.
         run(Command::new("ethtool").args(["-K", "r0", "gro", "on"]))?;
@@ -156,12 +152,12 @@ impl Rig {
 
         let max_flows = (u64::from(plan.frames) * 2).next_power_of_two().max(1 << 16) as u32;
         let mut filter = Filter::load(&LoadOptions { max_flows, ..LoadOptions::default() })?;
-        filter.set_policy(&Policy::default())?;
-        filter.set_address_sets(&crate::plan::sets())?;
+        filter.maps_mut().set_policy(&Policy::default())?;
+        filter.maps_mut().set_address_sets(&sets())?;
         let ifindex = edge_filter::pins::ifindex("r0")?;
-        let slot = filter.set_iface(ifindex, Role::Outside)?;
+        let slot = filter.maps_mut().set_iface(ifindex, Role::Outside)?;
         let now = edge_filter::report::monotonic_ns();
-        filter.insert_flows((1..=plan.frames).map(|n| generated_flow(n, now)))?;
+        filter.maps_mut().insert_flows((1..=plan.frames).map(|n| generated_flow(n, now)))?;
         Ok(Self { _lab: lab, sender, filter, slot, floor: Floor::load()?, drop_frame, pass_frame })
     }
 
@@ -176,7 +172,7 @@ impl Rig {
         // instead. (The NIC also takes the odd frame of its own, neighbour discovery,
         // which counts elsewhere.)
         let counted = |f: &Filter| -> anyhow::Result<(u64, u64)> {
-            let all = f.slot_counters(self.slot)?;
+            let all = f.maps().slot_counters(self.slot)?;
             let wrong = [verdict::PASS_RULE, verdict::PASS_REPLY, verdict::DROP_NO_RULE, verdict::DROP_SPOOFED, verdict::DROP_MALFORMED]
                 .into_iter()
                 .filter(|v| *v != want)
@@ -209,7 +205,7 @@ impl Rig {
         match receiver {
             Receiver::Floor => self.floor.of_mut(!pass).detach(attached.take().expect("attached"))?,
             Receiver::EdgeFilter => self.filter.program_mut()?.detach(attached.take().expect("attached"))?,
-            Receiver::XdpFilter(_) => crate::topology::ip(&["link", "set", "dev", "r0", "xdp", "off"])?,
+            Receiver::XdpFilter(_) => edge_filter_tests::topology::ip(&["link", "set", "dev", "r0", "xdp", "off"])?,
             Receiver::Nft(n) => n.remove()?,
             Receiver::NoFilter => {}
         }
@@ -236,15 +232,10 @@ impl Rig {
         ensure!(
             judged > 0 && judged <= n,
             "{what}: {judged} of {n} frames judged{}",
-            if receiver == Receiver::EdgeFilter {
-                format!(" as {}", edge_filter::report::verdict_name(want))
-            } else {
-                String::new()
-            }
+            if receiver == Receiver::EdgeFilter { format!(" as {}", edge_filter::report::verdict_name(want)) } else { String::new() }
         );
         Ok(judged as f64 / took.as_secs_f64() / 1e6)
     }
-
 }
 
 /// All throughput figures, `plan.rounds` rounds.

@@ -1,0 +1,114 @@
+//! The policy in the maps: the settings and the rule table, two generations of it.
+//!
+//! Contract: a new rule table is written whole into the generation no packet reads,
+//! then the settings are written with that generation made current, in one map
+//! write; an id keeps its row slot (and its hit counter), a slot handed to a new id
+//! starts from zero.
+
+use std::collections::BTreeSet;
+
+use aya::maps::PerCpuValues;
+use aya::util::nr_cpus;
+use edge_filter_common::{Counter, MAX_RULES, NAME_LEN, Rule, Settings, flags, map, proto_index};
+
+use super::{Error, Maps, map_err};
+use crate::{
+    policy::Policy,
+    rules::{self, RuleTable},
+};
+
+/// A NUL-padded name, `None` when empty or not UTF-8.
+pub(super) fn name_str(bytes: &[u8; NAME_LEN]) -> Option<String> {
+    edge_filter_common::name_of(bytes).map(str::to_owned)
+}
+
+/// The id of a row slot, `None` when unused.
+fn rule_id(r: &Rule) -> Option<String> {
+    name_str(&r.id)
+}
+
+impl Maps {
+    /// The settings the program reads.
+    pub(crate) fn settings(&self) -> Result<Settings, Error> {
+        self.settings.get(&0, 0).map_err(map_err(map::SETTINGS))
+    }
+
+    /// The row slots of one generation of the rule table.
+    fn rule_slots(&self, generation: u32) -> Result<Vec<Rule>, Error> {
+        let mut rules = self.array_values::<Rule>(map::RULES)?;
+        let at = (generation * MAX_RULES) as usize;
+        if rules.len() < at + MAX_RULES as usize {
+            return Err(Error::Corrupt { name: map::RULES, what: format!("{} entries", rules.len()) });
+        }
+        Ok(rules.drain(at..at + MAX_RULES as usize).collect())
+    }
+
+    /// The id of each row slot of the current table (`None`: unused).
+    pub fn rule_names(&self) -> Result<Vec<Option<String>>, Error> {
+        let generation = self.settings()?.rules_at & 1;
+        Ok(self.rule_slots(generation)?.iter().map(rule_id).collect())
+    }
+
+    /// Replace the policy (see the module's contract).
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
+        let current = self.settings()?.rules_at & 1;
+        let next = current ^ 1;
+        let names: Vec<Option<String>> = self.rule_slots(current)?.iter().map(rule_id).collect();
+        let (slots, fresh) = rules::place(&names, &policy.rules);
+        let compiled = policy.rules.compile(&slots);
+        // PORT_ROWS of `next` is non-zero only on the ports of the rows `next` held:
+        // those and the new rows' ports are all that need writing.
+        let old = self.rule_slots(next)?;
+        let mut touched: [BTreeSet<u16>; 2] = Default::default();
+        for r in old.iter().filter(|r| r.id != [0; NAME_LEN]) {
+            if let Some(p) = proto_index(r.proto) {
+                touched[p as usize].extend(r.lo..=r.hi);
+            }
+        }
+        for (p, ranges) in compiled.ports.iter().enumerate() {
+            for (range, _) in ranges {
+                touched[p].extend(range.lo()..=range.hi());
+            }
+        }
+        for (p, set) in touched.iter().enumerate() {
+            for port in set {
+                let index = (next * 2 + p as u32) * 65_536 + u32::from(*port);
+                self.port_rows.set(index, compiled.port_mask(p, *port), 0).map_err(map_err(map::PORT_ROWS))?;
+            }
+        }
+        for (i, r) in compiled.set_rows.iter().enumerate() {
+            self.set_rows.set(next * 512 + i as u32, *r, 0).map_err(map_err(map::SET_ROWS))?;
+        }
+        self.ruleset.set(next, compiled.ruleset, 0).map_err(map_err(map::RULESET))?;
+        for (i, r) in compiled.rules.iter().enumerate() {
+            self.rules.set(next * MAX_RULES + i as u32, *r, 0).map_err(map_err(map::RULES))?;
+        }
+        self.zero_rule_hits(&fresh)?;
+        self.settings.set(0, policy.to_settings(next), 0).map_err(map_err(map::SETTINGS))
+    }
+
+    fn zero_rule_hits(&mut self, slots: &[usize]) -> Result<(), Error> {
+        let cpus = nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+        for slot in slots {
+            let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(Error::Cpus)?;
+            self.rule_hits.set(*slot as u32, zero, 0).map_err(map_err(map::RULE_HITS))?;
+        }
+        Ok(())
+    }
+
+    /// The policy the kernel holds, its rule table in the order it was written.
+    pub fn policy(&self) -> Result<Policy, Error> {
+        let s = self.settings()?;
+        let corrupt = || Error::Corrupt { name: map::SETTINGS, what: format!("{s:?}") };
+        let rows = RuleTable::from_kernel(&self.rule_slots(s.rules_at & 1)?)
+            .ok_or_else(|| Error::Corrupt { name: map::RULES, what: "a row this version does not write".into() })?;
+        let table = RuleTable::from_rows(rows.into_iter().map(|(_, r)| r).collect());
+        Policy::from_settings(&s, table).ok_or_else(corrupt)
+    }
+
+    /// Whether the policy counts would-be drops and passes them (dry run): the
+    /// settings alone, without reading the rule table.
+    pub fn dry_run(&self) -> Result<bool, Error> {
+        Ok(self.settings()?.flags & flags::DRY_RUN != 0)
+    }
+}
