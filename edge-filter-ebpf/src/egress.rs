@@ -16,7 +16,7 @@ use crate::{
     maps::SETTINGS,
     parse::{self, FRAG_NONE, Frame, L4_WHOLE, Packet, Parsed},
     rules,
-    sets::sets_of,
+    sets::{self, sets_of},
     state,
 };
 
@@ -34,11 +34,12 @@ pub(crate) fn record(ctx: &TcContext) {
         return;
     }
     let settings = SETTINGS.get(0).copied().unwrap_or(Settings::DEFAULT);
-    let src_sets = sets_of(p.family, &p.src);
+    let lens = sets::current();
+    let src_sets = sets_of(lens, p.family, &p.src);
     if src_sets & set::EDGE_BITS == 0 {
         return;
     }
-    let dst_sets = sets_of(p.family, &p.dst);
+    let dst_sets = sets_of(lens, p.family, &p.dst);
     let rows = rules::rows(&settings, p.proto, p.sport_be, p.dport_be, src_sets, dst_sets, role::EDGE);
     let mut clock = state::Clock::new();
     // SAFETY: reading the skb's ifindex field, which the kernel set.

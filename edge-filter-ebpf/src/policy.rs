@@ -47,7 +47,7 @@ use crate::{
     maps::{IFACES, SETTINGS},
     parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMPV6, L4_WHOLE, Packet, Parsed},
     rules,
-    sets::sets_of,
+    sets::{self, sets_of},
     state,
 };
 
@@ -97,11 +97,12 @@ fn unpoliced(settings: &Settings) -> u32 {
 
 #[inline(always)]
 fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes: u64) -> u32 {
-    let src_sets = sets_of(p.family, &p.src);
+    let lens = sets::current();
+    let src_sets = sets_of(lens, p.family, &p.src);
     if nic_role != role::EDGE && src_sets & set::EDGE_BITS != 0 {
         return verdict::DROP_SPOOFED;
     }
-    let dst_sets = sets_of(p.family, &p.dst);
+    let dst_sets = sets_of(lens, p.family, &p.dst);
     if (src_sets | dst_sets) & set::EDGE_BITS == 0 {
         return if settings.flags & flags::UNPOLICED_DROP != 0 && (essential(p) || icmp_error(p)) {
             verdict::PASS_ESSENTIAL

@@ -40,9 +40,13 @@ fn port_rows(generation: u32, proto: u32, port_be: u16) -> u64 {
 #[inline(always)]
 fn set_rows(generation: u32, bits: u32) -> (u64, u64) {
     let lo = SET_ROWS.get(generation * 512 + (bits & 0xff));
-    let hi = SET_ROWS.get(generation * 512 + 256 + ((bits >> 8) & 0xff));
     let (mut src, mut dst) = lo.map_or((0, 0), |r| (r.src, r.dst));
-    if let Some(r) = hi {
+    // The high half's entry 0 is empty ("any" rows are in the low half only): an
+    // address in no set of the high byte (most addresses: it holds peer sets) skips it.
+    let high = (bits >> 8) & 0xff;
+    if high != 0
+        && let Some(r) = SET_ROWS.get(generation * 512 + 256 + high)
+    {
         src |= r.src;
         dst |= r.dst;
     }

@@ -25,7 +25,7 @@
 //! then made current by flipping `EDGE_LENS_AT`. A listed length with no entries
 //! costs one probe and finds nothing.
 
-use edge_filter_common::{MAX_PREFIX_LENS, SMALL_NONE, SetKey4, SetKey6, family, hint};
+use edge_filter_common::{MAX_PREFIX_LENS, PrefixLens, SMALL_NONE, SetKey4, SetKey6, family, hint};
 
 use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE_LENS_AT, EDGE4, EDGE6};
 
@@ -36,12 +36,19 @@ fn hinted(base: u32, b: u32) -> bool {
     EDGE_HINTS.get(base + (b >> 6)).is_none_or(|w| (w >> (b & 63)) & 1 != 0)
 }
 
-/// Set mask of the address (0: in no set). `addr` is network order; IPv4 in
-/// its first four bytes.
+/// The current prefix lengths and small tables (`EDGE_LENS`), read once for both of
+/// a packet's addresses.
 #[inline(always)]
-pub(crate) fn sets_of(fam: u8, addr: &[u8; 16]) -> u32 {
+pub(crate) fn current() -> Option<&'static PrefixLens> {
     let at = EDGE_LENS_AT.get(0).map_or(0, |a| *a & 1);
-    let Some(lens) = EDGE_LENS.get(at) else {
+    EDGE_LENS.get(at)
+}
+
+/// Set mask of the address (0: in no set), by the `lens` of [`current`]. `addr` is
+/// network order; IPv4 in its first four bytes.
+#[inline(always)]
+pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u32 {
+    let Some(lens) = lens else {
         return 0;
     };
     if fam == family::V4 {
