@@ -44,7 +44,7 @@ use edge_filter_common::{Settings, family, flags, role, set, verdict};
 
 use crate::{
     counters, droplog,
-    maps::{IFACES, SETTINGS},
+    maps::IFACES,
     parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMPV6, L4_WHOLE, Packet, Parsed},
     rules,
     sets::{self, sets_of},
@@ -126,7 +126,7 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
         return verdict::PASS_ESSENTIAL;
     }
     if p.inner != 0 {
-        return tracked(p, nic_role, ifindex, RELATED, bytes);
+        return tracked(p, nic_role, ifindex, RELATED, bytes, settings);
     }
     let rows = rules::rows(settings, p.proto, p.sport_be, p.dport_be, src_sets, dst_sets, nic_role);
     // A reply comes from the port its flow was opened to, which a row named: only a
@@ -139,7 +139,7 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
     if what == 0 {
         return verdict::DROP_NO_RULE;
     }
-    tracked(p, nic_role, ifindex, what, bytes)
+    tracked(p, nic_role, ifindex, what, bytes, settings)
 }
 
 /// Bits of `what` for [`tracked`]: the packet opens a row (its slot in the low byte).
@@ -156,17 +156,12 @@ const RELATED: u32 = 1 << 10;
 /// as 5269 to 5269) is the reply of the flow it belongs to first, as conntrack finds
 /// the connection before the rule. Everything else is `drop/no_rule`.
 ///
-/// Verifier: a BPF-to-BPF call, so that the state tables' keys and entries and the
-/// drop log's record are on sibling stack frames under the entry point; in one frame
-/// they pass the 512-byte stack limit (544 bytes on 5.10 and 6.1, as the kernel
-/// matrix showed). Only packets that need the state tables pay for the call. BPF
-/// calls take at most five arguments, so the settings are read again here (an array
-/// read the verifier inlines).
-#[inline(never)]
-fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, bytes: u64) -> u32 {
-    let Some(settings) = SETTINGS.get(0) else {
-        return verdict::DROP_NO_RULE;
-    };
+/// Inlined: the state tables' keys and new entries live in per-CPU scratch maps
+/// (`state.rs`), so the whole program fits one 512-byte stack frame on every kernel
+/// of the matrix, and a passing packet pays no BPF-to-BPF call (a return thunk on
+/// this kind of CPU).
+#[inline(always)]
+fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, bytes: u64, settings: &Settings) -> u32 {
     let mut clock = state::Clock::new();
     if what & RELATED != 0 {
         return if state::related(settings, &mut clock) { verdict::PASS_RELATED } else { verdict::DROP_NO_RULE };
