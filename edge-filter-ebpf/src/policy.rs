@@ -66,27 +66,17 @@ pub(crate) fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u3
     let Some(p) = Packet::scratch(parse::XDP_SLOT) else {
         return (iface.slot, verdict::PASS_UNATTACHED);
     };
-    let v = match parse::parse(frame, p) {
-        Ok(Parsed::Ip) => {
-            let v = judge_ip(p, iface.role, ifindex, settings, frame.len() as u64);
-            if verdict::is_drop(v) {
-                droplog::remember(settings, Some(p));
-            }
-            v
-        }
-        other => {
-            let v = match other {
-                Ok(Parsed::Arp) => verdict::PASS_ESSENTIAL,
-                Ok(Parsed::Other) => unpoliced(settings),
-                Ok(Parsed::IncompleteFirstFragment) => verdict::DROP_FRAGMENT,
-                Err(parse::Malformed) | Ok(Parsed::Ip) => verdict::DROP_MALFORMED,
-            };
-            if verdict::is_drop(v) {
-                droplog::remember(settings, None);
-            }
-            v
-        }
+    let (v, ip) = match parse::parse(frame, p) {
+        Ok(Parsed::Ip) => (judge_ip(p, iface.role, ifindex, settings, frame.len() as u64), true),
+        Ok(Parsed::Arp) => (verdict::PASS_ESSENTIAL, false),
+        Ok(Parsed::Other) => (unpoliced(settings), false),
+        Ok(Parsed::IncompleteFirstFragment) => (verdict::DROP_FRAGMENT, false),
+        Err(parse::Malformed) => (verdict::DROP_MALFORMED, false),
     };
+    if verdict::is_drop(v) {
+        // The drop log reports the packet's tuple when it got as far as an IP header.
+        droplog::remember(settings, if ip { Some(&*p) } else { None });
+    }
     (iface.slot, v)
 }
 

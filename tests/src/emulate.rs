@@ -719,91 +719,61 @@ fn alu(r: &mut [u64; 11], i: Insn, wide: bool) -> anyhow::Result<()> {
     let b = if x { r[src] } else { i.imm as i64 as u64 };
     let a = r[dst];
     let signed = i.off == 1;
-    if wide {
-        r[dst] = match op {
-            0x00 => a.wrapping_add(b),
-            0x10 => a.wrapping_sub(b),
-            0x20 => a.wrapping_mul(b),
-            0x30 if signed => {
-                if b == 0 {
-                    0
-                } else {
-                    (a as i64).wrapping_div(b as i64) as u64
+    // One operation table for both widths: `$u`/`$s` the unsigned and signed types,
+    // `$mov` the sign-extending moves the width has.
+    macro_rules! arith {
+        ($u:ty, $s:ty, $what:literal, $mov:expr) => {{
+            let (a, b) = (a as $u, b as $u);
+            let shift = b & (<$u>::BITS - 1) as $u;
+            match op {
+                0x00 => a.wrapping_add(b),
+                0x10 => a.wrapping_sub(b),
+                0x20 => a.wrapping_mul(b),
+                0x30 if signed => {
+                    if b == 0 {
+                        0
+                    } else {
+                        (a as $s).wrapping_div(b as $s) as $u
+                    }
                 }
-            }
-            0x30 => a.checked_div(b).unwrap_or(0),
-            0x40 => a | b,
-            0x50 => a & b,
-            0x60 => a << (b & 63),
-            0x70 => a >> (b & 63),
-            0x80 => (a as i64).wrapping_neg() as u64,
-            0x90 if signed => {
-                if b == 0 {
-                    a
-                } else {
-                    (a as i64).wrapping_rem(b as i64) as u64
+                0x30 => a.checked_div(b).unwrap_or(0),
+                0x40 => a | b,
+                0x50 => a & b,
+                0x60 => a << shift,
+                0x70 => a >> shift,
+                0x80 => (a as $s).wrapping_neg() as $u,
+                0x90 if signed => {
+                    if b == 0 {
+                        a
+                    } else {
+                        (a as $s).wrapping_rem(b as $s) as $u
+                    }
                 }
+                0x90 => a.checked_rem(b).unwrap_or(a),
+                0xa0 => a ^ b,
+                0xb0 => $mov(b)?,
+                0xc0 => ((a as $s) >> shift) as $u,
+                _ => bail!("{} operation {op:#x}", $what),
             }
-            0x90 => {
-                if b == 0 {
-                    a
-                } else {
-                    a % b
-                }
-            }
-            0xa0 => a ^ b,
-            0xb0 => match i.off {
-                0 => b,
-                8 | 16 | 32 if x => sign_extend(b, i.off as usize),
-                n => bail!("mov with offset {n}"),
-            },
-            0xc0 => ((a as i64) >> (b & 63)) as u64,
-            _ => bail!("ALU64 operation {op:#x}"),
-        };
-    } else {
-        let (a, b) = (a as u32, b as u32);
-        let v: u32 = match op {
-            0x00 => a.wrapping_add(b),
-            0x10 => a.wrapping_sub(b),
-            0x20 => a.wrapping_mul(b),
-            0x30 if signed => {
-                if b == 0 {
-                    0
-                } else {
-                    (a as i32).wrapping_div(b as i32) as u32
-                }
-            }
-            0x30 => a.checked_div(b).unwrap_or(0),
-            0x40 => a | b,
-            0x50 => a & b,
-            0x60 => a << (b & 31),
-            0x70 => a >> (b & 31),
-            0x80 => (a as i32).wrapping_neg() as u32,
-            0x90 if signed => {
-                if b == 0 {
-                    a
-                } else {
-                    (a as i32).wrapping_rem(b as i32) as u32
-                }
-            }
-            0x90 => {
-                if b == 0 {
-                    a
-                } else {
-                    a % b
-                }
-            }
-            0xa0 => a ^ b,
-            0xb0 => match i.off {
-                0 => b,
-                8 | 16 if x => sign_extend(u64::from(b), i.off as usize) as u32,
-                n => bail!("mov32 with offset {n}"),
-            },
-            0xc0 => ((a as i32) >> (b & 31)) as u32,
-            _ => bail!("ALU operation {op:#x}"),
-        };
-        r[dst] = u64::from(v);
+        }};
     }
+    r[dst] = if wide {
+        arith!(u64, i64, "ALU64", |b: u64| -> anyhow::Result<u64> {
+            match i.off {
+                0 => Ok(b),
+                8 | 16 | 32 if x => Ok(sign_extend(b, i.off as usize)),
+                n => bail!("mov with offset {n}"),
+            }
+        })
+    } else {
+        u64::from(arith!(u32, i32, "ALU", |b: u32| -> anyhow::Result<u32> {
+            match i.off {
+                0 => Ok(b),
+                8 | 16 if x => Ok(sign_extend(u64::from(b), i.off as usize) as u32),
+                n => bail!("mov32 with offset {n}"),
+            }
+        }))
+    };
     Ok(())
 }
 

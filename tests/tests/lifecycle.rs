@@ -54,6 +54,14 @@ fn code_err(out: &Output) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_owned())
 }
 
+/// Run `cmd` to its end (at most ten seconds), without input or output but its
+/// standard error: (exit code, standard error). `what` names it in a failure.
+fn run_to_exit(cmd: &mut Command, what: &str) -> (i32, String) {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let out = finish(child, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{what}: {e}"));
+    code_err(&out)
+}
+
 /// Wait up to `limit` for a child; kill it and say so if it is still running.
 fn finish(mut child: std::process::Child, limit: Duration) -> Result<Output, String> {
     let deadline = Instant::now() + limit;
@@ -121,16 +129,7 @@ fn a_second_run_on_the_same_pin_directory_is_refused_and_changes_nothing() {
     // The same metrics port (the old failure came late, from the port), then none at all
     // (the old second daemon kept running).
     for (name, metrics) in [("b.toml", "listen = \"127.0.0.1:9736\""), ("c.toml", "")] {
-        let child = ok(t.edge_filter())
-            .args(["run", "--config"])
-            .arg(config(&t, name, metrics))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = finish(child, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{name}: a second run {e}"));
-        let (code, err) = code_err(&out);
+        let (code, err) = run_to_exit(ok(t.edge_filter()).args(["run", "--config"]).arg(config(&t, name, metrics)), &format!("{name}: a second run"));
         assert_ne!(code, 0, "{name}: {err}");
         assert!(err.contains(&format!("pid {pid}")), "{name}: names the running daemon: {err}");
         assert_eq!(links(&t), before, "{name}: nothing replaced");
@@ -164,20 +163,15 @@ fn a_pin_directory_outside_a_bpffs_is_refused_and_nothing_is_hidden() {
     std::fs::write(parent.join("keep.txt"), "operator's file\n").unwrap();
     let pins = parent.join("pins");
     let _unmount = Unmount(parent.clone());
-    let child =
+    let (code, err) = run_to_exit(
         t.fw.command(ok(edge_filter_bin()))
             .args(["run", "--pin-dir"])
             .arg(&pins)
             .arg("--config")
             .arg(config(&t, "a.toml", "listen = \"127.0.0.1:9737\""))
-            .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-    let out = finish(child, Duration::from_secs(10)).unwrap_or_else(|e| panic!("run under a plain directory: {e}"));
-    let (code, err) = code_err(&out);
+            .env("EDGE_FILTER_STATE_DIR", &t.state_dir),
+        "run under a plain directory",
+    );
     assert_ne!(code, 0, "{err}");
     assert!(err.contains(&pins.display().to_string()) && err.contains("bpffs"), "names the directory and the fix: {err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -227,14 +221,9 @@ fn deny_netlink(cmd: &mut Command) {
 fn the_foreign_program_check_refuses_when_it_cannot_ask_the_kernel() {
     let t = ok(Topology::new());
     let mut cmd = ok(t.edge_filter());
-    cmd.args(["run", "--config"])
-        .arg(config(&t, "a.toml", "listen = \"127.0.0.1:9738\""))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args(["run", "--config"]).arg(config(&t, "a.toml", "listen = \"127.0.0.1:9738\""));
     deny_netlink(&mut cmd);
-    let out = finish(cmd.spawn().unwrap(), Duration::from_secs(10)).unwrap_or_else(|e| panic!("run without netlink: {e}"));
-    let (code, err) = code_err(&out);
+    let (code, err) = run_to_exit(&mut cmd, "run without netlink");
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("cannot tell") && err.contains("out0"), "says it cannot tell, for which NIC: {err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -251,22 +240,18 @@ fn a_foreign_program_is_found_without_iproute2() {
     let (_held, id) = ok(foreign);
     // No `ip` on the PATH (nsenter by its full path: a changed PATH is searched).
     let nsenter = ["/usr/bin/nsenter", "/bin/nsenter"].into_iter().find(|p| Path::new(p).exists()).expect("nsenter");
-    let out = Command::new(nsenter)
-        .arg(format!("--net={}", t.fw.path().display()))
-        .arg("--")
-        .arg(ok(edge_filter_bin()))
-        .args(["run", "--config"])
-        .arg(config(&t, "a.toml", "listen = \"127.0.0.1:9739\""))
-        .env("PATH", t.work.join("empty"))
-        .env("EDGE_FILTER_PIN_DIR", &t.pin_dir)
-        .env("EDGE_FILTER_STATE_DIR", &t.state_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = finish(out, Duration::from_secs(10)).unwrap_or_else(|e| panic!("run without ip: {e}"));
-    let (code, err) = code_err(&out);
+    let (code, err) = run_to_exit(
+        Command::new(nsenter)
+            .arg(format!("--net={}", t.fw.path().display()))
+            .arg("--")
+            .arg(ok(edge_filter_bin()))
+            .args(["run", "--config"])
+            .arg(config(&t, "a.toml", "listen = \"127.0.0.1:9739\""))
+            .env("PATH", t.work.join("empty"))
+            .env("EDGE_FILTER_PIN_DIR", &t.pin_dir)
+            .env("EDGE_FILTER_STATE_DIR", &t.state_dir),
+        "run without ip",
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&format!("interface `out0` already has XDP program id {id}")), "{err}");
     assert_eq!(xdp_prog(&t.fw, "out0"), Some(u64::from(id)), "the foreign program stays");

@@ -5,6 +5,9 @@
 #![no_std]
 #![no_main]
 
+// The panic handler both programs link.
+use edge_filter_test_ebpf as _;
+
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// Passes every frame.
@@ -17,13 +20,6 @@ pub(crate) fn floor_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub(crate) fn floor_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    // The verifier rejects any program that could reach a panic, so this is dead code.
-    loop {}
 }
 
 #[unsafe(link_section = "license")]

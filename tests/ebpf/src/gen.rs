@@ -10,6 +10,9 @@
 #![no_std]
 #![no_main]
 
+// The panic handler both programs link.
+use edge_filter_test_ebpf as _;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -73,13 +76,6 @@ pub(crate) fn traffic_gen(ctx: XdpContext) -> u32 {
         put(TCP_CSUM, csum_update(tcp, old_port, new_port));
     }
     xdp_action::XDP_TX
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    // The verifier rejects any program that could reach a panic, so this is dead code.
-    loop {}
 }
 
 #[unsafe(link_section = "license")]
