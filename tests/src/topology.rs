@@ -612,8 +612,10 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        // The daemon lock outlives a daemon that was killed rather than stopped.
-        let _ = std::fs::remove_file(edge_filter::pins::Pins::new(&self.pin_dir).daemon_lock_path());
+        // The daemon lock and census outlive a daemon that was killed rather than stopped.
+        let pins = edge_filter::pins::Pins::new(&self.pin_dir);
+        let _ = std::fs::remove_file(pins.daemon_lock_path());
+        let _ = std::fs::remove_file(pins.census_path());
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.work);
     }

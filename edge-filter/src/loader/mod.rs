@@ -176,11 +176,12 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Its maps.
+    /// The loaded object's maps, to read.
     pub fn maps(&self) -> &Maps {
         &self.maps
     }
 
+    /// The loaded object's maps, to write (policy, sets, NICs).
     pub fn maps_mut(&mut self) -> &mut Maps {
         &mut self.maps
     }
