@@ -1037,3 +1037,44 @@ fn pinned_maps_of_another_layout_are_refused() {
     // Nothing else was pinned beside it.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 }
+
+/// What a verdict costs in calls out of the program (on CPUs with return-thunk
+/// mitigations, each costs about as much as the whole floor), counted by the
+/// interpreter on the real object against this filter's maps: no drop, ARP or
+/// unpoliced verdict makes one; a packet of a live flow makes two (its flow's lookup and
+/// the clock); no path calls a BPF-to-BPF function. Each action is also the kernel's.
+#[test]
+fn verdicts_make_only_the_calls_their_state_needs() {
+    use edge_filter_tests::emulate::Emulator;
+    let h = Harness::new(Policy::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let (outside, edge) = (h.nic(Outside).0, h.nic(Edge).0);
+    // An R1 connection, its handshake through the kernel.
+    for (ifindex, frame) in [
+        (outside, tcp(PARTNER4, ACCESS4, 40000, 5269, SYN).seq_ack(1000, 0).build()),
+        (edge, tcp(ACCESS4, PARTNER4, 5269, 40000, SYN_ACK).seq_ack(5000, 1001).build()),
+        (outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK).seq_ack(1001, 5001).build()),
+    ] {
+        h.filter.test_run(&frame, ifindex).unwrap();
+    }
+    let program = h.filter.program_name();
+    let mut emulator = Emulator::new(edge_filter::loader::OBJECT, program, h.filter.maps()).unwrap_or_else(|e| panic!("{e:#}"));
+    let access4 = match ACCESS4 {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => unreachable!("ACCESS4 is IPv4"),
+    };
+    for (what, ifindex, frame, calls) in [
+        ("drop/no_rule", outside, tcp(PARTNER4, ACCESS4, 40001, 80, SYN).build(), 0),
+        ("drop/spoofed", outside, tcp(ACCESS4, PARTNER4, 5269, 40001, SYN).build(), 0),
+        ("pass/unpoliced", outside, tcp(PARTNER4, FRONTEND4, 40001, 22, SYN).build(), 0),
+        ("pass/essential (ARP)", outside, packet::arp([198, 51, 100, 20], access4), 0),
+        ("pass/rule, the opener's data", outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build(), 2),
+        ("pass/reply", edge, tcp(ACCESS4, PARTNER4, 5269, 40000, ACK | PSH).seq_ack(5001, 1101).payload(100).build(), 2),
+    ] {
+        emulator.reset();
+        let trace = emulator.run(&frame, ifindex).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let action = h.filter.test_run(&frame, ifindex).unwrap();
+        assert_eq!(trace.action, action, "{what}: the interpreter and the kernel agree");
+        assert_eq!(trace.subprog_calls, 0, "{what}: no BPF-to-BPF call ({program})");
+        assert_eq!(trace.helper_calls, calls, "{what}: helper calls {:?} ({program})", trace.by_helper);
+    }
+}
