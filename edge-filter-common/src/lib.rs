@@ -362,8 +362,11 @@ pub mod flags {
     pub const DRY_RUN: u32 = 1 << 2;
     /// Report drops (and would-be drops) through the log ring, rate-limited.
     pub const DROP_LOG: u32 = 1 << 3;
+    /// On `host` NICs, link-local, broadcast and multicast destinations are unpoliced
+    /// (default: policed like the edge addresses).
+    pub const HOST_LINK_PASS: u32 = 1 << 4;
     /// All defined bits.
-    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN | DROP_LOG;
+    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN | DROP_LOG | HOST_LINK_PASS;
 }
 
 /// Flow states, the values of [`Flow::state`].

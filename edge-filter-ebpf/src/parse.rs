@@ -261,6 +261,9 @@ pub(crate) struct Packet {
     /// ICMP errors: the protocol (TCP or UDP) of the quoted packet, whose tuple is in
     /// [`QUOTE`]; 0 when the message is not an error or its quote is unusable.
     pub inner: u8,
+    /// 1 when the frame's Ethernet destination is a group address (broadcast or
+    /// multicast).
+    pub to_group: u8,
 }
 
 const _: () = assert!(size_of::<Packet>().is_multiple_of(8), "zeroed word by word");
@@ -305,6 +308,7 @@ impl Packet {
 #[inline(always)]
 pub(crate) fn parse(frame: &Frame, p: &mut Packet) -> Result<Parsed, Malformed> {
     let eth: EthHdr = frame.read(0)?;
+    p.to_group = eth.dst_addr[0] & 1;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut off = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {

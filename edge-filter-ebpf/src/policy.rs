@@ -13,7 +13,9 @@
 //! | `internal-mtls`  | tcp | 23456 | any | internal-edge |
 //!
 //! A packet is *policed* when its source or destination is in an edge set (peer sets
-//! only match). The order of judgement, each step final:
+//! only match), and on a `host` NIC also when it is addressed to the machine on its
+//! link only: a broadcast or multicast frame, a link-local destination (unless
+//! `host-link-local = pass`). The order of judgement, each step final:
 //!
 //! 1. NIC without a role: `pass/unattached`.
 //! 2. Cannot be parsed: `drop/malformed` (an IPv6 first fragment without its whole
@@ -93,7 +95,10 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
         return verdict::DROP_SPOOFED;
     }
     let dst_sets = sets_of(lens, p.family, &p.dst);
-    if (src_sets | dst_sets) & set::EDGE_BITS == 0 {
+    // On a host NIC, what is addressed to the machine on its link is its own as much
+    // as its edge addresses are.
+    let local = nic_role == role::HOST && settings.flags & flags::HOST_LINK_PASS == 0 && link_scoped(p);
+    if (src_sets | dst_sets) & set::EDGE_BITS == 0 && !local {
         return if settings.flags & flags::UNPOLICED_DROP != 0 && (essential(p) || icmp_error(p)) {
             verdict::PASS_ESSENTIAL
         } else {
@@ -169,6 +174,19 @@ fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, bytes: u64, setti
         return verdict::PASS_RULE;
     }
     verdict::DROP_NO_RULE
+}
+
+/// Addressed to the machine on its link only: a group Ethernet destination
+/// (broadcast, multicast), or a link-local, multicast or limited-broadcast IP one.
+#[inline(always)]
+fn link_scoped(p: &Packet) -> bool {
+    let d = &p.dst;
+    p.to_group != 0
+        || if p.family == family::V4 {
+            (d[0] == 169 && d[1] == 254) || d[0] & 0xf0 == 0xe0 || (d[0] == 255 && d[1] == 255 && d[2] == 255 && d[3] == 255)
+        } else {
+            d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80)
+        }
 }
 
 /// ICMPv6 router solicitation, advertisement, neighbour solicitation, advertisement,

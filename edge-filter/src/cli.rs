@@ -383,6 +383,19 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
         })
         .collect();
     let p = &config.policy;
+    // A host NIC polices the machine's link-local, broadcast and multicast addresses:
+    // whoever manages it over them (or over its edge addresses) needs a row.
+    let lockout: Vec<String> = config
+        .interfaces
+        .iter()
+        .filter(|i| i.role == crate::policy::Role::Host && p.host_link_local == crate::policy::LinkScope::Police)
+        .map(|i| {
+            format!(
+                "interface {} has role host: only rows, ARP and neighbour discovery reach this machine through it, link-local, broadcast and multicast destinations included; SSH or other management through it needs a [[rule]] (or policy.host-link-local = \"pass\" for the link-local ones)",
+                i.name
+            )
+        })
+        .collect();
     if json {
         let ifaces: Vec<_> =
             config.interfaces.iter().map(|i| serde_json::json!({"name": i.name, "role": i.role.name(), "mode": i.mode.name()})).collect();
@@ -394,6 +407,8 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
             "unpoliced": p.unpoliced.name(),
             "fragments": p.fragments.name(),
             "dry_run": p.dry_run,
+            "host_link_local": p.host_link_local.name(),
+            "warnings": lockout,
             "max_flows": config.max_flows,
             "metrics": config.metrics.map(|m| m.to_string()),
         });
@@ -421,11 +436,15 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
     if config.interfaces.is_empty() {
         println!("no interfaces: `run` would attach nowhere");
     }
+    for w in &lockout {
+        println!("warning: {w}");
+    }
     println!(
-        "unpoliced {}, fragments {}, dry-run {}, max-flows {}, metrics {}",
+        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, max-flows {}, metrics {}",
         p.unpoliced.name(),
         p.fragments.name(),
         p.dry_run,
+        p.host_link_local.name(),
         config.max_flows,
         config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
     );
@@ -486,6 +505,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
             "unpoliced": policy.unpoliced.name(),
             "fragments": policy.fragments.name(),
             "dry_run": policy.dry_run,
+            "host_link_local": policy.host_link_local.name(),
             "addresses": snap.addresses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "flows": snap.flows,
             "max_flows": maps.max_flows()?,
@@ -509,7 +529,13 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
         println!("{:<16} {:<8} {:<7} {:>8} {:>10}", l.interface, role, mode, l.link_id, l.program_id);
     }
     print!("{}", policy.rules.render(&sets));
-    println!("unpoliced {}, fragments {}, dry-run {}", policy.unpoliced.name(), policy.fragments.name(), policy.dry_run);
+    println!(
+        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}",
+        policy.unpoliced.name(),
+        policy.fragments.name(),
+        policy.dry_run,
+        policy.host_link_local.name()
+    );
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!("addresses: {}", sets.join(", "));
     // Live: within the idle timeout of its state, as the kernel judges it. Entries past

@@ -108,7 +108,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("interface*", &["name", "role", "mode"]),
     ("addresses", &edge_filter_common::set::EDGE_NAMES),
     ("peers", &["*"]),
-    ("policy", &["tables", "disable", "ports", "federation-port", "internal-port", "unpoliced", "fragments", "dry-run"]),
+    ("policy", &["tables", "disable", "ports", "federation-port", "internal-port", "unpoliced", "fragments", "dry-run", "host-link-local"]),
     ("rule*", &["id", "proto", "port", "source", "destination"]),
     (
         "state",
@@ -228,6 +228,10 @@ impl Config {
             }
             if let Some(b) = cx.bool(policy.get("dry-run"), "policy.dry-run")? {
                 config.policy.dry_run = b;
+            }
+            if let Some(s) = cx.string(policy.get("host-link-local"), "policy.host-link-local")? {
+                config.policy.host_link_local =
+                    s.parse().map_err(|_| cx.value("policy.host-link-local", &quote(s), &crate::policy::LinkScope::expected()))?;
             }
         }
         for (i, row) in cx.array_of_tables(&table, "rule")?.into_iter().enumerate() {

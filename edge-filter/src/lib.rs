@@ -36,5 +36,5 @@ pub use addr::{AddrError, AddressSets, Prefix, SetId};
 pub use config::Config;
 pub use counters::{Counters, Delta, Row};
 pub use loader::{Error, Filter, IfaceEntry, LoadOptions, Maps, Variant};
-pub use policy::{Fate, Policy, Role, SourceLimit, Timeouts};
+pub use policy::{Fate, LinkScope, Policy, Role, SourceLimit, Timeouts};
 pub use rules::{Proto, RuleTable};

@@ -40,6 +40,19 @@ impl Role {
 }
 
 named_enum! {
+    /// What a `host` NIC does with what is addressed to the machine on its link only
+    /// (broadcast and multicast frames, link-local destinations).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub enum LinkScope ("host-link-local") {
+        /// Policed like the edge addresses: only rows and essentials reach the host.
+        #[default]
+        Police = "police",
+        /// Judged as traffic of no edge address (`unpoliced`).
+        Pass = "pass",
+    }
+}
+
+named_enum! {
     /// What happens to a class of packets the rules do not decide.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub enum Fate ("fate") {
@@ -91,6 +104,8 @@ pub struct Policy {
     pub drop_log: Option<u32>,
     /// How much of the flow table one source prefix may hold.
     pub sources: SourceLimit,
+    /// Link-local, broadcast and multicast destinations on `host` NICs.
+    pub host_link_local: LinkScope,
 }
 
 /// Fair tables: established flows one source prefix may hold, and what a source
@@ -124,6 +139,7 @@ impl Default for Policy {
             timeouts: Timeouts::default(),
             drop_log: None,
             sources: SourceLimit::default(),
+            host_link_local: LinkScope::Police,
         }
     }
 }
@@ -144,6 +160,9 @@ impl Policy {
         }
         if self.drop_log.is_some() {
             bits |= flags::DROP_LOG;
+        }
+        if self.host_link_local == LinkScope::Pass {
+            bits |= flags::HOST_LINK_PASS;
         }
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Settings {
@@ -181,6 +200,7 @@ impl Policy {
             },
             drop_log: (s.flags & flags::DROP_LOG != 0).then_some(s.drop_log_per_sec),
             sources: SourceLimit { max_flows: s.max_flows_per_source, v4_len: s.source_len4, v6_len: s.source_len6 },
+            host_link_local: if s.flags & flags::HOST_LINK_PASS != 0 { LinkScope::Pass } else { LinkScope::Police },
         })
     }
 }
@@ -217,6 +237,7 @@ mod tests {
             },
             drop_log: Some(5),
             sources: SourceLimit { max_flows: 7, v4_len: 16, v6_len: 48 },
+            host_link_local: LinkScope::Pass,
         };
         let s = p.to_settings(1);
         assert_eq!((s.flags, s.rules_at), (flags::ALL, 1));

@@ -221,6 +221,7 @@ pub fn random_policy(n: u64) -> anyhow::Result<(Policy, AddressSets)> {
         unpoliced: if rng.random_ratio(1, 4) { Fate::Drop } else { Fate::Pass },
         fragments: if rng.random_ratio(1, 4) { Fate::Pass } else { Fate::Drop },
         dry_run: rng.random_ratio(1, 8),
+        host_link_local: if rng.random_ratio(1, 4) { edge_filter::LinkScope::Pass } else { edge_filter::LinkScope::Police },
         ..Policy::default()
     };
     Ok((policy, sets))

@@ -773,6 +773,12 @@ impl Generator {
             62..78 => self.udp_step(),
             _ => self.icmp_error(),
         };
+        // Now and then to a group Ethernet address (broadcast, IPv6 all-nodes), which a
+        // host NIC polices (`host-link-local`).
+        if s.frame.len() >= 6 && self.rng.random_ratio(1, 12) {
+            let group: [u8; 6] = if self.rng.random_bool(0.5) { [0xff; 6] } else { [0x33, 0x33, 0, 0, 0, 1] };
+            s.frame[..6].copy_from_slice(&group);
+        }
         if self.rng.random_ratio(1, 5) {
             s.frame = self.mutate(s.frame);
             s.mutated = true;

@@ -17,7 +17,7 @@ use edge_filter_common::{set::EDGE_BITS, verdict as v};
 
 use edge_filter::{
     addr::AddressSets,
-    policy::{Fate, Policy, Role},
+    policy::{Fate, LinkScope, Policy, Role},
     rules::Proto,
 };
 
@@ -154,6 +154,14 @@ impl Ip {
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// A link-local, multicast or limited-broadcast destination.
+fn link_scoped(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(a) => a.is_link_local() || a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unicast_link_local(),
+    }
 }
 
 /// Ethernet, up to two VLAN tags, then IPv4, IPv6, ARP or something else.
@@ -363,7 +371,12 @@ impl Model {
         if role != Role::Edge && src_sets & EDGE_BITS != 0 {
             return v::DROP_SPOOFED;
         }
-        if (src_sets | dst_sets) & EDGE_BITS == 0 {
+        // A host NIC polices what is addressed to the machine on its link only: a group
+        // Ethernet destination, a link-local, multicast or limited-broadcast address.
+        let local = role == Role::Host
+            && self.policy.host_link_local == LinkScope::Police
+            && (frame.first().is_some_and(|b| b & 1 != 0) || link_scoped(ip.dst));
+        if (src_sets | dst_sets) & EDGE_BITS == 0 && !local {
             let essential = neighbour_discovery(&ip) || (ip.upper_whole() && !ip.later_fragment && icmp_error(&ip));
             return if self.policy.unpoliced == Fate::Drop && essential { v::PASS_ESSENTIAL } else { self.unpoliced() };
         }

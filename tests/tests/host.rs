@@ -147,3 +147,76 @@ fn host_mode_outbound_rows_let_the_servers_own_queries_be_answered() {
     }
     drop(d);
 }
+
+/// Finding 2: on a `host` NIC, what is addressed to the machine on the link (its
+/// link-local address, broadcast, multicast) is policed like its edge addresses: only
+/// a row, an essential (ARP, neighbour discovery) or `host-link-local = "pass"` lets it
+/// in. Before, with the default `unpoliced = "pass"`, the partner on the link reached
+/// every local service through them.
+#[test]
+fn link_local_broadcast_and_multicast_destinations_are_policed_on_host_nics() {
+    use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+    let t = ok(Topology::host_mode());
+    // Local services on every address: SSH-like TCP, a DNS-like UDP service per family.
+    ok(echo_server(&t.edge, "[::]:22".parse().unwrap()));
+    ok(echo_server(&t.edge, sa(ACCESS4, 5269)));
+    ok(edge_filter_tests::topology::udp_echo_server(&t.edge, "0.0.0.0:53".parse().unwrap()));
+    ok(edge_filter_tests::topology::udp_echo_server(&t.edge, "[::]:54".parse().unwrap()));
+    let link_local: Ipv6Addr = {
+        let out = std::process::Command::new("ip").args(["-n", &t.fw.name, "-j", "-6", "addr", "show", "dev", "ext0"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let addrs = v[0]["addr_info"].as_array().cloned().unwrap_or_default();
+        let ll = addrs.iter().find(|a| a["scope"] == "link").and_then(|a| a["local"].as_str());
+        ll.unwrap_or_else(|| panic!("ext0 has a link-local address: {v:#}")).parse().unwrap()
+    };
+    let scope = ok(t
+        .partner
+        .enter(|| -> anyhow::Result<u32> {
+            let name = std::ffi::CString::new("eth0")?;
+            // SAFETY: a NUL-terminated name.
+            Ok(unsafe { libc::if_nametoindex(name.as_ptr()) })
+        })
+        .and_then(|r| r));
+    // What the partner on the link reaches: (what, answered).
+    let probe = |t: &Topology| -> Vec<(&'static str, bool)> {
+        let tcp = ok(connect(&t.partner, SocketAddr::V6(SocketAddrV6::new(link_local, 22, 0, scope)), T)) == Outcome::Connected;
+        let udp = |to: SocketAddr| -> bool {
+            ok(t.partner
+                .enter(move || -> anyhow::Result<bool> {
+                    let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+                    s.set_broadcast(true)?;
+                    s.set_read_timeout(Some(T))?;
+                    s.send_to(b"hello", to)?;
+                    let mut buf = [0u8; 64];
+                    Ok(matches!(s.recv_from(&mut buf), Ok((5, _))))
+                })
+                .and_then(|r| r))
+        };
+        vec![
+            ("TCP 22 to the link-local address", tcp),
+            ("UDP to 255.255.255.255", udp("255.255.255.255:53".parse().unwrap())),
+            ("UDP to the subnet's broadcast", udp("198.51.100.255:53".parse().unwrap())),
+            ("UDP to ff02::1", udp(SocketAddr::V6(SocketAddrV6::new("ff02::1".parse().unwrap(), 54, 0, scope)))),
+            ("UDP to the link-local address", udp(SocketAddr::V6(SocketAddrV6::new(link_local, 54, 0, scope)))),
+        ]
+    };
+    let config = ok(t.write_config(""));
+    let check = ok(t.cli(&["check", "--config", config.to_str().unwrap()]));
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("warning: interface ext0 has role host") && text.contains("needs a [[rule]]"), "check warns of the lock-out: {text}");
+    let d = ok(t.start(&config));
+    for (what, answered) in probe(&t) {
+        assert!(!answered, "{what}: policed on the host NIC, no row lets it in");
+    }
+    // The federation rows still work, and neighbour discovery (the link-local probes
+    // above needed it) is essential.
+    assert_eq!(ok(connect(&t.partner, sa(ACCESS4, 5269), T)), Outcome::Connected, "R1 still reaches the server");
+    // The operator's way in: the setting.
+    ok(t.write_config("[policy]\nhost-link-local = \"pass\"\n"));
+    let out = ok(t.cli(&["reload", "--pid", &d.pid().unwrap().to_string()]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (what, answered) in probe(&t) {
+        assert!(answered, "{what}: host-link-local = \"pass\"");
+    }
+    drop(d);
+}
