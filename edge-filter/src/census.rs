@@ -73,51 +73,83 @@ pub struct Census {
     pub udp: Count,
 }
 
-impl Census {
-    /// Count the state tables now. `previous` (the census before, by the same taker)
-    /// keeps evictions from going down when entries come and go during the pass.
-    pub fn take(maps: &Maps, previous: Option<&Census>) -> Result<Self, Error> {
-        let started = Instant::now();
-        let taken_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let settings = maps.settings()?;
-        // The events before the pass: a flow created during it may be missed by the
-        // walk, and would then be counted as evicted if the events were read after.
-        let ev = maps.events()?;
-        let now_ns = crate::report::monotonic_ns();
-        let count = |name: &'static str, udp: bool, created: usize, removed: &[usize], before: Option<&Count>| {
-            let mut c = Count::default();
-            maps.each::<FlowKey, Flow>(name, |_, f| {
-                c.present += 1;
-                if flow_is_live(f, &settings, udp, now_ns) {
-                    c.live[usize::from(f.state & 7)] += 1;
-                }
-            })?;
-            let gone: u64 = removed.iter().map(|i| ev[*i]).sum();
-            c.evicted = ev[created].saturating_sub(gone + c.present).max(before.map_or(0, |b| b.evicted));
-            Ok::<_, Error>(c)
-        };
-        let idx = |i: u32| i as usize;
-        let flows = count(map::FLOWS, false, idx(e::FLOW_CREATED), &[idx(e::FLOW_EXPIRED), idx(e::FLOW_CLOSED)], previous.map(|p| &p.flows))?;
-        let embryos =
-            count(map::EMBRYOS, false, idx(e::EMBRYO_CREATED), &[idx(e::EMBRYO_EXPIRED), idx(e::EMBRYO_CLOSED)], previous.map(|p| &p.embryos))?;
-        let embryos_out = count(
-            map::EMBRYOS_OUT,
-            false,
-            idx(e::EMBRYO_OUT_CREATED),
-            &[idx(e::EMBRYO_OUT_EXPIRED), idx(e::EMBRYO_OUT_CLOSED)],
-            previous.map(|p| &p.embryos_out),
-        )?;
-        let udp = count(map::UDP_FLOWS, true, idx(e::UDP_CREATED), &[idx(e::UDP_EXPIRED)], previous.map(|p| &p.udp))?;
+/// The state tables in census order (the fields of [`Census`]): map, whether its
+/// entries are UDP flows, and the events that count its entries in and out.
+pub const TABLES: [(&str, bool, u32, &[u32]); 4] = [
+    (map::FLOWS, false, e::FLOW_CREATED, &[e::FLOW_EXPIRED, e::FLOW_CLOSED]),
+    (map::EMBRYOS, false, e::EMBRYO_CREATED, &[e::EMBRYO_EXPIRED, e::EMBRYO_CLOSED]),
+    (map::EMBRYOS_OUT, false, e::EMBRYO_OUT_CREATED, &[e::EMBRYO_OUT_EXPIRED, e::EMBRYO_OUT_CLOSED]),
+    (map::UDP_FLOWS, true, e::UDP_CREATED, &[e::UDP_EXPIRED]),
+];
+
+/// A census being taken: the entries of each table in [`TABLES`] are added one by
+/// one, by [`Census::take`]'s own pass or by a caller that reads the tables anyway
+/// (`flows` counts what it lists).
+pub struct Tally {
+    started: Instant,
+    taken_unix_ms: u64,
+    settings: Settings,
+    /// The events before the pass: a flow created during it may be missed by the
+    /// walk, and would then be counted as evicted if the events were read after.
+    events: Vec<u64>,
+    now_ns: u64,
+    counts: [Count; 4],
+}
+
+impl Tally {
+    pub fn new(maps: &Maps) -> Result<Self, Error> {
         Ok(Self {
-            taken_unix_ms,
-            took_us: started.elapsed().as_micros() as u64,
+            started: Instant::now(),
+            taken_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            settings: maps.settings()?,
+            events: maps.events()?,
+            now_ns: crate::report::monotonic_ns(),
+            counts: [Count::default(); 4],
+        })
+    }
+
+    /// One entry of table `table` (an index of [`TABLES`]).
+    pub fn add(&mut self, table: usize, flow: &Flow) {
+        let c = &mut self.counts[table];
+        c.present += 1;
+        if flow_is_live(flow, &self.settings, TABLES[table].1, self.now_ns) {
+            c.live[usize::from(flow.state & 7)] += 1;
+        }
+    }
+
+    /// The census, with evictions derived; `previous` (the census before, by the same
+    /// taker) keeps them from going down when entries come and go during the pass.
+    pub fn finish(mut self, previous: Option<&Census>) -> Census {
+        let before = previous.map(|p| [p.flows, p.embryos, p.embryos_out, p.udp]);
+        for (i, (_, _, created, removed)) in TABLES.iter().enumerate() {
+            let at = |e: u32| self.events.get(e as usize).copied().unwrap_or(0);
+            let gone: u64 = removed.iter().map(|e| at(*e)).sum();
+            let c = &mut self.counts[i];
+            c.evicted = at(*created).saturating_sub(gone + c.present).max(before.map_or(0, |b| b[i].evicted));
+        }
+        let [flows, embryos, embryos_out, udp] = self.counts;
+        Census {
+            taken_unix_ms: self.taken_unix_ms,
+            took_us: self.started.elapsed().as_micros() as u64,
             pid: std::process::id(),
             interval_ms: 0,
             flows,
             embryos,
             embryos_out,
             udp,
-        })
+        }
+    }
+}
+
+impl Census {
+    /// Count the state tables now, in one pass over them (see [`Tally::finish`] for
+    /// `previous`).
+    pub fn take(maps: &Maps, previous: Option<&Census>) -> Result<Self, Error> {
+        let mut tally = Tally::new(maps)?;
+        for (i, (name, ..)) in TABLES.iter().enumerate() {
+            maps.each::<FlowKey, Flow>(name, |_, f| tally.add(i, f))?;
+        }
+        Ok(tally.finish(previous))
     }
 
     /// The state-table events: counters as `events` (read now) has them, live and

@@ -585,14 +585,15 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     let maps = open(pins)?;
     let now = crate::report::monotonic_ns();
     let names = maps.rule_names()?;
-    let rows: Vec<crate::report::FlowRow> = maps
-        .flows()?
-        .iter()
-        .chain(maps.embryos()?.iter())
-        .chain(maps.embryos_out()?.iter())
-        .chain(maps.udp_flows()?.iter())
-        .map(|(k, f)| crate::report::FlowRow::new(&k.0, f, &names, now))
-        .collect();
+    // The footer counts what is listed: one pass over the tables, in the census's order.
+    let mut tally = crate::census::Tally::new(&maps)?;
+    let mut rows = Vec::new();
+    for (i, table) in [maps.flows()?, maps.embryos()?, maps.embryos_out()?, maps.udp_flows()?].iter().enumerate() {
+        for (k, f) in table {
+            tally.add(i, f);
+            rows.push(crate::report::FlowRow::new(&k.0, f, &names, now));
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -601,7 +602,7 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     for r in &rows {
         println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", r.proto, r.opener, r.responder, r.state, r.age_secs, r.idle_secs, r.rule);
     }
-    let ev = maps.flow_events()?;
+    let ev = tally.finish(None).flow_events(&maps.events()?);
     println!(
         "{} established, {} closing of {}, {} handshakes of {}, {} udp of {} live; past their timeout: {} flows, {} handshakes, {} udp; evicted: {} flows, {} handshakes, {} udp",
         ev.live.established,
