@@ -23,30 +23,56 @@ use edge_filter_common::{
 
 use super::{Error, batch, map_err};
 
-/// The maps of the object, by what they hold (`edge-filter-common`'s `map` names).
-pub struct Maps {
-    pub(super) ifaces: Array<MapData, Iface>,
-    pub(super) edge4: HashMap<MapData, SetKey4, SetBits>,
-    pub(super) edge6: HashMap<MapData, SetKey6, SetBits>,
-    pub(super) set_names: Array<MapData, SetName>,
-    pub(super) edge_lens: Array<MapData, PrefixLens>,
-    pub(super) edge_lens_at: Array<MapData, u32>,
-    pub(super) edge_hints: Array<MapData, u64>,
-    pub(super) settings: Array<MapData, Settings>,
-    pub(super) rules: Array<MapData, Rule>,
-    pub(super) port_rows: Array<MapData, u64>,
-    pub(super) set_rows: Array<MapData, SetRows>,
-    pub(super) ruleset: Array<MapData, Ruleset>,
+/// Declares [`Maps`] from one list of (field, map name, type): the struct, its
+/// conversion from maps by name, and the way back from a name to its map, so the three
+/// cannot drift apart.
+macro_rules! maps {
+    ($($(#[$doc:meta])* $field:ident: $name:path => $ty:ty,)+) => {
+        /// The maps of the object, by what they hold (`edge-filter-common`'s `map` names).
+        pub struct Maps {
+            $($(#[$doc])* pub(super) $field: $ty,)+
+        }
+
+        impl Maps {
+            /// Every map, each from `get` by name, converted to its type.
+            fn from_named(mut get: impl FnMut(&'static str) -> Result<Map, Error>) -> Result<Self, Error> {
+                Ok(Self { $($field: typed($name, get($name)?)?,)+ })
+            }
+
+            /// The map named `name`, whatever its type.
+            pub(crate) fn data(&self, name: &str) -> Option<&MapData> {
+                $(if name == $name {
+                    return Some(self.$field.map());
+                })+
+                None
+            }
+        }
+    };
+}
+
+maps! {
+    ifaces: map::IFACES => Array<MapData, Iface>,
+    edge4: map::EDGE4 => HashMap<MapData, SetKey4, SetBits>,
+    edge6: map::EDGE6 => HashMap<MapData, SetKey6, SetBits>,
+    set_names: map::SET_NAMES => Array<MapData, SetName>,
+    edge_lens: map::EDGE_LENS => Array<MapData, PrefixLens>,
+    edge_lens_at: map::EDGE_LENS_AT => Array<MapData, u32>,
+    edge_hints: map::EDGE_HINTS => Array<MapData, u64>,
+    settings: map::SETTINGS => Array<MapData, Settings>,
+    rules: map::RULES => Array<MapData, Rule>,
+    port_rows: map::PORT_ROWS => Array<MapData, u64>,
+    set_rows: map::SET_ROWS => Array<MapData, SetRows>,
+    ruleset: map::RULESET => Array<MapData, Ruleset>,
     /// The state tables (LRU hashes).
-    pub(super) flows: HashMap<MapData, FlowKey, Flow>,
-    pub(super) embryos: HashMap<MapData, FlowKey, Flow>,
-    pub(super) embryos_out: HashMap<MapData, FlowKey, Flow>,
-    pub(super) udp_flows: HashMap<MapData, FlowKey, Flow>,
-    pub(super) sources: HashMap<MapData, SourceKey, u64>,
-    pub(super) counters: PerCpuArray<MapData, Counter>,
-    pub(super) rule_hits: PerCpuArray<MapData, Counter>,
-    pub(super) events: PerCpuArray<MapData, u64>,
-    pub(super) log_budget: PerCpuArray<MapData, LogBudget>,
+    flows: map::FLOWS => HashMap<MapData, FlowKey, Flow>,
+    embryos: map::EMBRYOS => HashMap<MapData, FlowKey, Flow>,
+    embryos_out: map::EMBRYOS_OUT => HashMap<MapData, FlowKey, Flow>,
+    udp_flows: map::UDP_FLOWS => HashMap<MapData, FlowKey, Flow>,
+    sources: map::SOURCES => HashMap<MapData, SourceKey, u64>,
+    counters: map::COUNTERS => PerCpuArray<MapData, Counter>,
+    rule_hits: map::RULE_HITS => PerCpuArray<MapData, Counter>,
+    events: map::EVENTS => PerCpuArray<MapData, u64>,
+    log_budget: map::LOG_BUDGET => PerCpuArray<MapData, LogBudget>,
 }
 
 /// `map` as the typed map `T`, or the error that names it.
@@ -55,40 +81,6 @@ fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Res
 }
 
 impl Maps {
-    /// Every map, each from `get` by name, converted to its type.
-    fn from_named(mut get: impl FnMut(&'static str) -> Result<Map, Error>) -> Result<Self, Error> {
-        let mut one = |name: &'static str| get(name).map(|m| (name, m));
-        macro_rules! field {
-            ($name:expr) => {{
-                let (name, m) = one($name)?;
-                typed(name, m)?
-            }};
-        }
-        Ok(Self {
-            ifaces: field!(map::IFACES),
-            edge4: field!(map::EDGE4),
-            edge6: field!(map::EDGE6),
-            set_names: field!(map::SET_NAMES),
-            edge_lens: field!(map::EDGE_LENS),
-            edge_lens_at: field!(map::EDGE_LENS_AT),
-            edge_hints: field!(map::EDGE_HINTS),
-            settings: field!(map::SETTINGS),
-            rules: field!(map::RULES),
-            port_rows: field!(map::PORT_ROWS),
-            set_rows: field!(map::SET_ROWS),
-            ruleset: field!(map::RULESET),
-            flows: field!(map::FLOWS),
-            embryos: field!(map::EMBRYOS),
-            embryos_out: field!(map::EMBRYOS_OUT),
-            udp_flows: field!(map::UDP_FLOWS),
-            sources: field!(map::SOURCES),
-            counters: field!(map::COUNTERS),
-            rule_hits: field!(map::RULE_HITS),
-            events: field!(map::EVENTS),
-            log_budget: field!(map::LOG_BUDGET),
-        })
-    }
-
     /// Take the maps out of a loaded object.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         Self::from_named(|name| ebpf.take_map(name).ok_or(Error::MissingMap { name }))
@@ -110,34 +102,6 @@ impl Maps {
             let path = dir.join(name);
             let data = MapData::from_pin(&path).map_err(|source| Error::Pinned { path: path.clone(), source })?;
             Map::from_map_data(data).map_err(|source| Error::Pinned { path, source })
-        })
-    }
-
-    /// The map named `name`, whatever its type.
-    pub(crate) fn data(&self, name: &str) -> Option<&MapData> {
-        Some(match name {
-            map::IFACES => self.ifaces.map(),
-            map::EDGE4 => self.edge4.map(),
-            map::EDGE6 => self.edge6.map(),
-            map::SET_NAMES => self.set_names.map(),
-            map::EDGE_LENS => self.edge_lens.map(),
-            map::EDGE_LENS_AT => self.edge_lens_at.map(),
-            map::EDGE_HINTS => self.edge_hints.map(),
-            map::SETTINGS => self.settings.map(),
-            map::RULES => self.rules.map(),
-            map::PORT_ROWS => self.port_rows.map(),
-            map::SET_ROWS => self.set_rows.map(),
-            map::RULESET => self.ruleset.map(),
-            map::FLOWS => self.flows.map(),
-            map::EMBRYOS => self.embryos.map(),
-            map::EMBRYOS_OUT => self.embryos_out.map(),
-            map::UDP_FLOWS => self.udp_flows.map(),
-            map::SOURCES => self.sources.map(),
-            map::COUNTERS => self.counters.map(),
-            map::RULE_HITS => self.rule_hits.map(),
-            map::EVENTS => self.events.map(),
-            map::LOG_BUDGET => self.log_budget.map(),
-            _ => return None,
         })
     }
 
