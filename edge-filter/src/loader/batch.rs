@@ -103,15 +103,10 @@ pub(crate) fn for_each<K: Pod, V: Pod>(map: &MapData, per_cpu: bool, mut visit: 
             }
             Err(_) => return r,
         };
+        // The kernel wrote `count` keys and values.
         for i in 0..attr.count as usize {
-            // SAFETY: the kernel wrote `count` keys and values; K and V are plain data.
-            let key: K = unsafe { keys.as_ptr().add(i * size_of::<K>()).cast::<K>().read_unaligned() };
-            decoded.clear();
-            for c in 0..cpus {
-                // SAFETY: as above, within value `i`'s `value_len` bytes.
-                decoded.push(unsafe { values.as_ptr().add(i * value_len + c * stride).cast::<V>().read_unaligned() });
-            }
-            visit(&key, &decoded);
+            let key = &keys[i * size_of::<K>()..(i + 1) * size_of::<K>()];
+            decode(key, &values[i * value_len..(i + 1) * value_len], stride, &mut decoded, &mut visit);
         }
         if done {
             return Ok(());
@@ -145,13 +140,18 @@ fn walk_by_key<K: Pod, V: Pod>(fd: u32, cpus: usize, stride: usize, mut visit: i
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => return Err(e),
         }
-        // SAFETY: the kernel wrote the key and the value; K and V are plain data.
-        let k: K = unsafe { key.as_ptr().cast::<K>().read_unaligned() };
-        decoded.clear();
-        for c in 0..cpus {
-            // SAFETY: as above, within the value's bytes.
-            decoded.push(unsafe { value.as_ptr().add(c * stride).cast::<V>().read_unaligned() });
-        }
-        visit(&k, &decoded);
+        decode(&key, &value, stride, &mut decoded, &mut visit);
     }
+}
+
+/// One entry as the kernel wrote it, decoded for `visit`: `key` a `K`'s bytes, `value`
+/// a `V` every `stride` bytes (one per CPU for a per-CPU map).
+fn decode<K: Pod, V: Pod>(key: &[u8], value: &[u8], stride: usize, decoded: &mut Vec<V>, visit: &mut impl FnMut(&K, &[V])) {
+    assert!(key.len() == size_of::<K>() && stride >= size_of::<V>() && value.len().is_multiple_of(stride), "a map entry of another layout");
+    // SAFETY: `key` holds `size_of::<K>()` bytes and each chunk of `value` at least
+    // `size_of::<V>()` (asserted above); K and V are plain data, read unaligned.
+    let k: K = unsafe { key.as_ptr().cast::<K>().read_unaligned() };
+    decoded.clear();
+    decoded.extend(value.chunks_exact(stride).map(|c| unsafe { c.as_ptr().cast::<V>().read_unaligned() }));
+    visit(&k, decoded);
 }
