@@ -29,6 +29,24 @@ use anyhow::{Context as _, bail, ensure};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// `read` again until the census it shows (its time, Unix milliseconds) was taken at
+/// or after `since`, for at most [`CENSUS_WAIT`].
+fn counted_after<T: std::fmt::Display>(
+    since: std::time::SystemTime,
+    mut read: impl FnMut() -> anyhow::Result<(T, Option<u64>)>,
+) -> anyhow::Result<T> {
+    let since_ms = since.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let deadline = Instant::now() + CENSUS_WAIT;
+    loop {
+        let (v, taken) = read()?;
+        if taken.is_some_and(|t| t >= since_ms) {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "no census after {since_ms} within {CENSUS_WAIT:?}:\n{v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// How long [`Topology::status_counted_after`] waits for the daemon's next census:
 /// two of its default intervals and a margin.
 const CENSUS_WAIT: Duration = Duration::from_secs(25);
@@ -559,34 +577,27 @@ impl Topology {
     /// `since`: the daemon counts them every `state.census-interval`, so a count
     /// read right after traffic may predate it.
     pub fn status_counted_after(&self, since: std::time::SystemTime) -> anyhow::Result<serde_json::Value> {
-        let since_ms = since.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-        let deadline = Instant::now() + CENSUS_WAIT;
-        loop {
+        counted_after(since, || {
             let out = self.cli(&["status", "--json"])?;
             ensure!(out.status.success(), "status --json: {}", String::from_utf8_lossy(&out.stderr));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            if v["census"]["taken_unix_ms"].as_u64().is_some_and(|t| t >= since_ms) {
-                return Ok(v);
-            }
-            ensure!(Instant::now() < deadline, "no census after {since_ms} within {CENSUS_WAIT:?}: {v:#}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            let taken = v["census"]["taken_unix_ms"].as_u64();
+            Ok((v, taken))
+        })
     }
 
     /// [`Topology::metrics`] once the scrape shows a census taken after `since`
     /// (`edge_filter_census_timestamp_seconds`).
     pub fn metrics_counted_after(&self, addr: SocketAddr, since: std::time::SystemTime) -> anyhow::Result<String> {
-        let since_s = since.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
-        let deadline = Instant::now() + CENSUS_WAIT;
-        loop {
+        counted_after(since, || {
             let body = self.metrics(addr)?;
-            let taken = body.lines().find_map(|l| l.strip_prefix("edge_filter_census_timestamp_seconds ")).and_then(|v| v.trim().parse::<f64>().ok());
-            if taken.is_some_and(|t| t >= since_s - 0.0005) {
-                return Ok(body);
-            }
-            ensure!(Instant::now() < deadline, "no census after {since_s} within {CENSUS_WAIT:?}:\n{body}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            let taken = body
+                .lines()
+                .find_map(|l| l.strip_prefix("edge_filter_census_timestamp_seconds "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|s| (s * 1e3).round() as u64);
+            Ok((body, taken))
+        })
     }
 
     pub fn metrics(&self, addr: SocketAddr) -> anyhow::Result<String> {
