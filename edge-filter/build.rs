@@ -5,10 +5,10 @@
 //! The object is built with the BPF target feature `allows-misaligned-mem-access`:
 //! header fields sit at any offset of a frame, and without it LLVM reads each one a
 //! byte at a time (a 32-bit address is four loads, three shifts and three ors). The
-//! verifier accepts unaligned packet and map-value loads wherever the CPU has
-//! efficient unaligned access (x86-64, arm64; kernel `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`),
-//! which is where a firewall runs; the stack stays aligned as the verifier requires
-//! (the kernel matrix loads the object on every kernel it supports). aya-build, which
+//! verifier accepts unaligned packet and map-value loads where the kernel has
+//! `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS` (x86-64, the architecture edge-filter is
+//! built and tested for: the kernel matrix loads the object on every kernel it
+//! supports); the stack stays aligned as the verifier requires. aya-build, which
 //! builds the other BPF crates, sets the target's flags itself and takes no more, so
 //! this script runs the same cargo command with the feature added.
 //!
