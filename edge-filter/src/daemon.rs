@@ -205,31 +205,41 @@ struct Censuses {
 }
 
 impl Censuses {
-    /// Open the pinned maps for the thread and start it; the first census is taken
-    /// at once.
+    /// Open the pinned maps for the thread and start it. The first census is taken
+    /// and published before this returns, so that once the daemon says it enforces,
+    /// `status` and `/metrics` show its count.
     fn start(maps_dir: PathBuf, path: PathBuf, interval: Duration) -> anyhow::Result<Self> {
-        let mut maps = Maps::open_pinned(&maps_dir).context("open the pinned maps for the census")?;
+        let maps = Maps::open_pinned(&maps_dir).context("open the pinned maps for the census")?;
         let latest = Arc::new(Mutex::new(None));
         let interval_ms = Arc::new(AtomicU64::new(interval.as_millis() as u64));
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new().name("census".into()).spawn({
-            let (latest, interval_ms, stop) = (latest.clone(), interval_ms.clone(), stop.clone());
-            move || {
-                let mut recounted = Instant::now();
-                let mut previous: Option<Census> = None;
-                while !stop.load(Ordering::Relaxed) {
-                    let interval = interval_ms.load(Ordering::Relaxed);
-                    match Census::take(&maps, previous.as_ref()) {
-                        Ok(mut c) => {
-                            c.interval_ms = interval;
-                            if let Err(e) = c.publish(&path) {
-                                warn!("publishing the census at {}: {e}", path.display());
-                            }
-                            *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
-                            previous = Some(c);
-                        }
-                        Err(e) => warn!("counting the state tables: {e:#}"),
+        let count = {
+            let (latest, interval_ms) = (latest.clone(), interval_ms.clone());
+            move |maps: &Maps, previous: &mut Option<Census>| match Census::take(maps, previous.as_ref()) {
+                Ok(mut c) => {
+                    c.interval_ms = interval_ms.load(Ordering::Relaxed);
+                    if let Err(e) = c.publish(&path) {
+                        warn!("publishing the census at {}: {e}", path.display());
                     }
+                    *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                    *previous = Some(c);
+                }
+                Err(e) => warn!("counting the state tables: {e:#}"),
+            }
+        };
+        let mut previous: Option<Census> = None;
+        count(&maps, &mut previous);
+        let thread = std::thread::Builder::new().name("census".into()).spawn({
+            let (interval_ms, stop) = (interval_ms.clone(), stop.clone());
+            move || {
+                let mut maps = maps;
+                let mut recounted = Instant::now();
+                loop {
+                    std::thread::park_timeout(Duration::from_millis(interval_ms.load(Ordering::Relaxed)));
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    count(&maps, &mut previous);
                     if recounted.elapsed() >= RECOUNT {
                         recounted = Instant::now();
                         match maps.recount_sources(crate::report::monotonic_ns()) {
@@ -238,7 +248,6 @@ impl Censuses {
                             Err(e) => warn!("recounting the flows per source: {e:#}"),
                         }
                     }
-                    std::thread::park_timeout(Duration::from_millis(interval));
                 }
             }
         })?;

@@ -573,15 +573,17 @@ impl Topology {
     }
 
     /// GET /metrics from inside the firewall namespace.
-    /// `status --json` once it shows a census of the state tables taken after
-    /// `since`: the daemon counts them every `state.census-interval`, so a count
-    /// read right after traffic may predate it.
+    /// `status --json` once it shows the daemon's census of the state tables taken
+    /// after `since`: the daemon counts them every `state.census-interval`, so a
+    /// count read right after traffic may predate it. Until the daemon has published
+    /// its first census `status` counts for itself; that count is not the daemon's
+    /// and is waited past.
     pub fn status_counted_after(&self, since: std::time::SystemTime) -> anyhow::Result<serde_json::Value> {
         counted_after(since, || {
             let out = self.cli(&["status", "--json"])?;
             ensure!(out.status.success(), "status --json: {}", String::from_utf8_lossy(&out.stderr));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            let taken = v["census"]["taken_unix_ms"].as_u64();
+            let taken = v["census"]["taken_unix_ms"].as_u64().filter(|_| v["census"]["by"] == "daemon");
             Ok((v, taken))
         })
     }

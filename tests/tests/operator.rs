@@ -138,6 +138,8 @@ fn flows_past_their_timeout_are_not_counted_as_live() {
         metrics_config(9837)
     );
     let d = ok(t.start(&ok(t.write_config(&extra))));
+    // The daemon publishes its first census before it says it enforces.
+    assert_eq!(json(&t, &["status", "--json"])["census"]["by"], "daemon", "status right after the daemon started");
     let metrics: SocketAddr = "127.0.0.1:9837".parse().unwrap();
     // The live counts come from the daemon's census: read one taken after `since`.
     let gauge = |name: &str, since| -> String {
