@@ -531,7 +531,7 @@ pub fn established_r1(src: Ipv4Addr, sport: u16, now_ns: u64) -> (FlowKey, Flow)
         rule: R1 as u8,
         reply_roles: role::bit(role::EDGE),
         ifindex: 0,
-        _pad: 0,
+        origin: edge_filter_common::origin::OPENED,
         opener: TcpDir { end: 1001, maxend: 5001 + 65_535, maxwin: 65_535, ack: 5001, ..TcpDir::default() },
         responder: TcpDir { end: 5001, maxend: 1001 + 65_535, maxwin: 65_535, ack: 1001, ..TcpDir::default() },
     };

@@ -327,10 +327,15 @@ pub mod event {
     pub const EMBRYO_OUT_CLOSED: u32 = 16;
     /// Such SYNs the table refused.
     pub const EMBRYO_OUT_INSERT_FAILED: u32 = 17;
+    /// TCP flows picked up from the trusted side mid-connection.
+    pub const FLOW_PICKED_UP: u32 = 18;
+    /// UDP flows picked up from the trusted side (the Edge answering a datagram this
+    /// node never saw).
+    pub const UDP_PICKED_UP: u32 = 19;
     /// Entries of the map.
     pub const COUNT: u32 = 32;
     /// Names as the CLI and metrics show them, for the indexes in use.
-    pub const NAMES: [(u32, &str); 18] = [
+    pub const NAMES: [(u32, &str); 20] = [
         (DROP_LOGGED, "drop_logged"),
         (DROP_LOG_SUPPRESSED, "drop_log_suppressed"),
         (FLOW_CREATED, "flow_created"),
@@ -349,6 +354,8 @@ pub mod event {
         (EMBRYO_OUT_EXPIRED, "embryo_out_expired"),
         (EMBRYO_OUT_CLOSED, "embryo_out_closed"),
         (EMBRYO_OUT_INSERT_FAILED, "embryo_out_insert_failed"),
+        (FLOW_PICKED_UP, "flow_picked_up"),
+        (UDP_PICKED_UP, "udp_picked_up"),
     ];
 }
 
@@ -365,8 +372,11 @@ pub mod flags {
     /// On `host` NICs, link-local, broadcast and multicast destinations are unpoliced
     /// (default: policed like the edge addresses).
     pub const HOST_LINK_PASS: u32 = 1 << 4;
+    /// Flows are not picked up from the trusted side (default: they are; see
+    /// [`crate::origin::PICKED_UP`]).
+    pub const NO_PICKUP: u32 = 1 << 5;
     /// All defined bits.
-    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN | DROP_LOG | HOST_LINK_PASS;
+    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN | DROP_LOG | HOST_LINK_PASS | NO_PICKUP;
 }
 
 /// Flow states, the values of [`Flow::state`].
@@ -405,6 +415,25 @@ pub mod dir_flags {
     /// This side's SYN carried a window scale option (RFC 7323 §2.2: scaling holds
     /// only when both SYNs carry one).
     pub const WSCALE: u8 = 1 << 2;
+    /// The trusted side of a picked-up flow (the Edge's, whose packets arrive on an
+    /// `edge` NIC): its segments always fit, and what it acknowledges the other side
+    /// has sent. Its history before the pickup is lost, so its bounds are relearned
+    /// from its own packets.
+    pub const LIBERAL: u8 = 1 << 3;
+    /// The untrusted side of a picked-up flow: its RST ends the flow only at the
+    /// number the trusted side acknowledged, never at its own `end`, which its own
+    /// segments in a window of unknown scale can move.
+    pub const UNSURE: u8 = 1 << 4;
+}
+
+/// How a flow entered its table, the values of [`Flow::origin`].
+pub mod origin {
+    /// Its first packet opened it: a completed handshake, a row's datagram.
+    pub const OPENED: u8 = 0;
+    /// Picked up from the trusted side: a packet the Edge sent (on an `edge` NIC,
+    /// from an edge set, a row's packet or a row's reply, TCP without SYN or RST)
+    /// for which this node held no flow, as after a failover from its peer.
+    pub const PICKED_UP: u8 = 1;
 }
 
 /// Value of [`map::IFACES`].
@@ -769,6 +798,8 @@ pub struct Flow {
     /// `bpf_ktime_get_ns` of the latest packet that moved the flow.
     pub last_seen_ns: u64,
     /// The NIC the opener's packets arrive on: only there do they move the flow.
+    /// [`Flow::UNBOUND`] for a flow picked up from its reply: the opener's first
+    /// segment that fits binds it.
     pub ifindex: u32,
     /// One of [`flow_state`].
     pub state: u8,
@@ -776,11 +807,18 @@ pub struct Flow {
     pub rule: u8,
     /// [`role::bit`]s of the NICs where replies may arrive.
     pub reply_roles: u8,
-    pub _pad: u8,
+    /// One of [`origin`].
+    pub origin: u8,
     /// TCP only: the opener's direction.
     pub opener: TcpDir,
     /// TCP only: the responder's direction.
     pub responder: TcpDir,
+}
+
+impl Flow {
+    /// [`Flow::ifindex`] of a flow whose opener's NIC is not known yet (no NIC has
+    /// index 0).
+    pub const UNBOUND: u32 = 0;
 }
 
 /// Key of [`map::SOURCES`]: a source prefix, the address masked to the settings'

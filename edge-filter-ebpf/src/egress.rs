@@ -6,7 +6,8 @@
 //! NIC: one that opens a row (a row whose source is an edge set: federation out, DNS,
 //! CRL, the operator's own) opens or moves its flow, its replies allowed on `outside`
 //! and `host` NICs; one that is the reply of a row opened from outside (federation in,
-//! internal MTLS) moves that flow as the Edge's reply would. Nothing is dropped or
+//! internal MTLS) moves that flow as the Edge's reply would, and either picks up a
+//! flow this machine holds none for, as on an `edge` NIC. Nothing is dropped or
 //! counted as a verdict here.
 
 use aya_ebpf::programs::TcContext;
@@ -44,9 +45,14 @@ pub(crate) fn record(ctx: &TcContext) {
     let mut clock = state::Clock::new();
     // SAFETY: reading the skb's ifindex field, which the kernel set.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // As at ingress: the reply of a live flow first, then a row's opener.
-    if rows.reply != 0 && state::reply(p, role::EDGE, &settings, &mut clock) {
-        return;
+    // As at ingress: the reply of a live flow first, then a row's opener; the host's
+    // own packets pick up flows as the Edge's do (a filter attached to a running
+    // server keeps its connections).
+    if rows.reply != 0 {
+        let pick_up = (rows.open == 0 && state::may_pick_up(p, &settings)).then(|| rules::first(rows.reply));
+        if state::reply(p, role::EDGE, pick_up, &settings, &mut clock) {
+            return;
+        }
     }
     if rows.open != 0 {
         let replies = role::bit(role::OUTSIDE) | role::bit(role::HOST);

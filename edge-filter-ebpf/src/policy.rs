@@ -35,7 +35,9 @@
 //! 8. TCP or UDP that is the reply of a live flow, from a port of a row it could be
 //!    the reply of, on a NIC of the flow's reply roles: `pass/reply`. A source port of
 //!    5269 opens nothing: that is how a reply looks, and only a recorded flow makes it
-//!    one.
+//!    one, or on an `edge` NIC a pickup: the Edge's reply (TCP with ACK, without SYN
+//!    or RST; UDP) for which this node holds no flow records one (`pass/reply`), so
+//!    a firewall pair fails over without losing a connection (`state.rs`).
 //! 9. TCP or UDP that opens a row: `pass/rule`; the flow is opened or moved along.
 //! 10. Everything else policed: `drop/no_rule`.
 //!
@@ -121,7 +123,7 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
         return verdict::PASS_ESSENTIAL;
     }
     if p.inner != 0 {
-        return tracked(p, nic_role, ifindex, RELATED, bytes, settings);
+        return tracked(p, nic_role, ifindex, RELATED, 0, bytes, settings);
     }
     let rows = rules::rows(settings, p.proto, p.sport_be, p.dport_be, src_sets, dst_sets, nic_role);
     // A reply comes from the port its flow was opened to, which a row named: only a
@@ -134,7 +136,7 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
     if what == 0 {
         return verdict::DROP_NO_RULE;
     }
-    tracked(p, nic_role, ifindex, what, bytes, settings)
+    tracked(p, nic_role, ifindex, what, rows.reply, bytes, settings)
 }
 
 /// Bits of `what` for [`tracked`]: the packet opens a row (its slot in the low byte).
@@ -151,18 +153,25 @@ const RELATED: u32 = 1 << 10;
 /// as 5269 to 5269) is the reply of the flow it belongs to first, as conntrack finds
 /// the connection before the rule. Everything else is `drop/no_rule`.
 ///
+/// The Edge's packet (on an `edge` NIC) for which this node holds no flow picks one
+/// up (`state.rs`): as the reply of the lowest of `reply_rows` when it opens nothing,
+/// else as its row's opener.
+///
 /// Inlined: the state tables' keys and new entries live in per-CPU scratch maps
 /// (`state.rs`), so the whole program fits one 512-byte stack frame on every kernel
 /// of the matrix, and a passing packet pays no BPF-to-BPF call (a return thunk on
 /// this kind of CPU).
 #[inline(always)]
-fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, bytes: u64, settings: &Settings) -> u32 {
+fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, reply_rows: u64, bytes: u64, settings: &Settings) -> u32 {
     let mut clock = state::Clock::new();
     if what & RELATED != 0 {
         return if state::related(settings, &mut clock) { verdict::PASS_RELATED } else { verdict::DROP_NO_RULE };
     }
-    if what & ANSWERS != 0 && state::reply(p, nic_role, settings, &mut clock) {
-        return verdict::PASS_REPLY;
+    if what & ANSWERS != 0 {
+        let pick_up = (nic_role == role::EDGE && what & OPENS == 0 && state::may_pick_up(p, settings)).then(|| rules::first(reply_rows));
+        if state::reply(p, nic_role, pick_up, settings, &mut clock) {
+            return verdict::PASS_REPLY;
+        }
     }
     if what & OPENS != 0 {
         let row = what & 0xff;

@@ -63,7 +63,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use edge_filter_common::{Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flow_state, hint, role};
+use edge_filter_common::{Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flags, flow_state, hint, origin, role};
 
 use crate::{
     counters::count_event as bump,
@@ -130,7 +130,7 @@ fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -
     f.state = state;
     f.rule = rule as u8;
     f.reply_roles = reply_roles;
-    f._pad = 0;
+    f.origin = origin::OPENED;
     Some(f)
 }
 
@@ -364,20 +364,32 @@ fn update(p: &Packet, s: &mut TcpDir, r: &mut TcpDir) {
     }
 }
 
+/// What a segment did to its flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    /// The flow stays: the segment did not fit, or it was an RST inside the window
+    /// (which says nothing about where its sender is).
+    Stays,
+    /// It fitted and moved the flow's bounds.
+    Moved,
+    /// An RST at the receiver's next number: the flow is to be removed.
+    Ends,
+}
+
 /// A segment of an established flow from `s` to `r` (opener to responder, or back).
-/// Returns whether the flow is to be removed (an RST at the receiver's next number).
 #[inline(always)]
-fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> bool {
-    if !fits(p, s, r) {
-        return false;
+fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> Seg {
+    let liberal = s.flags & dir_flags::LIBERAL != 0;
+    if !liberal && !fits(p, s, r) {
+        return Seg::Stays;
     }
     if has(p, tcp_flags::RST) {
-        if p.seq == r.ack || p.seq == s.end {
-            return true;
+        if p.seq == r.ack || (p.seq == s.end && s.flags & dir_flags::UNSURE == 0) {
+            return Seg::Ends;
         }
         r.flags |= dir_flags::RST_PENDING;
         *flow_state = flow_state::RESET;
-        return false;
+        return Seg::Stays;
     }
     if s.flags & dir_flags::FIN != 0 && after(seq_end(p), s.end) {
         // Data beyond a FIN: that FIN was never the sender's last word (one the
@@ -385,6 +397,10 @@ fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> b
         s.flags &= !dir_flags::FIN;
     }
     update(p, s, r);
+    if liberal && has(p, tcp_flags::ACK) && after(p.ack_seq, r.end) {
+        // The trusted side acknowledged it: the other side sent it.
+        r.end = p.ack_seq;
+    }
     if s.flags & dir_flags::RST_PENDING != 0 {
         // The side an RST was sent to speaks again: it did not take the RST.
         s.flags &= !dir_flags::RST_PENDING;
@@ -399,7 +415,7 @@ fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> b
     if r.flags & dir_flags::FIN != 0 && has(p, tcp_flags::ACK) && after_eq(p.ack_seq, r.end) {
         *flow_state = flow_state::CLOSING;
     }
-    false
+    Seg::Moved
 }
 
 /// A packet row `rule` allowed, in the opener's direction, arriving on `ifindex`:
@@ -419,7 +435,9 @@ fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
         return;
     };
     if let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) {
-        if flow.ifindex == ifindex {
+        // A flow picked up from its reply is bound by the opener's first datagram.
+        if flow.ifindex == ifindex || flow.ifindex == Flow::UNBOUND {
+            flow.ifindex = ifindex;
             flow.last_seen_ns = clock.now();
         }
         return;
@@ -437,7 +455,7 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     };
     let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
     if let Some(flow) = live(&FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
-        if flow.ifindex != ifindex {
+        if flow.ifindex != ifindex && flow.ifindex != Flow::UNBOUND {
             return;
         }
         if syn {
@@ -448,16 +466,27 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
             }
             close(key, flow, settings);
         } else {
-            if segment(p, &mut flow.state, &mut flow.opener, &mut flow.responder) {
-                close(key, flow, settings);
-            } else {
-                flow.last_seen_ns = clock.now();
+            match segment(p, &mut flow.state, &mut flow.opener, &mut flow.responder) {
+                Seg::Ends => close(key, flow, settings),
+                seg => {
+                    flow.last_seen_ns = clock.now();
+                    // A flow picked up from its reply is bound by the opener's first
+                    // segment that fits.
+                    if seg == Seg::Moved {
+                        flow.ifindex = ifindex;
+                    }
+                }
             }
             return;
         }
     }
     let e = embryos(reply_roles);
     let Some(embryo) = live(e.table, key, settings, clock, e.expired) else {
+        // The trusted side's segment of a connection this node never saw open.
+        if reply_roles & role::bit(role::EDGE) == 0 && may_pick_up(p, settings) {
+            pick_up_tcp(key, p, rule, reply_roles, ifindex, true, settings, clock);
+            return;
+        }
         if syn {
             let Some(embryo) = new_flow(clock.now(), flow_state::SYN_SENT, rule, reply_roles, ifindex) else {
                 return;
@@ -515,31 +544,94 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     if has(p, tcp_flags::FIN) {
         flow.opener.flags |= dir_flags::FIN;
     }
+    enter(key, flow, settings, event::FLOW_CREATED);
+    remove(e.table, key, e.closed);
+}
+
+/// Put an established flow in `FLOWS` if its source prefix may hold one more; counted
+/// under `created`.
+#[inline(always)]
+fn enter(key: &FlowKey, flow: &Flow, settings: &Settings, created: u32) {
     let Some(source) = source_of(key, flow, settings) else {
         return;
     };
     if !admit(source, settings) {
         bump(event::SOURCE_LIMITED);
     } else if FLOWS.insert(key, flow, 0).is_ok() {
-        bump(event::FLOW_CREATED);
+        bump(created);
     } else {
         bump(event::FLOW_INSERT_FAILED);
         forget(source);
     }
-    remove(e.table, key, e.closed);
+}
+
+/// The widest window TCP can advertise (65535 << 14, RFC 7323 §2.3), rounded up: a
+/// picked-up flow's windows, whose scale was in SYNs this node never saw.
+const PICKUP_WINDOW: u32 = 1 << 30;
+/// RFC 7323's largest window scale.
+const MAX_WSCALE: u8 = 14;
+
+/// Whether this packet (arriving on an `edge` NIC: the caller checks) may pick up a
+/// flow: pickup is on, and it is TCP that is neither a SYN nor an RST and carries an
+/// acknowledgement, or UDP.
+#[inline(always)]
+pub(crate) fn may_pick_up(p: &Packet, settings: &Settings) -> bool {
+    settings.flags & flags::NO_PICKUP == 0
+        && (p.proto == IPPROTO_UDP || (has(p, tcp_flags::ACK) && p.tcp_flags & (tcp_flags::SYN | tcp_flags::RST) == 0))
+}
+
+/// Record an established TCP flow from the trusted side's segment `p`, for `key` (the
+/// opener's tuple); `opener`: `p` is the opener's (the Edge opened it), else the
+/// responder's (the partner did). The trusted side's bounds come from `p`; the other
+/// side's from what `p` acknowledges and allows, in windows as wide as TCP allows.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pick_up_tcp(key: &FlowKey, p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, opener: bool, settings: &Settings, clock: &mut Clock) {
+    let Some(flow) = new_flow(clock.now(), flow_state::ESTABLISHED, rule, reply_roles, ifindex) else {
+        return;
+    };
+    flow.origin = origin::PICKED_UP;
+    let (t, u) = if opener { (&mut flow.opener, &mut flow.responder) } else { (&mut flow.responder, &mut flow.opener) };
+    let end = seq_end(p);
+    t.end = end;
+    t.maxend = end.wrapping_add(PICKUP_WINDOW);
+    t.maxwin = PICKUP_WINDOW;
+    t.ack = p.ack_seq;
+    t.wscale = MAX_WSCALE;
+    t.flags = dir_flags::LIBERAL | if has(p, tcp_flags::FIN) { dir_flags::FIN } else { 0 };
+    u.end = p.ack_seq;
+    u.maxend = p.ack_seq.wrapping_add(u32::from(p.window) << MAX_WSCALE);
+    u.maxwin = PICKUP_WINDOW;
+    u.ack = end;
+    u.wscale = MAX_WSCALE;
+    u.flags = dir_flags::UNSURE;
+    enter(key, flow, settings, event::FLOW_PICKED_UP);
 }
 
 /// Whether this packet belongs to a live flow as its reply, arriving on a NIC of
-/// `nic_role`; moves the flow when the packet fits.
+/// `nic_role`; moves the flow when the packet fits. `pick_up`: the packet is the
+/// Edge's (the caller checked [`may_pick_up`] and the NIC) and the reply of rows
+/// whose lowest is `row`; if its flow is not in the flow table it is picked up, and
+/// the packet is its reply.
 #[inline(always)]
-pub(crate) fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut Clock) -> bool {
+pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: Option<u32>, settings: &Settings, clock: &mut Clock) -> bool {
     let Some(key) = key(p, true).map(|k| &*k) else {
         return false;
     };
     let bit = role::bit(nic_role);
     if p.proto == IPPROTO_UDP {
         let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
-            return false;
+            let Some(row) = pick_up else {
+                return false;
+            };
+            // Opened by a partner through the peer node: bound to the NIC its next
+            // datagram arrives on.
+            let Some(flow) = new_flow(clock.now(), flow_state::ESTABLISHED, row, bit, Flow::UNBOUND) else {
+                return false;
+            };
+            flow.origin = origin::PICKED_UP;
+            bump(if UDP_FLOWS.insert(key, flow, 0).is_ok() { event::UDP_PICKED_UP } else { event::UDP_INSERT_FAILED });
+            return true;
         };
         if flow.reply_roles & bit == 0 {
             return false;
@@ -551,11 +643,18 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, settings: &Settings, clock: &mut 
         if flow.reply_roles & bit == 0 {
             return false;
         }
-        if segment(p, &mut flow.state, &mut flow.responder, &mut flow.opener) {
+        if segment(p, &mut flow.state, &mut flow.responder, &mut flow.opener) == Seg::Ends {
             close(key, flow, settings);
         } else {
             flow.last_seen_ns = clock.now();
         }
+        return true;
+    }
+    if let Some(row) = pick_up {
+        // The Edge answering a connection this node never saw open (a partner opened
+        // it through the peer node): bound to the NIC the partner's next segment
+        // that fits arrives on.
+        pick_up_tcp(key, p, row, bit, Flow::UNBOUND, false, settings, clock);
         return true;
     }
     // Before the handshake completes, nothing but the SYN-ACK and an RST crosses

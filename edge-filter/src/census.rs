@@ -75,11 +75,11 @@ pub struct Census {
 
 /// The state tables in census order (the fields of [`Census`]): map, whether its
 /// entries are UDP flows, and the events that count its entries in and out.
-pub const TABLES: [(&str, bool, u32, &[u32]); 4] = [
-    (map::FLOWS, false, e::FLOW_CREATED, &[e::FLOW_EXPIRED, e::FLOW_CLOSED]),
-    (map::EMBRYOS, false, e::EMBRYO_CREATED, &[e::EMBRYO_EXPIRED, e::EMBRYO_CLOSED]),
-    (map::EMBRYOS_OUT, false, e::EMBRYO_OUT_CREATED, &[e::EMBRYO_OUT_EXPIRED, e::EMBRYO_OUT_CLOSED]),
-    (map::UDP_FLOWS, true, e::UDP_CREATED, &[e::UDP_EXPIRED]),
+pub const TABLES: [(&str, bool, &[u32], &[u32]); 4] = [
+    (map::FLOWS, false, &[e::FLOW_CREATED, e::FLOW_PICKED_UP], &[e::FLOW_EXPIRED, e::FLOW_CLOSED]),
+    (map::EMBRYOS, false, &[e::EMBRYO_CREATED], &[e::EMBRYO_EXPIRED, e::EMBRYO_CLOSED]),
+    (map::EMBRYOS_OUT, false, &[e::EMBRYO_OUT_CREATED], &[e::EMBRYO_OUT_EXPIRED, e::EMBRYO_OUT_CLOSED]),
+    (map::UDP_FLOWS, true, &[e::UDP_CREATED, e::UDP_PICKED_UP], &[e::UDP_EXPIRED]),
 ];
 
 /// A census being taken: the entries of each table in [`TABLES`] are added one by
@@ -121,11 +121,11 @@ impl Tally {
     /// taker) keeps them from going down when entries come and go during the pass.
     pub fn finish(mut self, previous: Option<&Census>) -> Census {
         let before = previous.map(|p| [p.flows, p.embryos, p.embryos_out, p.udp]);
-        for (i, (_, _, created, removed)) in TABLES.iter().enumerate() {
+        for (i, (_, _, entered, removed)) in TABLES.iter().enumerate() {
             let at = |e: u32| self.events.get(e as usize).copied().unwrap_or(0);
-            let gone: u64 = removed.iter().map(|e| at(*e)).sum();
+            let sum = |events: &[u32]| -> u64 { events.iter().map(|e| at(*e)).sum() };
             let c = &mut self.counts[i];
-            c.evicted = at(*created).saturating_sub(gone + c.present).max(before.map_or(0, |b| b[i].evicted));
+            c.evicted = sum(entered).saturating_sub(sum(removed) + c.present).max(before.map_or(0, |b| b[i].evicted));
         }
         let [flows, embryos, embryos_out, udp] = self.counts;
         Census {
@@ -158,6 +158,11 @@ impl Census {
         let at = |i: u32| events.get(i as usize).copied().unwrap_or(0);
         let table = |c: &Count, created: u32, expired: u32, closed: Option<u32>, failed: u32| TableEvents {
             created: at(created),
+            picked_up: match created {
+                e::FLOW_CREATED => at(e::FLOW_PICKED_UP),
+                e::UDP_CREATED => at(e::UDP_PICKED_UP),
+                _ => 0,
+            },
             expired: at(expired),
             closed: closed.map_or(0, at),
             evicted: c.evicted,
@@ -220,6 +225,9 @@ impl Census {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TableEvents {
     pub created: u64,
+    /// Picked up from the trusted side (flow tables only): see
+    /// [`edge_filter_common::origin::PICKED_UP`].
+    pub picked_up: u64,
     pub expired: u64,
     /// Removed by an RST or a new SYN; for embryos, also promoted to the flow table.
     pub closed: u64,

@@ -408,6 +408,7 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
             "fragments": p.fragments.name(),
             "dry_run": p.dry_run,
             "host_link_local": p.host_link_local.name(),
+            "pickup": p.pickup,
             "warnings": lockout,
             "max_flows": config.max_flows,
             "metrics": config.metrics.map(|m| m.to_string()),
@@ -440,11 +441,12 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
         println!("warning: {w}");
     }
     println!(
-        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, max-flows {}, metrics {}",
+        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, pickup {}, max-flows {}, metrics {}",
         p.unpoliced.name(),
         p.fragments.name(),
         p.dry_run,
         p.host_link_local.name(),
+        p.pickup,
         config.max_flows,
         config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
     );
@@ -506,6 +508,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
             "fragments": policy.fragments.name(),
             "dry_run": policy.dry_run,
             "host_link_local": policy.host_link_local.name(),
+            "pickup": policy.pickup,
             "addresses": snap.addresses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "flows": snap.flows,
             "max_flows": maps.max_flows()?,
@@ -530,11 +533,12 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", policy.rules.render(&sets));
     println!(
-        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}",
+        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, pickup {}",
         policy.unpoliced.name(),
         policy.fragments.name(),
         policy.dry_run,
-        policy.host_link_local.name()
+        policy.host_link_local.name(),
+        policy.pickup
     );
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!("addresses: {}", sets.join(", "));
@@ -557,8 +561,8 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
         ("udp flows", ev.udp, maps.max_udp_flows()?),
     ] {
         println!(
-            "{name}: {} live of {max}, {} past their timeout; created {}, expired {}, closed {}, evicted {}, insert failures {}",
-            t.live, t.stale, t.created, t.expired, t.closed, t.evicted, t.insert_failed
+            "{name}: {} live of {max}, {} past their timeout; created {}, picked up {}, expired {}, closed {}, evicted {}, insert failures {}",
+            t.live, t.stale, t.created, t.picked_up, t.expired, t.closed, t.evicted, t.insert_failed
         );
     }
     println!("handshakes not recorded because their source held its share ({} flows per source): {}", policy.sources.max_flows, ev.source_limited);
@@ -600,7 +604,11 @@ fn flows(pins: &Pins, json: bool) -> anyhow::Result<()> {
     }
     println!("{:<5} {:<46} {:<46} {:<12} {:>9} {:>9}  RULE", "PROTO", "OPENER", "RESPONDER", "STATE", "AGE", "IDLE");
     for r in &rows {
-        println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", r.proto, r.opener, r.responder, r.state, r.age_secs, r.idle_secs, r.rule);
+        let state = if r.picked_up { format!("{}*", r.state) } else { r.state.to_owned() };
+        println!("{:<5} {:<46} {:<46} {:<12} {:>8.1}s {:>8.1}s  {}", r.proto, r.opener, r.responder, state, r.age_secs, r.idle_secs, r.rule);
+    }
+    if rows.iter().any(|r| r.picked_up) {
+        println!("* picked up from the Edge's side: opened through another node");
     }
     let ev = tally.finish(None).flow_events(&maps.events()?);
     println!(

@@ -125,6 +125,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "source-prefix-v4",
             "source-prefix-v6",
             "census-interval",
+            "pickup",
         ],
     ),
     ("metrics", &["listen"]),
@@ -274,6 +275,9 @@ impl Config {
             }
             if let Some(n) = cx.int(state.get("max-udp-flows"), "state.max-udp-flows", 1, i64::from(u32::MAX))? {
                 config.max_udp_flows = n as u32;
+            }
+            if let Some(b) = cx.bool(state.get("pickup"), "state.pickup")? {
+                config.policy.pickup = b;
             }
             if let Some(n) = cx.int(state.get("census-interval"), "state.census-interval", 1, 3600)? {
                 config.census_interval = std::time::Duration::from_secs(n as u64);
@@ -506,6 +510,7 @@ mod tests {
             syn-timeout = 5
             established-timeout = 3600
             closing-timeout = 30
+            pickup = false
 
             [metrics]
 
@@ -530,6 +535,8 @@ mod tests {
         assert_eq!(c.policy.timeouts.syn.as_secs(), 5);
         assert_eq!(c.policy.timeouts.established.as_secs(), 3600);
         assert_eq!(c.policy.timeouts.closing.as_secs(), 30);
+        assert!(!c.policy.pickup);
+        assert!(Config::default().policy.pickup, "pickup is on by default");
         assert_eq!(c.metrics, None, "an empty [metrics] table disables the endpoint");
         assert_eq!(c.policy.drop_log, Some(5));
         let quiet = Config::parse("[log]\ndrops = false\ndrops-per-second = 5\n", "edge.toml").unwrap();
@@ -672,6 +679,7 @@ mod tests {
             ("[polcy", "edge.toml: line 1, column 7: "),
             ("[state]\nmax-flows = 0", "edge.toml: state.max-flows = 0: an integer from 1 to 4294967295"),
             ("[state]\nsyn-timeout = 0", "edge.toml: state.syn-timeout = 0: an integer from 1 to 2592000"),
+            ("[state]\npickup = \"yes\"", "edge.toml: state.pickup = \"yes\": true or false"),
             ("[metrics]\nlisten = \"localhost\"", "edge.toml: metrics.listen = \"localhost\": an address and port such as 127.0.0.1:9435"),
             ("policy = 3", "edge.toml: policy = 3: a table ([policy])"),
         ] {

@@ -106,6 +106,9 @@ pub struct Policy {
     pub sources: SourceLimit,
     /// Link-local, broadcast and multicast destinations on `host` NICs.
     pub host_link_local: LinkScope,
+    /// The Edge's packets for which this node holds no flow pick one up (a firewall
+    /// pair's failover; `state.pickup`).
+    pub pickup: bool,
 }
 
 /// Fair tables: established flows one source prefix may hold, and what a source
@@ -140,6 +143,7 @@ impl Default for Policy {
             drop_log: None,
             sources: SourceLimit::default(),
             host_link_local: LinkScope::Police,
+            pickup: true,
         }
     }
 }
@@ -163,6 +167,9 @@ impl Policy {
         }
         if self.host_link_local == LinkScope::Pass {
             bits |= flags::HOST_LINK_PASS;
+        }
+        if !self.pickup {
+            bits |= flags::NO_PICKUP;
         }
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Settings {
@@ -201,6 +208,7 @@ impl Policy {
             drop_log: (s.flags & flags::DROP_LOG != 0).then_some(s.drop_log_per_sec),
             sources: SourceLimit { max_flows: s.max_flows_per_source, v4_len: s.source_len4, v6_len: s.source_len6 },
             host_link_local: if s.flags & flags::HOST_LINK_PASS != 0 { LinkScope::Pass } else { LinkScope::Police },
+            pickup: s.flags & flags::NO_PICKUP == 0,
         })
     }
 }
@@ -238,6 +246,7 @@ mod tests {
             drop_log: Some(5),
             sources: SourceLimit { max_flows: 7, v4_len: 16, v6_len: 48 },
             host_link_local: LinkScope::Pass,
+            pickup: false,
         };
         let s = p.to_settings(1);
         assert_eq!((s.flags, s.rules_at), (flags::ALL, 1));

@@ -30,6 +30,8 @@ pub struct FlowRow {
     pub responder: String,
     pub proto: &'static str,
     pub state: &'static str,
+    /// Picked up from the trusted side rather than opened here.
+    pub picked_up: bool,
     pub rule: String,
     pub age_secs: f64,
     pub idle_secs: f64,
@@ -51,6 +53,7 @@ impl FlowRow {
             responder: std::net::SocketAddr::new(addr(&k.dst), u16::from_be(k.dport_be)).to_string(),
             proto: if k.proto == 17 { "udp" } else { "tcp" },
             state: edge_filter_common::flow_state::name(f.state),
+            picked_up: f.origin == edge_filter_common::origin::PICKED_UP,
             rule: rules.get(usize::from(f.rule)).cloned().flatten().unwrap_or_else(|| format!("row#{}", f.rule)),
             age_secs: secs(f.created_ns),
             idle_secs: secs(f.last_seen_ns),
@@ -244,6 +247,7 @@ impl Snapshot {
         let o = &self.flow_events.embryos_out;
         let flow_events = [
             ("created", f.created),
+            ("picked_up", f.picked_up),
             ("expired", f.expired),
             ("closed", f.closed),
             ("evicted", f.evicted),
@@ -260,6 +264,7 @@ impl Snapshot {
             ("handshake_out_evicted", o.evicted),
             ("handshake_out_insert_failed", o.insert_failed),
             ("udp_created", u.created),
+            ("udp_picked_up", u.picked_up),
             ("udp_expired", u.expired),
             ("udp_evicted", u.evicted),
             ("udp_insert_failed", u.insert_failed),

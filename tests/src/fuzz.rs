@@ -222,6 +222,7 @@ pub fn random_policy(n: u64) -> anyhow::Result<(Policy, AddressSets)> {
         fragments: if rng.random_ratio(1, 4) { Fate::Pass } else { Fate::Drop },
         dry_run: rng.random_ratio(1, 8),
         host_link_local: if rng.random_ratio(1, 4) { edge_filter::LinkScope::Pass } else { edge_filter::LinkScope::Police },
+        pickup: rng.random_ratio(3, 4),
         ..Policy::default()
     };
     Ok((policy, sets))

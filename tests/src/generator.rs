@@ -433,7 +433,11 @@ impl Generator {
         if self.tcp.len() < MAX_TCP / 2 || self.rng.random_ratio(1, 25) {
             let (client, server, opener_nic, responder_nic) = self.flow(Proto::Tcp);
             let (c, s) = (self.side(), self.side());
-            let conn = Tcp { client, server, opener_nic, responder_nic, c, s, phase: Phase::Syn, client_last: true };
+            // Now and then one that opened through another node (a firewall pair's
+            // peer): the first segments seen are mid-stream, which the Edge's side
+            // picks up.
+            let phase = if self.rng.random_ratio(1, 6) { Phase::Open } else { Phase::Syn };
+            let conn = Tcp { client, server, opener_nic, responder_nic, c, s, phase, client_last: true };
             if self.tcp.len() >= MAX_TCP {
                 let i = self.rng.random_range(0..self.tcp.len());
                 self.tcp[i] = conn;

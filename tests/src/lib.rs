@@ -11,6 +11,7 @@
 //! Privileged: the harness needs root (to unshare a network namespace and load BPF).
 //! It fails with the reason when it cannot run; it never skips.
 
+pub mod conn;
 pub mod emulate;
 pub mod fuzz;
 pub mod generator;
@@ -182,6 +183,15 @@ impl Case {
     pub fn rule(name: impl Into<String>, nic: Nic, frame: Vec<u8>, rule: u32) -> Self {
         Self { rule: Some(rule), ..Self::new(name, nic, frame, verdict::PASS_RULE) }
     }
+}
+
+/// The row slot of `id` once `p` is written over a fresh load, which holds the
+/// built-in table: its ids keep their slots, the others take the free ones in order.
+pub fn row_slot(p: &Policy, id: &str) -> u32 {
+    let fresh: Vec<Option<String>> = Policy::default().rules.rows().iter().map(|r| Some(r.id.clone())).collect();
+    let (slots, _) = edge_filter::rules::place(&fresh, &p.rules);
+    let i = p.rules.rows().iter().position(|r| r.id == id).unwrap_or_else(|| panic!("no row {id}"));
+    slots[i] as u32
 }
 
 /// The real kernel object, loaded, with one NIC per role in a private namespace.

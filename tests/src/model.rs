@@ -298,6 +298,12 @@ struct Side {
     fin: bool,
     /// It was sent an in-window RST it has not answered.
     rst_pending: bool,
+    /// The trusted side of a picked-up connection: its segments always fit, and what
+    /// it acknowledges the other side sent.
+    liberal: bool,
+    /// The other side of a picked-up connection: its RST ends the connection only at
+    /// the trusted side's acknowledgement.
+    unsure: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,8 +319,9 @@ enum State {
 struct Conn {
     /// Roles replies may arrive on.
     reply_roles: &'static [Role],
-    /// The opener's NIC.
-    nic: Role,
+    /// The opener's NIC; `None` for one picked up from its reply until the opener's
+    /// first segment that fits.
+    nic: Option<Role>,
     state: State,
     opener: Side,
     responder: Side,
@@ -323,6 +330,48 @@ struct Conn {
 /// `a` is `b` or after it, modulo 2^32.
 fn at_or_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// What a segment did to its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seg {
+    /// Nothing that says where its sender is: it did not fit, or an RST in the window.
+    Stays,
+    Moved,
+    Ends,
+}
+
+/// The window a picked-up connection assumes for both sides (TCP's largest, 65535 <<
+/// 14, rounded up), and the scale.
+const PICKUP_WINDOW: u32 = 1 << 30;
+const MAX_WSCALE: u8 = 14;
+
+/// A connection picked up from the trusted side's segment `ip`; `opener`: it is the
+/// opener's.
+fn picked_up(ip: &Ip, reply_roles: &'static [Role], nic: Option<Role>, opener: bool) -> Conn {
+    let end = ip.seq_end();
+    let f = ip.tcp_flags();
+    let trusted = Side {
+        end,
+        maxend: end.wrapping_add(PICKUP_WINDOW),
+        maxwin: PICKUP_WINDOW,
+        ack: ip.ack(),
+        wscale: MAX_WSCALE,
+        fin: f & FIN != 0,
+        liberal: true,
+        ..Side::default()
+    };
+    let other = Side {
+        end: ip.ack(),
+        maxend: ip.ack().wrapping_add(u32::from(ip.window()) << MAX_WSCALE),
+        maxwin: PICKUP_WINDOW,
+        ack: end,
+        wscale: MAX_WSCALE,
+        unsure: true,
+        ..Side::default()
+    };
+    let (o, r) = if opener { (trusted, other) } else { (other, trusted) };
+    Conn { reply_roles, nic, state: State::Established, opener: o, responder: r }
 }
 
 /// The policy, the sets, and the connections the model has seen.
@@ -425,10 +474,26 @@ impl Model {
         // both), as conntrack finds the connection before the rule.
         if answers {
             let back = t.back();
+            // The Edge's reply of a connection this node never saw: picked up.
+            let pick_up = from_edge && !opens && self.may_pick_up(&ip);
             let reply = if proto == Proto::Udp {
-                self.udp.get(&back).is_some_and(|c| c.reply_roles.contains(&role))
+                match self.udp.get(&back) {
+                    Some(c) => c.reply_roles.contains(&role),
+                    None if pick_up => {
+                        let c = Conn {
+                            reply_roles: EDGE_SIDE,
+                            nic: None,
+                            state: State::Established,
+                            opener: Side::default(),
+                            responder: Side::default(),
+                        };
+                        self.udp.insert(back, c);
+                        true
+                    }
+                    None => false,
+                }
             } else {
-                self.tcp_reply(back, &ip, role)
+                self.tcp_reply(back, &ip, role, pick_up)
             };
             if reply {
                 return v::PASS_REPLY;
@@ -439,17 +504,24 @@ impl Model {
         }
         let replies = if from_edge { PARTNER_SIDE } else { EDGE_SIDE };
         if proto == Proto::Udp {
-            self.udp.entry(t).or_insert(Conn {
+            let c = self.udp.entry(t).or_insert(Conn {
                 reply_roles: replies,
-                nic: role,
+                nic: Some(role),
                 state: State::Established,
                 opener: Side::default(),
                 responder: Side::default(),
             });
+            c.nic.get_or_insert(role);
         } else {
             self.tcp_opener(t, &ip, role, replies);
         }
         v::PASS_RULE
+    }
+
+    /// Whether the Edge's packet `ip` may pick up a connection: pickup is on, and it
+    /// is UDP, or TCP with an acknowledgement and neither SYN nor RST.
+    fn may_pick_up(&self, ip: &Ip) -> bool {
+        self.policy.pickup && (ip.proto == UDP || (ip.proto == TCP && ip.tcp_flags() & ACK != 0 && ip.tcp_flags() & (SYN | RST) == 0))
     }
 
     /// A TCP packet a row allowed, from the opener.
@@ -457,15 +529,21 @@ impl Model {
         let f = ip.tcp_flags();
         let syn = f & SYN != 0 && f & ACK == 0;
         if let Some(c) = self.flows.get_mut(&t) {
-            if c.nic != nic {
+            if c.nic.is_some_and(|n| n != nic) {
                 return;
             }
             if !syn {
                 let mut c2 = *c;
-                if segment(ip, &mut c2.state, &mut c2.opener, &mut c2.responder) {
-                    self.flows.remove(&t);
-                } else {
-                    *c = c2;
+                match segment(ip, &mut c2.state, &mut c2.opener, &mut c2.responder) {
+                    Seg::Ends => {
+                        self.flows.remove(&t);
+                    }
+                    seg => {
+                        if seg == Seg::Moved {
+                            c2.nic = Some(nic);
+                        }
+                        *c = c2;
+                    }
                 }
                 return;
             }
@@ -475,6 +553,11 @@ impl Model {
             self.flows.remove(&t);
         }
         let Some(c) = self.handshakes.get_mut(&t) else {
+            // The Edge's segment of a connection this node never saw open.
+            if reply_roles == PARTNER_SIDE && self.may_pick_up(ip) {
+                self.flows.insert(t, picked_up(ip, reply_roles, Some(nic), true));
+                return;
+            }
             if syn {
                 let opener = Side {
                     end: ip.seq_end(),
@@ -484,11 +567,11 @@ impl Model {
                     scales: ip.wscale().is_some(),
                     ..Side::default()
                 };
-                self.handshakes.insert(t, Conn { reply_roles, nic, state: State::SynSent, opener, responder: Side::default() });
+                self.handshakes.insert(t, Conn { reply_roles, nic: Some(nic), state: State::SynSent, opener, responder: Side::default() });
             }
             return;
         };
-        if c.nic != nic || syn {
+        if c.nic != Some(nic) || syn {
             return;
         }
         let isn_next = c.opener.end;
@@ -514,19 +597,24 @@ impl Model {
         self.flows.insert(t, done);
     }
 
-    /// Whether this is a reply of TCP connection `t`, arriving on `role`.
-    fn tcp_reply(&mut self, t: Tuple, ip: &Ip, role: Role) -> bool {
+    /// Whether this is a reply of TCP connection `t`, arriving on `role`; `pick_up`:
+    /// the Edge's, picking up `t` if it is not known.
+    fn tcp_reply(&mut self, t: Tuple, ip: &Ip, role: Role, pick_up: bool) -> bool {
         let f = ip.tcp_flags();
         if let Some(c) = self.flows.get_mut(&t) {
             if !c.reply_roles.contains(&role) {
                 return false;
             }
             let mut c2 = *c;
-            if segment(ip, &mut c2.state, &mut c2.responder, &mut c2.opener) {
+            if segment(ip, &mut c2.state, &mut c2.responder, &mut c2.opener) == Seg::Ends {
                 self.flows.remove(&t);
             } else {
                 *c = c2;
             }
+            return true;
+        }
+        if pick_up {
+            self.flows.insert(t, picked_up(ip, EDGE_SIDE, None, false));
             return true;
         }
         if f & RST == 0 && f & (SYN | ACK) != SYN | ACK {
@@ -594,25 +682,28 @@ fn update(ip: &Ip, s: &mut Side, r: &mut Side) {
     }
 }
 
-/// A segment of an established connection from `s` to `r`; whether it ends it.
-fn segment(ip: &Ip, state: &mut State, s: &mut Side, r: &mut Side) -> bool {
-    if !fits(ip, s, r) {
-        return false;
+/// A segment of an established connection from `s` to `r`.
+fn segment(ip: &Ip, state: &mut State, s: &mut Side, r: &mut Side) -> Seg {
+    if !s.liberal && !fits(ip, s, r) {
+        return Seg::Stays;
     }
     let f = ip.tcp_flags();
     if f & RST != 0 {
-        if ip.seq() == r.ack || ip.seq() == s.end {
-            return true;
+        if ip.seq() == r.ack || (ip.seq() == s.end && !s.unsure) {
+            return Seg::Ends;
         }
         r.rst_pending = true;
         *state = State::Reset;
-        return false;
+        return Seg::Stays;
     }
     if s.fin && !at_or_after(s.end, ip.seq_end()) {
         // Data beyond a FIN: the FIN was not the sender's last word.
         s.fin = false;
     }
     update(ip, s, r);
+    if s.liberal && f & ACK != 0 && !at_or_after(r.end, ip.ack()) {
+        r.end = ip.ack();
+    }
     if s.rst_pending {
         s.rst_pending = false;
         if *state == State::Reset {
@@ -623,7 +714,7 @@ fn segment(ip: &Ip, state: &mut State, s: &mut Side, r: &mut Side) -> bool {
     if r.fin && f & ACK != 0 && at_or_after(ip.ack(), r.end) {
         *state = State::Closing;
     }
-    false
+    Seg::Moved
 }
 
 /// ICMPv6 router and neighbour discovery from the link (hop limit 255).

@@ -18,6 +18,7 @@ use edge_filter_tests::{
     Nic::*,
     packet::{flags::*, icmp_error, tcp, udp},
     plan::*,
+    row_slot,
 };
 
 /// The A/V Edge's own address, beside access-edge's.
@@ -48,15 +49,6 @@ fn spec(tables: &[&str]) -> TableSpec {
 
 fn policy(spec: &TableSpec, sets: &AddressSets) -> Policy {
     Policy { rules: RuleTable::build(spec, sets).unwrap_or_else(|e| panic!("{e}")), ..Policy::default() }
-}
-
-/// The row slot of `id` once `p` is written over a fresh load, which holds the
-/// built-in table: its ids keep their slots, the others take the free ones in order.
-fn slot(p: &Policy, id: &str) -> u32 {
-    let fresh: Vec<Option<String>> = Policy::default().rules.rows().iter().map(|r| Some(r.id.clone())).collect();
-    let (slots, _) = edge_filter::rules::place(&fresh, &p.rules);
-    let i = p.rules.rows().iter().position(|r| r.id == id).unwrap_or_else(|| panic!("no row {id}"));
-    slots[i] as u32
 }
 
 fn run(policy: &Policy, sets: &AddressSets, cases: &[Case]) -> Harness {
@@ -110,7 +102,7 @@ fn the_whole_edge_opens_each_service_and_nothing_beside_it() {
     let mut cases = Vec::new();
     for f in fams() {
         let t = f.tag;
-        let rule = |what: &str, nic, frame, id: &str| Case::rule(format!("{t} {what}"), nic, frame, slot(&p, id));
+        let rule = |what: &str, nic, frame, id: &str| Case::rule(format!("{t} {what}"), nic, frame, row_slot(&p, id));
         let no = |what: &str, nic, frame| Case::new(format!("{t} {what}"), nic, frame, DROP_NO_RULE);
         cases.extend([
             rule("SIP federation in", Outside, tcp(f.partner, f.access, 40000, 5061, SYN).build(), "sip-federation-in"),
@@ -159,7 +151,7 @@ fn ranges_take_their_edges_and_not_one_past() {
                 };
                 let what = format!("{t} {} to av-edge:{port}", proto.name());
                 cases.push(match want {
-                    Some(()) => Case::rule(what, Outside, frame, slot(&p, id)),
+                    Some(()) => Case::rule(what, Outside, frame, row_slot(&p, id)),
                     None => Case::new(what, Outside, frame, DROP_NO_RULE),
                 });
             }
@@ -167,7 +159,7 @@ fn ranges_take_their_edges_and_not_one_past() {
         for (port, opens) in [(50000, false), (50001, true), (50003, true), (50004, false)] {
             let frame = tcp(f.frontend, f.internal, 40100, port, SYN).build();
             let what = format!("{t} logging to internal-edge:{port}");
-            cases.push(if opens { Case::rule(what, Outside, frame, slot(&p, "logging")) } else { Case::new(what, Outside, frame, DROP_NO_RULE) });
+            cases.push(if opens { Case::rule(what, Outside, frame, row_slot(&p, "logging")) } else { Case::new(what, Outside, frame, DROP_NO_RULE) });
         }
         // Replies come from the row's range: the media the Edge sends from 59999 is
         // answered to 59999, and the answer passes; from 60000 nothing was opened.
@@ -176,7 +168,7 @@ fn ranges_take_their_edges_and_not_one_past() {
                 format!("{t} media out from the range's last port"),
                 Edge,
                 udp(f.av, f.partner, 59999, 59999).build(),
-                slot(&p, "rtp-udp-out"),
+                row_slot(&p, "rtp-udp-out"),
             ),
             // Between two rows' ports, the answer is its flow's reply before it is a
             // row's opener (rtp-udp-in), as conntrack finds the connection first.
@@ -197,7 +189,7 @@ fn udp_flows_pass_replies_on_the_reply_role_only() {
         let t = f.tag;
         cases.extend([
             Case::new(format!("{t} a reply before the flow"), Outside, udp(f.partner, f.av, 3478, 40300).build(), DROP_NO_RULE),
-            Case::rule(format!("{t} the Edge's STUN request out"), Edge, udp(f.av, f.partner, 40300, 3478).build(), slot(&p, "stun-udp-out")),
+            Case::rule(format!("{t} the Edge's STUN request out"), Edge, udp(f.av, f.partner, 40300, 3478).build(), row_slot(&p, "stun-udp-out")),
             Case::new(format!("{t} the answer on the Edge's NIC (wrong role)"), Edge, udp(f.partner, f.av, 3478, 40300).build(), DROP_NO_RULE),
             Case::new(format!("{t} the answer from outside"), Outside, udp(f.partner, f.av, 3478, 40300).build(), PASS_REPLY),
             Case::new(format!("{t} the answer on a host NIC"), Host, udp(f.partner, f.av, 3478, 40300).build(), PASS_REPLY),
@@ -219,7 +211,7 @@ fn udp_flows_expire_after_the_udp_timeout() {
     for f in fams() {
         let t = f.tag;
         h.check_all(&[
-            Case::rule(format!("{t} DNS query"), Edge, udp(f.access, f.partner, 40400, 53).build(), slot(&p, "dns-udp-out")),
+            Case::rule(format!("{t} DNS query"), Edge, udp(f.access, f.partner, 40400, 53).build(), row_slot(&p, "dns-udp-out")),
             Case::new(format!("{t} answer within the timeout"), Outside, udp(f.partner, f.access, 53, 40400).build(), PASS_REPLY),
         ])
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -259,16 +251,16 @@ fn icmp_errors_relate_to_live_flows_only() {
                 format!("{t} federation SYN"),
                 Outside,
                 tcp(f.partner, f.access, 40500, 5269, SYN).seq_ack(1000, 0).build(),
-                slot(&p, "federation-in"),
+                row_slot(&p, "federation-in"),
             ),
             Case::new(format!("{t} SYN-ACK"), Edge, tcp(f.access, f.partner, 5269, 40500, SYN_ACK).seq_ack(5000, 1001).build(), PASS_REPLY),
             Case::rule(
                 format!("{t} ACK"),
                 Outside,
                 tcp(f.partner, f.access, 40500, 5269, ACK).seq_ack(1001, 5001).build(),
-                slot(&p, "federation-in"),
+                row_slot(&p, "federation-in"),
             ),
-            Case::rule(format!("{t} STUN out"), Edge, udp(f.av, f.partner, 40501, 3478).build(), slot(&p, "stun-udp-out")),
+            Case::rule(format!("{t} STUN out"), Edge, udp(f.av, f.partner, 40501, 3478).build(), row_slot(&p, "stun-udp-out")),
         ]);
         let edge_to_partner = tcp(f.access, f.partner, 5269, 40500, ACK).payload(1400);
         let partner_to_edge = tcp(f.partner, f.access, 40500, 5269, ACK);
@@ -352,14 +344,14 @@ fn a_peer_set_restricts_a_row_to_its_addresses() {
                 format!("{t} a partner of the peer set"),
                 Outside,
                 tcp(f.partner, f.access, 40600, 5269, SYN).build(),
-                slot(&p, "federation-in-partners"),
+                row_slot(&p, "federation-in-partners"),
             ),
             Case::new(format!("{t} a source outside the peer set"), Outside, tcp(f.frontend, f.access, 40601, 5269, SYN).build(), DROP_NO_RULE),
             Case::rule(
                 format!("{t} federation out is still any"),
                 Edge,
                 tcp(f.access, f.frontend, 40602, 5269, SYN).build(),
-                slot(&p, "federation-out"),
+                row_slot(&p, "federation-out"),
             ),
             // A peer address is not policed: traffic between it and a non-edge
             // address is unpoliced, and a peer source on outside is no spoof.
@@ -381,8 +373,8 @@ fn a_disabled_row_opens_nothing_and_its_table_mates_still_do() {
         let t = f.tag;
         cases.extend([
             Case::new(format!("{t} federation out, disabled"), Edge, tcp(f.access, f.partner, 40700, 5269, SYN).build(), DROP_NO_RULE),
-            Case::rule(format!("{t} federation in"), Outside, tcp(f.partner, f.access, 40701, 5269, SYN).build(), slot(&p, "federation-in")),
-            Case::rule(format!("{t} internal MTLS"), Outside, tcp(f.frontend, f.internal, 40702, 23456, SYN).build(), slot(&p, "internal-mtls")),
+            Case::rule(format!("{t} federation in"), Outside, tcp(f.partner, f.access, 40701, 5269, SYN).build(), row_slot(&p, "federation-in")),
+            Case::rule(format!("{t} internal MTLS"), Outside, tcp(f.frontend, f.internal, 40702, 23456, SYN).build(), row_slot(&p, "internal-mtls")),
         ]);
     }
     run(&p, &sets, &cases);
@@ -412,7 +404,7 @@ fn a_table_of_sixty_four_rows_judges_its_last_row() {
     for f in fams() {
         let t = f.tag;
         cases.extend([
-            Case::rule(format!("{t} the first row"), Outside, tcp(f.partner, f.access, 40800, 5269, SYN).build(), slot(&p, "federation-in")),
+            Case::rule(format!("{t} the first row"), Outside, tcp(f.partner, f.access, 40800, 5269, SYN).build(), row_slot(&p, "federation-in")),
             Case::rule(format!("{t} row 30"), Outside, tcp(f.partner, f.access, 40801, 1030, SYN).build(), 33),
             Case::rule(format!("{t} row 59 (UDP 1059)"), Outside, udp(f.partner, f.access, 40806, 1059).build(), 62),
             Case::rule(format!("{t} the last row (TCP 1060), in the last slot"), Outside, tcp(f.partner, f.access, 40802, 1060, SYN).build(), 63),
