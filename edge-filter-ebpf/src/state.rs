@@ -51,6 +51,24 @@
 //!   kernel counts a flow up when it enters `FLOWS` and down when it removes one;
 //!   flows the LRU evicts or that expire unseen leave the count high, and two CPUs
 //!   may lose a count in a race, until the daemon recounts (it does every minute).
+//! - Pickup (a firewall pair's failover; `state.pickup`, on by default): the node that
+//!   takes over has no flow for the connections its peer carried. A packet the Edge
+//!   sends (arriving on an `edge` NIC or leaving through the host's egress, from an
+//!   edge set, a row's packet or a row's reply, TCP with ACK and without SYN or RST,
+//!   or UDP) for which `FLOWS` (`UDP_FLOWS`) holds nothing records the flow as
+//!   established (`origin::PICKED_UP`, counted `FLOW_PICKED_UP`, `UDP_PICKED_UP`).
+//!   Only the trusted side can do this: nothing arriving on an `outside` or `host`
+//!   NIC creates state but a row's SYN (and a row's datagram), so the SYN-flood and
+//!   blind-packet guarantees hold unchanged. The connection's history is lost, so:
+//!   its windows are taken as wide as TCP allows (2^30, the scale of SYNs never
+//!   seen); the Edge's side is `LIBERAL` (its segments always fit, and what it
+//!   acknowledges the other side sent), which keeps the bounds true from the first
+//!   segment; the other side is `UNSURE`: its RST ends the flow only at the number
+//!   the Edge acknowledged, never at its own `end`, which a blind segment in such a
+//!   window could move. An outsider's RST inside the window moves the flow to
+//!   `RESET`, which the Edge's challenge ACK undoes, as for any flow. A flow picked
+//!   up from its reply does not know the opener's NIC (`Flow::UNBOUND`): the
+//!   opener's first segment that fits binds it.
 //! - Timeouts per state are judged on every lookup, so an idle entry is not honoured
 //!   even while the LRU still holds it.
 //! - Every entry that enters or leaves a table by our hand is counted (`event`);
