@@ -16,22 +16,29 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests need, by a command each provides: `ip` and `tc` create
-/// and inspect the test devices; the kernel matrix boots kernels with qemu in an
-/// initramfs of busybox, packed with cpio, modules unpacked with xz; the benchmark
+/// Debian packages the tests need, each with a shell test that it is there (mostly
+/// a command it provides): `ip` and `tc` create and inspect the test devices; the
+/// kernel matrix boots kernels with qemu in an initramfs of busybox, packed with
+/// cpio, modules unpacked with xz; the benchmark
 /// measures xdp-filter and nftables beside edge-filter and reads veth statistics
-/// with ethtool; the end-to-end suite checks `/metrics` with promtool.
+/// with ethtool; the end-to-end suite checks `/metrics` with promtool, runs real
+/// XMPP servers (Prosody with lua-unbound, DNS SRV from dnsmasq) and a firewall pair
+/// under keepalived.
 const PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ip"),
-    ("xdp-tools", "xdp-filter"),
-    ("nftables", "nft"),
-    ("ethtool", "ethtool"),
-    ("qemu-system-x86", "qemu-system-x86_64"),
-    ("busybox-static", "busybox"),
-    ("cpio", "cpio"),
-    ("xz-utils", "xz"),
-    ("zstd", "zstd"),
-    ("prometheus", "promtool"),
+    ("iproute2", "command -v ip"),
+    ("xdp-tools", "command -v xdp-filter"),
+    ("nftables", "command -v nft"),
+    ("ethtool", "command -v ethtool"),
+    ("qemu-system-x86", "command -v qemu-system-x86_64"),
+    ("busybox-static", "command -v busybox"),
+    ("cpio", "command -v cpio"),
+    ("xz-utils", "command -v xz"),
+    ("zstd", "command -v zstd"),
+    ("prometheus", "command -v promtool"),
+    ("prosody", "command -v prosody"),
+    ("lua-unbound", "dpkg -s lua-unbound"),
+    ("dnsmasq", "command -v dnsmasq"),
+    ("keepalived", "command -v keepalived"),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
@@ -146,7 +153,7 @@ fn bpf_linker() -> anyhow::Result<()> {
 fn packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(_, tool)| Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_or(true, |o| !o.status.success()))
+        .filter(|(_, probe)| Command::new("sh").args(["-c", probe]).output().map_or(true, |o| !o.status.success()))
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
