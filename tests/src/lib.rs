@@ -17,6 +17,7 @@ pub mod fuzz;
 pub mod generator;
 pub mod model;
 pub mod packet;
+pub mod pair;
 pub mod programs;
 pub mod subset;
 pub mod topology;

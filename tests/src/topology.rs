@@ -470,6 +470,24 @@ impl Topology {
         Ok(t)
     }
 
+    /// A firewall node of a larger sandbox (a pair's, [`crate::pair`]): `fw` is its
+    /// own, the hosts are the sandbox's (aliases here, removed by their owner); `id`
+    /// names its pin and work directories.
+    pub fn node(fw: Netns, partner: &Netns, edge: &Netns, frontend: &Netns, id: &str) -> anyhow::Result<Self> {
+        let work = std::env::temp_dir().join(id);
+        std::fs::create_dir_all(&work)?;
+        Ok(Self {
+            fw,
+            partner: partner.alias(),
+            edge: edge.alias(),
+            frontend: frontend.alias(),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(id),
+            state_dir: work.join("state"),
+            work,
+            host_mode: false,
+        })
+    }
+
     /// The config file for the plan's roles, with `extra` TOML appended.
     pub fn write_config(&self, extra: &str) -> anyhow::Result<PathBuf> {
         let path = self.work.join("edge-filter.toml");
