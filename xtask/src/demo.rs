@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use crate::setup;
 
-pub(crate) fn run(keep: bool) -> anyhow::Result<()> {
+pub(crate) fn run(keep: bool, pair: bool) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the demo creates network namespaces and loads XDP programs: run as root");
@@ -15,8 +15,12 @@ pub(crate) fn run(keep: bool) -> anyhow::Result<()> {
     setup::status(Command::new(env!("CARGO")).args(["build", "--quiet", "--package", "edge-filter", "--bin", "edge-filter"]))?;
     let mut demo = Command::new(env!("CARGO"));
     demo.args(["run", "--quiet", "--package", "edge-filter-tests", "--bin", "demo"]);
+    demo.arg("--");
     if keep {
-        demo.args(["--", "--keep"]);
+        demo.arg("--keep");
+    }
+    if pair {
+        demo.arg("--pair");
     }
     setup::status(&mut demo)
 }

@@ -72,6 +72,10 @@ enum Command {
         /// Leave the namespaces and the daemon up, and print how to explore them.
         #[arg(long)]
         keep: bool,
+        /// A firewall pair under keepalived instead: one connection kept through a
+        /// failover and a failback.
+        #[arg(long)]
+        pair: bool,
     },
 }
 
@@ -98,7 +102,7 @@ fn main() -> std::process::ExitCode {
         Command::Clippy => setup::run().and_then(|()| test::clippy()),
         Command::Kernels => setup::run().and_then(|()| kernels::run()),
         Command::Bench { quick, rounds } => setup::run().and_then(|()| test::bench(quick, rounds)),
-        Command::Demo { keep } => setup::run().and_then(|()| demo::run(keep)),
+        Command::Demo { keep, pair } => setup::run().and_then(|()| demo::run(keep, pair)),
         Command::Fuzz { packets, seed } => setup::run().and_then(|()| test::fuzz(packets, seed)),
         Command::FuzzParsers { seconds } => setup::run().and_then(|()| test::fuzz_parsers(seconds)),
     };

@@ -8,6 +8,11 @@
 //! the policy allows and some it refuses, adds an address to a set at runtime, and
 //! prints each attempt with what came back and the counters and rows that moved.
 //! Everything is removed at the end unless `--keep`.
+//!
+//! `--pair`: a firewall pair under keepalived (`edge_filter_tests::pair`) carries one
+//! federation connection while its active node fails and comes back; the connection
+//! keeps its socket throughout, and the node that takes over says it picked the flow
+//! up.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -83,6 +88,10 @@ impl Demo<'_> {
 
 fn main() -> anyhow::Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
+    if std::env::args().any(|a| a == "--pair") {
+        ensure!(!keep, "--keep is for the single firewall; the pair's demo removes everything it made");
+        return pair();
+    }
     let t = Topology::new().context("build the topology (needs root)")?;
     t.add_av_edge()?;
     // So that every answer counts as a reply, not as a media row (see the helper).
@@ -236,4 +245,56 @@ fn moved(before: &Value, after: &Value) -> Vec<String> {
         }
     }
     out
+}
+
+/// The pair's demo: one federation connection (a partner to access-edge:5269) through
+/// node 1, node 1 fails, node 2 takes over, node 1 comes back.
+fn pair() -> anyhow::Result<()> {
+    use std::time::{Instant, SystemTime};
+
+    use edge_filter_tests::{
+        pair::{GATEWAYS, Pair},
+        topology::{echo, open_stream},
+    };
+
+    println!("building a firewall pair: partner and Front End | node 1, node 2 (edge-filter + keepalived) | Edge");
+    let mut p = Pair::new()?;
+    echo_server(&p.edge, sa(ACCESS4, 5269))?;
+    p.start()?;
+    println!("node 1 holds the {GATEWAYS} gateway addresses; node 2 is standing by");
+    let mut conn = open_stream(&p.partner, sa(ACCESS4, 5269), Duration::from_secs(5))?;
+    let tuple = (conn.local_addr()?, conn.peer_addr()?);
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let round_trip = |conn: &mut std::net::TcpStream, when: &str| -> anyhow::Result<()> {
+        let start = Instant::now();
+        ensure!(echo(conn), "no echo {when}");
+        ensure!((conn.local_addr()?, conn.peer_addr()?) == tuple, "the connection changed {when}");
+        println!("  {} -> {}: echoed in {:.1} ms {when}, same socket", tuple.0, tuple.1, start.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    };
+    let picked_up = |p: &Pair, i: usize| -> anyhow::Result<u64> {
+        let status = p.nodes[i].t.status_counted_after(SystemTime::now())?;
+        Ok(status["flow_events"]["flows"]["picked_up"].as_u64().unwrap_or(0))
+    };
+    round_trip(&mut conn, "through node 1")?;
+
+    println!("node 1 fails: its links go down");
+    let start = Instant::now();
+    p.nodes[0].links(false)?;
+    p.wait_active(1, Duration::from_secs(5))?;
+    println!("node 2 holds the gateway addresses after {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
+    round_trip(&mut conn, "through node 2")?;
+    println!("node 2 picked up {} flow(s) from the Edge's side", picked_up(&p, 1)?);
+
+    println!("node 1 comes back, as after a reboot (empty state tables), and takes over again");
+    p.nodes[0].forget_state()?;
+    p.nodes[0].start_filter()?;
+    p.nodes[0].links(true)?;
+    p.wait_active(0, Duration::from_secs(5))?;
+    round_trip(&mut conn, "through node 1 again")?;
+    println!("node 1 picked up {} flow(s)", picked_up(&p, 0)?);
+    drop(conn);
+    drop(p);
+    println!("\nremoved the namespaces, keepalived, pins and files");
+    Ok(())
 }
