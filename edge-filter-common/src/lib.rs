@@ -375,8 +375,11 @@ pub mod flags {
     /// Flows are not picked up from the trusted side (default: they are; see
     /// [`crate::origin::PICKED_UP`]).
     pub const NO_PICKUP: u32 = 1 << 5;
+    /// On `host` NICs, DHCP servers' answers (UDP 67 to 68, DHCPv6 547 to 546) are
+    /// essential: the host takes its addresses by DHCP.
+    pub const HOST_DHCP: u32 = 1 << 6;
     /// All defined bits.
-    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN | DROP_LOG | HOST_LINK_PASS | NO_PICKUP;
+    pub const ALL: u32 = UNPOLICED_DROP | FRAGMENTS_PASS | DRY_RUN | DROP_LOG | HOST_LINK_PASS | NO_PICKUP | HOST_DHCP;
 }
 
 /// Flow states, the values of [`Flow::state`].

@@ -29,7 +29,8 @@
 //! 6. Policed and cut short (TCP, UDP or ICMP header): `drop/malformed`
 //!    (`drop/fragment` for a first fragment).
 //! 7. ICMPv6 router and neighbour discovery with hop limit 255 (RFC 4861 §6.1.1,
-//!    §7.1.1, so never from off-link): `pass/essential`. An ICMP or ICMPv6 error whose
+//!    §7.1.1, so never from off-link), and on a `host` NIC under `host-dhcp` a DHCP
+//!    server's answer (UDP 67 to 68, 547 to 546): `pass/essential`. An ICMP or ICMPv6 error whose
 //!    quoted packet belongs to a live flow, in either direction: `pass/related`
 //!    (conntrack's RELATED); any other error: `drop/no_rule`.
 //! 8. TCP or UDP that is the reply of a live flow, from a port of a row it could be
@@ -101,7 +102,7 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
     // as its edge addresses are.
     let local = nic_role == role::HOST && settings.flags & flags::HOST_LINK_PASS == 0 && link_scoped(p);
     if (src_sets | dst_sets) & set::EDGE_BITS == 0 && !local {
-        return if settings.flags & flags::UNPOLICED_DROP != 0 && (essential(p) || icmp_error(p)) {
+        return if settings.flags & flags::UNPOLICED_DROP != 0 && (essential(p, nic_role, settings) || icmp_error(p)) {
             verdict::PASS_ESSENTIAL
         } else {
             unpoliced(settings)
@@ -119,7 +120,7 @@ fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes:
         // A first fragment too short for its header is RFC 1858's tiny fragment.
         return if p.frag == FRAG_FIRST { verdict::DROP_FRAGMENT } else { verdict::DROP_MALFORMED };
     }
-    if essential(p) {
+    if essential(p, nic_role, settings) {
         return verdict::PASS_ESSENTIAL;
     }
     if p.inner != 0 {
@@ -203,12 +204,26 @@ fn link_scoped(p: &Packet) -> bool {
 const ICMPV6_ND: core::ops::RangeInclusive<u8> = 133..=137;
 const ND_HOP_LIMIT: u8 = 255;
 
+/// DHCP's ports: a server answers from `server` to the client's `client`.
+const DHCP4: (u16, u16) = (67, 68);
+const DHCP6: (u16, u16) = (547, 546);
+
 /// Traffic the host cannot live without: ICMPv6 router and neighbour discovery from
-/// the link. Needs a whole ICMP header, so a fragment other than the first never
-/// qualifies.
+/// the link; on a `host` NIC under `host-dhcp`, a DHCP server's answer. Needs a whole
+/// ICMP or UDP header, so a fragment other than the first never qualifies.
 #[inline(always)]
-fn essential(p: &Packet) -> bool {
-    p.l4 == L4_WHOLE && p.family == family::V6 && p.proto == IPPROTO_ICMPV6 && ICMPV6_ND.contains(&p.icmp_type) && p.hop_limit == ND_HOP_LIMIT
+fn essential(p: &Packet, nic_role: u32, settings: &Settings) -> bool {
+    if p.l4 != L4_WHOLE {
+        return false;
+    }
+    if p.family == family::V6 && p.proto == IPPROTO_ICMPV6 {
+        return ICMPV6_ND.contains(&p.icmp_type) && p.hop_limit == ND_HOP_LIMIT;
+    }
+    if p.proto != parse::IPPROTO_UDP || nic_role != role::HOST || settings.flags & flags::HOST_DHCP == 0 {
+        return false;
+    }
+    let (server, client) = if p.family == family::V4 { DHCP4 } else { DHCP6 };
+    p.sport_be == server.to_be() && p.dport_be == client.to_be()
 }
 
 /// ICMP destination unreachable (fragmentation needed included), time exceeded and

@@ -390,8 +390,10 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
         .iter()
         .filter(|i| i.role == crate::policy::Role::Host && p.host_link_local == crate::policy::LinkScope::Police)
         .map(|i| {
+            let dhcp = if p.host_dhcp { ", DHCP answers" } else { "" };
+            let no_dhcp = if p.host_dhcp { "" } else { "; a host that takes its address by DHCP needs policy.host-dhcp = true" };
             format!(
-                "interface {} has role host: only rows, ARP and neighbour discovery reach this machine through it, link-local, broadcast and multicast destinations included; SSH or other management through it needs a [[rule]] (or policy.host-link-local = \"pass\" for the link-local ones)",
+                "interface {} has role host: only rows, ARP{dhcp} and neighbour discovery reach this machine through it, link-local, broadcast and multicast destinations included; SSH or other management through it needs a [[rule]] (or policy.host-link-local = \"pass\" for the link-local ones){no_dhcp}",
                 i.name
             )
         })
@@ -409,6 +411,7 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
             "dry_run": p.dry_run,
             "host_link_local": p.host_link_local.name(),
             "pickup": p.pickup,
+            "host_dhcp": p.host_dhcp,
             "warnings": lockout,
             "max_flows": config.max_flows,
             "metrics": config.metrics.map(|m| m.to_string()),
@@ -441,11 +444,12 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
         println!("warning: {w}");
     }
     println!(
-        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, pickup {}, max-flows {}, metrics {}",
+        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, host-dhcp {}, pickup {}, max-flows {}, metrics {}",
         p.unpoliced.name(),
         p.fragments.name(),
         p.dry_run,
         p.host_link_local.name(),
+        p.host_dhcp,
         p.pickup,
         config.max_flows,
         config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
@@ -509,6 +513,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
             "dry_run": policy.dry_run,
             "host_link_local": policy.host_link_local.name(),
             "pickup": policy.pickup,
+            "host_dhcp": policy.host_dhcp,
             "addresses": snap.addresses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "flows": snap.flows,
             "max_flows": maps.max_flows()?,
@@ -533,11 +538,12 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", policy.rules.render(&sets));
     println!(
-        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, pickup {}",
+        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, host-dhcp {}, pickup {}",
         policy.unpoliced.name(),
         policy.fragments.name(),
         policy.dry_run,
         policy.host_link_local.name(),
+        policy.host_dhcp,
         policy.pickup
     );
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();

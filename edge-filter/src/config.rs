@@ -108,7 +108,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("interface*", &["name", "role", "mode"]),
     ("addresses", &edge_filter_common::set::EDGE_NAMES),
     ("peers", &["*"]),
-    ("policy", &["tables", "disable", "ports", "federation-port", "internal-port", "unpoliced", "fragments", "dry-run", "host-link-local"]),
+    (
+        "policy",
+        &["tables", "disable", "ports", "federation-port", "internal-port", "unpoliced", "fragments", "dry-run", "host-link-local", "host-dhcp"],
+    ),
     ("rule*", &["id", "proto", "port", "source", "destination"]),
     (
         "state",
@@ -233,6 +236,9 @@ impl Config {
             if let Some(s) = cx.string(policy.get("host-link-local"), "policy.host-link-local")? {
                 config.policy.host_link_local =
                     s.parse().map_err(|_| cx.value("policy.host-link-local", &quote(s), &crate::policy::LinkScope::expected()))?;
+            }
+            if let Some(b) = cx.bool(policy.get("host-dhcp"), "policy.host-dhcp")? {
+                config.policy.host_dhcp = b;
             }
         }
         for (i, row) in cx.array_of_tables(&table, "rule")?.into_iter().enumerate() {
@@ -503,6 +509,7 @@ mod tests {
             unpoliced = "drop"
             fragments = "pass"
             dry-run = true
+            host-dhcp = true
 
             [state]
             max-flows = 1024
@@ -536,6 +543,8 @@ mod tests {
         assert_eq!(c.policy.timeouts.established.as_secs(), 3600);
         assert_eq!(c.policy.timeouts.closing.as_secs(), 30);
         assert!(!c.policy.pickup);
+        assert!(c.policy.host_dhcp);
+        assert!(!Config::default().policy.host_dhcp, "DHCP is not essential unless the host uses it");
         assert!(Config::default().policy.pickup, "pickup is on by default");
         assert_eq!(c.metrics, None, "an empty [metrics] table disables the endpoint");
         assert_eq!(c.policy.drop_log, Some(5));

@@ -109,6 +109,8 @@ pub struct Policy {
     /// The Edge's packets for which this node holds no flow pick one up (a firewall
     /// pair's failover; `state.pickup`).
     pub pickup: bool,
+    /// DHCP servers' answers on `host` NICs are essential (`policy.host-dhcp`).
+    pub host_dhcp: bool,
 }
 
 /// Fair tables: established flows one source prefix may hold, and what a source
@@ -144,6 +146,7 @@ impl Default for Policy {
             sources: SourceLimit::default(),
             host_link_local: LinkScope::Police,
             pickup: true,
+            host_dhcp: false,
         }
     }
 }
@@ -170,6 +173,9 @@ impl Policy {
         }
         if !self.pickup {
             bits |= flags::NO_PICKUP;
+        }
+        if self.host_dhcp {
+            bits |= flags::HOST_DHCP;
         }
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Settings {
@@ -209,6 +215,7 @@ impl Policy {
             sources: SourceLimit { max_flows: s.max_flows_per_source, v4_len: s.source_len4, v6_len: s.source_len6 },
             host_link_local: if s.flags & flags::HOST_LINK_PASS != 0 { LinkScope::Pass } else { LinkScope::Police },
             pickup: s.flags & flags::NO_PICKUP == 0,
+            host_dhcp: s.flags & flags::HOST_DHCP != 0,
         })
     }
 }
@@ -247,6 +254,7 @@ mod tests {
             sources: SourceLimit { max_flows: 7, v4_len: 16, v6_len: 48 },
             host_link_local: LinkScope::Pass,
             pickup: false,
+            host_dhcp: true,
         };
         let s = p.to_settings(1);
         assert_eq!((s.flags, s.rules_at), (flags::ALL, 1));

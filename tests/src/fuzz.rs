@@ -223,6 +223,7 @@ pub fn random_policy(n: u64) -> anyhow::Result<(Policy, AddressSets)> {
         dry_run: rng.random_ratio(1, 8),
         host_link_local: if rng.random_ratio(1, 4) { edge_filter::LinkScope::Pass } else { edge_filter::LinkScope::Police },
         pickup: rng.random_ratio(3, 4),
+        host_dhcp: rng.random_ratio(1, 3),
         ..Policy::default()
     };
     Ok((policy, sets))

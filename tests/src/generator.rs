@@ -159,7 +159,7 @@ const WINDOWS: [u16; 11] = [64240, 65535, 29200, 502, 8192, 16384, 1024, 251, 1,
 /// Window scale shifts: the common ones, the maximum, and 15 (taken as 14).
 const WSCALES: [u8; 9] = [0, 1, 2, 7, 7, 8, 9, 14, 15];
 /// Ports besides the rows': the vendor's and their neighbours, and common services.
-const PORTS: [u16; 10] = [5269, 5268, 5270, 23456, 23455, 23457, 22, 443, 53, 3478];
+const PORTS: [u16; 14] = [5269, 5268, 5270, 23456, 23455, 23457, 22, 443, 53, 3478, 67, 68, 546, 547];
 
 /// Addresses in and around a prefix: the address of a host entry; a network's first,
 /// an inner and its last address, and the one before and after it.
@@ -371,9 +371,19 @@ impl Generator {
                     p
                 }
             }
-            12..15 => {
+            12..14 => {
                 let (sport, dport) = (self.port(), self.port());
                 packet::udp(src, dst, sport, dport)
+            }
+            // A DHCP server's answer (or one the wrong way round), which a host NIC
+            // under `host-dhcp` lets through.
+            14 => {
+                let ((server, client), dst) = if v6 {
+                    ((547, 546), *[dst, "fe80::20".parse().unwrap(), "ff02::1:2".parse().unwrap()].choose(&mut self.rng).unwrap())
+                } else {
+                    ((67, 68), *[dst, Ipv4Addr::BROADCAST.into()].choose(&mut self.rng).unwrap())
+                };
+                if self.rng.random_ratio(1, 5) { packet::udp(src, dst, client, server) } else { packet::udp(src, dst, server, client) }
             }
             15..19 => {
                 let kind = if v6 { *ICMP6.choose(&mut self.rng).unwrap() } else { *ICMP4.choose(&mut self.rng).unwrap() };

@@ -426,7 +426,7 @@ impl Model {
             && self.policy.host_link_local == LinkScope::Police
             && (frame.first().is_some_and(|b| b & 1 != 0) || link_scoped(ip.dst));
         if (src_sets | dst_sets) & EDGE_BITS == 0 && !local {
-            let essential = neighbour_discovery(&ip) || (ip.upper_whole() && !ip.later_fragment && icmp_error(&ip));
+            let essential = neighbour_discovery(&ip) || self.dhcp(&ip, role) || (ip.upper_whole() && !ip.later_fragment && icmp_error(&ip));
             return if self.policy.unpoliced == Fate::Drop && essential { v::PASS_ESSENTIAL } else { self.unpoliced() };
         }
         if ip.first_fragment || ip.later_fragment {
@@ -440,7 +440,7 @@ impl Model {
         if !ip.upper_whole() {
             return if ip.first_fragment { v::DROP_FRAGMENT } else { v::DROP_MALFORMED };
         }
-        if neighbour_discovery(&ip) {
+        if neighbour_discovery(&ip) || self.dhcp(&ip, role) {
             return v::PASS_ESSENTIAL;
         }
         if let Some((src, dst, proto, sport, dport)) = ip.quoted() {
@@ -516,6 +516,13 @@ impl Model {
             self.tcp_opener(t, &ip, role, replies);
         }
         v::PASS_RULE
+    }
+
+    /// A DHCP server's answer on a host NIC, under `host-dhcp`: UDP from 67 to 68, or
+    /// DHCPv6 from 547 to 546.
+    fn dhcp(&self, ip: &Ip, role: Role) -> bool {
+        let (server, client) = if ip.src.is_ipv4() { (67, 68) } else { (547, 546) };
+        role == Role::Host && self.policy.host_dhcp && ip.proto == UDP && !ip.later_fragment && ip.upper_whole() && ip.ports() == (server, client)
     }
 
     /// Whether the Edge's packet `ip` may pick up a connection: pickup is on, and it
