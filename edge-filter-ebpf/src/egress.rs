@@ -49,7 +49,7 @@ pub(crate) fn record(ctx: &TcContext) {
     // own packets pick up flows as the Edge's do (a filter attached to a running
     // server keeps its connections).
     if rows.reply != 0 {
-        let pick_up = (rows.open == 0 && state::may_pick_up(p, &settings)).then(|| rules::first(rows.reply));
+        let pick_up = if rows.open == 0 { rows.reply } else { 0 };
         if state::reply(p, role::EDGE, pick_up, &settings, &mut clock) {
             return;
         }

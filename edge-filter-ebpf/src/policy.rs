@@ -169,7 +169,7 @@ fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, reply_rows: u64, 
         return if state::related(settings, &mut clock) { verdict::PASS_RELATED } else { verdict::DROP_NO_RULE };
     }
     if what & ANSWERS != 0 {
-        let pick_up = (nic_role == role::EDGE && what & OPENS == 0 && state::may_pick_up(p, settings)).then(|| rules::first(reply_rows));
+        let pick_up = if nic_role == role::EDGE && what & OPENS == 0 { reply_rows } else { 0 };
         if state::reply(p, nic_role, pick_up, settings, &mut clock) {
             return verdict::PASS_REPLY;
         }

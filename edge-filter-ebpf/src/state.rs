@@ -627,21 +627,23 @@ fn pick_up_tcp(key: &FlowKey, p: &Packet, rule: u32, reply_roles: u8, ifindex: u
 }
 
 /// Whether this packet belongs to a live flow as its reply, arriving on a NIC of
-/// `nic_role`; moves the flow when the packet fits. `pick_up`: the packet is the
-/// Edge's (the caller checked [`may_pick_up`] and the NIC) and the reply of rows
-/// whose lowest is `row`; if its flow is not in the flow table it is picked up, and
-/// the packet is its reply.
+/// `nic_role`; moves the flow when the packet fits. `pick_up`: when the packet is the
+/// Edge's (the caller checked the NIC), the rows it is the reply of, else 0; if its
+/// flow is not in the flow table and it [`may_pick_up`], the flow is picked up (as
+/// the lowest of those rows') and the packet is its reply. (The row is worked out
+/// only then: a reply that finds its flow pays nothing for it.)
 #[inline(always)]
-pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: Option<u32>, settings: &Settings, clock: &mut Clock) -> bool {
+pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings, clock: &mut Clock) -> bool {
     let Some(key) = key(p, true).map(|k| &*k) else {
         return false;
     };
     let bit = role::bit(nic_role);
     if p.proto == IPPROTO_UDP {
         let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
-            let Some(row) = pick_up else {
+            if pick_up == 0 || !may_pick_up(p, settings) {
                 return false;
-            };
+            }
+            let row = crate::rules::first(pick_up);
             // Opened by a partner through the peer node: bound to the NIC its next
             // datagram arrives on.
             let Some(flow) = new_flow(clock.now(), flow_state::ESTABLISHED, row, bit, Flow::UNBOUND) else {
@@ -668,7 +670,8 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: Option<u32>, settings: &
         }
         return true;
     }
-    if let Some(row) = pick_up {
+    if pick_up != 0 && may_pick_up(p, settings) {
+        let row = crate::rules::first(pick_up);
         // The Edge answering a connection this node never saw open (a partner opened
         // it through the peer node): bound to the NIC the partner's next segment
         // that fits arrives on.

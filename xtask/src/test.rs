@@ -2,7 +2,9 @@
 //!
 //! 1. set-up (see `setup`) and the lints: `cargo fmt --check` (`rustfmt.toml`), then
 //!    clippy with `-D warnings` on every crate (`cargo xtask clippy`);
-//! 2. host unit tests of every userspace crate;
+//! 2. host unit tests of every userspace crate, and those a plain `cargo test` runs
+//!    (the default members') once more as an unprivileged user (`nobody`): they need
+//!    no privilege;
 //! 3. the privileged suite (`tests/`): BPF_PROG_TEST_RUN against the real object, and
 //!    the `edge-filter` binary end to end on a perimeter topology of network
 //!    namespaces, one test at a time because the kernel is shared.
@@ -54,6 +56,50 @@ impl Tally {
     }
 }
 
+/// The test executables a plain `cargo test` runs (the default members'), built, then
+/// run as `nobody` (uid and gid 65534, no supplementary groups): a user without root
+/// gets a passing `cargo test`.
+fn unprivileged() -> anyhow::Result<Tally> {
+    println!("== unprivileged: the tests of a plain `cargo test`, as nobody");
+    let out = Command::new(env!("CARGO")).args(["test", "--no-run", "--message-format=json"]).stderr(Stdio::inherit()).output()?;
+    ensure!(out.status.success(), "cargo test --no-run failed");
+    // Copies in a directory of their own that nobody may read: the checkout may sit
+    // where only root can (under /root).
+    let dir = std::env::temp_dir().join(format!("ef-unprivileged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let result = (|| -> anyhow::Result<(Tally, usize)> {
+        let mut tally = Tally::default();
+        let mut ran = 0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Some(exe) = msg["executable"].as_str().filter(|_| msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true) else {
+                continue;
+            };
+            let copy = dir.join(std::path::Path::new(exe).file_name().context("executable without a name")?);
+            std::fs::copy(exe, &copy)?;
+            let run = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&copy)
+                .current_dir(&dir)
+                .output()
+                .context("start setpriv")?;
+            let text = String::from_utf8_lossy(&run.stdout);
+            for l in text.lines() {
+                tally.add_line(l);
+            }
+            ensure!(run.status.success(), "{exe} as nobody failed ({}):\n{text}{}", run.status, String::from_utf8_lossy(&run.stderr));
+            ran += 1;
+        }
+        Ok((tally, ran))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (tally, ran) = result?;
+    ensure!(ran > 0 && tally.passed > 0, "no unit test ran as nobody");
+    println!("test result: ok. {} passed; {} failed; {} ignored ({ran} test executables, as nobody)", tally.passed, tally.failed, tally.ignored);
+    Ok(tally)
+}
+
 /// Run `cargo test` with these arguments, echoing its output and counting results.
 fn cargo_test(tier: &str, args: &[&str]) -> anyhow::Result<Tally> {
     println!("== {tier}: cargo test {}", args.join(" "));
@@ -85,6 +131,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         "unit",
         &["--workspace", "--exclude", "edge-filter-ebpf", "--exclude", "edge-filter-test-ebpf", "--exclude", "edge-filter-tests"],
     )?;
+    let nobody = unprivileged()?;
     // The end-to-end tests run the real binary.
     setup::status(Command::new(env!("CARGO")).args(["build", "--package", "edge-filter", "--bin", "edge-filter"]))?;
     let privileged = cargo_test("privileged", &["--package", "edge-filter-tests", "--", "--test-threads=1"])?;
@@ -94,9 +141,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
     crate::kernels::run()?;
     let total = unit.passed + privileged.passed;
     println!(
-        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, privileged {}; differential {FUZZ_PACKETS} frames of the vendor tables and {FUZZ_PACKETS} of random ones, 0 disagreements; bench --quick verdicts ok; kernels 5.10, 6.1, 6.12 and the host pass)",
+        "test result: ok. {total} passed; 0 failed; {} ignored (unit {}, {} of them again as nobody; privileged {}; differential {FUZZ_PACKETS} frames of the vendor tables and {FUZZ_PACKETS} of random ones, 0 disagreements; bench --quick verdicts ok; kernels 5.10, 6.1, 6.12 and the host pass)",
         unit.ignored + privileged.ignored,
         unit.passed,
+        nobody.passed,
         privileged.passed
     );
     Ok(())
