@@ -92,8 +92,11 @@ fn connections_survive_failover_and_failback_of_a_firewall_pair() {
     ok(p.nodes[0].links(false));
     ok(p.wait_active(1, Duration::from_secs(5)));
     let slowest = all_carry_data(&mut conns, Duration::from_secs(10), "after node 1 failed");
-    let (picked, established) = pickups(&p, 1, SystemTime::now());
+    let since = SystemTime::now();
+    let (picked, established) = pickups(&p, 1, since);
     assert_eq!((picked, established), (6, 6), "node 2 picked up every connection");
+    let metrics = ok(p.nodes[1].t.metrics_counted_after("127.0.0.1:9435".parse().unwrap(), since));
+    assert!(metrics.lines().any(|l| l == "edge_filter_flow_events_total{event=\"picked_up\"} 6"), "node 2's /metrics counts the pickups:\n{metrics}");
     eprintln!("failover to node 2: slowest echo {slowest:?}");
 
     // Node 1 comes back as after a reboot (empty state tables) and takes over again
