@@ -406,17 +406,12 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
             "sets": members,
             "overlaps": overlaps,
             "interfaces": ifaces,
-            "unpoliced": p.unpoliced.name(),
-            "fragments": p.fragments.name(),
-            "dry_run": p.dry_run,
-            "host_link_local": p.host_link_local.name(),
-            "pickup": p.pickup,
-            "host_dhcp": p.host_dhcp,
             "warnings": lockout,
             "max_flows": config.max_flows,
             "metrics": config.metrics.map(|m| m.to_string()),
         });
         let mut v = v;
+        p.switches_json(&mut v);
         if let Some(state) = state {
             v["state"] = state;
         }
@@ -443,17 +438,7 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
     for w in &lockout {
         println!("warning: {w}");
     }
-    println!(
-        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, host-dhcp {}, pickup {}, max-flows {}, metrics {}",
-        p.unpoliced.name(),
-        p.fragments.name(),
-        p.dry_run,
-        p.host_link_local.name(),
-        p.host_dhcp,
-        p.pickup,
-        config.max_flows,
-        config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
-    );
+    println!("{}, max-flows {}, metrics {}", p.switches(), config.max_flows, config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string()));
     Ok(())
 }
 
@@ -508,12 +493,6 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
                 "name": l.interface, "role": role, "mode": mode, "link_id": l.link_id, "program_id": l.program_id,
             })).collect::<Vec<_>>(),
             "rules": policy.rules.view(&sets),
-            "unpoliced": policy.unpoliced.name(),
-            "fragments": policy.fragments.name(),
-            "dry_run": policy.dry_run,
-            "host_link_local": policy.host_link_local.name(),
-            "pickup": policy.pickup,
-            "host_dhcp": policy.host_dhcp,
             "addresses": snap.addresses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "flows": snap.flows,
             "max_flows": maps.max_flows()?,
@@ -525,6 +504,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
             "egress": pins.egress_links(),
         });
         let mut v = v;
+        policy.switches_json(&mut v);
         let (overrides, last) = state_report(state_dir)?;
         v["overrides"] = serde_json::json!(overrides);
         v["last_reload"] = serde_json::json!(last);
@@ -537,15 +517,7 @@ fn status(pins: &Pins, state_dir: &Path, json: bool) -> anyhow::Result<()> {
         println!("{:<16} {:<8} {:<7} {:>8} {:>10}", l.interface, role, mode, l.link_id, l.program_id);
     }
     print!("{}", policy.rules.render(&sets));
-    println!(
-        "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, host-dhcp {}, pickup {}",
-        policy.unpoliced.name(),
-        policy.fragments.name(),
-        policy.dry_run,
-        policy.host_link_local.name(),
-        policy.host_dhcp,
-        policy.pickup
-    );
+    println!("{}", policy.switches());
     let sets: Vec<String> = snap.addresses.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!("addresses: {}", sets.join(", "));
     // Live: within the idle timeout of its state, as the kernel judges it. Entries past

@@ -152,6 +152,34 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The settings beside the rules, as `check` and `status` print them.
+    pub fn switches(&self) -> String {
+        format!(
+            "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, host-dhcp {}, pickup {}",
+            self.unpoliced.name(),
+            self.fragments.name(),
+            self.dry_run,
+            self.host_link_local.name(),
+            self.host_dhcp,
+            self.pickup
+        )
+    }
+
+    /// The same settings as keys of a `--json` document `doc` (an object).
+    pub fn switches_json(&self, doc: &mut serde_json::Value) {
+        let keys = serde_json::json!({
+            "unpoliced": self.unpoliced.name(),
+            "fragments": self.fragments.name(),
+            "dry_run": self.dry_run,
+            "host_link_local": self.host_link_local.name(),
+            "host_dhcp": self.host_dhcp,
+            "pickup": self.pickup,
+        });
+        if let (Some(doc), serde_json::Value::Object(keys)) = (doc.as_object_mut(), keys) {
+            doc.extend(keys);
+        }
+    }
+
     /// The kernel's encoding of everything but the rules: flag bits, nanoseconds, and
     /// the rule generation `rules_at`.
     pub fn to_settings(&self, rules_at: u32) -> Settings {
