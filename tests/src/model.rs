@@ -772,6 +772,8 @@ mod tests {
     fn the_vendor_table_and_its_replies() {
         let mut m = model();
         let (p, a) = ([198, 51, 100, 20], [203, 0, 113, 10]);
+        // Without pickup, the Edge's ACK before the handshake completed answers nothing.
+        m.policy.pickup = false;
         assert_eq!(m.judge(&tcp4(p, a, 40000, 5269, SYN, 1000, 0), Some(Role::Outside)), v::PASS_RULE);
         assert_eq!(m.judge(&tcp4(a, p, 5269, 40000, ACK, 5001, 1001), Some(Role::Edge)), v::DROP_NO_RULE);
         assert_eq!(m.judge(&tcp4(a, p, 5269, 40000, SYN | ACK, 5000, 1001), Some(Role::Edge)), v::PASS_REPLY);
@@ -784,6 +786,17 @@ mod tests {
         assert_eq!(m.judge(&tcp4(p, a, 5269, 40001, SYN, 1, 0), Some(Role::Outside)), v::DROP_NO_RULE);
         assert_eq!(m.judge(&tcp4(p, [198, 18, 0, 20], 1, 22, SYN, 1, 0), Some(Role::Outside)), v::PASS_UNPOLICED);
         assert_eq!(m.judge(&tcp4(p, a, 1, 22, SYN, 1, 0), None), v::PASS_UNATTACHED);
+    }
+
+    #[test]
+    fn the_edges_ack_picks_up_a_connection_and_an_outsiders_does_not() {
+        let mut m = model();
+        let (p, a) = ([198, 51, 100, 20], [203, 0, 113, 10]);
+        assert_eq!(m.judge(&tcp4(p, a, 5269, 40000, ACK, 7, 9), Some(Role::Outside)), v::DROP_NO_RULE);
+        assert_eq!(m.table_sizes(), (0, 0, 0));
+        assert_eq!(m.judge(&tcp4(a, p, 5269, 40000, ACK, 9, 7), Some(Role::Edge)), v::PASS_REPLY);
+        assert_eq!(m.table_sizes(), (1, 0, 0));
+        assert_eq!(m.judge(&tcp4(p, a, 40000, 5269, ACK, 7, 9), Some(Role::Outside)), v::PASS_RULE);
     }
 
     /// Ethernet + IPv4 (20 bytes) + UDP (8 bytes).
