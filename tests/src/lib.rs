@@ -19,6 +19,7 @@ pub mod model;
 pub mod packet;
 pub mod pair;
 pub mod programs;
+pub mod prosody;
 pub mod subset;
 pub mod topology;
 
