@@ -75,33 +75,14 @@ pub(crate) fn rows(settings: &Settings, proto: u8, sport_be: u16, dport_be: u16,
 }
 
 /// The index of the lowest set bit of a non-zero mask: the row a packet is counted
-/// under when it opens several. Six steps of a binary search (the BPF instruction set
-/// has no count-trailing-zeros).
+/// under when it opens several. The BPF instruction set has no count-trailing-zeros:
+/// the bits below the lowest set one, counted in parallel (a dozen instructions, no
+/// branch).
 #[inline(always)]
-pub(crate) fn first(mut mask: u64) -> u32 {
-    let mut n = 0;
-    if mask & 0xffff_ffff == 0 {
-        n += 32;
-        mask >>= 32;
-    }
-    if mask & 0xffff == 0 {
-        n += 16;
-        mask >>= 16;
-    }
-    if mask & 0xff == 0 {
-        n += 8;
-        mask >>= 8;
-    }
-    if mask & 0xf == 0 {
-        n += 4;
-        mask >>= 4;
-    }
-    if mask & 0x3 == 0 {
-        n += 2;
-        mask >>= 2;
-    }
-    if mask & 0x1 == 0 {
-        n += 1;
-    }
-    n
+pub(crate) fn first(mask: u64) -> u32 {
+    let below = (mask & mask.wrapping_neg()).wrapping_sub(1);
+    let x = below - ((below >> 1) & 0x5555_5555_5555_5555);
+    let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    let x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
 }
