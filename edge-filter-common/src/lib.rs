@@ -593,6 +593,11 @@ pub struct PrefixLens {
     pub v4_small: u8,
     pub v6_small: u8,
     pub _pad: [u8; 2],
+    /// `hint::mask32(v4_hint)`: the hint's mask, so a packet does not compute it.
+    pub v4_hint_mask: u32,
+    /// `hint::mask6_words(v6_hint)`, likewise.
+    pub v6_hint_mask: [u32; 4],
+    pub _pad2: u32,
     pub small4: [Small4; SMALL_SET],
     pub small6: [Small6; SMALL_SET],
 }
@@ -610,6 +615,9 @@ impl Default for PrefixLens {
             v4_small: SMALL_NONE,
             v6_small: SMALL_NONE,
             _pad: [0; 2],
+            v4_hint_mask: 0,
+            v6_hint_mask: [0; 4],
+            _pad2: 0,
             small4: [Small4::default(); SMALL_SET],
             small6: [Small6::default(); SMALL_SET],
         }
@@ -648,18 +656,41 @@ pub mod hint {
     /// The bucket (below `WORDS * 64`) of an IPv4 address (host-order value).
     #[inline(always)]
     pub fn bucket4(addr: u32, hint: u32) -> u32 {
-        (addr & mask32(hint)).wrapping_mul(K) >> 16
+        bucket4_masked(addr, mask32(hint))
+    }
+
+    /// [`bucket4`] with the hint's mask given (`mask32(hint)`).
+    #[inline(always)]
+    pub fn bucket4_masked(addr: u32, mask: u32) -> u32 {
+        (addr & mask).wrapping_mul(K) >> 16
+    }
+
+    /// The mask of the first `len` bits of an IPv6 address, as four host-order words
+    /// of its network-order bytes.
+    #[inline(always)]
+    pub fn mask6_words(len: u32) -> [u32; 4] {
+        let mut out = [0u32; 4];
+        for (w, m) in out.iter_mut().enumerate() {
+            *m = mask32(len.saturating_sub(32 * w as u32));
+        }
+        out
+    }
+
+    /// [`bucket6`] with the hint's mask given (`mask6_words(hint)`).
+    #[inline(always)]
+    pub fn bucket6_masked(addr: &[u8; 16], mask: &[u32; 4]) -> u32 {
+        let mut h = 0u32;
+        for w in 0..4 {
+            let word = u32::from_be_bytes([addr[4 * w], addr[4 * w + 1], addr[4 * w + 2], addr[4 * w + 3]]) & mask[w];
+            h = (h ^ word).wrapping_mul(K);
+        }
+        h >> 16
     }
 
     /// The bucket of an IPv6 address (network order).
     #[inline(always)]
     pub fn bucket6(addr: &[u8; 16], hint: u32) -> u32 {
-        let m = mask6(addr, hint);
-        let mut h = 0u32;
-        for w in 0..4 {
-            h = (h ^ u32::from_be_bytes([m[4 * w], m[4 * w + 1], m[4 * w + 2], m[4 * w + 3]])).wrapping_mul(K);
-        }
-        h >> 16
+        bucket6_masked(addr, &mask6_words(hint))
     }
 
     const _: () = assert!(WORDS * 64 == 1 << 16, "buckets are the top 16 bits of the hash");
@@ -873,7 +904,7 @@ const _: () = {
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<SetKey4>() == 8);
     assert!(size_of::<SetKey6>() == 20);
-    assert!(size_of::<PrefixLens>() == 2 * MAX_PREFIX_LENS + 8 + SMALL_SET * (12 + 40));
+    assert!(size_of::<PrefixLens>() == 2 * MAX_PREFIX_LENS + 8 + 24 + SMALL_SET * (12 + 40));
     assert!(size_of::<Small6>() == 40);
     assert!(verdict::DROP_BASE + 2 * verdict::DRY_RUN_OFFSET == verdict::SLOTS);
     assert!(MAX_IFACES * verdict::SLOTS <= 4096);
@@ -953,6 +984,13 @@ mod tests {
             let len6 = hint6 + (a % u64::from(129 - hint6)) as u32;
             let n6 = hint::mask6(&a6, len6);
             assert_eq!(hint::bucket6(&a6, hint6), hint::bucket6(&n6, hint6));
+            // The words' mask the kernel reads is the mask `mask6` applies.
+            let masked = hint::mask6(&a6, hint6);
+            let words = hint::mask6_words(hint6);
+            for w in 0..4 {
+                let word = u32::from_be_bytes([a6[4 * w], a6[4 * w + 1], a6[4 * w + 2], a6[4 * w + 3]]) & words[w];
+                assert_eq!(word.to_be_bytes(), masked[4 * w..4 * w + 4], "/{hint6}, word {w}");
+            }
             assert!(hint::bucket6(&a6, hint6) < hint::WORDS * 64);
         }
         assert_eq!(hint::mask6(&[0xff; 16], 12)[..3], [0xff, 0xf0, 0]);

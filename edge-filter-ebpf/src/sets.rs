@@ -53,7 +53,7 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
     };
     if fam == family::V4 {
         let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-        if !hinted(0, hint::bucket4(a, u32::from(lens.v4_hint))) {
+        if !hinted(0, hint::bucket4_masked(a, lens.v4_hint_mask)) {
             return 0;
         }
         if lens.v4_small != SMALL_NONE {
@@ -79,7 +79,7 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
             }
         }
     } else {
-        if !hinted(hint::WORDS, hint::bucket6(addr, u32::from(lens.v6_hint))) {
+        if !hinted(hint::WORDS, hint::bucket6_masked(addr, &lens.v6_hint_mask)) {
             return 0;
         }
         if lens.v6_small != SMALL_NONE {

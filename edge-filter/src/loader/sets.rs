@@ -164,6 +164,8 @@ fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
         *count = lens.len() as u8;
         *hint = lens.last().copied().unwrap_or(0);
     }
+    out.v4_hint_mask = hint::mask32(u32::from(out.v4_hint));
+    out.v6_hint_mask = hint::mask6_words(u32::from(out.v6_hint));
     Some(out)
 }
 
