@@ -247,7 +247,8 @@ pub mod verdict {
 
     /// Whether the packet is dropped under this verdict.
     pub const fn is_drop(v: u32) -> bool {
-        v >= DROP_BASE && v < DROP_BASE + DRY_RUN_OFFSET
+        // One comparison: below DROP_BASE wraps to a large number.
+        v.wrapping_sub(DROP_BASE) < DRY_RUN_OFFSET
     }
 
     /// `(action, reason)` of a verdict, as the CLI and metrics name it.

@@ -82,6 +82,7 @@ fn filter(ctx: &XdpContext, frame: &Frame) -> u32 {
     let (slot, mut v) = policy::judge(ctx, frame, settings);
     // Known once the headers are parsed ([`Frame`]).
     let bytes = frame.len() as u64;
+    let mut action = xdp_action::XDP_PASS;
     if verdict::is_drop(v) {
         // Tested here too, so that a drop without the log makes no call.
         if settings.flags & flags::DROP_LOG != 0 {
@@ -89,10 +90,12 @@ fn filter(ctx: &XdpContext, frame: &Frame) -> u32 {
         }
         if settings.flags & flags::DRY_RUN != 0 {
             v += verdict::DRY_RUN_OFFSET;
+        } else {
+            action = xdp_action::XDP_DROP;
         }
     }
     counters::count_verdict(slot, v, bytes);
-    if verdict::is_drop(v) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    action
 }
 
 #[cfg(not(test))]
