@@ -97,6 +97,9 @@ fn connections_survive_failover_and_failback_of_a_firewall_pair() {
     assert_eq!((picked, established), (6, 6), "node 2 picked up every connection");
     let metrics = ok(p.nodes[1].t.metrics_counted_after("127.0.0.1:9435".parse().unwrap(), since));
     assert!(metrics.lines().any(|l| l == "edge_filter_flow_events_total{event=\"picked_up\"} 6"), "node 2's /metrics counts the pickups:\n{metrics}");
+    let flows = String::from_utf8_lossy(&ok(p.nodes[1].t.cli(&["flows"])).stdout).into_owned();
+    assert_eq!(flows.matches("established*").count(), 6, "node 2's `flows` marks what it picked up:\n{flows}");
+    assert!(flows.contains("* picked up from the Edge's side"), "{flows}");
     eprintln!("failover to node 2: slowest echo {slowest:?}");
 
     // Node 1 comes back as after a reboot (empty state tables) and takes over again
