@@ -8,12 +8,13 @@
 //! and `host` NICs; one that is the reply of a row opened from outside (federation in,
 //! internal MTLS) moves that flow as the Edge's reply would, and either picks up a
 //! flow this machine holds none for, as on an `edge` NIC. Nothing is dropped or
-//! counted as a verdict here.
+//! counted as a verdict here; a row's hits count its packets, as at ingress.
 
 use aya_ebpf::programs::TcContext;
 use edge_filter_common::{Settings, role, set};
 
 use crate::{
+    counters,
     maps::SETTINGS,
     parse::{self, FRAG_NONE, Frame, L4_WHOLE, Packet, Parsed},
     rules,
@@ -56,6 +57,9 @@ pub(crate) fn record(ctx: &TcContext) {
     }
     if rows.open != 0 {
         let replies = role::bit(role::OUTSIDE) | role::bit(role::HOST);
-        state::open(p, rules::first(rows.open), replies, ifindex, &settings, &mut clock);
+        let row = rules::first(rows.open);
+        state::open(p, row, replies, ifindex, &settings, &mut clock);
+        // A row's hits count the host's own packets as they count the Edge's.
+        counters::count_rule(row, frame.len() as u64);
     }
 }

@@ -145,6 +145,11 @@ fn host_mode_outbound_rows_let_the_servers_own_queries_be_answered() {
         assert_eq!(ok(datagram(&t.partner, sa(other, 53), sa(access, 40999), b"unasked", T)), Datagram::NoAnswer, "{fam}");
         assert!(drops(&t, "ext0") > before, "{fam}: the unasked datagram is drop/no_rule on ext0");
     }
+    // The rows that let them out count their packets, as an `edge` NIC's would.
+    let stats: Value = serde_json::from_slice(&ok(t.cli(&["stats", "--json"])).stdout).unwrap();
+    for row in ["dns-udp-out", "dns-tcp-out", "crl-out"] {
+        assert!(edge_filter_tests::topology::rule_hits(&stats, row) >= 2, "{row} counts the host's own packets at egress: {:#}", stats["rules"]);
+    }
     drop(d);
 }
 
