@@ -796,23 +796,31 @@ pub fn flood(ns: &Netns, dev: &'static str, frame: Vec<u8>, count: u32) -> anyho
 /// Send a raw frame out of `dev` in the calling thread's network namespace (an
 /// AF_PACKET socket).
 pub fn inject(dev: &str, frame: &[u8]) -> anyhow::Result<()> {
+    inject_all(dev, [frame])
+}
+
+/// [`inject`] every frame, in order, through one socket (closing an AF_PACKET socket
+/// waits for an RCU grace period: one per frame would take milliseconds each).
+pub fn inject_all<'a>(dev: &str, frames: impl IntoIterator<Item = &'a [u8]>) -> anyhow::Result<()> {
     let s = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None)?;
     let ifindex = edge_filter::pins::ifindex(dev)?;
-    // SAFETY: a zeroed sockaddr_ll is valid; sendto reads `frame` and the address for
-    // the lengths given, on a socket we own.
-    let sent = unsafe {
-        let mut ll: libc::sockaddr_ll = std::mem::zeroed();
-        ll.sll_family = libc::AF_PACKET as u16;
-        ll.sll_ifindex = ifindex as i32;
-        libc::sendto(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&raw const ll).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    ensure!(sent == frame.len() as isize, "sendto on {dev}: {}", std::io::Error::last_os_error());
+    for frame in frames {
+        // SAFETY: a zeroed sockaddr_ll is valid; sendto reads `frame` and the address
+        // for the lengths given, on a socket we own.
+        let sent = unsafe {
+            let mut ll: libc::sockaddr_ll = std::mem::zeroed();
+            ll.sll_family = libc::AF_PACKET as u16;
+            ll.sll_ifindex = ifindex as i32;
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        ensure!(sent == frame.len() as isize, "sendto on {dev}: {}", std::io::Error::last_os_error());
+    }
     Ok(())
 }

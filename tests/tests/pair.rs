@@ -3,7 +3,8 @@
 //! (`edge_filter_tests::pair`), real TCP connections of the three rows in both
 //! families. The node that takes over has never seen the connections; the Edge's next
 //! segment of each picks its flow up, and every connection carries data again on the
-//! same socket.
+//! same socket. Before any of it, a flood of spoofed ACKs and SYN-ACKs against the
+//! standby creates nothing there.
 //!
 //! Privileged: run as root, with keepalived installed (`cargo xtask setup`).
 
@@ -13,10 +14,17 @@ use std::{
 };
 
 use edge_filter_tests::{
+    packet::{
+        flags::{ACK, PSH, SYN_ACK},
+        tcp,
+    },
     pair::Pair,
     plan::*,
-    topology::{echo, echo_server, open_stream, open_stream_from, sa},
+    topology::{echo, echo_server, inject_all, mac_of, open_stream, open_stream_from, packets, sa},
 };
+
+/// Spoofed segments sent against the standby, ACKs and SYN-ACKs in turn.
+const SPOOFED: u32 = 2_000;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
@@ -86,6 +94,30 @@ fn connections_survive_failover_and_failback_of_a_firewall_pair() {
     assert_eq!((picked, established), (0, 6), "node 1 saw every connection open");
     let (picked, established) = pickups(&p, 1, SystemTime::now());
     assert_eq!((picked, established), (0, 0), "the standby has seen nothing");
+
+    // Spoofed ACKs and SYN-ACKs from outside, from 198.51.100.128-255 and every port,
+    // shaped as the partners' answers of federation-out, sent to the standby itself:
+    // nothing from outside creates state.
+    let (node2_mac, partner_mac) = (ok(mac_of(&p.nodes[1].t.fw, "out0")), ok(mac_of(&p.partner, "eth0")));
+    let mut frames = Vec::new();
+    for i in 0..SPOOFED {
+        let src = std::net::Ipv4Addr::new(198, 51, 100, 128 + (i % 128) as u8);
+        let flags = if i % 2 == 0 { ACK | PSH } else { SYN_ACK };
+        let mut frame = tcp(src.into(), ACCESS4, 5269, 1024 + i as u16, flags).seq_ack(i.wrapping_mul(2_654_435_761), 9).build();
+        frame[..6].copy_from_slice(&node2_mac);
+        frame[6..12].copy_from_slice(&partner_mac);
+        frames.push(frame);
+    }
+    ok(ok(p.partner.enter(move || inject_all("eth0", frames.iter().map(Vec::as_slice)))));
+    let status = ok(p.nodes[1].t.status_counted_after(SystemTime::now()));
+    let ev = &status["flow_events"];
+    assert_eq!(
+        (ev["flows"]["picked_up"].as_u64(), ev["flows"]["live"].as_u64(), ev["embryos"]["live"].as_u64(), ev["embryos_out"]["live"].as_u64()),
+        (Some(0), Some(0), Some(0), Some(0)),
+        "{SPOOFED} spoofed ACKs and SYN-ACKs against the standby created nothing: {ev:#}"
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&ok(p.nodes[1].t.cli(&["stats", "--json"])).stdout).unwrap();
+    assert_eq!(packets(&stats, "out0", "drop", "no_rule"), u64::from(SPOOFED), "the standby refused every one: {:#}", stats["counters"]);
 
     // Node 1 fails: its links go down. Node 2 takes the addresses, and picks every
     // connection up from the Edge's side.
