@@ -256,7 +256,7 @@ fn check(pins: &Pins, state_dir: &Path, path: &Path, json: bool, offline: bool) 
         }
     };
     if offline {
-        print_check(&config, json, None)?;
+        print_check(&config, json, None, &[])?;
         return Ok(ExitCode::SUCCESS);
     }
     let file = path.display();
@@ -289,6 +289,7 @@ fn check(pins: &Pins, state_dir: &Path, path: &Path, json: bool, offline: bool) 
         return Ok(ExitCode::FAILURE);
     }
     let composed = composed.expect("no refusal");
+    let open = open_host_addresses(&config, &composed.sets);
     let state = serde_json::json!({
         "state_dir": state_dir,
         "entries": composed.entries.iter().map(|(set, p, src)| serde_json::json!({
@@ -297,7 +298,7 @@ fn check(pins: &Pins, state_dir: &Path, path: &Path, json: bool, offline: bool) 
         "pruned": composed.pruned,
         "overrides": composed.overrides,
     });
-    print_check(&config, json, Some(state))?;
+    print_check(&config, json, Some(state), &open)?;
     if !json {
         let changed: Vec<_> = composed.entries.iter().filter(|(_, _, src)| *src != Source::Config).collect();
         if !changed.is_empty() {
@@ -367,7 +368,67 @@ fn reload(state_dir: &Path, pid: Option<u32>, timeout: Duration) -> anyhow::Resu
     }
 }
 
-fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) -> anyhow::Result<()> {
+/// Under `unpoliced = "pass"`, a `host` NIC's own addresses that are in no edge set
+/// (link-local ones aside: `host-link-local` polices those) let everything addressed
+/// to them through unjudged, the machine's SSH included: one warning each.
+fn open_host_addresses(config: &Config, sets: &AddressSets) -> Vec<String> {
+    if config.policy.unpoliced != crate::policy::Fate::Pass {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for i in config.interfaces.iter().filter(|i| i.role == crate::policy::Role::Host) {
+        for addr in local_addresses(&i.name) {
+            let link_local = match addr {
+                std::net::IpAddr::V4(a) => a.is_link_local(),
+                std::net::IpAddr::V6(a) => a.is_unicast_link_local(),
+            };
+            if !link_local && sets.lookup(addr) & edge_filter_common::set::EDGE_BITS == 0 {
+                out.push(format!(
+                    "interface {} has role host and the address {addr}, in no edge set: with policy.unpoliced = \"pass\" everything addressed to it passes unjudged (SSH included); put it in a set or set unpoliced = \"drop\"",
+                    i.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The IPv4 and IPv6 addresses of interface `name` in this network namespace.
+fn local_addresses(name: &str) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's
+    // name is a NUL-terminated string and its address, when not null, a sockaddr of
+    // the family it says (sockaddr_in or sockaddr_in6 for the two we read).
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let ifa = &*at;
+            at = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes() {
+                continue;
+            }
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}
+
+fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>, open: &[String]) -> anyhow::Result<()> {
     let rows = config.policy.rules.view(&config.sets);
     let sets = &config.sets;
     let overlaps: Vec<String> =
@@ -397,6 +458,7 @@ fn print_check(config: &Config, json: bool, state: Option<serde_json::Value>) ->
                 i.name
             )
         })
+        .chain(open.iter().cloned())
         .collect();
     if json {
         let ifaces: Vec<_> =

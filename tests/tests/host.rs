@@ -209,6 +209,18 @@ fn link_local_broadcast_and_multicast_destinations_are_policed_on_host_nics() {
     let check = ok(t.cli(&["check", "--config", config.to_str().unwrap()]));
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(text.contains("warning: interface ext0 has role host") && text.contains("needs a [[rule]]"), "check warns of the lock-out: {text}");
+    // ext0 also holds the partner's gateway address, in no edge set: under the default
+    // unpoliced = "pass" it is open to the link, and check says so; under "drop" not.
+    for addr in ["198.51.100.1,", "2001:db8:5100::1,"] {
+        assert!(text.contains(&format!("interface ext0 has role host and the address {addr} in no edge set")), "check warns of {addr}: {text}");
+    }
+    assert!(!text.contains("the address 203.0.113.10"), "access-edge is in its set: {text}");
+    let strict = ok(t.write_config("[policy]\nunpoliced = \"drop\"\n"));
+    let out = ok(t.cli(&["check", "--config", strict.to_str().unwrap()]));
+    let strict_text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !strict_text.contains("in no edge set"), "{strict_text}");
+    // Back to the defaults for the daemon.
+    let config = ok(t.write_config(""));
     let d = ok(t.start(&config));
     for (what, answered) in probe(&t) {
         assert!(!answered, "{what}: policed on the host NIC, no row lets it in");
