@@ -442,7 +442,13 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
             let Ok(hdr) = frame.read::<TcpHdr>(l4) else {
                 return;
             };
-            let hdr_len = usize::from(hdr.doff()) * 4;
+            // Bytes 12 and 13 (RFC 9293 §3.1): the data offset in the high nibble, then
+            // the flags. Taken whole rather than through the bitfield's accessors, which
+            // walk it a bit at a time.
+            // SAFETY: `BitfieldU16` (network-types, pinned) is `#[repr(C)]` around its
+            // `[u8; 2]` storage; any two bytes are a valid `[u8; 2]`.
+            let [offset, flags]: [u8; 2] = unsafe { core::mem::transmute(hdr._bitfield_1) };
+            let hdr_len = usize::from(offset >> 4) * 4;
             if hdr_len < TcpHdr::LEN || l4 + hdr_len > end {
                 return;
             }
@@ -451,10 +457,7 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
             p.seq = u32::from_be_bytes(hdr.seq);
             p.ack_seq = u32::from_be_bytes(hdr.ack_seq);
             p.tcp_payload = (end - l4 - hdr_len) as u16;
-            p.tcp_flags = (u8::from(hdr.fin() != 0) * tcp_flags::FIN)
-                | (u8::from(hdr.syn() != 0) * tcp_flags::SYN)
-                | (u8::from(hdr.rst() != 0) * tcp_flags::RST)
-                | (u8::from(hdr.ack() != 0) * tcp_flags::ACK);
+            p.tcp_flags = flags & (tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST | tcp_flags::ACK);
             p.window = u16::from_be_bytes(hdr.window);
             if p.tcp_flags & tcp_flags::SYN != 0 {
                 p.wscale = wscale(frame, l4 + TcpHdr::LEN, l4 + hdr_len);
