@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::topology::{Daemon, Netns, Topology, ip, unique};
+use crate::topology::{Daemon, Netns, Topology, ip, terminate, unique};
 
 /// The gateway addresses keepalived moves: (interface, VRRP instance, addresses).
 const VIRTUAL: [(&str, &str, u8, &[&str]); 4] = [
@@ -136,17 +136,7 @@ impl Node {
     /// other node with a priority-0 advertisement) and wait for it to exit.
     pub fn stop_keepalived(&mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.keepalived.take() else { return Ok(()) };
-        // SAFETY: kill on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("keepalived on {} ignored SIGTERM for 10 s", self.t.fw.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut child, &format!("keepalived on {}", self.t.fw.name), Duration::from_secs(10))?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::topology::Netns;
+use crate::topology::{Netns, terminate};
 
 /// The programs and the Lua module these servers need, or an error saying how to
 /// install them: a test that needs them fails, it never skips.
@@ -45,24 +45,6 @@ fn has_lua_unbound() -> bool {
     std::process::Command::new("dpkg").args(["-s", "lua-unbound"]).output().is_ok_and(|o| o.status.success())
 }
 
-/// SIGTERM, then SIGKILL after `grace`; wait for the exit in both cases.
-fn terminate(child: &mut Child, grace: Duration) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    // SAFETY: kill on the pid of a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// The last `n` lines of a file, for failure messages.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -70,8 +52,9 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// dnsmasq as the authoritative server of `example.`: SRV records for XMPP federation
-/// and the servers' addresses, answered on the addresses it listens on.
+/// dnsmasq, stopped on drop: the authoritative server of `example.` ([`Dnsmasq::start`]:
+/// SRV records for XMPP federation and the servers' addresses), or a DHCP server
+/// ([`Dnsmasq::dhcp`]).
 pub struct Dnsmasq {
     child: Option<Child>,
     pub log: PathBuf,
@@ -82,21 +65,43 @@ impl Dnsmasq {
     /// `_xmpp-server._tcp.DOMAIN` pointing at DOMAIN port 5269 and DOMAIN's addresses
     /// for each `(domain, addresses)` of `hosts`. Its files go to `dir`.
     pub fn start(ns: &Netns, dir: &Path, listen: &[IpAddr], hosts: &[(&str, &[IpAddr])]) -> anyhow::Result<Self> {
+        Self::spawn(ns, dir, |c| {
+            c.arg("--bind-interfaces").args(listen.iter().map(|a| format!("--listen-address={a}"))).args([
+                "--port=53",
+                "--local=/example/",
+                "--log-queries",
+            ]);
+            for (domain, addrs) in hosts {
+                c.arg(format!("--srv-host=_xmpp-server._tcp.{domain},{domain},5269,0,5"));
+                let addrs: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+                c.arg(format!("--host-record={domain},{}", addrs.join(",")));
+            }
+        })
+    }
+
+    /// Start dnsmasq in `ns` as a DHCP server on `iface` (no DNS), leasing from
+    /// `range` (dnsmasq's `--dhcp-range` value). Its files go to `dir`.
+    pub fn dhcp(ns: &Netns, dir: &Path, iface: &str, range: &str) -> anyhow::Result<Self> {
+        let leases = dir.join("leases");
+        Self::spawn(ns, dir, |c| {
+            c.args(["--port=0", "--bind-interfaces", "--log-dhcp"])
+                .arg(format!("--interface={iface}"))
+                .arg(format!("--dhcp-range={range}"))
+                .arg(format!("--dhcp-leasefile={}", leases.display()));
+        })
+    }
+
+    /// dnsmasq in `ns` with no configuration of its own, what `configure` adds, and
+    /// its pid file, log and stderr in `dir`; returns once it has bound its sockets.
+    fn spawn(ns: &Netns, dir: &Path, configure: impl FnOnce(&mut std::process::Command)) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let log = dir.join("dnsmasq.log");
         let pid = dir.join("dnsmasq.pid");
         let mut c = ns.command(which("dnsmasq").context("no dnsmasq: run `cargo xtask setup`")?);
         c.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll", "--user=root", "--group=root"])
             .arg(format!("--pid-file={}", pid.display()))
-            .arg("--bind-interfaces")
-            .args(listen.iter().map(|a| format!("--listen-address={a}")))
-            .args(["--port=53", "--local=/example/", "--log-queries"])
             .arg(format!("--log-facility={}", log.display()));
-        for (domain, addrs) in hosts {
-            c.arg(format!("--srv-host=_xmpp-server._tcp.{domain},{domain},5269,0,5"));
-            let addrs: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
-            c.arg(format!("--host-record={domain},{}", addrs.join(",")));
-        }
+        configure(&mut c);
         let stderr = std::fs::File::create(dir.join("dnsmasq.stderr"))?;
         let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().context("start dnsmasq")?;
         let mut d = Self { child: Some(child), log };
@@ -129,7 +134,7 @@ impl Dnsmasq {
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            terminate(&mut c, Duration::from_secs(5));
+            let _ = terminate(&mut c, "dnsmasq", Duration::from_secs(5));
         }
     }
 }
@@ -266,7 +271,7 @@ fn shell_text(out: &Output) -> String {
 impl Drop for Prosody {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            terminate(&mut c, Duration::from_secs(5));
+            let _ = terminate(&mut c, "prosody", Duration::from_secs(5));
         }
     }
 }

@@ -683,20 +683,30 @@ impl Daemon {
 
     /// SIGTERM and wait for the exit; the exit status.
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        self.signal(libc::SIGTERM);
         let mut c = self.child.take().context("already stopped")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = c.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                bail!("edge-filter run ignored SIGTERM for 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        terminate(&mut c, "edge-filter run", Duration::from_secs(10))
+    }
+}
+
+/// SIGTERM to a child process of the test, and its exit status once it ends; past
+/// `grace` it is killed (and waited for) and that is an error naming `what`.
+pub fn terminate(child: &mut Child, what: &str, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    if let Some(st) = child.try_wait()? {
+        return Ok(st);
+    }
+    // SAFETY: kill on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
         }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} ignored SIGTERM for {grace:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -245,21 +245,10 @@ fn link_local_broadcast_and_multicast_destinations_are_policed_on_host_nics() {
 /// `check` says.
 #[test]
 fn dhcp_answers_reach_a_host_nic_only_under_host_dhcp() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let t = ok(Topology::host_mode());
-    let dir = t.work.join("dhcp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut server = t
-        .partner
-        .command("dnsmasq")
-        .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--port=0", "--user=root", "--group=root"])
-        .args(["--interface=eth0", "--bind-interfaces", "--dhcp-range=198.51.100.100,198.51.100.150,255.255.255.0,1h"])
-        .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start dnsmasq (`cargo xtask setup` installs it): {e}"));
+    let server =
+        ok(edge_filter_tests::prosody::Dnsmasq::dhcp(&t.partner, &t.work.join("dhcp"), "eth0", "198.51.100.100,198.51.100.150,255.255.255.0,1h"));
     // udhcpc: broadcast answers (-B), three tries a second apart, exit 1 without a
     // lease (-n), 0 once it has one (-q); the lease is not applied (-s /bin/true).
     let lease = |t: &Topology| -> bool {
@@ -269,10 +258,6 @@ fn dhcp_answers_reach_a_host_nic_only_under_host_dhcp() {
         let out =
             t.fw.command(&busybox).args(["udhcpc", "-i", "ext0", "-f", "-n", "-q", "-B", "-t", "3", "-T", "1", "-s", "/bin/true"]).output().unwrap();
         out.status.success()
-    };
-    let stop = |server: &mut std::process::Child| {
-        let _ = server.kill();
-        let _ = server.wait();
     };
     let config = ok(t.write_config(""));
     let check = String::from_utf8_lossy(&ok(t.cli(&["check", "--config", config.to_str().unwrap()])).stdout).into_owned();
@@ -284,7 +269,7 @@ fn dhcp_answers_reach_a_host_nic_only_under_host_dhcp() {
     let out = ok(t.cli(&["reload", "--pid", &d.pid().unwrap().to_string()]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let leased = lease(&t);
-    stop(&mut server);
+    drop(server);
     assert!(refused, "without host-dhcp the server's broadcast answers are policed: no lease");
     assert!(dropped > 0, "and counted as drop/no_rule on ext0");
     assert!(leased, "under host-dhcp the host NIC lets the server's answers in: a lease");
