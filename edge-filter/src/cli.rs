@@ -377,7 +377,14 @@ fn open_host_addresses(config: &Config, sets: &AddressSets) -> Vec<String> {
     }
     let mut out = Vec::new();
     for i in config.interfaces.iter().filter(|i| i.role == crate::policy::Role::Host) {
-        for addr in local_addresses(&i.name) {
+        let addrs = match pins::addresses(&i.name) {
+            Ok(a) => a,
+            Err(e) => {
+                out.push(format!("interface {}: cannot read its addresses to tell which are in no edge set: {e}", i.name));
+                continue;
+            }
+        };
+        for addr in addrs {
             let link_local = match addr {
                 std::net::IpAddr::V4(a) => a.is_link_local(),
                 std::net::IpAddr::V6(a) => a.is_unicast_link_local(),
@@ -389,41 +396,6 @@ fn open_host_addresses(config: &Config, sets: &AddressSets) -> Vec<String> {
                 ));
             }
         }
-    }
-    out
-}
-
-/// The IPv4 and IPv6 addresses of interface `name` in this network namespace.
-fn local_addresses(name: &str) -> Vec<std::net::IpAddr> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's
-    // name is a NUL-terminated string and its address, when not null, a sockaddr of
-    // the family it says (sockaddr_in or sockaddr_in6 for the two we read).
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
-        }
-        let mut at = list;
-        while !at.is_null() {
-            let ifa = &*at;
-            at = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes() {
-                continue;
-            }
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                    out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                    out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
-                }
-                _ => {}
-            }
-        }
-        libc::freeifaddrs(list);
     }
     out
 }

@@ -488,6 +488,41 @@ pub fn ifindex(name: &str) -> Result<u32, PinError> {
     if index == 0 { Err(unknown()) } else { Ok(index) }
 }
 
+/// The IPv4 and IPv6 addresses of interface `name` in this network namespace.
+pub fn addresses(name: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's
+    // name is a NUL-terminated string and its address, when not null, a sockaddr of
+    // the family it says (sockaddr_in or sockaddr_in6 for the two we read).
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let ifa = &*at;
+            at = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes() {
+                continue;
+            }
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(list);
+    }
+    Ok(out)
+}
+
 /// What the kernel says about XDP on a NIC: the `IFLA_XDP` attribute of its
 /// `RTM_GETLINK` answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -152,31 +152,30 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The settings beside the rules, as `check` and `status` print them.
-    pub fn switches(&self) -> String {
-        format!(
-            "unpoliced {}, fragments {}, dry-run {}, host-link-local {}, host-dhcp {}, pickup {}",
-            self.unpoliced.name(),
-            self.fragments.name(),
-            self.dry_run,
-            self.host_link_local.name(),
-            self.host_dhcp,
-            self.pickup
-        )
+    /// The settings beside the rules, by their config keys: the one list `check` and
+    /// `status` print ([`Policy::switches`]) and report ([`Policy::switches_json`]).
+    fn switch_list(&self) -> [(&'static str, serde_json::Value); 6] {
+        [
+            ("unpoliced", self.unpoliced.name().into()),
+            ("fragments", self.fragments.name().into()),
+            ("dry-run", self.dry_run.into()),
+            ("host-link-local", self.host_link_local.name().into()),
+            ("host-dhcp", self.host_dhcp.into()),
+            ("pickup", self.pickup.into()),
+        ]
     }
 
-    /// The same settings as keys of a `--json` document `doc` (an object).
+    /// The settings beside the rules, as `check` and `status` print them.
+    pub fn switches(&self) -> String {
+        let shown = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        self.switch_list().iter().map(|(k, v)| format!("{k} {}", shown(v))).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The same settings as keys of a `--json` document `doc` (an object), named as
+    /// JSON keys are (`dry_run`).
     pub fn switches_json(&self, doc: &mut serde_json::Value) {
-        let keys = serde_json::json!({
-            "unpoliced": self.unpoliced.name(),
-            "fragments": self.fragments.name(),
-            "dry_run": self.dry_run,
-            "host_link_local": self.host_link_local.name(),
-            "host_dhcp": self.host_dhcp,
-            "pickup": self.pickup,
-        });
-        if let (Some(doc), serde_json::Value::Object(keys)) = (doc.as_object_mut(), keys) {
-            doc.extend(keys);
+        if let Some(doc) = doc.as_object_mut() {
+            doc.extend(self.switch_list().into_iter().map(|(k, v)| (k.replace('-', "_"), v)));
         }
     }
 
@@ -263,6 +262,18 @@ mod tests {
     fn default_policy_is_the_kernel_default() {
         assert_eq!(Policy::default().to_settings(0), Settings::DEFAULT);
         assert_eq!(Policy::default().rules.rows().len(), 3);
+    }
+
+    #[test]
+    fn switches_print_and_report_the_same_settings() {
+        let p = Policy { dry_run: true, host_dhcp: true, ..Policy::default() };
+        assert_eq!(p.switches(), "unpoliced pass, fragments drop, dry-run true, host-link-local police, host-dhcp true, pickup true");
+        let mut doc = serde_json::json!({"rules": []});
+        p.switches_json(&mut doc);
+        assert_eq!(
+            doc,
+            serde_json::json!({"rules": [], "unpoliced": "pass", "fragments": "drop", "dry_run": true, "host_link_local": "police", "host_dhcp": true, "pickup": true})
+        );
     }
 
     #[test]
