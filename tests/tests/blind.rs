@@ -17,7 +17,7 @@ use edge_filter::{Filter, LoadOptions, Maps};
 use edge_filter_tests::{
     packet::{flags::*, tcp},
     plan::*,
-    topology::{Netns, Topology, echo, echo_server, inject, mac_of, open_stream, sa},
+    topology::{Netns, Topology, echo, echo_server, inject_all, mac_of, open_stream, sa},
 };
 use serde_json::Value;
 
@@ -47,16 +47,15 @@ fn conn(name: &str, ns: &Netns, to: SocketAddr) -> Conn {
 fn send(t: &Topology, host: &Netns, host_dev: &'static str, fw_dev: &str, frames: Vec<Vec<u8>>) {
     let dst = ok(mac_of(&t.fw, fw_dev));
     let src = ok(mac_of(host, host_dev));
-    ok(host
-        .enter(move || -> anyhow::Result<()> {
-            for mut f in frames {
-                f[..6].copy_from_slice(&dst);
-                f[6..12].copy_from_slice(&src);
-                inject(host_dev, &f)?;
-            }
-            Ok(())
+    let frames: Vec<Vec<u8>> = frames
+        .into_iter()
+        .map(|mut f| {
+            f[..6].copy_from_slice(&dst);
+            f[6..12].copy_from_slice(&src);
+            f
         })
-        .and_then(|r| r));
+        .collect();
+    ok(host.enter(move || inject_all(host_dev, frames.iter().map(Vec::as_slice))).and_then(|r| r));
 }
 
 fn segment(from: SocketAddr, to: SocketAddr, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
