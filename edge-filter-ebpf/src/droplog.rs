@@ -11,29 +11,15 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
 use aya_log_ebpf::warn;
-use edge_filter_common::{NS_PER_SEC, Settings, event, family, flags, verdict};
+use edge_filter_common::{FlowKey, NS_PER_SEC, Settings, event, family, flags, verdict};
 
 use crate::{counters::count_event as bump, maps::LOG_BUDGET, mem, parse::Packet, state};
 
-/// The tuple of the packet being dropped, handed from the policy to the log. Aligned
-/// and addresses first, to be written a word at a time (see `mem`).
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-pub(crate) struct DropTuple {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    /// 0 when the packet had no IP tuple (malformed, not IP).
-    pub family: u8,
-    pub proto: u8,
-    pub sport: u16,
-    pub dport: u16,
-    pub _pad: [u8; 2],
-}
-
-/// Index 0 -> the tuple of the drop being judged on this CPU. Scratch space of this
+/// Index 0 -> the tuple of the drop being judged on this CPU, in the packet's own
+/// direction (`family` 0 when it had none: malformed, not IP). Scratch space of this
 /// program only: it keeps the tuple off the stack between `remember` and `report`.
 #[map]
-static DROP_TUPLE: PerCpuArray<DropTuple> = PerCpuArray::with_max_entries(1, 0);
+static DROP_TUPLE: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Keep the tuple of a packet the policy drops, for [`report`].
 #[inline(always)]
@@ -50,8 +36,8 @@ pub(crate) fn remember(settings: &Settings, p: Option<&Packet>) {
         Some(p) => {
             t.family = p.family;
             t.proto = p.proto;
-            t.sport = u16::from_be(p.sport_be);
-            t.dport = u16::from_be(p.dport_be);
+            t.sport_be = p.sport_be;
+            t.dport_be = p.dport_be;
             mem::set_addr(&mut t.src, &p.src);
             mem::set_addr(&mut t.dst, &p.dst);
         }
@@ -102,11 +88,12 @@ pub(crate) fn report(ctx: &XdpContext, settings: &Settings, ifindex: u32, v: u32
     };
     // SAFETY: as in `remember`.
     let t = unsafe { &*t };
+    let (sport, dport) = (u16::from_be(t.sport_be), u16::from_be(t.dport_be));
     if t.family == family::V4 {
         let (src, dst) = ([t.src[0], t.src[1], t.src[2], t.src[3]], [t.dst[0], t.dst[1], t.dst[2], t.dst[3]]);
-        warn!(ctx, "verdict {} ifindex {} proto {} {:i}:{} -> {:i}:{}", v, ifindex, t.proto, src, t.sport, dst, t.dport);
+        warn!(ctx, "verdict {} ifindex {} proto {} {:i}:{} -> {:i}:{}", v, ifindex, t.proto, src, sport, dst, dport);
     } else if t.family == family::V6 {
-        warn!(ctx, "verdict {} ifindex {} proto {} [{:i}]:{} -> [{:i}]:{}", v, ifindex, t.proto, t.src, t.sport, t.dst, t.dport);
+        warn!(ctx, "verdict {} ifindex {} proto {} [{:i}]:{} -> [{:i}]:{}", v, ifindex, t.proto, t.src, sport, t.dst, dport);
     } else {
         warn!(ctx, "verdict {} ifindex {}", v, ifindex);
     }

@@ -31,7 +31,11 @@
 //! still live after parsing, the verifier would walk the whole policy once per path
 //! and run out of its instruction budget.
 
-use core::{cell::Cell, mem::size_of, ptr};
+use core::{
+    cell::Cell,
+    mem::{offset_of, size_of},
+    ptr,
+};
 
 use aya_ebpf::{
     bindings::xdp_md,
@@ -266,10 +270,16 @@ pub(crate) struct Packet {
     pub to_group: u8,
 }
 
-const _: () = assert!(size_of::<Packet>().is_multiple_of(8), "zeroed word by word");
+const _: () = assert!(
+    size_of::<Packet>().is_multiple_of(8) && offset_of!(Packet, family) == 32,
+    "the facts after the addresses are zeroed word by word"
+);
 
 impl Packet {
-    /// This CPU's packet, zeroed, for [`parse`] to fill.
+    /// This CPU's packet, zeroed but for its addresses, for [`parse`] to fill. The
+    /// addresses are left as the last packet had them: the parser writes both before
+    /// it returns [`Parsed::Ip`] or [`Parsed::IncompleteFirstFragment`], and nothing
+    /// reads them of any other frame.
     ///
     /// Verifier: the facts live in a map value, not on the stack. The verifier knows
     /// nothing of what a map value holds, so the many parse paths (VLAN tags, IPv4
@@ -282,11 +292,13 @@ impl Packet {
     #[inline(always)]
     pub(crate) fn scratch<'a>(slot: u32) -> Option<&'a mut Self> {
         let p = PACKET.get_ptr_mut(slot)?;
+        const FACTS: usize = offset_of!(Packet, family);
         // SAFETY: a per-CPU slot, valid for this run and used by this run only (see
         // above); `Packet` is plain integers and byte arrays, aligned to 8 and a
-        // multiple of 8 long, so zeroing it word by word makes every field valid.
+        // multiple of 8 long, its addresses the first 32 bytes, so zeroing the rest
+        // word by word makes every field valid.
         unsafe {
-            mem::zero(p.cast::<u8>(), size_of::<Self>() / 8);
+            mem::zero(p.cast::<u8>().add(FACTS), (size_of::<Self>() - FACTS) / 8);
             Some(&mut *p)
         }
     }
@@ -334,7 +346,7 @@ fn ipv4(frame: &Frame, off: usize, p: &mut Packet) -> Result<(), Malformed> {
     let hdr: Ipv4Hdr = frame.read(off)?;
     let ihl = usize::from(hdr.ihl());
     let total = usize::from(hdr.tot_len());
-    if hdr.version() != 4 || ihl < Ipv4Hdr::LEN || total < ihl || !frame.holds(off + total) {
+    if hdr.version() != 4 || ihl < Ipv4Hdr::LEN || total < ihl {
         return Err(Malformed);
     }
     let frag = if hdr.frag_offset() != 0 {
@@ -344,10 +356,15 @@ fn ipv4(frame: &Frame, off: usize, p: &mut Packet) -> Result<(), Malformed> {
     } else {
         FRAG_NONE
     };
+    // Written before `holds`, which may call a helper: the header's fields go straight
+    // from the packet to `p` instead of waiting on the stack across the call.
     p.reset(family::V4, hdr.proto, hdr.ttl);
     p.frag = frag;
     mem::set_addr4(&mut p.src, hdr.src_addr);
     mem::set_addr4(&mut p.dst, hdr.dst_addr);
+    if !frame.holds(off + total) {
+        return Err(Malformed);
+    }
     if frag != FRAG_LATER {
         upper_layer(frame, p, off + ihl, off + total);
     }
