@@ -6,17 +6,18 @@
 //! cleared; the first hit is its longest matching prefix, and its value's `all` mask
 //! the address's sets (userspace folds every containing prefix's sets into it). Userspace allows at most [`MAX_PREFIX_LENS`] lengths per family.
 //!
-//! Before any probe, `EDGE_HINTS` is asked: one bit per bucket of leading address
-//! bits ([`hint`]), set where some prefix falls. Most addresses a firewall sees are
-//! partners in no set; their bit is clear, and the answer costs an array read the
-//! verifier inlines. A hash probe is a call, and calls are what a packet pays for on
-//! machines with return-thunk mitigations (`cargo xtask bench`); LPM tries, which this
-//! replaced, cost four probes' worth per walk.
+//! A family whose sets hold at most `SMALL_SET` prefixes (the realistic Edge: a
+//! handful of addresses) is scanned in place: its prefixes sit in the same
+//! `EDGE_LENS` entry, longest first, and the first whose mask matches answers. No
+//! call, and no other read: a scan of a few prefixes costs less than the hint below.
 //!
-//! After the hint, a family whose sets hold at most `SMALL_SET` prefixes (the
-//! realistic Edge: a handful of addresses) is scanned in place: its prefixes sit in
-//! the same `EDGE_LENS` entry, longest first, and the first whose mask matches
-//! answers. No call at all. Larger sets are probed in the hash table as above.
+//! Larger sets are probed in the hash table as above, after `EDGE_HINTS` is asked:
+//! one bit per bucket of leading address bits ([`hint`]), set where some prefix
+//! falls. Most addresses a firewall sees are partners in no set; their bit is clear,
+//! and the answer costs an array read the verifier inlines. A hash probe is a call,
+//! and calls are what a packet pays for on machines with return-thunk mitigations
+//! (`cargo xtask bench`); LPM tries, which this replaced, cost four probes' worth per
+//! walk.
 //!
 //! Contract with userspace: while the sets change, every hint bit is set and the
 //! lengths listed are those of the old and new sets together, so a lookup never misses
@@ -53,9 +54,6 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
     };
     if fam == family::V4 {
         let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-        if !hinted(0, hint::bucket4_masked(a, lens.v4_hint_mask)) {
-            return 0;
-        }
         if lens.v4_small != SMALL_NONE {
             for (i, e) in lens.small4.iter().enumerate() {
                 if i >= usize::from(lens.v4_small) {
@@ -65,6 +63,9 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
                     return e.all;
                 }
             }
+            return 0;
+        }
+        if !hinted(0, hint::bucket4_masked(a, lens.v4_hint_mask)) {
             return 0;
         }
         for i in 0..MAX_PREFIX_LENS {
@@ -79,9 +80,6 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
             }
         }
     } else {
-        if !hinted(hint::WORDS, hint::bucket6_masked(addr, &lens.v6_hint_mask)) {
-            return 0;
-        }
         if lens.v6_small != SMALL_NONE {
             let hi = u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
             let lo = u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
@@ -93,6 +91,9 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
                     return e.all;
                 }
             }
+            return 0;
+        }
+        if !hinted(hint::WORDS, hint::bucket6_masked(addr, &lens.v6_hint_mask)) {
             return 0;
         }
         for i in 0..MAX_PREFIX_LENS {
