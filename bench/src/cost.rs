@@ -290,8 +290,10 @@ fn count(h: &Harness, paths: &[Path], out: &mut [PathCost]) -> anyhow::Result<()
     let mut emulator = Emulator::new(edge_filter::loader::OBJECT, program, h.filter.maps()).context("the instruction counter")?;
     for (p, cost) in paths.iter().zip(out) {
         let ifindex = h.nic(p.nic).0;
-        // Each path on the kernel's state alone, not on what earlier paths wrote.
+        // Each path on the kernel's state alone, not on what earlier paths wrote, with
+        // the clock as it runs once measured.
         emulator.reset();
+        emulator.steady_clock()?;
         let trace = emulator.run(&p.frame, ifindex).with_context(|| format!("{}: emulating {program}", p.name))?;
         let (action, _) = run(h.filter.program()?, &p.frame, ifindex, 1)?;
         ensure!(

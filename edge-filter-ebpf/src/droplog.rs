@@ -13,7 +13,7 @@ use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
 use aya_log_ebpf::warn;
 use edge_filter_common::{FlowKey, NS_PER_SEC, Settings, event, family, flags, verdict};
 
-use crate::{counters::count_event as bump, maps::LOG_BUDGET, mem, parse::Packet, state};
+use crate::{clock, counters::count_event as bump, maps::LOG_BUDGET, mem, parse::Packet};
 
 /// Index 0 -> the tuple of the drop being judged on this CPU, in the packet's own
 /// direction (`family` 0 when it had none: malformed, not IP). Scratch space of this
@@ -53,7 +53,7 @@ fn allowed(settings: &Settings) -> bool {
     };
     // SAFETY: as in `bump`.
     let b = unsafe { &mut *b };
-    let now = state::now();
+    let now = clock::now();
     if now.saturating_sub(b.window_ns) >= NS_PER_SEC {
         b.window_ns = now;
         b.used = 0;

@@ -16,6 +16,7 @@
 //! - [`state`]: the flow tables that let replies of allowed connections back in;
 //! - [`egress`]: the TC egress program of host mode, which records the flows the
 //!   machine itself opens;
+//! - [`clock`]: the monotonic clock, read mostly without a helper call;
 //! - [`counters`]: per-CPU packet and byte counters;
 //! - [`droplog`]: rate-limited reports of dropped packets;
 //! - [`maps`]: the maps userspace fills and reads.
@@ -26,6 +27,7 @@
     reason = "map keys are passed by reference so each lookup does not copy the key again on a 512-byte stack"
 )]
 
+mod clock;
 mod counters;
 mod droplog;
 mod egress;

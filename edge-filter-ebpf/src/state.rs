@@ -77,25 +77,18 @@
 //!   disagree about the last-seen time or a bound both would move forward.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flags, flow_state, hint, origin, role};
 
 use crate::{
+    clock,
     counters::count_event as bump,
     maps::{EMBRYOS, EMBRYOS_OUT, FLOWS, SOURCES, UDP_FLOWS},
     mem,
     parse::{IPPROTO_TCP, IPPROTO_UDP, NO_WSCALE, Packet, QUOTE, tcp_flags},
 };
-
-/// The current time in the state table's clock.
-#[inline(always)]
-pub(crate) fn now() -> u64 {
-    // SAFETY: a helper without arguments or side effects.
-    unsafe { bpf_ktime_get_ns() }
-}
 
 /// The time, read once and only when a packet needs it: a packet that finds no entry
 /// and creates none (most drops) never pays for the clock.
@@ -107,12 +100,12 @@ impl Clock {
         Self(0)
     }
 
-    /// [`now`], the same value for every call on this packet. (The clock is never 0
-    /// once the machine has booted.)
+    /// [`clock::now`], the same value for every call on this packet. (The clock is
+    /// never 0 once the machine has booted.)
     #[inline(always)]
     pub(crate) fn now(&mut self) -> u64 {
         if self.0 == 0 {
-            self.0 = now();
+            self.0 = clock::now();
         }
         self.0
     }
