@@ -921,41 +921,22 @@ pub const COUNTER_ENTRIES: u32 = MAX_IFACES * verdict::SLOTS;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: every type is `#[repr(C)]`, made only of integers and byte arrays, with
-    // explicit padding fields, so every bit pattern is valid and none is uninitialised.
-    unsafe impl aya::Pod for super::Iface {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Settings {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Flow {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Counter {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::LogBudget {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SetKey4 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SetKey6 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::PrefixLens {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SetBits {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SetName {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Rule {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SetRows {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Ruleset {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SourceKey {}
+    /// `aya::Pod` for each of the map types.
+    macro_rules! pod {
+        ($($ty:ident),+ $(,)?) => {
+            // SAFETY: every type is `#[repr(C)]`, made only of integers and byte arrays, with
+            // explicit padding fields, so every bit pattern is valid and none is uninitialised.
+            $(unsafe impl aya::Pod for super::$ty {})+
+        };
+    }
+
+    pod!(Iface, Settings, FlowKey, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, SetRows, Ruleset, SourceKey);
 }
 
 #[cfg(test)]
 mod tests {
+    use rand::{RngCore as _, SeedableRng as _, rngs::SmallRng};
+
     use super::*;
 
     /// An address inside a prefix at least `hint` bits long falls in the prefix's
@@ -963,13 +944,8 @@ mod tests {
     /// set".
     #[test]
     fn addresses_share_the_bucket_of_every_prefix_that_holds_them() {
-        let mut x = 0x1234_5678_9abc_def0_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = SmallRng::seed_from_u64(0x1234_5678_9abc_def0);
+        let mut next = move || rng.next_u64();
         for _ in 0..10_000 {
             let (a, b) = (next(), next());
             let hint = (a % 33) as u32;

@@ -46,7 +46,6 @@ pub enum ConfigError {
 
 named_enum! {
     /// How the XDP program is attached to a NIC.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Mode ("mode") {
         /// Native (driver) mode when the driver has it, else generic (skb) mode.
         Auto = "auto",

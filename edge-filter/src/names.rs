@@ -4,8 +4,10 @@
 //! Contract: [`named_enum!`] gives an enum its `ALL` values, `name()`, `Display`,
 //! `FromStr` (the exact name, nothing else) and `expected()`, the list of valid names
 //! that error messages quote; so a name is written in one place, and a message can
-//! never list a name the parser refuses. Values the kernel stores are the enum's own
-//! business (`to_kernel`), beside it.
+//! never list a name the parser refuses. Such an enum is a plain value: the macro
+//! derives `Clone`, `Copy`, `Debug`, `PartialEq` and `Eq`; other derives are the
+//! declaration's. Values the kernel stores are the enum's own business (`to_kernel`),
+//! beside it.
 
 /// A name that is none of an enum's ([`named_enum!`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,7 +30,9 @@ pub fn list(names: &[&str]) -> String {
 
 /// Declare an enum whose variants have names:
 /// `named_enum! { /// doc  pub enum Fate ("fate") { Pass = "pass", Drop = "drop" } }`;
-/// the string after the enum's name is what an [`Unknown`] error calls it.
+/// the string after the enum's name is what an [`Unknown`] error calls it. The enum
+/// derives `Clone`, `Copy`, `Debug`, `PartialEq` and `Eq` (its `name` takes it by
+/// value); attributes before `enum`, further derives among them, are passed on.
 macro_rules! named_enum {
     (
         $(#[$meta:meta])*
@@ -37,6 +41,7 @@ macro_rules! named_enum {
         }
     ) => {
         $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         $vis enum $name {
             $($(#[$vmeta])* $variant),+
         }
@@ -83,7 +88,6 @@ pub(crate) use named_enum;
 #[cfg(test)]
 mod tests {
     named_enum! {
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         enum Colour ("colour") { Red = "red", Green = "green", Blue = "blue" }
     }
 

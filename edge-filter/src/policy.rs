@@ -13,7 +13,7 @@ use crate::{addr::AddressSets, names::named_enum, rules::RuleTable};
 
 named_enum! {
     /// What a NIC faces; decides which rules may open flows from it.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[derive(PartialOrd, Ord, Hash)]
     pub enum Role ("role") {
         /// Partners or the corporate network. Untrusted: edge sources are spoofed here.
         Outside = "outside",
@@ -42,7 +42,7 @@ impl Role {
 named_enum! {
     /// What a `host` NIC does with what is addressed to the machine on its link only
     /// (broadcast and multicast frames, link-local destinations).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    #[derive(Default)]
     pub enum LinkScope ("host-link-local") {
         /// Policed like the edge addresses: only rows and essentials reach the host.
         #[default]
@@ -54,7 +54,7 @@ named_enum! {
 
 named_enum! {
     /// What happens to a class of packets the rules do not decide.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    #[derive(Default)]
     pub enum Fate ("fate") {
         #[default]
         Pass = "pass",

@@ -56,7 +56,7 @@ pub enum RuleError {
 
 named_enum! {
     /// A row's transport.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[derive(PartialOrd, Ord, Hash)]
     pub enum Proto ("proto") {
         Tcp = "tcp",
         Udp = "udp",

@@ -64,7 +64,6 @@ pub enum StateError {
 
 named_enum! {
     /// Where an entry of the effective sets comes from.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Source ("source") {
         /// Listed by the config.
         Config = "config",
@@ -96,11 +95,7 @@ impl Changes {
     /// Read the changes in `dir` (none when the file does not exist).
     pub fn load(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(StateError::Io { path, source }),
-        };
+        let Some(text) = read_if_there(&path)? else { return Ok(Self::default()) };
         let raw: BTreeMap<String, SetChanges> =
             toml::from_str(&text).map_err(|e| StateError::Parse { path: path.clone(), message: e.message().to_owned() })?;
         let mut changes = Self::default();
@@ -117,11 +112,6 @@ impl Changes {
 
     /// Write the changes to `dir`, atomically.
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut raw: BTreeMap<String, SetChanges> = BTreeMap::new();
         for ((p, s), ()) in &self.added {
             raw.entry(s.clone()).or_default().added.push(p.to_string());
@@ -133,12 +123,7 @@ impl Changes {
             "# Address changes made with `edge-filter addr`, applied over the config at every start.\n{}",
             toml::to_string(&raw).map_err(|e| StateError::Parse { path: dir.join(FILE), message: e.to_string() })?
         );
-        let tmp = dir.join(format!(".{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        let path = dir.join(FILE);
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        write_atomically(dir, FILE, &text)
     }
 
     /// Record that `prefix` was added to the set named `set` at runtime (an entry the
@@ -308,11 +293,8 @@ impl ReloadStatus {
     /// The last status written in `dir`, if any.
     pub fn load(dir: &Path) -> Result<Option<Self>, StateError> {
         let path = Self::path(dir);
-        match std::fs::read_to_string(&path) {
-            Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| StateError::Parse { path, message: e.to_string() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io { path, source }),
-        }
+        let Some(text) = read_if_there(&path)? else { return Ok(None) };
+        serde_json::from_str(&text).map(Some).map_err(|e| StateError::Parse { path, message: e.to_string() })
     }
 
     /// Write it to `dir`, atomically.
@@ -330,6 +312,17 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// The text of the file at `path`, or `None` when there is no such file.
+fn read_if_there(path: &Path) -> Result<Option<String>, StateError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io { path: path.to_owned(), source }),
+    }
+}
+
+/// Write `text` to `dir/name` by the module's contract: a temporary file, fsynced,
+/// renamed over the old one.
 fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), StateError> {
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -359,10 +352,7 @@ impl Ord for Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(s: &str) -> Prefix {
-        s.parse().unwrap()
-    }
+    use crate::addr::tests::p;
 
     #[test]
     fn changes_apply_over_the_config_and_survive_a_round_trip() {
