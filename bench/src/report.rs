@@ -560,19 +560,20 @@ fn bar(s: &Series) -> Option<(f64, f64, f64)> {
 }
 
 const WHY_DROP: &str = "the floor returns without reading the frame, so its figure is almost all of \
-    BPF_PROG_TEST_RUN's own loop. A drop verdict makes no call now (the realistic sets are scanned in place, \
+    BPF_PROG_TEST_RUN's own loop. A drop verdict makes no call (the realistic sets are scanned in place, \
     the frame's whole length is asked only of frames in several buffers), but it still parses the frame \
-    into the packet's facts, reads the NIC's role, the hint bits, the prefix lengths with the small set \
-    tables and the rule masks (13 array reads the verifier inlines) and counts the verdict: about 500 \
-    instructions, where the floor runs a handful. The instruction counts above are the measure to bring \
-    down next: the parse and the array reads are most of them.";
+    into the packet's facts, reads the settings, the NIC's role, the prefix lengths with the small set \
+    tables and the rule masks (the inlined array reads in the table's last column) and counts the \
+    verdict: the instructions in the table, where the floor runs a handful. The parse and the array reads \
+    are most of them.";
 const WHY_NO_LOOKUP: &str = "the verdict needs no lookup, but the frame is still parsed into the packet's \
-    facts, the NIC's role and both addresses' hint bits are read, and the verdict is counted: 100 \
-    instructions for ARP, about 350 for unpoliced IP, against the floor's handful.";
-const WHY_PASS: &str = "a federation packet that passes also finds its flow (a hash lookup on the 40-byte \
-    5-tuple key) and reads the clock to keep the flow alive: two calls out of the program, each a return \
-    thunk on this CPU, and the hash itself, on top of the parse; the floor makes none. pass/rule R1 SYN \
-    looks in both state tables and writes the handshake (four calls).";
+    facts, the settings, the NIC's role and the prefix lengths are read, and the verdict is counted: about \
+    100 instructions for ARP, about 300 for unpoliced IP, against the floor's handful.";
+const WHY_PASS: &str = "a federation packet that passes also finds its flow: a hash lookup on the 40-byte \
+    5-tuple key, a call out of the program that pays a return thunk on this CPU, and the hash itself, on \
+    top of the parse; the floor makes none. (Reading the clock makes no call: jiffies, scaled by the jiffy \
+    each CPU measured.) pass/rule R1 SYN looks in both state tables and writes the handshake (three \
+    calls).";
 const WHY_XDP_FILTER: &str = "xdp-filter with all features makes a fixed handful of lookups and keeps no \
     state. edge-filter is now cheaper than it on every drop path and answers ARP and traffic of no edge \
     address in about half its time, but not twice as cheap on drops; its pass paths track connections, \

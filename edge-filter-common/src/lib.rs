@@ -45,15 +45,10 @@ pub mod map {
     /// destination the address matches ("any" rows are in every entry of half 0).
     /// Written by userspace.
     pub const SET_ROWS: &str = "SET_ROWS";
-    /// `Array<Ruleset>`, one entry per generation: the rows that open from each NIC
-    /// role. Written by userspace.
-    pub const RULESET: &str = "RULESET";
     /// `Array<PrefixLens>` with two entries: the prefix lengths [`EDGE4`] and [`EDGE6`]
-    /// hold, longest first, in the entry [`EDGE_LENS_AT`] names. Written by userspace.
+    /// hold, longest first, in the entry [`super::Settings::lens_at`] names. Written by
+    /// userspace.
     pub const EDGE_LENS: &str = "EDGE_LENS";
-    /// `Array<u32>` with one entry: which entry of [`EDGE_LENS`] is current (0 or 1).
-    /// Userspace writes the other one whole, then flips this. Written by userspace.
-    pub const EDGE_LENS_AT: &str = "EDGE_LENS_AT";
     /// `Array<u64>`, [`super::hint::WORDS`] words per family (IPv4 first): a bit per
     /// [`super::hint`] bucket that some edge prefix falls in. An address whose bucket
     /// bit is clear is in no set, found without probing the set tables. Written by
@@ -96,19 +91,17 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 19] = [
         IFACES,
         EDGE4,
         EDGE6,
         SET_NAMES,
         EDGE_LENS,
-        EDGE_LENS_AT,
         EDGE_HINTS,
         SETTINGS,
         RULES,
         PORT_ROWS,
         SET_ROWS,
-        RULESET,
         FLOWS,
         EMBRYOS,
         EMBRYOS_OUT,
@@ -535,7 +528,7 @@ pub struct SetRows {
     pub dst: u64,
 }
 
-/// Value of [`map::RULESET`]: which rows open from which NIC role. A row whose source
+/// [`Settings::rulesets`]: which rows open from which NIC role. A row whose source
 /// is an edge set opens from `edge` NICs (its replies arrive on `outside` and `host`
 /// NICs); every other row opens from `outside` and `host` NICs (replies from `edge`).
 #[repr(C)]
@@ -703,8 +696,8 @@ pub mod hint {
 pub struct Settings {
     /// [`flags`] bits.
     pub flags: u32,
-    /// The current generation of the rule maps (0 or 1). Userspace writes the other
-    /// generation whole, then flips this.
+    /// The current generation of the rule maps and of [`Settings::rulesets`] (0 or 1).
+    /// Userspace writes the other generation whole, then flips this.
     pub rules_at: u32,
     /// Idle timeout of a flow whose SYN has not been answered, nanoseconds.
     pub syn_timeout_ns: u64,
@@ -721,7 +714,14 @@ pub struct Settings {
     /// Prefix lengths that make a source: IPv4, IPv6.
     pub source_len4: u8,
     pub source_len6: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The current entry of [`map::EDGE_LENS`] (0 or 1). Userspace writes the other
+    /// entry whole, then flips this.
+    pub lens_at: u32,
+    /// Per rule generation, the rows that open from each NIC role. Here rather than in
+    /// a map of their own, so that a packet reads them with the settings it has read
+    /// already (as `lens_at`): one array read fewer each.
+    pub rulesets: [Ruleset; 2],
 }
 
 impl Settings {
@@ -740,7 +740,9 @@ impl Settings {
         max_flows_per_source: DEFAULT_MAX_FLOWS_PER_SOURCE,
         source_len4: 24,
         source_len6: 64,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        lens_at: 0,
+        rulesets: [Ruleset { from_edge: 0, from_outside: 0 }; 2],
     };
 }
 
@@ -889,7 +891,7 @@ pub struct Counter {
 
 const _: () = {
     assert!(size_of::<Iface>() == 8);
-    assert!(size_of::<Settings>() == 56);
+    assert!(size_of::<Settings>() == 88);
     assert!(size_of::<SourceKey>() == 24);
     assert!(size_of::<SetBits>() == 8);
     assert!(size_of::<SetName>() == NAME_LEN);

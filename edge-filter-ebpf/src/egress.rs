@@ -11,7 +11,7 @@
 //! counted as a verdict here; a row's hits count its packets, as at ingress.
 
 use aya_ebpf::programs::TcContext;
-use edge_filter_common::{Settings, role, set};
+use edge_filter_common::{role, set};
 
 use crate::{
     counters,
@@ -35,14 +35,17 @@ pub(crate) fn record(ctx: &TcContext) {
     if p.l4 != L4_WHOLE || p.frag != FRAG_NONE {
         return;
     }
-    let settings = SETTINGS.get(0).copied().unwrap_or(Settings::DEFAULT);
-    let lens = sets::current();
+    // Read in place, as at ingress (userspace writes it before it attaches).
+    let Some(settings) = SETTINGS.get(0) else {
+        return;
+    };
+    let lens = sets::current(settings);
     let src_sets = sets_of(lens, p.family, &p.src);
     if src_sets & set::EDGE_BITS == 0 {
         return;
     }
     let dst_sets = sets_of(lens, p.family, &p.dst);
-    let rows = rules::rows(&settings, p.proto, p.sport_be, p.dport_be, src_sets, dst_sets, role::EDGE);
+    let rows = rules::rows(settings, p.proto, p.sport_be, p.dport_be, src_sets, dst_sets, role::EDGE);
     let mut clock = state::Clock::new();
     // SAFETY: reading the skb's ifindex field, which the kernel set.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -51,14 +54,14 @@ pub(crate) fn record(ctx: &TcContext) {
     // server keeps its connections).
     if rows.reply != 0 {
         let pick_up = if rows.open == 0 { rows.reply } else { 0 };
-        if state::reply(p, role::EDGE, pick_up, &settings, &mut clock) {
+        if state::reply(p, role::EDGE, pick_up, settings, &mut clock) {
             return;
         }
     }
     if rows.open != 0 {
         let replies = role::bit(role::OUTSIDE) | role::bit(role::HOST);
         let row = rules::first(rows.open);
-        state::open(p, row, replies, ifindex, &settings, &mut clock);
+        state::open(p, row, replies, ifindex, settings, &mut clock);
         // A row's hits count the host's own packets as they count the Edge's.
         counters::count_rule(row, frame.len() as u64);
     }

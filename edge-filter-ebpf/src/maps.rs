@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
-    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, Ruleset, SET_ROWS_ENTRIES, SetBits, SetKey4,
-    SetKey6, SetName, SetRows, Settings, SourceKey, event, hint,
+    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, SET_ROWS_ENTRIES, SetBits, SetKey4, SetKey6,
+    SetName, SetRows, Settings, SourceKey, event, hint,
 };
 
 /// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
@@ -44,18 +44,10 @@ pub(crate) static PORT_ROWS: Array<u64> = Array::with_max_entries(PORT_ROWS_ENTR
 #[map]
 pub(crate) static SET_ROWS: Array<SetRows> = Array::with_max_entries(SET_ROWS_ENTRIES, 0);
 
-/// Generation -> rows that open from each NIC role. Written by userspace.
-#[map]
-pub(crate) static RULESET: Array<Ruleset> = Array::with_max_entries(2, 0);
-
-/// Index 0 or 1 (the one `EDGE_LENS_AT` names) -> the prefix lengths of `EDGE4` and
+/// Index 0 or 1 (the one `Settings::lens_at` names) -> the prefix lengths of `EDGE4` and
 /// `EDGE6`, longest first. Written by userspace.
 #[map]
 pub(crate) static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(2, 0);
-
-/// Index 0 -> the current entry of `EDGE_LENS`. Written by userspace.
-#[map]
-pub(crate) static EDGE_LENS_AT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Word -> 64 bucket bits, `hint::WORDS` words per family (IPv4 first): which buckets
 /// of leading address bits some edge prefix falls in. Written by userspace.

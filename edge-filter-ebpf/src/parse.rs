@@ -270,10 +270,8 @@ pub(crate) struct Packet {
     pub to_group: u8,
 }
 
-const _: () = assert!(
-    size_of::<Packet>().is_multiple_of(8) && offset_of!(Packet, family) == 32,
-    "the facts after the addresses are zeroed word by word"
-);
+const _: () =
+    assert!(size_of::<Packet>().is_multiple_of(8) && offset_of!(Packet, family) == 32, "the facts after the addresses are zeroed word by word");
 
 impl Packet {
     /// This CPU's packet, zeroed but for its addresses, for [`parse`] to fill. The

@@ -92,7 +92,7 @@ fn unpoliced(settings: &Settings) -> u32 {
 
 #[inline(always)]
 fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes: u64) -> u32 {
-    let lens = sets::current();
+    let lens = sets::current(settings);
     let src_sets = sets_of(lens, p.family, &p.src);
     if nic_role != role::EDGE && src_sets & set::EDGE_BITS != 0 {
         return verdict::DROP_SPOOFED;

@@ -8,7 +8,8 @@
 //! - `SET_ROWS[half][byte]`: for each byte of an address's 16-bit set mask, the rows
 //!   whose source (or destination) such an address matches; rows of "any" are in
 //!   every entry of the low half, so an address in no set matches exactly them;
-//! - `RULESET`: rows that open from `edge` NICs and from `outside`/`host` NICs.
+//! - `Settings::rulesets`: rows that open from `edge` NICs and from `outside`/`host`
+//!   NICs.
 //!
 //! A packet opens the rows in `ports[dport] & from_role & src_rows(src) & dst_rows(dst)`.
 //! It may be a reply of the rows in `ports[sport] & reply_role & src_rows(dst) &
@@ -16,13 +17,13 @@
 //! on. Only then is a flow looked up.
 //!
 //! Every map here is an array with a constant index bound, so the verifier inlines
-//! each lookup: no call, whatever the number of rows. The maps exist twice
-//! (`Settings::rules_at` names the current generation): userspace writes the other
-//! generation whole and flips, so no packet sees half a table.
+//! each lookup: no call, whatever the number of rows. The maps and the rulesets exist
+//! twice (`Settings::rules_at` names the current generation): userspace writes the
+//! other generation whole and flips, so no packet sees half a table.
 
 use edge_filter_common::{Settings, proto_index, role};
 
-use crate::maps::{PORT_ROWS, RULESET, SET_ROWS};
+use crate::maps::{PORT_ROWS, SET_ROWS};
 
 /// The rows a packet opens and the rows it may be a reply of.
 pub(crate) struct Rows {
@@ -61,9 +62,7 @@ pub(crate) fn rows(settings: &Settings, proto: u8, sport_be: u16, dport_be: u16,
         return Rows { open: 0, reply: 0 };
     };
     let generation = settings.rules_at & 1;
-    let Some(set) = RULESET.get(generation) else {
-        return Rows { open: 0, reply: 0 };
-    };
+    let set = &settings.rulesets[generation as usize];
     let (opens_here, replies_here) = if nic_role == role::EDGE { (set.from_edge, set.from_outside) } else { (set.from_outside, set.from_edge) };
     let (src_as_src, src_as_dst) = set_rows(generation, src_bits);
     let (dst_as_src, dst_as_dst) = set_rows(generation, dst_bits);

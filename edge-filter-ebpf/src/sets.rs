@@ -23,12 +23,12 @@
 //! lengths listed are those of the old and new sets together, so a lookup never misses
 //! an entry that is in the table; afterwards the hints are exact again. A list of
 //! lengths is published whole: written into the entry of `EDGE_LENS` no packet reads,
-//! then made current by flipping `EDGE_LENS_AT`. A listed length with no entries
+//! then made current by flipping `Settings::lens_at`. A listed length with no entries
 //! costs one probe and finds nothing.
 
-use edge_filter_common::{MAX_PREFIX_LENS, PrefixLens, SMALL_NONE, SetKey4, SetKey6, family, hint};
+use edge_filter_common::{MAX_PREFIX_LENS, PrefixLens, SMALL_NONE, SetKey4, SetKey6, Settings, family, hint};
 
-use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE_LENS_AT, EDGE4, EDGE6};
+use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE4, EDGE6};
 
 /// Whether bucket `b` of the family whose words start at `base` may hold a prefix.
 #[inline(always)]
@@ -40,9 +40,8 @@ fn hinted(base: u32, b: u32) -> bool {
 /// The current prefix lengths and small tables (`EDGE_LENS`), read once for both of
 /// a packet's addresses.
 #[inline(always)]
-pub(crate) fn current() -> Option<&'static PrefixLens> {
-    let at = EDGE_LENS_AT.get(0).map_or(0, |a| *a & 1);
-    EDGE_LENS.get(at)
+pub(crate) fn current(settings: &Settings) -> Option<&'static PrefixLens> {
+    EDGE_LENS.get(settings.lens_at & 1)
 }
 
 /// Set mask of the address (0: in no set), by the `lens` of [`current`]. `addr` is

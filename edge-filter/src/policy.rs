@@ -180,7 +180,8 @@ impl Policy {
     }
 
     /// The kernel's encoding of everything but the rules: flag bits, nanoseconds, and
-    /// the rule generation `rules_at`.
+    /// the rule generation `rules_at`. The rulesets and `lens_at` are the loader's to
+    /// fill (zero here).
     pub fn to_settings(&self, rules_at: u32) -> Settings {
         let mut bits = 0;
         if self.unpoliced == Fate::Drop {
@@ -216,14 +217,14 @@ impl Policy {
             max_flows_per_source: self.sources.max_flows,
             source_len4: self.sources.v4_len,
             source_len6: self.sources.v6_len,
-            _pad: [0; 6],
+            ..Settings::DEFAULT
         }
     }
 
     /// The policy the kernel holds, with the rule table read beside it, if the
     /// encoding is one this version writes.
     pub fn from_settings(s: &Settings, rules: RuleTable) -> Option<Self> {
-        if s.flags & !flags::ALL != 0 || s.rules_at > 1 {
+        if s.flags & !flags::ALL != 0 || s.rules_at > 1 || s.lens_at > 1 {
             return None;
         }
         let fate = |bit, when_set| if s.flags & bit != 0 { when_set } else { other(when_set) };

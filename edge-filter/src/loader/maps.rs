@@ -18,7 +18,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use edge_filter_common::{
-    Counter, Flow, FlowKey, Iface, LogBudget, PrefixLens, Rule, Ruleset, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, SourceKey, map,
+    Counter, Flow, FlowKey, Iface, LogBudget, PrefixLens, Rule, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, SourceKey, map,
 };
 
 use super::{Error, batch, map_err};
@@ -56,13 +56,11 @@ maps! {
     edge6: map::EDGE6 => HashMap<MapData, SetKey6, SetBits>,
     set_names: map::SET_NAMES => Array<MapData, SetName>,
     edge_lens: map::EDGE_LENS => Array<MapData, PrefixLens>,
-    edge_lens_at: map::EDGE_LENS_AT => Array<MapData, u32>,
     edge_hints: map::EDGE_HINTS => Array<MapData, u64>,
     settings: map::SETTINGS => Array<MapData, Settings>,
     rules: map::RULES => Array<MapData, Rule>,
     port_rows: map::PORT_ROWS => Array<MapData, u64>,
     set_rows: map::SET_ROWS => Array<MapData, SetRows>,
-    ruleset: map::RULESET => Array<MapData, Ruleset>,
     /// The state tables (LRU hashes).
     flows: map::FLOWS => HashMap<MapData, FlowKey, Flow>,
     embryos: map::EMBRYOS => HashMap<MapData, FlowKey, Flow>,

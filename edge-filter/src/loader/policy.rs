@@ -79,12 +79,17 @@ impl Maps {
         for (i, r) in compiled.set_rows.iter().enumerate() {
             self.set_rows.set(next * 512 + i as u32, *r, 0).map_err(map_err(map::SET_ROWS))?;
         }
-        self.ruleset.set(next, compiled.ruleset, 0).map_err(map_err(map::RULESET))?;
         for (i, r) in compiled.rules.iter().enumerate() {
             self.rules.set(next * MAX_RULES + i as u32, *r, 0).map_err(map_err(map::RULES))?;
         }
         self.zero_rule_hits(&fresh)?;
-        self.settings.set(0, policy.to_settings(next), 0).map_err(map_err(map::SETTINGS))
+        // The next generation's rulesets beside the current ones, which packets read;
+        // then the switch, with everything else the policy says.
+        let mut s = self.settings()?;
+        s.rulesets[next as usize] = compiled.ruleset;
+        self.settings.set(0, s, 0).map_err(map_err(map::SETTINGS))?;
+        let switched = Settings { lens_at: s.lens_at, rulesets: s.rulesets, ..policy.to_settings(next) };
+        self.settings.set(0, switched, 0).map_err(map_err(map::SETTINGS))
     }
 
     fn zero_rule_hits(&mut self, slots: &[usize]) -> Result<(), Error> {

@@ -107,11 +107,15 @@ impl Maps {
     }
 
     /// Publish a list of prefix lengths: written whole into the entry no packet
-    /// reads, then made current with one word, so no packet sees half a list.
+    /// reads, then made current by the settings' `lens_at`, so no packet sees half a
+    /// list. (The settings are rewritten with only that word changed: a packet that
+    /// reads them meanwhile sees either entry, both whole.)
     fn write_lens(&mut self, lens: PrefixLens) -> Result<(), Error> {
-        let current = self.edge_lens_at.get(&0, 0).map_err(map_err(map::EDGE_LENS_AT))? & 1;
-        self.edge_lens.set(current ^ 1, lens, 0).map_err(map_err(map::EDGE_LENS))?;
-        self.edge_lens_at.set(0, current ^ 1, 0).map_err(map_err(map::EDGE_LENS_AT))
+        let mut s = self.settings()?;
+        let next = (s.lens_at & 1) ^ 1;
+        self.edge_lens.set(next, lens, 0).map_err(map_err(map::EDGE_LENS))?;
+        s.lens_at = next;
+        self.settings.set(0, s, 0).map_err(map_err(map::SETTINGS))
     }
 
     fn write_prefix(&mut self, prefix: Prefix, bits: Option<SetBits>) -> Result<(), Error> {
