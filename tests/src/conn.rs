@@ -83,6 +83,12 @@ impl Flow {
         ]
     }
 
+    /// The end of a handshake the responder answered at its ISN: the opener's ACK of
+    /// it (named `ack`), then the responder's first 10 bytes, which pass as a reply.
+    pub fn completed(&self, ack: &str) -> [Case; 2] {
+        [self.opener(ack, ACK, 1001, 5001, 0), self.responder("data", ACK | PSH, 5001, 1001, 10, PASS_REPLY)]
+    }
+
     /// The next genuine packets of both sides after an attack: the flow is there.
     pub fn still_there(&self) -> Vec<Case> {
         vec![

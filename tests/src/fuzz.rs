@@ -99,20 +99,9 @@ pub fn policy(name: &str) -> anyhow::Result<(Policy, AddressSets)> {
 fn whole_edge_sets() -> AddressSets {
     let mut s = plan::sets();
     let partners = s.add_peer("partners").expect("a fresh peer set");
-    for (set, p) in [
-        (SetId::WEBCONF_EDGE, "203.0.113.10"),
-        (SetId::WEBCONF_EDGE, "203.0.113.11"),
-        (SetId::WEBCONF_EDGE, "2001:db8:203::11"),
-        (SetId::AV_EDGE, "203.0.113.10"),
-        (SetId::AV_EDGE, "203.0.113.12"),
-        (SetId::AV_EDGE, "2001:db8:203::10"),
-        (SetId::AV_EDGE, "2001:db8:203::12"),
-        (partners, "198.51.100.20"),
-        (partners, "198.51.100.128/25"),
-        (partners, "2001:db8:5100::20"),
-    ] {
-        s.insert(set, p.parse::<Prefix>().expect("a prefix")).expect("within the limits");
-    }
+    plan::insert_prefixes(&mut s, SetId::WEBCONF_EDGE, &["203.0.113.10", "203.0.113.11", "2001:db8:203::11"]);
+    plan::insert_prefixes(&mut s, SetId::AV_EDGE, &["203.0.113.10", "203.0.113.12", "2001:db8:203::10", "2001:db8:203::12"]);
+    plan::insert_prefixes(&mut s, partners, &["198.51.100.20", "198.51.100.128/25", "2001:db8:5100::20"]);
     s
 }
 

@@ -91,10 +91,7 @@ enum Phase {
 /// A TCP connection of the pool.
 #[derive(Clone, Copy, Debug)]
 struct Tcp {
-    client: (IpAddr, u16),
-    server: (IpAddr, u16),
-    opener_nic: Nic,
-    responder_nic: Nic,
+    ends: Ends,
     c: Side,
     s: Side,
     phase: Phase,
@@ -116,9 +113,10 @@ impl Tcp {
     }
 }
 
-/// A UDP flow of the pool.
+/// The ends of a flow, and the NIC each one's packets arrive on: all a UDP flow of the
+/// pool is.
 #[derive(Clone, Copy, Debug)]
-struct Udp {
+struct Ends {
     client: (IpAddr, u16),
     server: (IpAddr, u16),
     opener_nic: Nic,
@@ -144,7 +142,7 @@ pub struct Generator {
     v6: Vec<IpAddr>,
     ports: Vec<u16>,
     tcp: Vec<Tcp>,
-    udp: Vec<Udp>,
+    udp: Vec<Ends>,
 }
 
 const FLAGS: [u8; 8] = [SYN, SYN_ACK, ACK, RST, RST_ACK, FIN_ACK, ACK | PSH, SYN | FIN];
@@ -282,9 +280,9 @@ impl Generator {
         }
     }
 
-    /// Client, server, opener's NIC and responder's NIC of a new flow: of a row of
-    /// `proto` mostly, of random addresses and ports now and then.
-    fn flow(&mut self, proto: Proto) -> ((IpAddr, u16), (IpAddr, u16), Nic, Nic) {
+    /// The ends of a new flow: of a row of `proto` mostly, of random addresses and
+    /// ports now and then.
+    fn flow(&mut self, proto: Proto) -> Ends {
         let rows: Vec<Row> = self.rows.iter().filter(|r| r.proto == proto).cloned().collect();
         let row = if self.rng.random_ratio(1, 10) { None } else { rows.choose(&mut self.rng).cloned() };
         let found = row.as_ref().and_then(|r| Some((self.row_endpoints(r)?, self.row_port(r), r.opens_from_edge())));
@@ -298,7 +296,7 @@ impl Generator {
         };
         let partner_nic = if self.rng.random_ratio(1, 4) { Nic::Host } else { Nic::Outside };
         let (opener_nic, responder_nic) = if from_edge { (Nic::Edge, partner_nic) } else { (partner_nic, Nic::Edge) };
-        ((src, self.client_port()), (dst, dport), opener_nic, responder_nic)
+        Ends { client: (src, self.client_port()), server: (dst, dport), opener_nic, responder_nic }
     }
 
     fn side(&mut self) -> Side {
@@ -441,13 +439,13 @@ impl Generator {
     /// The next segment of a TCP connection from the pool (opening one when needed).
     fn tcp_step(&mut self) -> Sample {
         if self.tcp.len() < MAX_TCP / 2 || self.rng.random_ratio(1, 25) {
-            let (client, server, opener_nic, responder_nic) = self.flow(Proto::Tcp);
+            let ends = self.flow(Proto::Tcp);
             let (c, s) = (self.side(), self.side());
             // Now and then one that opened through another node (a firewall pair's
             // peer): the first segments seen are mid-stream, which the Edge's side
             // picks up.
             let phase = if self.rng.random_ratio(1, 6) { Phase::Open } else { Phase::Syn };
-            let conn = Tcp { client, server, opener_nic, responder_nic, c, s, phase, client_last: true };
+            let conn = Tcp { ends, c, s, phase, client_last: true };
             if self.tcp.len() >= MAX_TCP {
                 let i = self.rng.random_range(0..self.tcp.len());
                 self.tcp[i] = conn;
@@ -459,10 +457,11 @@ impl Generator {
         let mut c = self.tcp[i];
         let seg = self.segment(&mut c);
         self.tcp[i] = c;
-        let (src, dst, mut nic) = if seg.from_client { (c.client, c.server, c.opener_nic) } else { (c.server, c.client, c.responder_nic) };
+        let e = c.ends;
+        let (src, dst, mut nic) = if seg.from_client { (e.client, e.server, e.opener_nic) } else { (e.server, e.client, e.responder_nic) };
         if self.rng.random_ratio(1, 15) {
             // The wrong NIC: the other side's (asymmetric routing), or any.
-            let other = if seg.from_client { c.responder_nic } else { c.opener_nic };
+            let other = if seg.from_client { e.responder_nic } else { e.opener_nic };
             nic = if self.rng.random_bool(0.5) { other } else { self.nic() };
         }
         let win = if seg.from_client { c.c.win } else { c.s.win };
@@ -652,8 +651,7 @@ impl Generator {
     /// reply direction.
     fn udp_step(&mut self) -> Sample {
         if self.udp.len() < MAX_UDP / 2 || self.rng.random_ratio(1, 25) {
-            let (client, server, opener_nic, responder_nic) = self.flow(Proto::Udp);
-            let u = Udp { client, server, opener_nic, responder_nic };
+            let u = self.flow(Proto::Udp);
             if self.udp.len() >= MAX_UDP {
                 let i = self.rng.random_range(0..self.udp.len());
                 self.udp[i] = u;
@@ -691,8 +689,11 @@ impl Generator {
             0..6 if !self.tcp.is_empty() => {
                 let c = *self.tcp.choose(&mut self.rng).expect("non-empty");
                 let from_client = self.rng.random_bool(0.5);
-                let (src, dst, nic, x, y) =
-                    if from_client { (c.client, c.server, c.responder_nic, c.c, c.s) } else { (c.server, c.client, c.opener_nic, c.s, c.c) };
+                let (src, dst, nic, x, y) = if from_client {
+                    (c.ends.client, c.ends.server, c.ends.responder_nic, c.c, c.s)
+                } else {
+                    (c.ends.server, c.ends.client, c.ends.opener_nic, c.s, c.c)
+                };
                 (packet::tcp(src.0, dst.0, src.1, dst.1, ACK | PSH).seq_ack(x.nxt, y.nxt).payload(100), nic, "icmp error, tcp quote")
             }
             6..8 if !self.udp.is_empty() => {

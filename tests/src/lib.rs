@@ -56,21 +56,89 @@ pub mod plan {
     pub const R2: u32 = 1;
     pub const R3: u32 = 2;
 
+    /// The plan's addresses of one family, with the ICMP (or ICMPv6) numbers the
+    /// cases send.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Fam {
+        /// `v4` or `v6`, the start of a case's name.
+        pub tag: &'static str,
+        pub partner: IpAddr,
+        pub access: IpAddr,
+        /// In the access-edge prefix, not an exact entry.
+        pub access_net: IpAddr,
+        /// The A/V Edge's address ([`topology::AV4`], [`topology::AV6`]).
+        pub av: IpAddr,
+        pub internal: IpAddr,
+        pub frontend: IpAddr,
+        /// Destination unreachable (port).
+        pub unreachable: (u8, u8),
+        /// Fragmentation needed / packet too big.
+        pub frag_needed: (u8, u8),
+        pub time_exceeded: (u8, u8),
+        /// Echo request.
+        pub echo: u8,
+    }
+
+    impl Fam {
+        /// A case of this family: its name is `what` after the family's tag.
+        pub fn case(&self, what: impl std::fmt::Display, nic: Nic, frame: Vec<u8>, verdict: u32) -> Case {
+            Case::new(format!("{} {what}", self.tag), nic, frame, verdict)
+        }
+
+        /// A packet of this family that `rule` allows (see [`Case::rule`]).
+        pub fn rule(&self, what: impl std::fmt::Display, nic: Nic, frame: Vec<u8>, rule: u32) -> Case {
+            Case::rule(format!("{} {what}", self.tag), nic, frame, rule)
+        }
+    }
+
+    pub const V4: Fam = Fam {
+        tag: "v4",
+        partner: PARTNER4,
+        access: ACCESS4,
+        access_net: ACCESS_NET4,
+        av: topology::AV4,
+        internal: INTERNAL4,
+        frontend: FRONTEND4,
+        unreachable: (3, 3),
+        frag_needed: (3, 4),
+        time_exceeded: (11, 0),
+        echo: 8,
+    };
+    pub const V6: Fam = Fam {
+        tag: "v6",
+        partner: PARTNER6,
+        access: ACCESS6,
+        access_net: ACCESS_NET6,
+        av: topology::AV6,
+        internal: INTERNAL6,
+        frontend: FRONTEND6,
+        unreachable: (1, 4),
+        frag_needed: (2, 0),
+        time_exceeded: (3, 0),
+        echo: 128,
+    };
+
+    /// The cases `each` makes of each family, v4's first.
+    pub fn both_families<I: IntoIterator<Item = Case>>(each: impl FnMut(Fam) -> I) -> Vec<Case> {
+        [V4, V6].into_iter().flat_map(each).collect()
+    }
+
     /// access-edge: the Edge's external addresses plus a prefix of each family;
     /// internal-edge: the Edge's internal addresses.
     pub fn sets() -> AddressSets {
         let mut s = AddressSets::default();
-        for (set, p) in [
-            (SetId::ACCESS_EDGE, "203.0.113.10"),
-            (SetId::ACCESS_EDGE, "2001:db8:203::10"),
-            (SetId::ACCESS_EDGE, "203.0.113.64/26"),
-            (SetId::ACCESS_EDGE, "2001:db8:203:1::/64"),
-            (SetId::INTERNAL_EDGE, "192.0.2.10"),
-            (SetId::INTERNAL_EDGE, "2001:db8:192::10"),
-        ] {
-            s.insert(set, p.parse::<Prefix>().expect("plan prefix")).expect("plan sets");
-        }
+        insert_prefixes(&mut s, SetId::ACCESS_EDGE, &["203.0.113.10", "2001:db8:203::10", "203.0.113.64/26", "2001:db8:203:1::/64"]);
+        insert_prefixes(&mut s, SetId::INTERNAL_EDGE, &["192.0.2.10", "2001:db8:192::10"]);
         s
+    }
+
+    /// Add each of `prefixes` to `set`; a prefix that does not parse or fit panics,
+    /// naming it.
+    pub fn insert_prefixes(sets: &mut AddressSets, set: SetId, prefixes: &[&str]) {
+        for p in prefixes {
+            let prefix = p.parse::<Prefix>().unwrap_or_else(|e| panic!("prefix {p}: {e}"));
+            sets.insert(set, prefix).unwrap_or_else(|e| panic!("{p} into set {set:?}: {e}"));
+        }
     }
 }
 

@@ -495,6 +495,13 @@ impl Topology {
         Ok(path)
     }
 
+    /// Write `text` to the file `name` in the work directory; its path.
+    pub fn work_file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.work.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// [`Topology::write_config`] with more `[addresses]` entries: `sets` is TOML
     /// lines such as [`WHOLE_EDGE_SETS`] (a second `[addresses]` table would be a TOML
     /// error, and [`Topology::base_config`] ends with that table).

@@ -107,8 +107,7 @@ fn a_blind_rst_does_not_end_a_handshake() {
             cases.push(f.responder("blind RST-ACK acknowledging a guess", RST | ACK, 0, 0x0bad_f00d, 0, PASS_REPLY));
             cases.push(f.responder("the real SYN-ACK", SYN_ACK, 5000, 1001, 0, PASS_REPLY));
         }
-        cases.push(f.opener("ACK", ACK, 1001, 5001, 0));
-        cases.push(f.responder("data", ACK | PSH, 5001, 1001, 10, PASS_REPLY));
+        cases.extend(f.completed("ACK"));
     }
     run(Policy::default(), &cases);
 }
@@ -123,9 +122,8 @@ fn a_spoofed_syn_does_not_restart_a_handshake() {
                 f.opener("SYN", SYN, 1000, 0, 0),
                 f.responder("SYN-ACK", SYN_ACK, 5000, 1001, 0, PASS_REPLY),
                 f.opener("spoofed SYN with another ISN", SYN, 0x7777_0000, 0, 0),
-                f.opener("ACK", ACK, 1001, 5001, 0),
-                f.responder("data", ACK | PSH, 5001, 1001, 10, PASS_REPLY),
             ]);
+            cases.extend(f.completed("ACK"));
         }
     }
     run(Policy::default(), &cases);
@@ -141,9 +139,8 @@ fn a_spoofed_syn_ack_does_not_replace_the_real_one() {
             f.opener("SYN", SYN, 1000, 0, 0),
             f.responder("the real SYN-ACK", SYN_ACK, 5000, 1001, 0, PASS_REPLY),
             f.responder("a spoofed SYN-ACK with another ISN", SYN_ACK, 0x5eed_0000, 1001, 0, PASS_REPLY),
-            f.opener("ACK of the real SYN-ACK", ACK, 1001, 5001, 0),
-            f.responder("data", ACK | PSH, 5001, 1001, 10, PASS_REPLY),
         ]);
+        cases.extend(f.completed("ACK of the real SYN-ACK"));
         // A SYN-ACK that does not acknowledge the SYN is no answer to it.
         let g = Flow::federation_out(v6, 41501);
         cases.extend([
@@ -152,9 +149,8 @@ fn a_spoofed_syn_ack_does_not_replace_the_real_one() {
             g.opener("ACK of it", ACK, 1001, 0x5eed_0001, 0),
             g.responder("data of the guess", ACK | PSH, 0x5eed_0001, 1001, 10, DROP_NO_RULE),
             g.responder("the real SYN-ACK", SYN_ACK, 5000, 1001, 0, PASS_REPLY),
-            g.opener("ACK of the real SYN-ACK", ACK, 1001, 5001, 0),
-            g.responder("data", ACK | PSH, 5001, 1001, 10, PASS_REPLY),
         ]);
+        cases.extend(g.completed("ACK of the real SYN-ACK"));
     }
     run(Policy::default(), &cases);
 }
@@ -286,12 +282,8 @@ fn a_syn_flood_from_outside_cannot_evict_the_edges_own_handshakes() {
         h.send(&tcp(src, dst, 1024 + i as u16, 5269, SYN).seq_ack(i, 0).build(), out).unwrap_or_else(|e| panic!("{e:#}"));
     }
     for f in &outs {
-        h.check_all(&[
-            f.responder("SYN-ACK after the flood", SYN_ACK, 5000, 1001, 0, PASS_REPLY),
-            f.opener("ACK", ACK, 1001, 5001, 0),
-            f.responder("data", ACK | PSH, 5001, 1001, 10, PASS_REPLY),
-        ])
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        let [ack, data] = f.completed("ACK");
+        h.check_all(&[f.responder("SYN-ACK after the flood", SYN_ACK, 5000, 1001, 0, PASS_REPLY), ack, data]).unwrap_or_else(|e| panic!("{e:#}"));
     }
     let ev = h.filter.maps().flow_events().unwrap();
     assert!(ev.embryos.evicted >= u64::from(flood - TABLE), "the flood churned its own table: {ev:?}");

@@ -58,6 +58,18 @@ fn send(t: &Topology, host: &Netns, host_dev: &'static str, fw_dev: &str, frames
     ok(host.enter(move || inject_all(host_dev, frames.iter().map(Vec::as_slice))).and_then(|r| r));
 }
 
+/// Send the frames `frames(from, to)` builds, from the impersonated `side` of `c` to
+/// the other, as an outsider on the connection's outer link would (the Front End's
+/// for `internal-mtls`, the partner's for the others).
+fn spoof(t: &Topology, c: &Conn, side: Side, frames: impl FnOnce(SocketAddr, SocketAddr) -> Vec<Vec<u8>>) {
+    let (from, to) = match side {
+        Side::Opener => (c.opener, c.responder),
+        Side::Responder => (c.responder, c.opener),
+    };
+    let (host, fw_dev) = if c.name.contains("internal") { (&t.frontend, "fe0") } else { (&t.partner, "out0") };
+    send(t, host, "eth0", fw_dev, frames(from, to));
+}
+
 fn segment(from: SocketAddr, to: SocketAddr, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     tcp(from.ip(), to.ip(), from.port(), to.port(), flags).seq_ack(seq, ack).build()
 }
@@ -100,15 +112,12 @@ fn echo_connections_survive_blind_attacks() {
     // 1: the walk and the RST, from the side the outsider can impersonate, at a base
     // it guessed.
     for (i, (c, side)) in conns.iter().enumerate() {
-        let (from, to) = match side {
-            Side::Opener => (c.opener, c.responder),
-            Side::Responder => (c.responder, c.opener),
-        };
         let base = 0x1357_9bdf_u32.wrapping_mul(i as u32 + 1);
-        let mut frames: Vec<Vec<u8>> = (1..=6u32).map(|k| segment(from, to, ACK, base.wrapping_add(k << 30), 0)).collect();
-        frames.push(segment(from, to, RST, base.wrapping_add(6 << 30), 0));
-        let (host, dev, fw_dev) = if c.name.contains("internal") { (&t.frontend, "eth0", "fe0") } else { (&t.partner, "eth0", "out0") };
-        send(&t, host, dev, fw_dev, frames);
+        spoof(&t, c, *side, |from, to| {
+            let mut frames: Vec<Vec<u8>> = (1..=6u32).map(|k| segment(from, to, ACK, base.wrapping_add(k << 30), 0)).collect();
+            frames.push(segment(from, to, RST, base.wrapping_add(6 << 30), 0));
+            frames
+        });
     }
     sleep(Duration::from_millis(200));
     for (c, _) in &mut conns {
@@ -136,12 +145,7 @@ fn echo_connections_survive_blind_attacks() {
 
     // 3: a FIN at a guessed number, then twice the closing timeout of silence.
     for (i, (c, side)) in conns.iter().enumerate() {
-        let (from, to) = match side {
-            Side::Opener => (c.opener, c.responder),
-            Side::Responder => (c.responder, c.opener),
-        };
-        let (host, dev, fw_dev) = if c.name.contains("internal") { (&t.frontend, "eth0", "fe0") } else { (&t.partner, "eth0", "out0") };
-        send(&t, host, dev, fw_dev, vec![segment(from, to, FIN | ACK, 0x2468_ace0_u32.wrapping_mul(i as u32 + 3), 0)]);
+        spoof(&t, c, *side, |from, to| vec![segment(from, to, FIN | ACK, 0x2468_ace0_u32.wrapping_mul(i as u32 + 3), 0)]);
     }
     sleep(Duration::from_secs(4));
     for (c, _) in &mut conns {

@@ -18,9 +18,7 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
 fn config_with_access(t: &Topology, access: &str, metrics: &str) -> std::path::PathBuf {
     let base = t.base_config().replace("access-edge = [\"203.0.113.10\", \"2001:db8:203::10\"]", &format!("access-edge = [{access}]"));
     assert!(base.contains(&format!("access-edge = [{access}]")), "{base}");
-    let path = t.work.join("edge-filter.toml");
-    std::fs::write(&path, format!("{base}\n[metrics]\nlisten = \"{metrics}\"\n")).unwrap();
-    path
+    ok(t.work_file("edge-filter.toml", &format!("{base}\n[metrics]\nlisten = \"{metrics}\"\n")))
 }
 
 /// SIGHUP, and wait until the daemon has logged one more outcome (applied or not).
@@ -154,11 +152,7 @@ fn outcome(t: &Topology, args: &[&str]) -> (i32, String) {
 #[test]
 fn check_refuses_what_run_refuses() {
     let t = ok(Topology::new());
-    let file = |name: &str, toml: &str| {
-        let path = t.work.join(name);
-        std::fs::write(&path, toml).unwrap();
-        path.display().to_string()
-    };
+    let file = |name: &str, toml: &str| ok(t.work_file(name, toml)).display().to_string();
     let missing = file("missing.toml", &format!("{}\n[[interface]]\nname = \"nosuch0\"\nrole = \"edge\"\n", t.base_config()));
     let (code, out) = outcome(&t, &["check", "--config", &missing]);
     assert_eq!(code, 1, "check passes a config with an interface that does not exist:\n{out}");

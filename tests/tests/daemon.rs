@@ -3,11 +3,11 @@
 //!
 //! Privileged: run as root, one test at a time (`cargo xtask test` does both).
 
-use std::{net::IpAddr, thread::sleep, time::Duration};
+use std::{net::IpAddr, path::PathBuf, thread::sleep, time::Duration};
 
 use edge_filter_tests::{
     plan::*,
-    topology::{Outcome, Topology, connect, echo, echo_server, open_stream, packets, rule_hits, sa},
+    topology::{Daemon, Outcome, Topology, connect, echo, echo_server, open_stream, packets, rule_hits, sa},
 };
 use serde_json::Value;
 
@@ -36,15 +36,23 @@ fn servers(t: &Topology) {
     }
 }
 
+/// The topology with [`servers`], a config of the plan's roles and `extra`, and the
+/// daemon running it.
+fn running(extra: &str) -> (Topology, PathBuf, Daemon) {
+    let t = ok(Topology::new());
+    servers(&t);
+    let config = ok(t.write_config(extra));
+    let d = ok(t.start(&config));
+    (t, config, d)
+}
+
 fn stats(t: &Topology) -> Value {
     ok(t.stats())
 }
 
 #[test]
 fn the_vendor_table_with_real_tcp_in_both_families() {
-    let t = ok(Topology::new());
-    servers(&t);
-    let d = ok(t.start(&ok(t.write_config(""))));
+    let (t, _, d) = running("");
     for (fam, access, internal, partner) in [("v4", ACCESS4, INTERNAL4, PARTNER4), ("v6", ACCESS6, INTERNAL6, PARTNER6)] {
         assert_eq!(ok(connect(&t.partner, sa(access, 5269), T)), Outcome::Connected, "{fam} R1 partner -> access-edge:5269");
         assert_eq!(ok(connect(&t.edge, sa(partner, 5269), T)), Outcome::Connected, "{fam} R2 Edge -> partner:5269, replies back in");
@@ -130,10 +138,7 @@ fn addresses_change_while_traffic_flows_and_survive_a_restart() {
 
 #[test]
 fn sigterm_leaves_the_filter_enforcing_and_the_next_run_adopts_it() {
-    let t = ok(Topology::new());
-    servers(&t);
-    let config = ok(t.write_config(""));
-    let d = ok(t.start(&config));
+    let (t, config, d) = running("");
     let mut conn = ok(open_stream(&t.partner, sa(ACCESS4, 5269), T));
     assert!(echo(&mut conn));
     assert_eq!(ok(connect(&t.partner, sa(ACCESS4, 22), T)), Outcome::TimedOut);
@@ -159,10 +164,7 @@ fn sigterm_leaves_the_filter_enforcing_and_the_next_run_adopts_it() {
 
 #[test]
 fn sighup_applies_an_edited_config_and_dry_run_drops_nothing() {
-    let t = ok(Topology::new());
-    servers(&t);
-    let config = ok(t.write_config(""));
-    let d = ok(t.start(&config));
+    let (t, config, d) = running("");
     assert_eq!(ok(connect(&t.partner, sa(ACCESS4, 22), T)), Outcome::TimedOut);
 
     std::fs::write(&config, format!("{}\n[policy]\ndry-run = true\n", t.base_config())).unwrap();
@@ -197,11 +199,7 @@ fn fails(t: &Topology, args: &[&str]) -> (i32, String) {
 #[test]
 fn bad_input_is_one_line_naming_the_value_and_changes_nothing() {
     let t = ok(Topology::new());
-    let bad = |name: &str, toml: &str| {
-        let path = t.work.join(name);
-        std::fs::write(&path, toml).unwrap();
-        path.display().to_string()
-    };
+    let bad = |name: &str, toml: &str| ok(t.work_file(name, toml)).display().to_string();
     let base = t.base_config();
     let cases = [
         (bad("a.toml", &format!("{base}\n[policy]\nfederation-port = 0\n")), "policy.federation-port = 0: a port from 1 to 65535"),
@@ -266,10 +264,7 @@ fn bad_input_is_one_line_naming_the_value_and_changes_nothing() {
 
 #[test]
 fn the_drop_log_reports_refused_packets_within_its_limit() {
-    let t = ok(Topology::new());
-    servers(&t);
-    let config = ok(t.write_config("[log]\ndrops = true\ndrops-per-second = 5\n"));
-    let d = ok(t.start(&config));
+    let (t, _, d) = running("[log]\ndrops = true\ndrops-per-second = 5\n");
     assert_eq!(ok(connect(&t.partner, sa(ACCESS4, 22), T)), Outcome::TimedOut);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let probe = |log: &str| log.lines().any(|l| l.contains("drop/no_rule") && l.contains("198.51.100.20:") && l.contains("-> 203.0.113.10:22"));

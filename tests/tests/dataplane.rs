@@ -8,51 +8,13 @@
 
 use std::{net::IpAddr, thread::sleep, time::Duration};
 
-use edge_filter::{Fate, Policy, Prefix, RuleTable, SetId, Timeouts, Variant, rules::TableSpec};
+use edge_filter::{AddressSets, Fate, Policy, Prefix, RuleTable, SetId, Timeouts, Variant, rules::TableSpec};
 use edge_filter_common::verdict::*;
 use edge_filter_tests::{
     Case, Harness,
     Nic::{self, *},
     packet::{self, TPID_8021AD, TPID_8021Q, flags::*, icmp, tcp, udp},
     plan::*,
-};
-
-/// The plan's addresses of one family.
-#[derive(Clone, Copy)]
-struct Fam {
-    tag: &'static str,
-    partner: IpAddr,
-    access: IpAddr,
-    access_net: IpAddr,
-    internal: IpAddr,
-    frontend: IpAddr,
-    /// ICMP or ICMPv6 numbers.
-    frag_needed: (u8, u8),
-    time_exceeded: (u8, u8),
-    echo: u8,
-}
-
-const V4: Fam = Fam {
-    tag: "v4",
-    partner: PARTNER4,
-    access: ACCESS4,
-    access_net: ACCESS_NET4,
-    internal: INTERNAL4,
-    frontend: FRONTEND4,
-    frag_needed: (3, 4),
-    time_exceeded: (11, 0),
-    echo: 8,
-};
-const V6: Fam = Fam {
-    tag: "v6",
-    partner: PARTNER6,
-    access: ACCESS6,
-    access_net: ACCESS_NET6,
-    internal: INTERNAL6,
-    frontend: FRONTEND6,
-    frag_needed: (2, 0),
-    time_exceeded: (3, 0),
-    echo: 128,
 };
 
 /// The state machine alone: with pickup on, the Edge's segment after its flow is gone
@@ -66,7 +28,11 @@ fn harness(policy: Policy) -> Harness {
 }
 
 fn run(policy: Policy, cases: &[Case]) {
-    harness(policy).check_all(cases).unwrap_or_else(|e| panic!("{e:#}"));
+    check(&harness(policy), cases);
+}
+
+fn check(h: &Harness, cases: &[Case]) {
+    h.check_all(cases).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// R1 as a partner opens it.
@@ -78,62 +44,36 @@ fn r1_syn(f: Fam) -> packet::Pkt {
 fn rules_allow_their_tuples_and_nothing_next_to_them() {
     let mut cases = Vec::new();
     for f in [V4, V6] {
-        let t = f.tag;
         cases.extend([
-            Case::rule(format!("{t} R1 partner to access-edge:5269"), Outside, r1_syn(f).build(), R1),
-            Case::rule(format!("{t} R1 to an address of an access-edge prefix"), Outside, tcp(f.partner, f.access_net, 40000, 5269, SYN).build(), R1),
-            Case::rule(format!("{t} R1 on a host NIC"), Host, r1_syn(f).build(), R1),
-            Case::rule(format!("{t} R1 continues with data"), Outside, tcp(f.partner, f.access, 40000, 5269, ACK | PSH).payload(100).build(), R1),
-            Case::new(format!("{t} R1 wrong port 5270"), Outside, tcp(f.partner, f.access, 40000, 5270, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R1 wrong port 22"), Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R1 wrong set: internal-edge:5269"), Outside, tcp(f.partner, f.internal, 40000, 5269, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R1 wrong role: arrives on an edge NIC"), Edge, r1_syn(f).build(), DROP_NO_RULE),
-            Case::rule(format!("{t} R2 access-edge to partner:5269"), Edge, tcp(f.access, f.partner, 40001, 5269, SYN).build(), R2),
-            Case::rule(format!("{t} R2 from an address of an access-edge prefix"), Edge, tcp(f.access_net, f.partner, 40001, 5269, SYN).build(), R2),
-            Case::new(format!("{t} R2 wrong port 443"), Edge, tcp(f.access, f.partner, 40001, 443, SYN).build(), DROP_NO_RULE),
-            Case::new(
-                format!("{t} R2 wrong set: internal-edge to partner:5269"),
-                Edge,
-                tcp(f.internal, f.partner, 40001, 5269, SYN).build(),
-                DROP_NO_RULE,
-            ),
-            Case::new(
-                format!("{t} R2 wrong role: arrives on an outside NIC (spoofed)"),
-                Outside,
-                tcp(f.access, f.partner, 40001, 5269, SYN).build(),
-                DROP_SPOOFED,
-            ),
-            Case::rule(format!("{t} R3 frontend to internal-edge:23456"), Outside, tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), R3),
-            Case::new(format!("{t} R3 wrong port 23457"), Outside, tcp(f.frontend, f.internal, 40002, 23457, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} R3 wrong set: access-edge:23456"), Outside, tcp(f.frontend, f.access, 40002, 23456, SYN).build(), DROP_NO_RULE),
-            Case::new(
-                format!("{t} R3 wrong role: arrives on an edge NIC"),
-                Edge,
-                tcp(f.frontend, f.internal, 40002, 23456, SYN).build(),
-                DROP_NO_RULE,
-            ),
-            Case::new(format!("{t} UDP to 5269 (the table is TCP)"), Outside, udp(f.partner, f.access, 40000, 5269).build(), DROP_NO_RULE),
-            Case::new(format!("{t} UDP to 23456"), Outside, udp(f.frontend, f.internal, 40000, 23456).build(), DROP_NO_RULE),
-            Case::new(
-                format!("{t} spoofed access-edge source on outside"),
-                Outside,
-                tcp(f.access, f.partner, 5269, 40000, SYN_ACK).build(),
-                DROP_SPOOFED,
-            ),
-            Case::new(
-                format!("{t} spoofed internal-edge source on host"),
-                Host,
-                tcp(f.internal, f.frontend, 23456, 40000, ACK).build(),
-                DROP_SPOOFED,
-            ),
-            Case::new(format!("{t} spoofed prefix source on outside"), Outside, tcp(f.access_net, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED),
-            Case::new(format!("{t} edge NIC, Edge to an unlisted port"), Edge, tcp(f.internal, f.frontend, 40000, 443, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{t} unpoliced TCP"), Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), PASS_UNPOLICED),
-            Case::new(format!("{t} unpoliced TCP on an edge NIC"), Edge, tcp(f.frontend, f.partner, 40000, 22, SYN).build(), PASS_UNPOLICED),
+            f.rule("R1 partner to access-edge:5269", Outside, r1_syn(f).build(), R1),
+            f.rule("R1 to an address of an access-edge prefix", Outside, tcp(f.partner, f.access_net, 40000, 5269, SYN).build(), R1),
+            f.rule("R1 on a host NIC", Host, r1_syn(f).build(), R1),
+            f.rule("R1 continues with data", Outside, tcp(f.partner, f.access, 40000, 5269, ACK | PSH).payload(100).build(), R1),
+            f.case("R1 wrong port 5270", Outside, tcp(f.partner, f.access, 40000, 5270, SYN).build(), DROP_NO_RULE),
+            f.case("R1 wrong port 22", Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE),
+            f.case("R1 wrong set: internal-edge:5269", Outside, tcp(f.partner, f.internal, 40000, 5269, SYN).build(), DROP_NO_RULE),
+            f.case("R1 wrong role: arrives on an edge NIC", Edge, r1_syn(f).build(), DROP_NO_RULE),
+            f.rule("R2 access-edge to partner:5269", Edge, tcp(f.access, f.partner, 40001, 5269, SYN).build(), R2),
+            f.rule("R2 from an address of an access-edge prefix", Edge, tcp(f.access_net, f.partner, 40001, 5269, SYN).build(), R2),
+            f.case("R2 wrong port 443", Edge, tcp(f.access, f.partner, 40001, 443, SYN).build(), DROP_NO_RULE),
+            f.case("R2 wrong set: internal-edge to partner:5269", Edge, tcp(f.internal, f.partner, 40001, 5269, SYN).build(), DROP_NO_RULE),
+            f.case("R2 wrong role: arrives on an outside NIC (spoofed)", Outside, tcp(f.access, f.partner, 40001, 5269, SYN).build(), DROP_SPOOFED),
+            f.rule("R3 frontend to internal-edge:23456", Outside, tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), R3),
+            f.case("R3 wrong port 23457", Outside, tcp(f.frontend, f.internal, 40002, 23457, SYN).build(), DROP_NO_RULE),
+            f.case("R3 wrong set: access-edge:23456", Outside, tcp(f.frontend, f.access, 40002, 23456, SYN).build(), DROP_NO_RULE),
+            f.case("R3 wrong role: arrives on an edge NIC", Edge, tcp(f.frontend, f.internal, 40002, 23456, SYN).build(), DROP_NO_RULE),
+            f.case("UDP to 5269 (the table is TCP)", Outside, udp(f.partner, f.access, 40000, 5269).build(), DROP_NO_RULE),
+            f.case("UDP to 23456", Outside, udp(f.frontend, f.internal, 40000, 23456).build(), DROP_NO_RULE),
+            f.case("spoofed access-edge source on outside", Outside, tcp(f.access, f.partner, 5269, 40000, SYN_ACK).build(), DROP_SPOOFED),
+            f.case("spoofed internal-edge source on host", Host, tcp(f.internal, f.frontend, 23456, 40000, ACK).build(), DROP_SPOOFED),
+            f.case("spoofed prefix source on outside", Outside, tcp(f.access_net, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED),
+            f.case("edge NIC, Edge to an unlisted port", Edge, tcp(f.internal, f.frontend, 40000, 443, SYN).build(), DROP_NO_RULE),
+            f.case("unpoliced TCP", Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), PASS_UNPOLICED),
+            f.case("unpoliced TCP on an edge NIC", Edge, tcp(f.frontend, f.partner, 40000, 22, SYN).build(), PASS_UNPOLICED),
         ]);
         for flags in [SYN, ACK, RST, SYN_ACK, RST_ACK] {
-            cases.push(Case::new(
-                format!("{t} source port 5269 from outside, flags {flags:#04x}, no flow"),
+            cases.push(f.case(
+                format!("source port 5269 from outside, flags {flags:#04x}, no flow"),
                 Outside,
                 tcp(f.partner, f.access, 5269, 40000, flags).build(),
                 DROP_NO_RULE,
@@ -147,30 +87,24 @@ fn rules_allow_their_tuples_and_nothing_next_to_them() {
 fn essentials_pass_and_other_icmp_does_not() {
     let mut cases = vec![Case::new("ARP request for access-edge", Outside, packet::arp([198, 51, 100, 20], [203, 0, 113, 10]), PASS_ESSENTIAL)];
     for f in [V4, V6] {
-        let t = f.tag;
         cases.extend([
             // ICMP errors are related traffic now: one that quotes no live flow is
             // not essential (`icmp_errors_relate_to_live_flows_only` has the rest).
-            Case::new(
-                format!("{t} frag needed / packet too big quoting nothing"),
+            f.case(
+                "frag needed / packet too big quoting nothing",
                 Outside,
                 icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).payload(28).build(),
                 DROP_NO_RULE,
             ),
-            Case::new(
-                format!("{t} time exceeded quoting nothing"),
+            f.case(
+                "time exceeded quoting nothing",
                 Outside,
                 icmp(f.frontend, f.internal, f.time_exceeded.0, f.time_exceeded.1).payload(28).build(),
                 DROP_NO_RULE,
             ),
-            Case::new(format!("{t} echo request to access-edge"), Outside, icmp(f.partner, f.access, f.echo, 0).build(), DROP_NO_RULE),
-            Case::new(format!("{t} echo request, unpoliced"), Outside, icmp(f.partner, f.frontend, f.echo, 0).build(), PASS_UNPOLICED),
-            Case::new(
-                format!("{t} ICMP header cut short"),
-                Outside,
-                icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).cut_l4(4).build(),
-                DROP_MALFORMED,
-            ),
+            f.case("echo request to access-edge", Outside, icmp(f.partner, f.access, f.echo, 0).build(), DROP_NO_RULE),
+            f.case("echo request, unpoliced", Outside, icmp(f.partner, f.frontend, f.echo, 0).build(), PASS_UNPOLICED),
+            f.case("ICMP header cut short", Outside, icmp(f.partner, f.access, f.frag_needed.0, f.frag_needed.1).cut_l4(4).build(), DROP_MALFORMED),
         ]);
     }
     cases.extend([
@@ -194,33 +128,31 @@ fn essentials_pass_and_other_icmp_does_not() {
 
 #[test]
 fn vlan_tags_are_skipped_and_the_inner_packet_judged() {
-    let mut cases = Vec::new();
-    for f in [V4, V6] {
-        let t = f.tag;
-        cases.extend([
-            Case::rule(format!("{t} R1 with an 802.1Q tag"), Outside, r1_syn(f).tag(TPID_8021Q, 100).build(), R1),
-            Case::rule(format!("{t} R1 with 802.1ad + 802.1Q tags"), Outside, r1_syn(f).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), R1),
-            Case::rule(format!("{t} R1 with two 802.1Q tags"), Outside, r1_syn(f).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(), R1),
-            Case::new(
-                format!("{t} two tags, wrong port"),
+    let cases = both_families(|f| {
+        [
+            f.rule("R1 with an 802.1Q tag", Outside, r1_syn(f).tag(TPID_8021Q, 100).build(), R1),
+            f.rule("R1 with 802.1ad + 802.1Q tags", Outside, r1_syn(f).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(), R1),
+            f.rule("R1 with two 802.1Q tags", Outside, r1_syn(f).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(), R1),
+            f.case(
+                "two tags, wrong port",
                 Outside,
                 tcp(f.partner, f.access, 40000, 22, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(),
                 DROP_NO_RULE,
             ),
-            Case::new(
-                format!("{t} two tags, spoofed"),
+            f.case(
+                "two tags, spoofed",
                 Outside,
                 tcp(f.access, f.partner, 40000, 5269, SYN).tag(TPID_8021AD, 200).tag(TPID_8021Q, 100).build(),
                 DROP_SPOOFED,
             ),
-            Case::new(
-                format!("{t} three tags: inner packet cannot be judged"),
+            f.case(
+                "three tags: inner packet cannot be judged",
                 Outside,
                 r1_syn(f).tag(TPID_8021AD, 300).tag(TPID_8021Q, 200).tag(TPID_8021Q, 100).build(),
                 DROP_MALFORMED,
             ),
-        ]);
-    }
+        ]
+    });
     run(Policy::default(), &cases);
 }
 
@@ -325,44 +257,37 @@ fn ipv6_extension_chain_is_walked_and_bounded() {
 
 fn fragment_cases(fragments: Fate) -> Vec<Case> {
     let pass = fragments == Fate::Pass;
-    let mut cases = Vec::new();
-    for f in [V4, V6] {
-        let t = f.tag;
+    let mut cases = both_families(|f| {
         let first = r1_syn(f).payload(64).fragment(0, true);
         let later = r1_syn(f).payload(64).fragment(185, false);
-        cases.extend([
+        [
             if pass {
-                Case::rule(format!("{t} first fragment of R1"), Outside, first.build(), R1)
+                f.rule("first fragment of R1", Outside, first.build(), R1)
             } else {
-                Case::new(format!("{t} first fragment of R1"), Outside, first.build(), DROP_FRAGMENT)
+                f.case("first fragment of R1", Outside, first.build(), DROP_FRAGMENT)
             },
-            Case::new(format!("{t} non-first fragment to access-edge"), Outside, later.build(), if pass { PASS_FRAGMENT } else { DROP_FRAGMENT }),
-            Case::new(
-                format!("{t} non-first fragment whose payload looks like port 5269"),
+            f.case("non-first fragment to access-edge", Outside, later.build(), if pass { PASS_FRAGMENT } else { DROP_FRAGMENT }),
+            f.case(
+                "non-first fragment whose payload looks like port 5269",
                 Outside,
                 tcp(f.partner, f.access, 5269, 5269, SYN).fragment(3, true).build(),
                 if pass { PASS_FRAGMENT } else { DROP_FRAGMENT },
             ),
-            Case::new(
-                format!("{t} first fragment without the whole TCP header"),
-                Outside,
-                r1_syn(f).fragment(0, true).cut_l4(8).build(),
-                DROP_FRAGMENT,
-            ),
-            Case::new(
-                format!("{t} first fragment to a wrong port"),
+            f.case("first fragment without the whole TCP header", Outside, r1_syn(f).fragment(0, true).cut_l4(8).build(), DROP_FRAGMENT),
+            f.case(
+                "first fragment to a wrong port",
                 Outside,
                 tcp(f.partner, f.access, 40000, 22, SYN).fragment(0, true).build(),
                 if pass { DROP_NO_RULE } else { DROP_FRAGMENT },
             ),
-            Case::new(
-                format!("{t} unpoliced fragments follow the unpoliced default"),
+            f.case(
+                "unpoliced fragments follow the unpoliced default",
                 Outside,
                 tcp(f.partner, f.frontend, 40000, 22, SYN).fragment(185, false).build(),
                 PASS_UNPOLICED,
             ),
-        ]);
-    }
+        ]
+    });
     cases.push(Case::new(
         "v6 first fragment whose header chain ends beyond it (RFC 7112)",
         Outside,
@@ -390,16 +315,11 @@ fn truncated_at_every_header_is_malformed() {
         let full = r1_syn(f).ext_if_v6(0, 8).tag(TPID_8021Q, 100).build();
         // BPF_PROG_TEST_RUN refuses frames under 14 bytes: 14 is the Ethernet header.
         for len in 14..full.len() {
-            cases.push(Case::new(
-                format!("{} R1 cut to {len} of {} bytes", f.tag, full.len()),
-                Outside,
-                packet::truncate(full.clone(), len),
-                DROP_MALFORMED,
-            ));
+            cases.push(f.case(format!("R1 cut to {len} of {} bytes", full.len()), Outside, packet::truncate(full.clone(), len), DROP_MALFORMED));
         }
         for cut in [0, 1, 12, 19] {
-            cases.push(Case::new(
-                format!("{} TCP header of {cut} bytes inside a consistent IP packet", f.tag),
+            cases.push(f.case(
+                format!("TCP header of {cut} bytes inside a consistent IP packet"),
                 Outside,
                 r1_syn(f).cut_l4(cut).build(),
                 DROP_MALFORMED,
@@ -407,18 +327,8 @@ fn truncated_at_every_header_is_malformed() {
         }
         // Data offset 15 (60 bytes) in a 20-byte header.
         let l4 = 14 + if f.tag == "v4" { 20 } else { 40 };
-        cases.push(Case::new(
-            format!("{} TCP data offset beyond the packet", f.tag),
-            Outside,
-            packet::set_byte(r1_syn(f).build(), l4 + 12, 0xf0),
-            DROP_MALFORMED,
-        ));
-        cases.push(Case::new(
-            format!("{} TCP data offset under 5", f.tag),
-            Outside,
-            packet::set_byte(r1_syn(f).build(), l4 + 12, 0x40),
-            DROP_MALFORMED,
-        ));
+        cases.push(f.case("TCP data offset beyond the packet", Outside, packet::set_byte(r1_syn(f).build(), l4 + 12, 0xf0), DROP_MALFORMED));
+        cases.push(f.case("TCP data offset under 5", Outside, packet::set_byte(r1_syn(f).build(), l4 + 12, 0x40), DROP_MALFORMED));
     }
     run(Policy::default(), &cases);
 }
@@ -465,31 +375,30 @@ fn frame_sizes_from_14_bytes_to_jumbo() {
 #[test]
 fn the_single_buffer_program_for_older_kernels_judges_alike() {
     // Everything but jumbo frames, which kernels before 5.18 cannot hand to XDP.
-    let mut cases = Vec::new();
-    for f in [V4, V6] {
+    let mut cases = both_families(|f| {
         let (a, b) = (Conn::r1(f, 40051), Conn::r2(f, 40052));
-        cases.extend([
+        [
             a.out("R1 SYN", SYN),
             a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
             b.out("R2 SYN", SYN),
             b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
             b.back("R2 RST", RST, PASS_REPLY),
             b.back("R2 after RST", ACK, DROP_NO_RULE),
-            Case::rule(format!("{} R3", f.tag), Outside, tcp(f.frontend, f.internal, 40053, 23456, SYN).build(), R3),
-            Case::new(format!("{} wrong port", f.tag), Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE),
-            Case::new(format!("{} spoofed", f.tag), Outside, tcp(f.access, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED),
-            Case::new(format!("{} fragment", f.tag), Outside, r1_syn(f).fragment(185, false).build(), DROP_FRAGMENT),
-            Case::new(format!("{} malformed", f.tag), Outside, packet::truncate(r1_syn(f).build(), 30), DROP_MALFORMED),
-            Case::new(format!("{} unpoliced", f.tag), Outside, tcp(f.partner, f.frontend, 1, 2, SYN).build(), PASS_UNPOLICED),
-            Case::new(
-                format!("{} frag needed quoting the R1 reply", f.tag),
+            f.rule("R3", Outside, tcp(f.frontend, f.internal, 40053, 23456, SYN).build(), R3),
+            f.case("wrong port", Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE),
+            f.case("spoofed", Outside, tcp(f.access, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED),
+            f.case("fragment", Outside, r1_syn(f).fragment(185, false).build(), DROP_FRAGMENT),
+            f.case("malformed", Outside, packet::truncate(r1_syn(f).build(), 30), DROP_MALFORMED),
+            f.case("unpoliced", Outside, tcp(f.partner, f.frontend, 1, 2, SYN).build(), PASS_UNPOLICED),
+            f.case(
+                "frag needed quoting the R1 reply",
                 Outside,
                 packet::icmp_error(f.partner, f.access, f.frag_needed.0, f.frag_needed.1, &tcp(f.access, f.partner, 5269, 40051, ACK)).build(),
                 PASS_RELATED,
             ),
-            Case::rule(format!("{} R1 with two tags", f.tag), Outside, r1_syn(f).tag(TPID_8021AD, 2).tag(TPID_8021Q, 1).build(), R1),
-        ]);
-    }
+            f.rule("R1 with two tags", Outside, r1_syn(f).tag(TPID_8021AD, 2).tag(TPID_8021Q, 1).build(), R1),
+        ]
+    });
     cases.push(Case::new("unattached", Unattached, r1_syn(V4).build(), PASS_UNATTACHED));
     let h = Harness::with_variant(Policy::default(), Variant::Linear).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(h.filter.program_name(), "edge_filter_lin");
@@ -504,17 +413,16 @@ fn unpoliced_traffic_follows_the_setting() {
         Case::new("ARP still passes", Outside, packet::arp([198, 51, 100, 20], [198, 51, 100, 1]), PASS_ESSENTIAL),
     ];
     for f in [V4, V6] {
-        let t = f.tag;
         cases.extend([
-            Case::new(format!("{t} TCP between outside hosts"), Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED),
-            Case::new(format!("{t} echo between outside hosts"), Outside, icmp(f.partner, f.frontend, f.echo, 0).build(), DROP_UNPOLICED),
-            Case::new(
-                format!("{t} frag needed between outside hosts still passes"),
+            f.case("TCP between outside hosts", Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED),
+            f.case("echo between outside hosts", Outside, icmp(f.partner, f.frontend, f.echo, 0).build(), DROP_UNPOLICED),
+            f.case(
+                "frag needed between outside hosts still passes",
                 Outside,
                 icmp(f.partner, f.frontend, f.frag_needed.0, f.frag_needed.1).payload(28).build(),
                 PASS_ESSENTIAL,
             ),
-            Case::rule(format!("{t} R1 still passes"), Outside, r1_syn(f).build(), R1),
+            f.rule("R1 still passes", Outside, r1_syn(f).build(), R1),
         ]);
     }
     cases.push(Case::new(
@@ -530,18 +438,16 @@ fn unpoliced_traffic_follows_the_setting() {
 fn dry_run_drops_nothing_and_counts_what_it_would_have() {
     let dry = Policy { dry_run: true, unpoliced: Fate::Drop, ..Policy::default() };
     let off = DRY_RUN_OFFSET;
-    let mut cases = Vec::new();
-    for f in [V4, V6] {
-        let t = f.tag;
-        cases.extend([
-            Case::rule(format!("{t} R1"), Outside, r1_syn(f).build(), R1),
-            Case::new(format!("{t} wrong port"), Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE + off),
-            Case::new(format!("{t} spoofed"), Outside, tcp(f.access, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED + off),
-            Case::new(format!("{t} fragment"), Outside, r1_syn(f).fragment(185, false).build(), DROP_FRAGMENT + off),
-            Case::new(format!("{t} unpoliced"), Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED + off),
-            Case::new(format!("{t} malformed"), Outside, packet::truncate(r1_syn(f).build(), 30), DROP_MALFORMED + off),
-        ]);
-    }
+    let cases = both_families(|f| {
+        [
+            f.rule("R1", Outside, r1_syn(f).build(), R1),
+            f.case("wrong port", Outside, tcp(f.partner, f.access, 40000, 22, SYN).build(), DROP_NO_RULE + off),
+            f.case("spoofed", Outside, tcp(f.access, f.partner, 40000, 5269, SYN).build(), DROP_SPOOFED + off),
+            f.case("fragment", Outside, r1_syn(f).fragment(185, false).build(), DROP_FRAGMENT + off),
+            f.case("unpoliced", Outside, tcp(f.partner, f.frontend, 40000, 22, SYN).build(), DROP_UNPOLICED + off),
+            f.case("malformed", Outside, packet::truncate(r1_syn(f).build(), 30), DROP_MALFORMED + off),
+        ]
+    });
     run(dry, &cases);
 }
 
@@ -561,17 +467,15 @@ fn ports_follow_the_settings() {
     spec.ports.set("XmppListeningPort", 5270).unwrap();
     spec.ports.set("XmppInternalPort", 5061).unwrap();
     let moved = Policy { rules: RuleTable::build(&spec, &sets()).unwrap(), ..Policy::default() };
-    let mut cases = Vec::new();
-    for f in [V4, V6] {
-        let t = f.tag;
-        cases.extend([
-            Case::rule(format!("{t} R1 on the new port"), Outside, tcp(f.partner, f.access, 40000, 5270, SYN).build(), R1),
-            Case::new(format!("{t} R1 on 5269 no longer"), Outside, r1_syn(f).build(), DROP_NO_RULE),
-            Case::rule(format!("{t} R2 on the new port"), Edge, tcp(f.access, f.partner, 40000, 5270, SYN).build(), R2),
-            Case::rule(format!("{t} R3 on the new port"), Outside, tcp(f.frontend, f.internal, 40000, 5061, SYN).build(), R3),
-            Case::new(format!("{t} R3 on 23456 no longer"), Outside, tcp(f.frontend, f.internal, 40000, 23456, SYN).build(), DROP_NO_RULE),
-        ]);
-    }
+    let cases = both_families(|f| {
+        [
+            f.rule("R1 on the new port", Outside, tcp(f.partner, f.access, 40000, 5270, SYN).build(), R1),
+            f.case("R1 on 5269 no longer", Outside, r1_syn(f).build(), DROP_NO_RULE),
+            f.rule("R2 on the new port", Edge, tcp(f.access, f.partner, 40000, 5270, SYN).build(), R2),
+            f.rule("R3 on the new port", Outside, tcp(f.frontend, f.internal, 40000, 5061, SYN).build(), R3),
+            f.case("R3 on 23456 no longer", Outside, tcp(f.frontend, f.internal, 40000, 23456, SYN).build(), DROP_NO_RULE),
+        ]
+    });
     run(moved, &cases);
 }
 
@@ -608,22 +512,12 @@ impl Conn {
     /// handshake: the opener's ISN is 1000, the responder's 5000.
     fn out(&self, what: &str, flags: u8) -> Case {
         let seq = if flags & (SYN | ACK) == SYN { 1000 } else { 1001 };
-        Case::rule(
-            format!("{} {what}", self.f.tag),
-            self.opener_nic,
-            tcp(self.client, self.server, self.cport, self.sport, flags).seq_ack(seq, 5001).build(),
-            self.rule_id(),
-        )
+        self.f.rule(what, self.opener_nic, tcp(self.client, self.server, self.cport, self.sport, flags).seq_ack(seq, 5001).build(), self.rule_id())
     }
     /// Responder to opener, with the verdict it must get.
     fn back(&self, what: &str, flags: u8, verdict: u32) -> Case {
         let seq = if flags & SYN != 0 { 5000 } else { 5001 };
-        Case::new(
-            format!("{} {what}", self.f.tag),
-            self.responder_nic,
-            tcp(self.server, self.client, self.sport, self.cport, flags).seq_ack(seq, 1001).build(),
-            verdict,
-        )
+        self.f.case(what, self.responder_nic, tcp(self.server, self.client, self.sport, self.cport, flags).seq_ack(seq, 1001).build(), verdict)
     }
     /// SYN, SYN-ACK, ACK.
     fn handshake(&self) -> [Case; 3] {
@@ -633,10 +527,9 @@ impl Conn {
 
 #[test]
 fn replies_of_allowed_flows_pass_and_nothing_else() {
-    let mut cases = Vec::new();
-    for f in [V4, V6] {
+    let cases = both_families(|f| {
         let (r1, r2, r3) = (Conn::r1(f, 40001), Conn::r2(f, 40002), Conn::r3(f, 40003));
-        cases.extend([
+        [
             r1.back("R1 reply before any flow", SYN_ACK, DROP_NO_RULE),
             r1.out("R1 SYN", SYN),
             r1.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
@@ -651,33 +544,22 @@ fn replies_of_allowed_flows_pass_and_nothing_else() {
             r3.out("R3 SYN", SYN),
             r3.back("R3 SYN-ACK", SYN_ACK, PASS_REPLY),
             // The R2 flow's reply arriving from the Edge side is not a reply.
-            Case::new(format!("{} R2 reply on the edge NIC", f.tag), Edge, tcp(f.partner, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
+            f.case("R2 reply on the edge NIC", Edge, tcp(f.partner, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
             // Another partner from port 5269 to the same Edge port: the flow is not theirs.
-            Case::new(
-                format!("{} another host's 5269 to the R2 client port", f.tag),
-                Outside,
-                tcp(f.frontend, f.access, 5269, 40002, ACK).build(),
-                DROP_NO_RULE,
-            ),
-            Case::new(
-                format!("{} the R2 partner from 5269 to another Edge port", f.tag),
-                Outside,
-                tcp(f.partner, f.access, 5269, 40099, ACK).build(),
-                DROP_NO_RULE,
-            ),
+            f.case("another host's 5269 to the R2 client port", Outside, tcp(f.frontend, f.access, 5269, 40002, ACK).build(), DROP_NO_RULE),
+            f.case("the R2 partner from 5269 to another Edge port", Outside, tcp(f.partner, f.access, 5269, 40099, ACK).build(), DROP_NO_RULE),
             // The R1 reply tuple from the other side of the firewall is spoofed.
-            Case::new(format!("{} R1 reply arriving on outside", f.tag), Outside, tcp(f.access, f.partner, 5269, 40001, ACK).build(), DROP_SPOOFED),
-        ]);
-    }
+            f.case("R1 reply arriving on outside", Outside, tcp(f.access, f.partner, 5269, 40001, ACK).build(), DROP_SPOOFED),
+        ]
+    });
     run(Policy::default(), &cases);
 }
 
 #[test]
 fn rst_closes_a_flow_from_either_side() {
-    let mut cases = Vec::new();
-    for f in [V4, V6] {
+    let cases = both_families(|f| {
         let (a, b) = (Conn::r1(f, 40011), Conn::r2(f, 40012));
-        cases.extend([
+        [
             a.out("R1 SYN", SYN),
             a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
             a.back("R1 RST from the Edge passes", RST_ACK, PASS_REPLY),
@@ -686,8 +568,8 @@ fn rst_closes_a_flow_from_either_side() {
             b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
             b.out("R2 RST from the Edge", RST),
             b.back("R2 after the Edge's RST", ACK, DROP_NO_RULE),
-        ]);
-    }
+        ]
+    });
     run(tracked_only(), &cases);
 }
 
@@ -711,58 +593,59 @@ fn short(syn: u64, established: u64, closing: u64) -> Policy {
 fn fin_closes_a_flow_after_the_closing_timeout() {
     let h = harness(short(60_000, 60_000, 300));
     let seg = |src, dst, sport, dport, flags, seq, ack| tcp(src, dst, sport, dport, flags).seq_ack(seq, ack).build();
-    for f in [V4, V6] {
-        let (a, b) = (Conn::r1(f, 40021), Conn::r2(f, 40022));
-        let t = f.tag;
-        h.check_all(&[
-            a.out("R1 SYN", SYN),
-            a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
-            // The opener's FIN completes the handshake; the Edge's acknowledgement of
-            // it (1002) starts the close.
-            a.out("R1 FIN", FIN_ACK),
-            Case::new(format!("{t} R1 FIN-ACK acknowledging the FIN"), Edge, seg(f.access, f.partner, 5269, 40021, FIN_ACK, 5001, 1002), PASS_REPLY),
-            b.out("R2 SYN", SYN),
-            b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
-            b.out("R2 ACK", ACK),
-            b.back("R2 FIN from the partner", FIN_ACK, PASS_REPLY),
-            Case::rule(format!("{t} R2 the Edge acknowledges the FIN"), Edge, seg(f.access, f.partner, 40022, 5269, ACK, 1001, 5002), R2),
-        ])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    let conns = |f| (Conn::r1(f, 40021), Conn::r2(f, 40022));
+    check(
+        &h,
+        &both_families(|f| {
+            let (a, b) = conns(f);
+            [
+                a.out("R1 SYN", SYN),
+                a.back("R1 SYN-ACK", SYN_ACK, PASS_REPLY),
+                // The opener's FIN completes the handshake; the Edge's acknowledgement of
+                // it (1002) starts the close.
+                a.out("R1 FIN", FIN_ACK),
+                f.case("R1 FIN-ACK acknowledging the FIN", Edge, seg(f.access, f.partner, 5269, 40021, FIN_ACK, 5001, 1002), PASS_REPLY),
+                b.out("R2 SYN", SYN),
+                b.back("R2 SYN-ACK", SYN_ACK, PASS_REPLY),
+                b.out("R2 ACK", ACK),
+                b.back("R2 FIN from the partner", FIN_ACK, PASS_REPLY),
+                f.rule("R2 the Edge acknowledges the FIN", Edge, seg(f.access, f.partner, 40022, 5269, ACK, 1001, 5002), R2),
+            ]
+        }),
+    );
     sleep(Duration::from_millis(600));
-    for f in [V4, V6] {
-        let (a, b) = (Conn::r1(f, 40021), Conn::r2(f, 40022));
-        h.check_all(&[
-            a.back("R1 after FIN and the closing timeout", ACK, DROP_NO_RULE),
-            b.back("R2 after FIN and the closing timeout", ACK, DROP_NO_RULE),
-        ])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    check(
+        &h,
+        &both_families(|f| {
+            let (a, b) = conns(f);
+            [a.back("R1 after FIN and the closing timeout", ACK, DROP_NO_RULE), b.back("R2 after FIN and the closing timeout", ACK, DROP_NO_RULE)]
+        }),
+    );
 }
 
 #[test]
 fn idle_flows_expire_by_state() {
     // Established flows live 400 ms, unanswered SYNs 100 ms.
     let h = harness(short(100, 400, 60_000));
-    for f in [V4, V6] {
-        let (a, b) = (Conn::r1(f, 40031), Conn::r3(f, 40032));
-        let [syn, syn_ack, ack] = a.handshake();
-        h.check_all(&[syn, syn_ack, ack, b.out("R3 SYN, never answered", SYN)]).unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    let conns = |f| (Conn::r1(f, 40031), Conn::r3(f, 40032));
+    check(
+        &h,
+        &both_families(|f| {
+            let (a, b) = conns(f);
+            let [syn, syn_ack, ack] = a.handshake();
+            [syn, syn_ack, ack, b.out("R3 SYN, never answered", SYN)]
+        }),
+    );
     sleep(Duration::from_millis(250));
-    for f in [V4, V6] {
-        let (a, b) = (Conn::r1(f, 40031), Conn::r3(f, 40032));
-        h.check_all(&[
-            a.back("established flow, idle 250 ms of 400", ACK, PASS_REPLY),
-            b.back("unanswered SYN, idle 250 ms of 100", SYN_ACK, DROP_NO_RULE),
-        ])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    check(
+        &h,
+        &both_families(|f| {
+            let (a, b) = conns(f);
+            [a.back("established flow, idle 250 ms of 400", ACK, PASS_REPLY), b.back("unanswered SYN, idle 250 ms of 100", SYN_ACK, DROP_NO_RULE)]
+        }),
+    );
     sleep(Duration::from_millis(800));
-    for f in [V4, V6] {
-        let a = Conn::r1(f, 40031);
-        h.check_all(&[a.back("established flow, idle 800 ms of 400", ACK, DROP_NO_RULE)]).unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    check(&h, &both_families(|f| [conns(f).0.back("established flow, idle 800 ms of 400", ACK, DROP_NO_RULE)]));
 }
 
 #[test]
@@ -865,32 +748,17 @@ fn blind_rst_and_syn_leave_established_flows_alone() {
         let (a, b) = (Conn::r1(f, 40061), Conn::r2(f, 40062));
         cases.extend(a.handshake());
         cases.extend([
-            Case::rule(
-                format!("{} R1 blind RST from the partner's tuple", f.tag),
-                Outside,
-                tcp(f.partner, f.access, 40061, 5269, RST).seq_ack(77_777, 0).build(),
-                R1,
-            ),
-            Case::rule(
-                format!("{} R1 SYN on the established tuple", f.tag),
-                Outside,
-                tcp(f.partner, f.access, 40061, 5269, SYN).seq_ack(12_345, 0).build(),
-                R1,
-            ),
-            Case::new(
-                format!("{} R1 blind RST from the Edge's side", f.tag),
-                Edge,
-                tcp(f.access, f.partner, 5269, 40061, RST).seq_ack(99, 0).build(),
-                PASS_REPLY,
-            ),
+            f.rule("R1 blind RST from the partner's tuple", Outside, tcp(f.partner, f.access, 40061, 5269, RST).seq_ack(77_777, 0).build(), R1),
+            f.rule("R1 SYN on the established tuple", Outside, tcp(f.partner, f.access, 40061, 5269, SYN).seq_ack(12_345, 0).build(), R1),
+            f.case("R1 blind RST from the Edge's side", Edge, tcp(f.access, f.partner, 5269, 40061, RST).seq_ack(99, 0).build(), PASS_REPLY),
             a.back("R1 data after the blind packets", ACK | PSH, PASS_REPLY),
             a.back("R1 RST at the Edge's sequence number", RST, PASS_REPLY),
             a.back("R1 after the real RST", ACK, DROP_NO_RULE),
         ]);
         cases.extend(b.handshake());
         cases.extend([
-            Case::new(
-                format!("{} R2 blind RST from the partner's 5269", f.tag),
+            f.case(
+                "R2 blind RST from the partner's 5269",
                 Outside,
                 tcp(f.partner, f.access, 5269, 40062, RST_ACK).seq_ack(31_337, 1001).build(),
                 PASS_REPLY,
@@ -903,35 +771,35 @@ fn blind_rst_and_syn_leave_established_flows_alone() {
     run(tracked_only(), &cases);
 }
 
+/// An R1 SYN from the partner of `dst`'s family: `want` is the row an access-edge
+/// member opens; a stranger's (`None`) is unpoliced.
+fn probe(dst: &str, want: Option<u32>) -> Case {
+    let ip = dst.parse::<IpAddr>().unwrap();
+    let frame = tcp(if ip.is_ipv6() { PARTNER6 } else { PARTNER4 }, ip, 40000, 5269, SYN).build();
+    match want {
+        Some(r) => Case::rule(format!("R1 to {dst}"), Outside, frame, r),
+        None => Case::new(format!("R1 to {dst}"), Outside, frame, PASS_UNPOLICED),
+    }
+}
+
+/// Write `sets` over the running filter's, then check `cases`; `when` names the step
+/// in a failure.
+fn set_and_check(h: &mut Harness, sets: &AddressSets, when: &str, cases: &[Case]) {
+    h.filter.maps_mut().set_address_sets(sets).unwrap();
+    h.check_all(cases).unwrap_or_else(|e| panic!("{when}: {e:#}"));
+}
+
 /// The set tables match an address by its longest prefix, whatever lengths the sets
 /// hold, and follow changes of those lengths at run time: a length whose last prefix
 /// goes stops matching, a new one matches at once.
 #[test]
 fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
-    let prefixes = [
-        (SetId::ACCESS_EDGE, "198.18.0.0/16"),
-        (SetId::ACCESS_EDGE, "198.18.4.0/24"),
-        (SetId::ACCESS_EDGE, "198.18.4.128/28"),
-        (SetId::ACCESS_EDGE, "198.18.4.130"),
-        (SetId::ACCESS_EDGE, "2001:db8:aa::/48"),
-        (SetId::ACCESS_EDGE, "2001:db8:aa:1::/64"),
-        (SetId::ACCESS_EDGE, "2001:db8:aa:1::7"),
-        (SetId::INTERNAL_EDGE, "2001:db8:bb::/127"),
-    ];
     let mut sets = sets();
-    for (set, p) in prefixes {
-        sets.insert(set, p.parse::<Prefix>().unwrap()).unwrap();
-    }
+    insert_prefixes(&mut sets, SetId::ACCESS_EDGE, &["198.18.0.0/16", "198.18.4.0/24", "198.18.4.128/28", "198.18.4.130"]);
+    insert_prefixes(&mut sets, SetId::ACCESS_EDGE, &["2001:db8:aa::/48", "2001:db8:aa:1::/64", "2001:db8:aa:1::7"]);
+    insert_prefixes(&mut sets, SetId::INTERNAL_EDGE, &["2001:db8:bb::/127"]);
     let mut h = Harness::with_sets(Policy::default(), &sets).unwrap_or_else(|e| panic!("{e:#}"));
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    // Each is an R1 SYN to an access-edge member; a stranger's gets no rule.
-    let probe = |dst: &str, want: Option<u32>| {
-        let frame = tcp(if dst.contains(':') { PARTNER6 } else { PARTNER4 }, ip(dst), 40000, 5269, SYN).build();
-        match want {
-            Some(r) => Case::rule(format!("R1 to {dst}"), Outside, frame, r),
-            None => Case::new(format!("R1 to {dst}"), Outside, frame, PASS_UNPOLICED),
-        }
-    };
     h.check_all(&[
         probe("198.18.200.1", Some(R1)),
         probe("198.18.4.1", Some(R1)),
@@ -949,12 +817,10 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
 
     // The /16 goes: its length is no longer looked up; the nested /24 still matches.
     sets.remove(SetId::ACCESS_EDGE, &"198.18.0.0/16".parse().unwrap());
-    h.filter.maps_mut().set_address_sets(&sets).unwrap();
-    h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]).unwrap_or_else(|e| panic!("{e:#}"));
+    set_and_check(&mut h, &sets, "without the /16", &[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]);
     // A /20 is a new length: it matches at once.
-    sets.insert(SetId::ACCESS_EDGE, "198.18.32.0/20".parse().unwrap()).unwrap();
-    h.filter.maps_mut().set_address_sets(&sets).unwrap();
-    h.check_all(&[probe("198.18.47.254", Some(R1)), probe("198.18.48.1", None)]).unwrap_or_else(|e| panic!("{e:#}"));
+    insert_prefixes(&mut sets, SetId::ACCESS_EDGE, &["198.18.32.0/20"]);
+    set_and_check(&mut h, &sets, "with a /20", &[probe("198.18.47.254", Some(R1)), probe("198.18.48.1", None)]);
     assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }
 
@@ -964,24 +830,8 @@ fn address_sets_match_the_longest_prefix_of_every_length_they_hold() {
 #[test]
 fn address_sets_answer_alike_scanned_in_place_and_probed_in_the_hash_table() {
     let mut sets = sets();
-    for (set, p) in [
-        (SetId::ACCESS_EDGE, "198.18.0.0/16"),
-        (SetId::ACCESS_EDGE, "198.18.4.0/24"),
-        (SetId::ACCESS_EDGE, "198.18.4.130"),
-        (SetId::ACCESS_EDGE, "2001:db8:aa::/48"),
-        (SetId::ACCESS_EDGE, "2001:db8:aa:1::7"),
-    ] {
-        sets.insert(set, p.parse::<Prefix>().unwrap()).unwrap();
-    }
+    insert_prefixes(&mut sets, SetId::ACCESS_EDGE, &["198.18.0.0/16", "198.18.4.0/24", "198.18.4.130", "2001:db8:aa::/48", "2001:db8:aa:1::7"]);
     let mut h = Harness::with_sets(Policy::default(), &sets).unwrap_or_else(|e| panic!("{e:#}"));
-    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    let probe = |dst: &str, want: Option<u32>| {
-        let frame = tcp(if dst.contains(':') { PARTNER6 } else { PARTNER4 }, ip(dst), 40000, 5269, SYN).build();
-        match want {
-            Some(r) => Case::rule(format!("R1 to {dst}"), Outside, frame, r),
-            None => Case::new(format!("R1 to {dst}"), Outside, frame, PASS_UNPOLICED),
-        }
-    };
     let cases = || {
         vec![
             probe("198.18.200.1", Some(R1)),
@@ -1005,18 +855,14 @@ fn address_sets_answer_alike_scanned_in_place_and_probed_in_the_hash_table() {
     for p in &fillers {
         sets.insert(peers, *p).unwrap();
     }
-    h.filter.maps_mut().set_address_sets(&sets).unwrap();
-    h.check_all(&cases()).unwrap_or_else(|e| panic!("probed in the hash table: {e:#}"));
+    set_and_check(&mut h, &sets, "probed in the hash table", &cases());
     // A change on the hash side, then back under the line.
     sets.remove(SetId::ACCESS_EDGE, &"198.18.0.0/16".parse().unwrap());
-    h.filter.maps_mut().set_address_sets(&sets).unwrap();
-    h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]).unwrap_or_else(|e| panic!("{e:#}"));
+    set_and_check(&mut h, &sets, "probed, without the /16", &[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1))]);
     for p in &fillers {
         sets.remove(peers, p);
     }
-    h.filter.maps_mut().set_address_sets(&sets).unwrap();
-    h.check_all(&[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1)), probe("2001:db8:aa:1::7", Some(R1))])
-        .unwrap_or_else(|e| panic!("scanned again: {e:#}"));
+    set_and_check(&mut h, &sets, "scanned again", &[probe("198.18.200.1", None), probe("198.18.4.1", Some(R1)), probe("2001:db8:aa:1::7", Some(R1))]);
     assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }
 

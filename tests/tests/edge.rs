@@ -19,13 +19,14 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
 use edge_filter_tests::{
     plan::*,
     topology::{
-        AV4, AV6, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, packets, rule_hits, sa, udp_echo_server,
+        Daemon, Datagram, Netns, Outcome, Topology, WHOLE_EDGE_SETS, connect_from, datagram, echo_server, packets, rule_hits, sa, udp_echo_server,
     },
 };
 use serde_json::Value;
@@ -88,31 +89,16 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The hosts' addresses in one family.
-#[derive(Clone, Copy)]
-struct Family {
-    name: &'static str,
-    partner: IpAddr,
-    access: IpAddr,
-    av: IpAddr,
-    internal: IpAddr,
-    frontend: IpAddr,
-}
-
-const FAMILIES: [Family; 2] = [
-    Family { name: "v4", partner: PARTNER4, access: ACCESS4, av: AV4, internal: INTERNAL4, frontend: FRONTEND4 },
-    Family { name: "v6", partner: PARTNER6, access: ACCESS6, av: AV6, internal: INTERNAL6, frontend: FRONTEND6 },
-];
-
 /// The topology with the A/V Edge's address, every server the cases aim at (TCP
 /// echo and UDP echo), and ephemeral ports below the media range (see
 /// [`Topology::ephemeral_ports_below_media_range`]: so each answer counts as
-/// `pass/reply`, not as an `rtp-*` row).
-fn whole_edge() -> Topology {
+/// `pass/reply`, not as an `rtp-*` row); then the daemon running the whole Edge's
+/// sets ([`WHOLE_EDGE_SETS`]) and `extra`, from the config file whose path it returns.
+fn whole_edge(extra: &str) -> (Topology, PathBuf, Daemon) {
     let t = ok(Topology::new());
     ok(t.add_av_edge());
     ok(t.ephemeral_ports_below_media_range());
-    for f in FAMILIES {
+    for f in [V4, V6] {
         for port in [5269, 5061, 443, 22] {
             ok(echo_server(&t.edge, sa(f.access, port)));
         }
@@ -137,7 +123,9 @@ fn whole_edge() -> Topology {
         }
         ok(echo_server(&t.frontend, sa(f.frontend, 5061)));
     }
-    t
+    let config = ok(t.write_config_with_sets(WHOLE_EDGE_SETS, extra));
+    let d = ok(t.start(&config));
+    (t, config, d)
 }
 
 /// One attempt: from a host, from a local address and port (0: any), to a server.
@@ -276,12 +264,10 @@ fn json(t: &Topology, args: &[&str]) -> Value {
 
 #[test]
 fn every_service_of_the_whole_edge_answers_in_both_families_and_counts_its_row() {
-    let t = whole_edge();
-    let config = ok(t.write_config_with_sets(WHOLE_EDGE_SETS, &format!("{TABLES}[metrics]\nlisten = \"127.0.0.1:9535\"\n")));
-    let d = ok(t.start(&config));
+    let (t, config, d) = whole_edge(&format!("{TABLES}[metrics]\nlisten = \"127.0.0.1:9535\"\n"));
     use Want::Pass;
-    for f in FAMILIES {
-        let fam = f.name;
+    for f in [V4, V6] {
+        let fam = f.tag;
         let (partner, edge, frontend) = (&t.partner, &t.edge, &t.frontend);
         let cases = [
             ("XMPP federation in", tcp(partner, f.partner, sa(f.access, 5269)), Pass { row: "federation-in", reply_nic: "ext0" }),
@@ -355,12 +341,10 @@ fn every_service_of_the_whole_edge_answers_in_both_families_and_counts_its_row()
 
 #[test]
 fn the_whole_edge_refuses_what_no_row_allows_and_unsolicited_datagrams() {
-    let t = whole_edge();
-    let config = ok(t.write_config_with_sets(WHOLE_EDGE_SETS, &format!("{TABLES}[metrics]\nlisten = \"127.0.0.1:9536\"\n")));
-    let d = ok(t.start(&config));
+    let (t, _, d) = whole_edge(&format!("{TABLES}[metrics]\nlisten = \"127.0.0.1:9536\"\n"));
     use Want::Refused;
-    for f in FAMILIES {
-        let fam = f.name;
+    for f in [V4, V6] {
+        let fam = f.tag;
         // Every server below answers from its own namespace, where the filter is not
         // on the path: the silence that follows is the filter's.
         for (host, to) in [(&t.edge, sa(f.access, 22)), (&t.edge, sa(f.av, 60000)), (&t.partner, sa(f.partner, 60000))] {
@@ -397,7 +381,6 @@ fn the_whole_edge_refuses_what_no_row_allows_and_unsolicited_datagrams() {
 
 #[test]
 fn federation_restricted_to_a_peer_set_refuses_other_sources() {
-    let t = whole_edge();
     // The operator's policy: federation in only from known partners.
     let extra = format!(
         "{TABLES}disable = [\"federation-in\"]\n\n\
@@ -405,10 +388,9 @@ fn federation_restricted_to_a_peer_set_refuses_other_sources() {
          [[rule]]\nid = \"federation-in-partners\"\nproto = \"tcp\"\nport = 5269\nsource = \"partners\"\ndestination = \"access-edge\"\n\n\
          [metrics]\nlisten = \"127.0.0.1:9537\"\n"
     );
-    let config = ok(t.write_config_with_sets(WHOLE_EDGE_SETS, &extra));
-    let d = ok(t.start(&config));
-    for f in FAMILIES {
-        let fam = f.name;
+    let (t, config, d) = whole_edge(&extra);
+    for f in [V4, V6] {
+        let fam = f.tag;
         // The Front End is not a partner: before, federation-in let any source in.
         // (Refused first: a row hit trailing an allowed connection would blur the
         // check that no row opened.)
@@ -455,10 +437,10 @@ fn federation_restricted_to_a_peer_set_refuses_other_sources() {
     assert!(out.status.success(), "addr add partners: {}", String::from_utf8_lossy(&out.stderr));
     let listed = json(&t, &["addr", "list", "partners", "--json"]);
     assert!(listed.as_array().unwrap().iter().any(|e| e["address"] == "198.18.0.0/24" && e["source"] == "runtime"), "{listed:#}");
-    for f in FAMILIES {
+    for f in [V4, V6] {
         expect(
             &t,
-            &format!("{} federation from a network that joined the peer set", f.name),
+            &format!("{} federation from a network that joined the peer set", f.tag),
             tcp(&t.frontend, f.frontend, sa(f.access, 5269)),
             // The Edge reaches the Front End's networks through its internal NIC.
             Want::Pass { row: "federation-in-partners", reply_nic: "int0" },

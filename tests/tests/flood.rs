@@ -33,6 +33,41 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Each named connection echoes; `when` says at which point, in a failure.
+fn echo_all(conns: &mut [(String, TcpStream)], when: &str) {
+    for (name, s) in conns {
+        assert!(echo(s), "{name} {when}");
+    }
+}
+
+/// Send `count` copies of `frame` from the partner's NIC to the firewall's `out0`,
+/// varied by the generator: sources 198.51.100.128-255 (the frame's last source
+/// byte is set to 128) and ever new source ports. `what` names the frames in the rate
+/// printed; then the filter gets half a second to settle.
+fn flood_from_partner(t: &Topology, mut frame: Vec<u8>, count: u32, what: &str) {
+    frame[..6].copy_from_slice(&ok(mac_of(&t.fw, "out0")));
+    frame[6..12].copy_from_slice(&ok(mac_of(&t.partner, "eth0")));
+    let frame = packet::set_byte(frame, 14 + 15, 128);
+    let took = ok(flood(&t.partner, "eth0", frame, count));
+    eprintln!("flood: {count} {what} in {took:?} ({:.2} Mpps)", f64::from(count) / took.as_secs_f64() / 1e6);
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// The flow events of `status` (`status --json`) after a flood of `count` frames,
+/// each opening an entry of `table` (which holds `size`): no established TCP flow was
+/// evicted or refused, the `conns` connections are live, and the flood churned its
+/// own table only.
+fn assert_only_the_flooded_table_churned(status: &Value, table: &str, size: u64, count: u32, conns: usize) {
+    let ev = &status["flow_events"];
+    let n = |table: &str, what: &str| ev[table][what].as_u64().unwrap_or_else(|| panic!("{table}.{what} in {status:#}"));
+    assert_eq!(n("flows", "evicted"), 0, "no established TCP flow was evicted: {ev:#}");
+    assert_eq!(n("flows", "insert_failed"), 0, "{ev:#}");
+    assert!(n("flows", "live") >= conns as u64, "{ev:#}");
+    assert!(n(table, "created") >= u64::from(count), "every one of the {count} flooding frames opened an entry of {table}: {ev:#}");
+    assert!(n(table, "evicted") >= u64::from(count) - size, "the flood churned its own table, {table} of {size}: {ev:#}");
+    assert!(n(table, "live") <= size, "{table} holds at most {size}: {ev:#}");
+}
+
 #[test]
 fn established_federation_flows_survive_a_syn_flood_of_twenty_times_the_table() {
     let t = ok(Topology::new());
@@ -57,32 +92,16 @@ fn established_federation_flows_survive_a_syn_flood_of_twenty_times_the_table() 
             conns.push((format!("{fam} R3 #{i}"), ok(open_stream(&t.frontend, sa(internal, 23456), T))));
         }
     }
-    for (name, s) in &mut conns {
-        assert!(echo(s), "{name} before the flood");
-    }
+    echo_all(&mut conns, "before the flood");
 
     // Spoofed SYNs from 198.51.100.128-255, every source port, to access-edge:5269.
-    let mut frame = tcp(PARTNER4, ACCESS4, 1024, 5269, SYN).build();
-    frame[..6].copy_from_slice(&ok(mac_of(&t.fw, "out0")));
-    frame[6..12].copy_from_slice(&ok(mac_of(&t.partner, "eth0")));
-    let frame = packet::set_byte(frame, 14 + 15, 128);
-    let took = ok(flood(&t.partner, "eth0", frame, FLOOD));
-    eprintln!("flood: {FLOOD} SYNs in {took:?} ({:.2} Mpps)", f64::from(FLOOD) / took.as_secs_f64() / 1e6);
-    std::thread::sleep(Duration::from_millis(500));
+    flood_from_partner(&t, tcp(PARTNER4, ACCESS4, 1024, 5269, SYN).build(), FLOOD, "SYNs");
 
-    for (name, s) in &mut conns {
-        assert!(echo(s), "{name} after the flood, on the same connection");
-    }
+    echo_all(&mut conns, "after the flood, on the same connection");
     let counted = std::time::SystemTime::now();
     let status: Value = ok(t.status_counted_after(counted));
-    let ev = &status["flow_events"];
-    let n = |table: &str, what: &str| ev[table][what].as_u64().unwrap_or_else(|| panic!("{table}.{what} in {status:#}"));
-    assert_eq!(n("flows", "evicted"), 0, "no established flow was evicted: {ev:#}");
-    assert_eq!(n("flows", "insert_failed"), 0, "{ev:#}");
-    assert!(n("flows", "live") >= conns.len() as u64, "{ev:#}");
-    assert!(n("embryos", "created") >= u64::from(FLOOD), "every SYN was a handshake: {ev:#}");
-    assert!(n("embryos", "evicted") >= u64::from(FLOOD) - MAX_EMBRYOS, "the flood evicted its own kind: {ev:#}");
-    assert!(n("embryos", "live") <= MAX_EMBRYOS, "{ev:#}");
+    // Every SYN was a handshake, and the flood evicted its own kind.
+    assert_only_the_flooded_table_churned(&status, "embryos", MAX_EMBRYOS, FLOOD, conns.len());
     let metrics = ok(t.metrics_counted_after(METRICS.parse().unwrap(), counted));
     let evicted = metrics.lines().find(|l| l.starts_with("edge_filter_flow_events_total{event=\"handshake_evicted\"}")).unwrap();
     assert!(evicted.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= u64::from(FLOOD) - MAX_EMBRYOS, "{evicted}");
@@ -124,9 +143,7 @@ fn established_federation_flows_survive_a_udp_flood_of_eighty_times_the_udp_tabl
             conns.push((format!("{fam} internal-mtls #{i}"), ok(open_stream(&t.frontend, sa(internal, 23456), T))));
         }
     }
-    for (name, s) in &mut conns {
-        assert!(echo(s), "{name} before the flood");
-    }
+    echo_all(&mut conns, "before the flood");
     let stun = |ip, av| ok(datagram(&t.partner, sa(ip, 0), sa(av, 3478), b"binding request", T));
     assert_eq!(stun(PARTNER4, AV4), Datagram::Answered, "STUN before the flood");
 
@@ -136,18 +153,11 @@ fn established_federation_flows_survive_a_udp_flood_of_eighty_times_the_udp_tabl
     // the source port (at the same offset in UDP) and fixes the IPv4 checksum; the
     // UDP checksum is 0 ("none" in IPv4), and the TCP checksum it also updates lies
     // in the datagram's payload, which must make the frame long enough for it.
-    let mut frame = udp(PARTNER4, AV4, 1024, 3478).payload(24).build();
+    let frame = udp(PARTNER4, AV4, 1024, 3478).payload(24).build();
     assert!(frame.len() >= 14 + 20 + 18, "the generator varies frames that hold a TCP checksum's offset");
-    frame[..6].copy_from_slice(&ok(mac_of(&t.fw, "out0")));
-    frame[6..12].copy_from_slice(&ok(mac_of(&t.partner, "eth0")));
-    let frame = packet::set_byte(frame, 14 + 15, 128);
-    let took = ok(flood(&t.partner, "eth0", frame, UDP_FLOOD));
-    eprintln!("flood: {UDP_FLOOD} datagrams in {took:?} ({:.2} Mpps)", f64::from(UDP_FLOOD) / took.as_secs_f64() / 1e6);
-    std::thread::sleep(Duration::from_millis(500));
+    flood_from_partner(&t, frame, UDP_FLOOD, "datagrams");
 
-    for (name, s) in &mut conns {
-        assert!(echo(s), "{name} after the flood, on the same connection");
-    }
+    echo_all(&mut conns, "after the flood, on the same connection");
     // The service the flood aimed at still answers a real client: its table makes
     // room by evicting the oldest UDP flows.
     assert_eq!(stun(PARTNER4, AV4), Datagram::Answered, "STUN after the flood");
@@ -155,15 +165,9 @@ fn established_federation_flows_survive_a_udp_flood_of_eighty_times_the_udp_tabl
 
     let counted = std::time::SystemTime::now();
     let status: Value = ok(t.status_counted_after(counted));
-    let ev = &status["flow_events"];
-    eprintln!("flow events: {ev}");
-    let n = |table: &str, what: &str| ev[table][what].as_u64().unwrap_or_else(|| panic!("{table}.{what} in {status:#}"));
-    assert_eq!(n("flows", "evicted"), 0, "no TCP flow was evicted: {ev:#}");
-    assert_eq!(n("flows", "insert_failed"), 0, "{ev:#}");
-    assert!(n("flows", "live") >= conns.len() as u64, "{ev:#}");
-    assert!(n("udp", "created") >= u64::from(UDP_FLOOD), "every spoofed datagram opened a UDP flow: {ev:#}");
-    assert!(n("udp", "evicted") >= u64::from(UDP_FLOOD) - MAX_UDP_FLOWS, "the flood churned the UDP table: {ev:#}");
-    assert!(n("udp", "live") <= MAX_UDP_FLOWS, "{ev:#}");
+    eprintln!("flow events: {}", status["flow_events"]);
+    // Every spoofed datagram opened a UDP flow, and the flood churned the UDP table.
+    assert_only_the_flooded_table_churned(&status, "udp", MAX_UDP_FLOWS, UDP_FLOOD, conns.len());
     assert_eq!(status["max_udp_flows"].as_u64(), Some(MAX_UDP_FLOWS), "{status:#}");
     let stats: Value = serde_json::from_slice(&ok(t.cli(&["stats", "--json"])).stdout).unwrap();
     let hits = stats["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "stun-udp-in").map_or(0, |r| r["packets"].as_u64().unwrap());

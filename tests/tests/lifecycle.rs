@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_filter_tests::topology::{Netns, Topology, edge_filter_bin};
+use edge_filter_tests::topology::{Daemon, Netns, Topology, edge_filter_bin};
 use serde_json::Value;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
@@ -22,9 +22,7 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
 
 /// The config of the topology with its own metrics listener.
 fn config(t: &Topology, name: &str, metrics: &str) -> PathBuf {
-    let path = t.work.join(name);
-    std::fs::write(&path, format!("{}\n[metrics]\n{metrics}\n", t.base_config())).unwrap();
-    path
+    ok(t.work_file(name, &format!("{}\n[metrics]\n{metrics}\n", t.base_config())))
 }
 
 /// The id of the XDP program on `dev` in `ns`, as the kernel reports it to iproute2.
@@ -47,6 +45,17 @@ fn links(t: &Topology) -> Vec<(String, String, u64)> {
         .iter()
         .map(|i| (i["name"].as_str().unwrap().to_owned(), i["role"].as_str().unwrap().to_owned(), i["program_id"].as_u64().unwrap()))
         .collect()
+}
+
+/// The topology with the daemon running (`a.toml`, its metrics listening on
+/// `metrics`): the daemon, its pid and the links it holds, one per NIC.
+fn holding(metrics: &str) -> (Topology, Daemon, u32, Vec<(String, String, u64)>) {
+    let t = ok(Topology::new());
+    let d = ok(t.start(&config(&t, "a.toml", &format!("listen = \"{metrics}\""))));
+    let pid = d.pid().unwrap();
+    let before = links(&t);
+    assert_eq!(before.len(), 4, "{before:?}");
+    (t, d, pid, before)
 }
 
 /// (exit code, stderr) of a finished command.
@@ -78,11 +87,7 @@ fn finish(mut child: std::process::Child, limit: Duration) -> Result<Output, Str
 
 #[test]
 fn detach_is_refused_while_the_daemon_holds_the_links() {
-    let t = ok(Topology::new());
-    let d = ok(t.start(&config(&t, "a.toml", "listen = \"127.0.0.1:9735\"")));
-    let pid = d.pid().unwrap();
-    let before = links(&t);
-    assert_eq!(before.len(), 4, "{before:?}");
+    let (t, d, pid, before) = holding("127.0.0.1:9735");
     let progs: Vec<_> = ["out0", "fe0", "ext0", "int0"].iter().map(|n| xdp_prog(&t.fw, n)).collect();
     assert!(progs.iter().all(Option::is_some), "{progs:?}");
 
@@ -120,11 +125,7 @@ fn detach_is_refused_while_the_daemon_holds_the_links() {
 
 #[test]
 fn a_second_run_on_the_same_pin_directory_is_refused_and_changes_nothing() {
-    let t = ok(Topology::new());
-    let d = ok(t.start(&config(&t, "a.toml", "listen = \"127.0.0.1:9736\"")));
-    let pid = d.pid().unwrap();
-    let before = links(&t);
-    assert_eq!(before.len(), 4, "{before:?}");
+    let (t, d, pid, before) = holding("127.0.0.1:9736");
 
     // The same metrics port (the old failure came late, from the port), then none at all
     // (the old second daemon kept running).

@@ -17,7 +17,7 @@ use std::{
 
 use edge_filter_tests::{
     plan::*,
-    topology::{Outcome, Topology, connect, echo, echo_server, open_stream, sa},
+    topology::{Daemon, Outcome, Topology, connect, echo, echo_server, open_stream, sa},
 };
 use serde_json::Value;
 
@@ -29,6 +29,17 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
 
 fn metrics_config(port: u16) -> String {
     format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
+/// The topology with echo servers on access-edge 5269 and 22 (IPv4), and the daemon
+/// running the plan's config with `extra`.
+fn serving(extra: &str) -> (Topology, Daemon) {
+    let t = ok(Topology::new());
+    for port in [5269, 22] {
+        ok(echo_server(&t.edge, sa(ACCESS4, port)));
+    }
+    let d = ok(t.start(&ok(t.write_config(extra))));
+    (t, d)
 }
 
 /// Run the CLI; (exit code, stdout, stderr).
@@ -129,15 +140,10 @@ fn address_changes_that_change_nothing_are_refused_unless_idempotent() {
 /// and `edge_filter_flows` count live flows, judged by the kernel's timeouts.
 #[test]
 fn flows_past_their_timeout_are_not_counted_as_live() {
-    let t = ok(Topology::new());
-    for port in [5269, 22] {
-        ok(echo_server(&t.edge, sa(ACCESS4, port)));
-    }
-    let extra = format!(
+    let (t, d) = serving(&format!(
         "{}[state]\nsyn-timeout = 2\nestablished-timeout = 3\nclosing-timeout = 2\nudp-timeout = 2\ncensus-interval = 1\n",
         metrics_config(9837)
-    );
-    let d = ok(t.start(&ok(t.write_config(&extra))));
+    ));
     // The daemon publishes its first census before it says it enforces.
     assert_eq!(json(&t, &["status", "--json"])["census"]["by"], "daemon", "status right after the daemon started");
     let metrics: SocketAddr = "127.0.0.1:9837".parse().unwrap();
@@ -266,11 +272,7 @@ fn the_cli_ends_quietly_on_a_closed_pipe() {
 /// exist is there from the first scrape, at 0.
 #[test]
 fn metrics_are_valid_prometheus_text_with_every_series_from_the_first_scrape() {
-    let t = ok(Topology::new());
-    for port in [5269, 22] {
-        ok(echo_server(&t.edge, sa(ACCESS4, port)));
-    }
-    let d = ok(t.start(&ok(t.write_config(&metrics_config(9838)))));
+    let (t, d) = serving(&metrics_config(9838));
     let addr: SocketAddr = "127.0.0.1:9838".parse().unwrap();
 
     let (ctype, first) = scrape(&t, addr, None);

@@ -185,40 +185,38 @@ fn federate(t: &Topology, fam: &str, access: IpAddr, partner: IpAddr, ssh: &[(&s
     let remote = ok(Prosody::start(&t.partner, &work.join("partner"), "partner.example", partner));
     let diag = |what: &str| format!("{what}\n{}{}--- dnsmasq:\n{}", edge.diagnostics(), remote.diagnostics(), prosody::tail(&dns.log, 30));
 
+    // `server` (of `domain`) pings `peer` through the filter, having found it by SRV,
+    // asking dnsmasq from `asker` (`asked_from` names it).
+    let ping = |server: &Prosody, domain: &str, peer: &str, asked_from: &str, asker: IpAddr| {
+        let (pong, text) = ok(server.ping(peer, PING_TIMEOUT));
+        assert!(pong, "{}", diag(&format!("{fam}: {domain} pings {peer} through the filter: {text}")));
+        eprintln!("{fam} {domain} -> {peer}: {text}");
+        let srv = dns.queries("SRV", &format!("_xmpp-server._tcp.{peer}"));
+        assert!(
+            srv.iter().any(|from| from.parse::<IpAddr>().ok() == Some(asker)),
+            "{fam}: {domain}'s server found {peer} by SRV, asking dnsmasq from {asked_from} {asker}: queries from {srv:?}\n{}",
+            dns.log_text()
+        );
+    };
+    // The s2s sessions of `server` (on the host or the partner) include one with `peer`.
+    let s2s_with = |server: &Prosody, on: &str, peer: IpAddr, what: &str| {
+        let sessions = ok(server.s2s_sessions());
+        eprintln!("{fam} s2s on the {on}:\n{sessions}");
+        assert!(sessions.contains(&peer.to_string()), "{fam}: {what} {peer}:\n{sessions}");
+    };
+
     // The host's server opens the federation: SRV lookup, connection from access-edge,
     // the partner's dialback connection back to access-edge:5269.
-    let (pong, text) = ok(edge.ping("partner.example", PING_TIMEOUT));
-    assert!(pong, "{}", diag(&format!("{fam}: edge.example pings partner.example through the filter: {text}")));
-    eprintln!("{fam} edge.example -> partner.example: {text}");
-    let srv = dns.queries("SRV", "_xmpp-server._tcp.partner.example");
-    assert!(
-        srv.iter().any(|from| from.parse::<IpAddr>().ok() == Some(access)),
-        "{fam}: the host's server found partner.example by SRV, asking dnsmasq from access-edge {access}: queries from {srv:?}\n{}",
-        dns.log_text()
-    );
-    let sessions = ok(edge.s2s_sessions());
-    eprintln!("{fam} s2s on the host:\n{sessions}");
-    assert!(sessions.contains(&partner.to_string()), "{fam}: the host's s2s sessions are with the partner's {partner}:\n{sessions}");
-    let sessions = ok(remote.s2s_sessions());
-    eprintln!("{fam} s2s on the partner:\n{sessions}");
-    assert!(sessions.contains(&access.to_string()), "{fam}: the partner sees the host's server at access-edge {access}:\n{sessions}");
+    ping(&edge, "edge.example", "partner.example", "access-edge", access);
+    s2s_with(&edge, "host", partner, "the host's s2s sessions are with the partner's");
+    s2s_with(&remote, "partner", access, "the partner sees the host's server at access-edge");
 
     // The other way, on fresh connections.
     ok(edge.close_all_s2s());
     ok(remote.close_all_s2s());
     std::thread::sleep(Duration::from_millis(500));
-    let (pong, text) = ok(remote.ping("edge.example", PING_TIMEOUT));
-    assert!(pong, "{}", diag(&format!("{fam}: partner.example pings edge.example through the filter: {text}")));
-    eprintln!("{fam} partner.example -> edge.example: {text}");
-    let srv = dns.queries("SRV", "_xmpp-server._tcp.edge.example");
-    assert!(
-        srv.iter().any(|from| from.parse::<IpAddr>().ok() == Some(partner)),
-        "{fam}: the partner's server found edge.example by SRV: queries from {srv:?}\n{}",
-        dns.log_text()
-    );
-    let sessions = ok(remote.s2s_sessions());
-    eprintln!("{fam} s2s on the partner:\n{sessions}");
-    assert!(sessions.contains(&access.to_string()), "{fam}: the partner's server connected to access-edge {access}:\n{sessions}");
+    ping(&remote, "partner.example", "edge.example", "the partner's", partner);
+    s2s_with(&remote, "partner", access, "the partner's server connected to access-edge");
     // The filter's flow table holds the federation under its rows: the host's
     // connections (recorded by the egress program) as federation-out and its DNS
     // queries as dns-udp-out, opened from access-edge; the partner's as federation-in.
