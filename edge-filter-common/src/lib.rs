@@ -166,10 +166,33 @@ pub const SET_ROWS_ENTRIES: u32 = 2 * 2 * 256;
 /// The index of a protocol in [`map::PORT_ROWS`]: TCP 0, UDP 1.
 pub const fn proto_index(proto: u8) -> Option<u32> {
     match proto {
-        6 => Some(0),
-        17 => Some(1),
+        ipproto::TCP => Some(0),
+        ipproto::UDP => Some(1),
         _ => None,
     }
+}
+
+/// IP protocol numbers (IANA) that the programs read: upper layers, and the IPv6
+/// extension headers walked before them.
+pub mod ipproto {
+    pub const HOPOPTS: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AH: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const DSTOPTS: u8 = 60;
+}
+
+/// TCP flag bits, as in byte 13 of the header (RFC 9293 §3.1).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
 }
 
 /// Role of a NIC, as stored in [`Iface::role`].

@@ -44,7 +44,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{TcContext, XdpContext},
 };
-use edge_filter_common::{FlowKey, family};
+use edge_filter_common::{FlowKey, family, ipproto, tcp_flags};
 
 use crate::mem;
 use network_types::{
@@ -65,16 +65,6 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-
-pub(crate) const IPPROTO_HOPOPTS: u8 = 0;
-pub(crate) const IPPROTO_ICMP: u8 = 1;
-pub(crate) const IPPROTO_TCP: u8 = 6;
-pub(crate) const IPPROTO_UDP: u8 = 17;
-pub(crate) const IPPROTO_ROUTING: u8 = 43;
-pub(crate) const IPPROTO_FRAGMENT: u8 = 44;
-pub(crate) const IPPROTO_AH: u8 = 51;
-pub(crate) const IPPROTO_ICMPV6: u8 = 58;
-pub(crate) const IPPROTO_DSTOPTS: u8 = 60;
 
 /// [`Packet::wscale`] of a segment without the option.
 pub(crate) const NO_WSCALE: u8 = 0xff;
@@ -99,14 +89,6 @@ pub(crate) const L4_ABSENT: u8 = 2;
 pub(crate) const MAX_TCP_OPTIONS: usize = 12;
 /// RFC 7323 §2.3: a shift above 14 is taken as 14.
 const MAX_WSCALE: u8 = 14;
-
-/// TCP flag bits as in byte 13 of the header.
-pub(crate) mod tcp_flags {
-    pub(crate) const FIN: u8 = 0x01;
-    pub(crate) const SYN: u8 = 0x02;
-    pub(crate) const RST: u8 = 0x04;
-    pub(crate) const ACK: u8 = 0x10;
-}
 
 /// ICMP error types whose quote may relate them to a flow.
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -395,7 +377,7 @@ fn ipv6(frame: &Frame, off: usize, p: &mut Packet) -> Result<Parsed, Malformed> 
         let Ok(ext) = frame.read::<[u8; 4]>(l4) else {
             return chain_cut(more);
         };
-        let len = if p.proto == IPPROTO_FRAGMENT {
+        let len = if p.proto == ipproto::FRAGMENT {
             let offset_flags = u16::from_be_bytes([ext[2], ext[3]]);
             if offset_flags & !0b111 != 0 {
                 // Non-first fragment: what follows is payload, never a header.
@@ -405,7 +387,7 @@ fn ipv6(frame: &Frame, off: usize, p: &mut Packet) -> Result<Parsed, Malformed> 
             }
             more |= offset_flags & 1;
             8
-        } else if p.proto == IPPROTO_AH {
+        } else if p.proto == ipproto::AH {
             // AH counts 4-byte units minus 2, the others 8-byte units minus 1.
             (usize::from(ext[1]) + 2) * 4
         } else {
@@ -435,7 +417,7 @@ fn ipv6(frame: &Frame, off: usize, p: &mut Packet) -> Result<Parsed, Malformed> 
 
 #[inline(always)]
 fn is_extension(proto: u8) -> bool {
-    matches!(proto, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT)
+    matches!(proto, ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS | ipproto::AH | ipproto::FRAGMENT)
 }
 
 /// The extension chain runs past the packet: malformed, unless the packet is a first
@@ -450,7 +432,7 @@ fn chain_cut(more: u16) -> Result<Parsed, Malformed> {
 fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
     p.l4 = L4_TRUNCATED;
     match p.proto {
-        IPPROTO_TCP => {
+        ipproto::TCP => {
             if l4 + TcpHdr::LEN > end {
                 return;
             }
@@ -478,7 +460,7 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
                 p.wscale = wscale(frame, l4 + TcpHdr::LEN, l4 + hdr_len);
             }
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        ipproto::ICMP | ipproto::ICMPV6 => {
             // Type, code, checksum and the 4-byte rest of header every message has.
             if l4 + 8 > end {
                 return;
@@ -491,7 +473,7 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
                 quoted(frame, p, l4 + 8, end);
             }
         }
-        IPPROTO_UDP => {
+        ipproto::UDP => {
             if l4 + 8 > end {
                 return;
             }
@@ -511,9 +493,9 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
 #[inline(always)]
 pub(crate) fn is_icmp_error(fam: u8, proto: u8, icmp_type: u8) -> bool {
     if fam == family::V4 {
-        proto == IPPROTO_ICMP && matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
+        proto == ipproto::ICMP && matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
     } else {
-        proto == IPPROTO_ICMPV6 && (1..=ICMPV6_ERROR_MAX).contains(&icmp_type)
+        proto == ipproto::ICMPV6 && (1..=ICMPV6_ERROR_MAX).contains(&icmp_type)
     }
 }
 
@@ -594,7 +576,7 @@ fn quoted(frame: &Frame, p: &mut Packet, at: usize, end: usize) {
         mem::set_addr(&mut q.dst, &hdr.dst_addr);
         (hdr.next_hdr, at + Ipv6Hdr::LEN)
     };
-    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || ports_at + 4 > end {
+    if (proto != ipproto::TCP && proto != ipproto::UDP) || ports_at + 4 > end {
         return;
     }
     let Ok(ports) = frame.read::<[u8; 4]>(ports_at) else {

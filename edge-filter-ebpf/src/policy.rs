@@ -45,12 +45,12 @@
 //! Dry-run is applied by the caller: it turns any drop into `would_drop/<reason>`.
 
 use aya_ebpf::programs::XdpContext;
-use edge_filter_common::{Settings, family, flags, role, set, verdict};
+use edge_filter_common::{Settings, family, flags, ipproto, role, set, verdict};
 
 use crate::{
     counters, droplog,
     maps::IFACES,
-    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMPV6, L4_WHOLE, Packet, Parsed},
+    parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, L4_WHOLE, Packet, Parsed},
     rules,
     sets::{self, sets_of},
     state,
@@ -216,10 +216,10 @@ fn essential(p: &Packet, nic_role: u32, settings: &Settings) -> bool {
     if p.l4 != L4_WHOLE {
         return false;
     }
-    if p.family == family::V6 && p.proto == IPPROTO_ICMPV6 {
+    if p.family == family::V6 && p.proto == ipproto::ICMPV6 {
         return ICMPV6_ND.contains(&p.icmp_type) && p.hop_limit == ND_HOP_LIMIT;
     }
-    if p.proto != parse::IPPROTO_UDP || nic_role != role::HOST || settings.flags & flags::HOST_DHCP == 0 {
+    if p.proto != ipproto::UDP || nic_role != role::HOST || settings.flags & flags::HOST_DHCP == 0 {
         return false;
     }
     let (server, client) = if p.family == family::V4 { DHCP4 } else { DHCP6 };

@@ -80,14 +80,16 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use edge_filter_common::{Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flags, flow_state, hint, origin, role};
+use edge_filter_common::{
+    Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flags, flow_state, hint, ipproto, origin, role, tcp_flags,
+};
 
 use crate::{
     clock,
     counters::count_event as bump,
     maps::{EMBRYOS, EMBRYOS_OUT, FLOWS, SOURCES, UDP_FLOWS},
     mem,
-    parse::{IPPROTO_TCP, IPPROTO_UDP, NO_WSCALE, Packet, QUOTE, tcp_flags},
+    parse::{NO_WSCALE, Packet, QUOTE},
 };
 
 /// The time, read once and only when a packet needs it: a packet that finds no entry
@@ -433,9 +435,9 @@ fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> S
 /// open, continue or close its flow.
 #[inline(always)]
 pub(crate) fn open(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    if p.proto == IPPROTO_UDP {
+    if p.proto == ipproto::UDP {
         open_udp(p, rule, reply_roles, ifindex, settings, clock);
-    } else if p.proto == IPPROTO_TCP {
+    } else if p.proto == ipproto::TCP {
         open_tcp(p, rule, reply_roles, ifindex, settings, clock);
     }
 }
@@ -588,7 +590,7 @@ const MAX_WSCALE: u8 = 14;
 #[inline(always)]
 pub(crate) fn may_pick_up(p: &Packet, settings: &Settings) -> bool {
     settings.flags & flags::NO_PICKUP == 0
-        && (p.proto == IPPROTO_UDP || (has(p, tcp_flags::ACK) && p.tcp_flags & (tcp_flags::SYN | tcp_flags::RST) == 0))
+        && (p.proto == ipproto::UDP || (has(p, tcp_flags::ACK) && p.tcp_flags & (tcp_flags::SYN | tcp_flags::RST) == 0))
 }
 
 /// Record an established TCP flow from the trusted side's segment `p`, for `key` (the
@@ -631,7 +633,7 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings
         return false;
     };
     let bit = role::bit(nic_role);
-    if p.proto == IPPROTO_UDP {
+    if p.proto == ipproto::UDP {
         let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
             if pick_up == 0 || !may_pick_up(p, settings) {
                 return false;
@@ -726,7 +728,7 @@ pub(crate) fn related(settings: &Settings, clock: &mut Clock) -> bool {
     // SAFETY: this CPU's scratch slot, written by the parser for this packet.
     let forward = unsafe { &mut *q };
     let now = clock.now();
-    let udp = forward.proto == IPPROTO_UDP;
+    let udp = forward.proto == ipproto::UDP;
     let found = |key: &FlowKey| {
         if udp {
             alive(&UDP_FLOWS, key, settings, true, now)

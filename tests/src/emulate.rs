@@ -33,6 +33,10 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use aya_obj::generated::bpf_map_type::{
+    self, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_MAP_TYPE_PERCPU_HASH,
+};
 
 /// Instructions one run may execute before it is called a runaway.
 pub const MAX_INSNS: u64 = 1_000_000;
@@ -71,16 +75,6 @@ impl Insn {
     pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
         Self { code, dst, src, off, imm }
     }
-}
-
-/// Map types the program may use, as the kernel numbers them.
-mod map_type {
-    pub(super) const HASH: u32 = 1;
-    pub(super) const ARRAY: u32 = 2;
-    pub(super) const PERCPU_HASH: u32 = 5;
-    pub(super) const PERCPU_ARRAY: u32 = 6;
-    pub(super) const LRU_HASH: u32 = 9;
-    pub(super) const LRU_PERCPU_HASH: u32 = 10;
 }
 
 /// Helper ids the object calls.
@@ -130,8 +124,7 @@ const MAX_FRAMES: usize = 8;
 pub struct EmuMap {
     /// The map's name in the object.
     pub name: String,
-    /// `BPF_MAP_TYPE_*`.
-    pub map_type: u32,
+    pub map_type: bpf_map_type,
     /// Key and value sizes in bytes, and entries, as the object defines them.
     pub key_size: u32,
     pub value_size: u32,
@@ -146,20 +139,20 @@ pub struct EmuMap {
 
 impl EmuMap {
     /// A map with no kernel counterpart.
-    pub fn local(name: &str, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Self {
+    pub fn local(name: &str, map_type: bpf_map_type, key_size: u32, value_size: u32, max_entries: u32) -> Self {
         Self { name: name.into(), map_type, key_size, value_size, max_entries, real: None, data: None, overlay: HashMap::new() }
     }
 
     fn is_array(&self) -> bool {
-        matches!(self.map_type, map_type::ARRAY | map_type::PERCPU_ARRAY)
+        matches!(self.map_type, BPF_MAP_TYPE_ARRAY | BPF_MAP_TYPE_PERCPU_ARRAY)
     }
 
     fn is_per_cpu(&self) -> bool {
-        matches!(self.map_type, map_type::PERCPU_ARRAY | map_type::PERCPU_HASH | map_type::LRU_PERCPU_HASH)
+        matches!(self.map_type, BPF_MAP_TYPE_PERCPU_ARRAY | BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_LRU_PERCPU_HASH)
     }
 
     fn is_hash(&self) -> bool {
-        matches!(self.map_type, map_type::HASH | map_type::LRU_HASH | map_type::PERCPU_HASH | map_type::LRU_PERCPU_HASH)
+        matches!(self.map_type, BPF_MAP_TYPE_HASH | BPF_MAP_TYPE_LRU_HASH | BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_LRU_PERCPU_HASH)
     }
 }
 
@@ -273,7 +266,8 @@ impl Emulator {
             let data = (!def.data().is_empty()).then(|| def.data().to_vec());
             emu_maps.push(EmuMap {
                 name: name.clone(),
-                map_type: def.map_type(),
+                map_type: bpf_map_type::try_from(def.map_type())
+                    .map_err(|_| anyhow!("map {name} has type {}, which the emulator does not know", def.map_type()))?,
                 key_size: def.key_size(),
                 value_size: def.value_size(),
                 max_entries: def.max_entries(),
@@ -564,7 +558,7 @@ impl Emulator {
                 return Ok(None);
             }
         } else {
-            ensure!(map.is_hash(), "lookup in map {} of type {}", map.name, map.map_type);
+            ensure!(map.is_hash(), "lookup in map {} of type {:?}", map.name, map.map_type);
         }
         match map.overlay.get(key) {
             Some(Slot::Value(addr)) => return Ok(Some(*addr)),
@@ -605,7 +599,7 @@ impl Emulator {
                 return Ok(Err(EEXIST));
             }
         } else {
-            ensure!(map.is_hash(), "update of map {} of type {}", map.name, map.map_type);
+            ensure!(map.is_hash(), "update of map {} of type {:?}", map.name, map.map_type);
             let exists = self.exists(m, &key)?;
             if exists && flags == BPF_NOEXIST {
                 return Ok(Err(EEXIST));
@@ -632,7 +626,7 @@ impl Emulator {
         if map.is_array() {
             return Ok(Err(EINVAL));
         }
-        ensure!(map.is_hash(), "delete in map {} of type {}", map.name, map.map_type);
+        ensure!(map.is_hash(), "delete in map {} of type {:?}", map.name, map.map_type);
         if !self.exists(m, &key)? {
             return Ok(Err(ENOENT));
         }
@@ -938,7 +932,7 @@ mod tests {
     #[test]
     fn ld_imm64_and_local_maps() {
         let fd = Emulator::fd_base();
-        let maps = vec![EmuMap::local("A", map_type::ARRAY, 4, 8, 2), EmuMap::local("H", map_type::HASH, 4, 8, 16)];
+        let maps = vec![EmuMap::local("A", BPF_MAP_TYPE_ARRAY, 4, 8, 2), EmuMap::local("H", BPF_MAP_TYPE_HASH, 4, 8, 16)];
         let lookup = |map: i32| {
             [
                 Insn::new(0x18, 1, 1, 0, fd + map), // r1 = map

@@ -13,22 +13,18 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use edge_filter_common::{set::EDGE_BITS, verdict as v};
+use edge_filter_common::{
+    ipproto::{ICMP, ICMPV6, TCP, UDP},
+    set::EDGE_BITS,
+    tcp_flags::{ACK, FIN, RST, SYN},
+    verdict as v,
+};
 
 use edge_filter::{
     addr::AddressSets,
     policy::{Fate, LinkScope, Policy, Role},
     rules::Proto,
 };
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const RST: u8 = 0x04;
-const FIN: u8 = 0x01;
 
 /// What the model knows of a frame.
 #[derive(Debug)]
@@ -750,17 +746,24 @@ mod tests {
         Model::new(sets, Policy::default())
     }
 
-    /// Ethernet + IPv4 (20 bytes) + TCP (20 bytes).
-    fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 40];
+    /// Ethernet + IPv4 (20 bytes) + a transport header of `l4_len` bytes of `proto`
+    /// that starts with the ports; the rest of it is zero.
+    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, l4_len: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + usize::from(l4_len)];
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         f[14] = 0x45;
-        f[16..18].copy_from_slice(&40u16.to_be_bytes());
-        f[23] = TCP;
+        f[16..18].copy_from_slice(&(20 + l4_len).to_be_bytes());
+        f[23] = proto;
         f[26..30].copy_from_slice(&src);
         f[30..34].copy_from_slice(&dst);
         f[34..36].copy_from_slice(&sport.to_be_bytes());
         f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    /// Ethernet + IPv4 (20 bytes) + TCP (20 bytes).
+    fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+        let mut f = ipv4(TCP, src, dst, sport, dport, 20);
         f[38..42].copy_from_slice(&seq.to_be_bytes());
         f[42..46].copy_from_slice(&ack.to_be_bytes());
         f[46] = 0x50;
@@ -801,15 +804,7 @@ mod tests {
 
     /// Ethernet + IPv4 (20 bytes) + UDP (8 bytes).
     fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 28];
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&28u16.to_be_bytes());
-        f[23] = UDP;
-        f[26..30].copy_from_slice(&src);
-        f[30..34].copy_from_slice(&dst);
-        f[34..36].copy_from_slice(&sport.to_be_bytes());
-        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        let mut f = ipv4(UDP, src, dst, sport, dport, 8);
         f[38..40].copy_from_slice(&8u16.to_be_bytes());
         f
     }

@@ -15,11 +15,7 @@ use etherparse::{
 
 /// TCP flag bits, as in the header.
 pub mod flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
+    pub use edge_filter_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
     pub const SYN_ACK: u8 = SYN | ACK;
     pub const FIN_ACK: u8 = FIN | ACK;
     pub const RST_ACK: u8 = RST | ACK;
