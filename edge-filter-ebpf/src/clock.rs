@@ -14,12 +14,14 @@
 //!   reading), every `now` there reads the real clock.
 //! - After that, the real clock is read again once [`REFRESH`] jiffies have passed
 //!   since the last reading, which also measures the jiffy again over that longer
-//!   span. In between the time is off by less than a tick plus the measurement's
-//!   error over the span (1/[`CALIBRATE`] of it for the first, 1/[`REFRESH`] after):
-//!   milliseconds, against timeouts of seconds.
-//! - The estimate may run a tick ahead of a later real reading, and CPUs may differ
-//!   by as much: every comparison of two times saturates, so a time a few
-//!   milliseconds in the future reads as "now".
+//!   span. In between the time is off by at most a tick for the phase of each
+//!   reading plus the measurement's error over the span: a jiffy measured over `n`
+//!   is off by at most one part in `n`, so at most 1024 / 256 = 4 ticks before the
+//!   first refresh and one after. At HZ 250, 20 ms then 8 ms, against timeouts of
+//!   seconds.
+//! - The estimate may run a few ticks ahead of a later real reading, and CPUs may
+//!   differ by as much: every comparison of two times saturates, so a time a little
+//!   in the future reads as "now".
 //! - The state is per CPU and used by one program at a time on it: XDP runs in
 //!   softirq context, TC egress with bottom halves off.
 
@@ -29,9 +31,9 @@ use aya_ebpf::{
     maps::PerCpuArray,
 };
 
-/// Jiffies after a CPU's first reading at which it measures the jiffy (64 jiffies:
-/// a quarter of a second at HZ 250).
-const CALIBRATE: u64 = 64;
+/// Jiffies after a CPU's first reading at which it measures the jiffy (about a
+/// second at HZ 250).
+const CALIBRATE: u64 = 256;
 /// Jiffies after which the real clock is read again (1024: about four seconds at
 /// HZ 250, one at HZ 1000).
 const REFRESH: u64 = 1024;

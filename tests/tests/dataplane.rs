@@ -897,8 +897,10 @@ fn pinned_maps_of_another_layout_are_refused() {
 /// What a verdict costs in calls out of the program (on CPUs with return-thunk
 /// mitigations, each costs about as much as the whole floor), counted by the
 /// interpreter on the real object against this filter's maps: no drop, ARP or
-/// unpoliced verdict makes one; a packet of a live flow makes two (its flow's lookup and
-/// the clock); no path calls a BPF-to-BPF function. Each action is also the kernel's.
+/// unpoliced verdict makes one; a packet of a live flow makes one, its flow's lookup,
+/// once the CPU has measured its jiffy (the clock is then jiffies, a load), and two
+/// before (the clock is `bpf_ktime_get_ns`); no path calls a BPF-to-BPF function. Each
+/// action is also the kernel's.
 #[test]
 fn verdicts_make_only_the_calls_their_state_needs() {
     use edge_filter_tests::emulate::Emulator;
@@ -918,19 +920,89 @@ fn verdicts_make_only_the_calls_their_state_needs() {
         IpAddr::V4(a) => a.octets(),
         IpAddr::V6(_) => unreachable!("ACCESS4 is IPv4"),
     };
-    for (what, ifindex, frame, calls) in [
-        ("drop/no_rule", outside, tcp(PARTNER4, ACCESS4, 40001, 80, SYN).build(), 0),
-        ("drop/spoofed", outside, tcp(ACCESS4, PARTNER4, 5269, 40001, SYN).build(), 0),
-        ("pass/unpoliced", outside, tcp(PARTNER4, FRONTEND4, 40001, 22, SYN).build(), 0),
-        ("pass/essential (ARP)", outside, packet::arp([198, 51, 100, 20], access4), 0),
-        ("pass/rule, the opener's data", outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build(), 2),
-        ("pass/reply", edge, tcp(ACCESS4, PARTNER4, 5269, 40000, ACK | PSH).seq_ack(5001, 1101).payload(100).build(), 2),
+    const KTIME_GET_NS: u32 = 5;
+    for (what, ifindex, frame, flow) in [
+        ("drop/no_rule", outside, tcp(PARTNER4, ACCESS4, 40001, 80, SYN).build(), false),
+        ("drop/spoofed", outside, tcp(ACCESS4, PARTNER4, 5269, 40001, SYN).build(), false),
+        ("pass/unpoliced", outside, tcp(PARTNER4, FRONTEND4, 40001, 22, SYN).build(), false),
+        ("pass/essential (ARP)", outside, packet::arp([198, 51, 100, 20], access4), false),
+        ("pass/rule, the opener's data", outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build(), true),
+        ("pass/reply", edge, tcp(ACCESS4, PARTNER4, 5269, 40000, ACK | PSH).seq_ack(5001, 1101).payload(100).build(), true),
     ] {
-        emulator.reset();
-        let trace = emulator.run(&frame, ifindex).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-        let action = h.filter.test_run(&frame, ifindex).unwrap();
-        assert_eq!(trace.action, action, "{what}: the interpreter and the kernel agree");
-        assert_eq!(trace.subprog_calls, 0, "{what}: no BPF-to-BPF call ({program})");
-        assert_eq!(trace.helper_calls, calls, "{what}: helper calls {:?} ({program})", trace.by_helper);
+        for steady in [false, true] {
+            let when = if steady { "measured clock" } else { "fresh clock" };
+            emulator.reset();
+            if steady {
+                emulator.steady_clock().unwrap_or_else(|e| panic!("{e:#}"));
+            }
+            let trace = emulator.run(&frame, ifindex).unwrap_or_else(|e| panic!("{what}, {when}: {e:#}"));
+            let action = h.filter.test_run(&frame, ifindex).unwrap();
+            assert_eq!(trace.action, action, "{what}, {when}: the interpreter and the kernel agree");
+            assert_eq!(trace.subprog_calls, 0, "{what}, {when}: no BPF-to-BPF call ({program})");
+            let calls = u64::from(flow) * if steady { 1 } else { 2 };
+            assert_eq!(trace.helper_calls, calls, "{what}, {when}: helper calls {:?} ({program})", trace.by_helper);
+            let clock = trace.by_helper.get(&KTIME_GET_NS).copied().unwrap_or(0);
+            assert_eq!(clock, u64::from(flow && !steady), "{what}, {when}: reads of the real clock {:?}", trace.by_helper);
+        }
     }
+}
+
+/// The time the state tables keep is the monotonic clock userspace judges idle times
+/// by, also once the clock costs no call (`clock.rs`): on one CPU for three seconds
+/// (long enough to measure a jiffy at any HZ from 100), a live flow's last-seen time
+/// lies within a few ticks of `CLOCK_MONOTONIC` read on either side of each packet,
+/// and by the end the CPU keeps time by jiffies (its measured jiffy is that of a
+/// tick of 1 to 10 ms).
+#[test]
+fn the_state_tables_keep_the_monotonic_clock_without_calling_it() {
+    use edge_filter::report::monotonic_ns;
+    // SAFETY: a zeroed set with CPU 0 in it, for this thread only.
+    unsafe {
+        let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut cpus);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &cpus), 0, "run on CPU 0");
+    }
+    let h = harness(Policy::default());
+    let (outside, edge) = (h.nic(Outside).0, h.nic(Edge).0);
+    for (ifindex, frame) in [
+        (outside, tcp(PARTNER4, ACCESS4, 40000, 5269, SYN).seq_ack(1000, 0).build()),
+        (edge, tcp(ACCESS4, PARTNER4, 5269, 40000, SYN_ACK).seq_ack(5000, 1001).build()),
+        (outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK).seq_ack(1001, 5001).build()),
+    ] {
+        h.filter.test_run(&frame, ifindex).unwrap();
+    }
+    // A few ticks at HZ 100 (the estimate's bound, `clock.rs`), and some for the VM.
+    const SLACK_NS: u64 = 60_000_000;
+    let start = std::time::Instant::now();
+    let mut seq = 1001;
+    let mut checked = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        let frame = tcp(PARTNER4, ACCESS4, 40000, 5269, ACK | PSH).seq_ack(seq, 5001).payload(10).build();
+        let before = monotonic_ns();
+        assert_eq!(h.filter.test_run(&frame, outside).unwrap(), 2, "the opener's data passes");
+        let after = monotonic_ns();
+        seq += 10;
+        let flows = h.filter.maps().flows().unwrap();
+        let [(_, flow)] = flows.iter().collect::<Vec<_>>()[..] else { panic!("one flow: {flows:?}") };
+        assert!(
+            flow.last_seen_ns + SLACK_NS >= before && flow.last_seen_ns <= after + SLACK_NS,
+            "after {:?}: last seen at {} ns, the packet went between {before} and {after}",
+            start.elapsed(),
+            flow.last_seen_ns
+        );
+        checked += 1;
+        sleep(Duration::from_millis(20));
+    }
+    assert!(checked > 50, "{checked} packets checked");
+    // The program's clock map, found through the program: CPU 0's measured jiffy.
+    let info = h.filter.program().unwrap().info().unwrap();
+    let ids = info.map_ids().unwrap().expect("the kernel lists the program's maps");
+    let clock = ids
+        .into_iter()
+        .map(|id| aya::maps::MapData::from_id(id).unwrap())
+        .find(|m| m.info().unwrap().name_as_str() == Some("CLOCK"))
+        .expect("the program has a CLOCK map");
+    let clock: aya::maps::PerCpuArray<_, [u64; 3]> = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(clock)).unwrap();
+    let [_, _, jiffy_ns] = clock.get(&0, 0).unwrap()[0];
+    assert!((1_000_000..=10_000_000).contains(&jiffy_ns), "CPU 0 measured a jiffy of {jiffy_ns} ns");
 }
