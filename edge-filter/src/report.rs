@@ -15,7 +15,8 @@ use crate::{
     loader::Maps,
 };
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock the kernel program keeps flows' times
+/// by (`bpf_ktime_get_ns`, and jiffies scaled to it: `edge-filter-ebpf/src/clock.rs`).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime fills the struct it is given.
