@@ -897,20 +897,24 @@ fn pinned_maps_of_another_layout_are_refused() {
 /// What a verdict costs in calls out of the program (on CPUs with return-thunk
 /// mitigations, each costs about as much as the whole floor), counted by the
 /// interpreter on the real object against this filter's maps: no drop, ARP or
-/// unpoliced verdict makes one; a packet of a live flow makes one, its flow's lookup,
-/// once the CPU has measured its jiffy (the clock is then jiffies, a load), and two
-/// before (the clock is `bpf_ktime_get_ns`); no path calls a BPF-to-BPF function. Each
-/// action is also the kernel's.
+/// unpoliced verdict makes one; a packet of a live flow makes one, its flow's lookup;
+/// a SYN that opens a handshake two (the flow table's lookup, the handshake's insert),
+/// a retransmitted one three (the insert finds the handshake, which is then looked
+/// up). That is once the CPU has measured its jiffy (the clock is then jiffies, a
+/// load); before, a packet that reads the clock also calls `bpf_ktime_get_ns`. No
+/// path calls a BPF-to-BPF function. Each action is also the kernel's.
 #[test]
 fn verdicts_make_only_the_calls_their_state_needs() {
     use edge_filter_tests::emulate::Emulator;
     let h = Harness::new(Policy::default()).unwrap_or_else(|e| panic!("{e:#}"));
     let (outside, edge) = (h.nic(Outside).0, h.nic(Edge).0);
-    // An R1 connection, its handshake through the kernel.
+    // An R1 connection, its handshake through the kernel; and a handshake begun.
+    let syn = |port| tcp(PARTNER4, ACCESS4, port, 5269, SYN).seq_ack(1000, 0).build();
     for (ifindex, frame) in [
-        (outside, tcp(PARTNER4, ACCESS4, 40000, 5269, SYN).seq_ack(1000, 0).build()),
+        (outside, syn(40000)),
         (edge, tcp(ACCESS4, PARTNER4, 5269, 40000, SYN_ACK).seq_ack(5000, 1001).build()),
         (outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK).seq_ack(1001, 5001).build()),
+        (outside, syn(40002)),
     ] {
         h.filter.test_run(&frame, ifindex).unwrap();
     }
@@ -921,16 +925,26 @@ fn verdicts_make_only_the_calls_their_state_needs() {
         IpAddr::V6(_) => unreachable!("ACCESS4 is IPv4"),
     };
     const KTIME_GET_NS: u32 = 5;
-    for (what, ifindex, frame, flow) in [
-        ("drop/no_rule", outside, tcp(PARTNER4, ACCESS4, 40001, 80, SYN).build(), false),
-        ("drop/spoofed", outside, tcp(ACCESS4, PARTNER4, 5269, 40001, SYN).build(), false),
-        ("pass/unpoliced", outside, tcp(PARTNER4, FRONTEND4, 40001, 22, SYN).build(), false),
-        ("pass/essential (ARP)", outside, packet::arp([198, 51, 100, 20], access4), false),
-        ("pass/rule, the opener's data", outside, tcp(PARTNER4, ACCESS4, 40000, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build(), true),
-        ("pass/reply", edge, tcp(ACCESS4, PARTNER4, 5269, 40000, ACK | PSH).seq_ack(5001, 1101).payload(100).build(), true),
-    ] {
-        for steady in [false, true] {
-            let when = if steady { "measured clock" } else { "fresh clock" };
+    for steady in [false, true] {
+        let when = if steady { "measured clock" } else { "fresh clock" };
+        // (what, NIC, frame, calls once the jiffy is measured, whether it reads the clock)
+        for (what, ifindex, frame, calls, timed) in [
+            ("drop/no_rule", outside, tcp(PARTNER4, ACCESS4, 40001, 80, SYN).build(), 0, false),
+            ("drop/spoofed", outside, tcp(ACCESS4, PARTNER4, 5269, 40001, SYN).build(), 0, false),
+            ("pass/unpoliced", outside, tcp(PARTNER4, FRONTEND4, 40001, 22, SYN).build(), 0, false),
+            ("pass/essential (ARP)", outside, packet::arp([198, 51, 100, 20], access4), 0, false),
+            (
+                "pass/rule, the opener's data",
+                outside,
+                tcp(PARTNER4, ACCESS4, 40000, 5269, ACK | PSH).seq_ack(1001, 5001).payload(100).build(),
+                1,
+                true,
+            ),
+            ("pass/reply", edge, tcp(ACCESS4, PARTNER4, 5269, 40000, ACK | PSH).seq_ack(5001, 1101).payload(100).build(), 1, true),
+            // A port of its own each time: the kernel's run records the handshake.
+            ("pass/rule, a SYN that begins a handshake", outside, syn(40003 + u16::from(steady)), 2, true),
+            ("pass/rule, a retransmitted SYN", outside, syn(40002), 3, true),
+        ] {
             emulator.reset();
             if steady {
                 emulator.steady_clock().unwrap_or_else(|e| panic!("{e:#}"));
@@ -939,10 +953,10 @@ fn verdicts_make_only_the_calls_their_state_needs() {
             let action = h.filter.test_run(&frame, ifindex).unwrap();
             assert_eq!(trace.action, action, "{what}, {when}: the interpreter and the kernel agree");
             assert_eq!(trace.subprog_calls, 0, "{what}, {when}: no BPF-to-BPF call ({program})");
-            let calls = u64::from(flow) * if steady { 1 } else { 2 };
-            assert_eq!(trace.helper_calls, calls, "{what}, {when}: helper calls {:?} ({program})", trace.by_helper);
-            let clock = trace.by_helper.get(&KTIME_GET_NS).copied().unwrap_or(0);
-            assert_eq!(clock, u64::from(flow && !steady), "{what}, {when}: reads of the real clock {:?}", trace.by_helper);
+            let clock = u64::from(timed && !steady);
+            assert_eq!(trace.helper_calls, calls + clock, "{what}, {when}: helper calls {:?} ({program})", trace.by_helper);
+            let reads = trace.by_helper.get(&KTIME_GET_NS).copied().unwrap_or(0);
+            assert_eq!(reads, clock, "{what}, {when}: reads of the real clock {:?}", trace.by_helper);
         }
     }
 }
