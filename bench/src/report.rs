@@ -572,7 +572,7 @@ const WHY_NO_LOOKUP: &str = "the verdict needs no lookup, but the frame is still
 const WHY_PASS: &str = "a federation packet that passes also finds its flow: a hash lookup on the 40-byte \
     5-tuple key, a call out of the program that pays a return thunk on this CPU, and the hash itself, on \
     top of the parse; the floor makes none. (Reading the clock makes no call: jiffies, scaled by the jiffy \
-    each CPU measured.) pass/rule R1 SYN looks in the flow table and inserts its handshake (two \
+    each CPU measured.) pass/rule R1 SYN looks in both state tables and writes the handshake (three \
     calls).";
 const WHY_XDP_FILTER: &str = "xdp-filter with all features makes a fixed handful of lookups and keeps no \
     state. edge-filter is now cheaper than it on every drop path and answers ARP and traffic of no edge \

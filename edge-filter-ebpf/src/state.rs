@@ -461,37 +461,6 @@ fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     bump(if UDP_FLOWS.insert(key, flow, 0).is_ok() { event::UDP_CREATED } else { event::UDP_INSERT_FAILED });
 }
 
-/// `bpf_map_update_elem` flags and the error of an insert that found an entry.
-const BPF_NOEXIST: u64 = 1;
-const EEXIST: i32 = -17;
-
-/// Record the handshake a SYN opens in `table` (an LRU: it makes room by evicting
-/// its oldest handshake); `flags` as the map update takes them.
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined: the arguments are registers, not a frame")]
-fn begin_handshake(
-    table: &LruHashMap<FlowKey, Flow>,
-    key: &FlowKey,
-    p: &Packet,
-    rule: u32,
-    reply_roles: u8,
-    ifindex: u32,
-    flags: u64,
-    clock: &mut Clock,
-) -> Result<(), i32> {
-    let Some(embryo) = new_flow(clock.now(), flow_state::SYN_SENT, rule, reply_roles, ifindex) else {
-        return Ok(());
-    };
-    embryo.opener.end = seq_end(p);
-    embryo.opener.maxend = seq_end(p);
-    embryo.opener.maxwin = u32::from(p.window);
-    if p.wscale != NO_WSCALE {
-        embryo.opener.wscale = p.wscale;
-        embryo.opener.flags = dir_flags::WSCALE;
-    }
-    table.insert(key, embryo, flags)
-}
-
 #[inline(always)]
 fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
     let Some(key) = key(p, false).map(|k| &*k) else {
@@ -525,18 +494,6 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
         }
     }
     let e = embryos(reply_roles);
-    // A SYN's handshake is inserted first, where the table holds none for the tuple:
-    // one call where a look-up and an insert would be two (what a SYN flood costs per
-    // packet). A SYN that finds one (a retransmission, or another ISN) is judged by
-    // it below. (On a full table the kernel makes room before it finds the entry, so
-    // a retransmitted SYN may push out the oldest handshake, as a new one would.)
-    if syn {
-        let begun = begin_handshake(e.table, key, p, rule, reply_roles, ifindex, BPF_NOEXIST, clock);
-        if begun != Err(EEXIST) {
-            bump(if begun.is_ok() { e.created } else { e.failed });
-            return;
-        }
-    }
     let Some(embryo) = live(e.table, key, settings, clock, e.expired) else {
         // The trusted side's segment of a connection this node never saw open.
         if reply_roles & role::bit(role::EDGE) == 0 && may_pick_up(p, settings) {
@@ -544,9 +501,18 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
             return;
         }
         if syn {
-            // The handshake the insert found had expired, and is gone now.
-            let begun = begin_handshake(e.table, key, p, rule, reply_roles, ifindex, 0, clock);
-            bump(if begun.is_ok() { e.created } else { e.failed });
+            let Some(embryo) = new_flow(clock.now(), flow_state::SYN_SENT, rule, reply_roles, ifindex) else {
+                return;
+            };
+            embryo.opener.end = seq_end(p);
+            embryo.opener.maxend = seq_end(p);
+            embryo.opener.maxwin = u32::from(p.window);
+            if p.wscale != NO_WSCALE {
+                embryo.opener.wscale = p.wscale;
+                embryo.opener.flags = dir_flags::WSCALE;
+            }
+            // The table is an LRU: it makes room by evicting the oldest handshake.
+            bump(if e.table.insert(key, embryo, 0).is_ok() { e.created } else { e.failed });
         }
         return;
     };

@@ -898,9 +898,8 @@ fn pinned_maps_of_another_layout_are_refused() {
 /// mitigations, each costs about as much as the whole floor), counted by the
 /// interpreter on the real object against this filter's maps: no drop, ARP or
 /// unpoliced verdict makes one; a packet of a live flow makes one, its flow's lookup;
-/// a SYN that opens a handshake two (the flow table's lookup, the handshake's insert),
-/// a retransmitted one three (the insert finds the handshake, which is then looked
-/// up). That is once the CPU has measured its jiffy (the clock is then jiffies, a
+/// a SYN that begins a handshake three (both tables' look-ups, the handshake's
+/// insert), a retransmitted one two (it finds its handshake). That is once the CPU has measured its jiffy (the clock is then jiffies, a
 /// load); before, a packet that reads the clock also calls `bpf_ktime_get_ns`. No
 /// path calls a BPF-to-BPF function. Each action is also the kernel's.
 #[test]
@@ -942,8 +941,8 @@ fn verdicts_make_only_the_calls_their_state_needs() {
             ),
             ("pass/reply", edge, tcp(ACCESS4, PARTNER4, 5269, 40000, ACK | PSH).seq_ack(5001, 1101).payload(100).build(), 1, true),
             // A port of its own each time: the kernel's run records the handshake.
-            ("pass/rule, a SYN that begins a handshake", outside, syn(40003 + u16::from(steady)), 2, true),
-            ("pass/rule, a retransmitted SYN", outside, syn(40002), 3, true),
+            ("pass/rule, a SYN that begins a handshake", outside, syn(40003 + u16::from(steady)), 3, true),
+            ("pass/rule, a retransmitted SYN", outside, syn(40002), 2, true),
         ] {
             emulator.reset();
             if steady {
