@@ -198,6 +198,19 @@ fn scrapes_and_status_read_the_daemons_census_instead_of_walking_the_tables() {
         assert!(Instant::now() < deadline, "the daemon publishes its census at {}", census_file.display());
         sleep(Duration::from_millis(50));
     }
+    // The census thread yields to scrapes and signals: it runs at nice 19, the rest of
+    // the daemon at 0 (field 19 of /proc/<pid>/task/<tid>/stat, after the command).
+    let pid = d.pid().expect("the daemon runs");
+    let nice_of = |name: &str| -> Vec<i64> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("stat")).ok())
+            .filter(|stat| stat.contains(&format!("({name})")))
+            .map(|stat| stat.rsplit_once(") ").unwrap().1.split(' ').nth(16).unwrap().parse().unwrap())
+            .collect()
+    };
+    assert_eq!(nice_of("census"), [19], "the census thread's nice value");
+    assert_eq!(nice_of("edge-filter"), [0], "the main thread's nice value");
 
     let mut conn = ok(open_stream(&t.partner, sa(ACCESS4, 5269), T));
     assert!(echo(&mut conn));
