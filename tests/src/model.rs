@@ -746,29 +746,9 @@ mod tests {
         Model::new(sets, Policy::default())
     }
 
-    /// Ethernet + IPv4 (20 bytes) + a transport header of `l4_len` bytes of `proto`
-    /// that starts with the ports; the rest of it is zero.
-    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, l4_len: u16) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + usize::from(l4_len)];
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&(20 + l4_len).to_be_bytes());
-        f[23] = proto;
-        f[26..30].copy_from_slice(&src);
-        f[30..34].copy_from_slice(&dst);
-        f[34..36].copy_from_slice(&sport.to_be_bytes());
-        f[36..38].copy_from_slice(&dport.to_be_bytes());
-        f
-    }
-
-    /// Ethernet + IPv4 (20 bytes) + TCP (20 bytes).
+    /// A TCP segment (no options, window 0) built by the suites' own packet builder.
     fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-        let mut f = ipv4(TCP, src, dst, sport, dport, 20);
-        f[38..42].copy_from_slice(&seq.to_be_bytes());
-        f[42..46].copy_from_slice(&ack.to_be_bytes());
-        f[46] = 0x50;
-        f[47] = flags;
-        f
+        crate::packet::tcp(src.into(), dst.into(), sport, dport, flags).seq_ack(seq, ack).window(0).build()
     }
 
     #[test]
@@ -802,11 +782,9 @@ mod tests {
         assert_eq!(m.judge(&tcp4(p, a, 40000, 5269, ACK, 7, 9), Some(Role::Outside)), v::PASS_RULE);
     }
 
-    /// Ethernet + IPv4 (20 bytes) + UDP (8 bytes).
+    /// A UDP datagram, built as [`tcp4`]'s segments are.
     fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-        let mut f = ipv4(UDP, src, dst, sport, dport, 8);
-        f[38..40].copy_from_slice(&8u16.to_be_bytes());
-        f
+        crate::packet::udp(src.into(), dst.into(), sport, dport).build()
     }
 
     #[test]
