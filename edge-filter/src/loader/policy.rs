@@ -51,7 +51,8 @@ impl Maps {
 
     /// Replace the policy (see the module's contract).
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
-        let current = self.settings()?.rules_at & 1;
+        let mut s = self.settings()?;
+        let current = s.rules_at & 1;
         let next = current ^ 1;
         let names: Vec<Option<String>> = self.rule_slots(current)?.iter().map(rule_id).collect();
         let (slots, fresh) = rules::place(&names, &policy.rules);
@@ -84,8 +85,8 @@ impl Maps {
         }
         self.zero_rule_hits(&fresh)?;
         // The next generation's rulesets beside the current ones, which packets read;
-        // then the switch, with everything else the policy says.
-        let mut s = self.settings()?;
+        // then the switch, with everything else the policy says. (`s` is still what the
+        // kernel holds: the pin directory's lock keeps every other writer out.)
         s.rulesets[next as usize] = compiled.ruleset;
         self.settings.set(0, s, 0).map_err(map_err(map::SETTINGS))?;
         let switched = Settings { lens_at: s.lens_at, rulesets: s.rulesets, ..policy.to_settings(next) };
