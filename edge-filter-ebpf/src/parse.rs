@@ -33,7 +33,7 @@
 
 use core::{
     cell::Cell,
-    mem::{offset_of, size_of},
+    mem::{align_of, offset_of, size_of},
     ptr,
 };
 
@@ -183,6 +183,21 @@ impl Frame {
         self.copy_at(off)
     }
 
+    /// The `T` at `off` in place, if all of it lies inside the frame: its fields are
+    /// loaded where they are used, not all at once (as a copy's are) to wait in
+    /// registers and on the stack. `T` is byte-aligned, as headers in a frame are.
+    #[inline(always)]
+    fn view<T>(&self, off: usize) -> Option<&T> {
+        const { assert!(align_of::<T>() == 1, "a view into the frame must not assume alignment") };
+        let at = self.start + off;
+        if at + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: `at..at + size_of::<T>()` lies inside the packet, which outlives the
+        // frame; `T` has alignment 1 and is plain bytes.
+        Some(unsafe { &*(at as *const T) })
+    }
+
     #[inline(always)]
     fn copy_at<T: Copy>(&self, off: usize) -> Result<T, Malformed> {
         let at = self.start + off;
@@ -316,6 +331,9 @@ pub(crate) fn parse(frame: &Frame, p: &mut Packet) -> Result<Parsed, Malformed> 
     let eth: EthHdr = frame.header(0)?;
     p.to_group = eth.dst_addr[0] & 1;
     let mut ether_type = u16::from_be(eth.ether_type);
+    if (ether_type == ETH_P_IPV4 && fast_ipv4(frame, p)) || (ether_type == ETH_P_IPV6 && fast_ipv6(frame, p)) {
+        return Ok(Parsed::Ip);
+    }
     let mut off = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
@@ -352,10 +370,8 @@ fn ipv4(frame: &Frame, off: usize, p: &mut Packet) -> Result<(), Malformed> {
     };
     // Written before `holds`, which may call a helper: the header's fields go straight
     // from the packet to `p` instead of waiting on the stack across the call.
-    p.reset(family::V4, hdr.proto, hdr.ttl);
+    ipv4_facts(p, &hdr);
     p.frag = frag;
-    mem::set_addr4(&mut p.src, hdr.src_addr);
-    mem::set_addr4(&mut p.dst, hdr.dst_addr);
     if !frame.holds(off + total) {
         return Err(Malformed);
     }
@@ -365,6 +381,106 @@ fn ipv4(frame: &Frame, off: usize, p: &mut Packet) -> Result<(), Malformed> {
     Ok(())
 }
 
+/// The facts of an IPv4 header whose version and length were checked.
+#[inline(always)]
+fn ipv4_facts(p: &mut Packet, hdr: &Ipv4Hdr) {
+    p.reset(family::V4, hdr.proto, hdr.ttl);
+    mem::set_addr4(&mut p.src, hdr.src_addr);
+    mem::set_addr4(&mut p.dst, hdr.dst_addr);
+}
+
+/// The facts of an IPv6 header whose version and length were checked.
+#[inline(always)]
+fn ipv6_facts(p: &mut Packet, hdr: &Ipv6Hdr) {
+    p.reset(family::V6, hdr.next_hdr, hdr.hop_limit);
+    mem::set_addr(&mut p.src, &hdr.src_addr);
+    mem::set_addr(&mut p.dst, &hdr.dst_addr);
+}
+
+/// The headers of the frames a firewall mostly sees, at fixed offsets after untagged
+/// Ethernet: the IP header without options or extension headers, and a TCP header
+/// (whose first 20 bytes also hold a UDP header and what follows it).
+#[repr(C)]
+struct Fast<Ip> {
+    ip: Ip,
+    l4: TcpHdr,
+}
+
+/// The fast path of an untagged IPv4 frame: an IPv4 header of 20 bytes, not a
+/// fragment, carrying a whole TCP or UDP header, all in the first buffer. Every field
+/// is read at a constant offset after one bounds check, where the general parse
+/// computes offsets and checks each header. For such a frame, writes the facts the
+/// general parse would and answers true; for any other, writes nothing and answers
+/// false.
+#[inline(always)]
+fn fast_ipv4(frame: &Frame, p: &mut Packet) -> bool {
+    const L4_AT: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+    let Some(f) = frame.view::<Fast<Ipv4Hdr>>(EthHdr::LEN) else {
+        return false;
+    };
+    // Version 4, IHL 5; neither more fragments nor an offset (the reserved and
+    // don't-fragment flags aside).
+    if f.ip.vihl != 0x45 || u16::from_be_bytes(f.ip.frags) & 0x3fff != 0 {
+        return false;
+    }
+    let end = EthHdr::LEN + usize::from(u16::from_be_bytes(f.ip.tot_len));
+    let Some(tcp_len) = fast_l4_len(frame, f.ip.proto, &f.l4, L4_AT, end) else {
+        return false;
+    };
+    ipv4_facts(p, &f.ip);
+    fast_l4(frame, p, &f.l4, L4_AT, tcp_len, end);
+    true
+}
+
+/// [`fast_ipv4`] for IPv6: no extension header before the TCP or UDP header.
+#[inline(always)]
+fn fast_ipv6(frame: &Frame, p: &mut Packet) -> bool {
+    const L4_AT: usize = EthHdr::LEN + Ipv6Hdr::LEN;
+    let Some(f) = frame.view::<Fast<Ipv6Hdr>>(EthHdr::LEN) else {
+        return false;
+    };
+    if f.ip.version() != 6 {
+        return false;
+    }
+    let end = L4_AT + usize::from(u16::from_be_bytes(f.ip.payload_len));
+    let Some(tcp_len) = fast_l4_len(frame, f.ip.next_hdr, &f.l4, L4_AT, end) else {
+        return false;
+    };
+    ipv6_facts(p, &f.ip);
+    fast_l4(frame, p, &f.l4, L4_AT, tcp_len, end);
+    true
+}
+
+/// Whether the fast paths take the upper layer at `l4`, the IP packet ending at `end`:
+/// a whole TCP header (its length) or UDP header (0), the packet inside the first
+/// buffer.
+#[inline(always)]
+fn fast_l4_len(frame: &Frame, proto: u8, hdr: &TcpHdr, l4: usize, end: usize) -> Option<usize> {
+    if end > frame.len() {
+        return None;
+    }
+    if proto == ipproto::TCP {
+        let hdr_len = tcp_header_len(hdr);
+        (hdr_len >= TcpHdr::LEN && l4 + hdr_len <= end).then_some(hdr_len)
+    } else if proto == ipproto::UDP {
+        (l4 + 8 <= end).then_some(0)
+    } else {
+        None
+    }
+}
+
+/// The upper layer's facts of a frame [`fast_l4_len`] took, after the IP header's.
+#[inline(always)]
+fn fast_l4(frame: &Frame, p: &mut Packet, hdr: &TcpHdr, l4: usize, tcp_len: usize, end: usize) {
+    if tcp_len == 0 {
+        p.sport_be = u16::from_ne_bytes(hdr.source);
+        p.dport_be = u16::from_ne_bytes(hdr.dest);
+    } else {
+        tcp_facts(frame, p, hdr, l4, tcp_len, end);
+    }
+    p.l4 = L4_WHOLE;
+}
+
 #[inline(always)]
 fn ipv6(frame: &Frame, off: usize, p: &mut Packet) -> Result<Parsed, Malformed> {
     let hdr: Ipv6Hdr = frame.header(off)?;
@@ -372,9 +488,7 @@ fn ipv6(frame: &Frame, off: usize, p: &mut Packet) -> Result<Parsed, Malformed> 
     if hdr.version() != 6 || !frame.holds(end) {
         return Err(Malformed);
     }
-    p.reset(family::V6, hdr.next_hdr, hdr.hop_limit);
-    mem::set_addr(&mut p.src, &hdr.src_addr);
-    mem::set_addr(&mut p.dst, &hdr.dst_addr);
+    ipv6_facts(p, &hdr);
     let mut l4 = off + Ipv6Hdr::LEN;
     // Bit 0: a fragment header with the M flag was seen (at offset 0).
     let mut more = 0u16;
@@ -453,26 +567,11 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
             let Ok(hdr) = frame.read::<TcpHdr>(l4) else {
                 return;
             };
-            // Bytes 12 and 13 (RFC 9293 §3.1): the data offset in the high nibble, then
-            // the flags. Taken whole rather than through the bitfield's accessors, which
-            // walk it a bit at a time.
-            // SAFETY: `BitfieldU16` (network-types, pinned) is `#[repr(C)]` around its
-            // `[u8; 2]` storage; any two bytes are a valid `[u8; 2]`.
-            let [offset, flags]: [u8; 2] = unsafe { core::mem::transmute(hdr._bitfield_1) };
-            let hdr_len = usize::from(offset >> 4) * 4;
+            let hdr_len = tcp_header_len(&hdr);
             if hdr_len < TcpHdr::LEN || l4 + hdr_len > end {
                 return;
             }
-            p.sport_be = u16::from_ne_bytes(hdr.source);
-            p.dport_be = u16::from_ne_bytes(hdr.dest);
-            p.seq = u32::from_be_bytes(hdr.seq);
-            p.ack_seq = u32::from_be_bytes(hdr.ack_seq);
-            p.tcp_payload = (end - l4 - hdr_len) as u16;
-            p.tcp_flags = flags & (tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST | tcp_flags::ACK);
-            p.window = u16::from_be_bytes(hdr.window);
-            if p.tcp_flags & tcp_flags::SYN != 0 {
-                p.wscale = wscale(frame, l4 + TcpHdr::LEN, l4 + hdr_len);
-            }
+            tcp_facts(frame, p, &hdr, l4, hdr_len, end);
         }
         ipproto::ICMP | ipproto::ICMPV6 => {
             // Type, code, checksum and the 4-byte rest of header every message has.
@@ -500,6 +599,37 @@ fn upper_layer(frame: &Frame, p: &mut Packet, l4: usize, end: usize) {
         _ => {}
     }
     p.l4 = L4_WHOLE;
+}
+
+/// Bytes 12 and 13 of a TCP header (RFC 9293 §3.1): the data offset in the high
+/// nibble, then the flags. Taken whole rather than through the bitfield's accessors,
+/// which walk it a bit at a time.
+#[inline(always)]
+fn tcp_offset_flags(hdr: &TcpHdr) -> [u8; 2] {
+    // SAFETY: `BitfieldU16` (network-types, pinned) is `#[repr(C)]` around its
+    // `[u8; 2]` storage; any two bytes are a valid `[u8; 2]`.
+    unsafe { core::mem::transmute(hdr._bitfield_1) }
+}
+
+/// The TCP header's length by its data offset (not yet checked against anything).
+#[inline(always)]
+fn tcp_header_len(hdr: &TcpHdr) -> usize {
+    usize::from(tcp_offset_flags(hdr)[0] >> 4) * 4
+}
+
+/// The facts of a TCP header of `hdr_len` bytes at `l4`, checked to end by `end`.
+#[inline(always)]
+fn tcp_facts(frame: &Frame, p: &mut Packet, hdr: &TcpHdr, l4: usize, hdr_len: usize, end: usize) {
+    p.sport_be = u16::from_ne_bytes(hdr.source);
+    p.dport_be = u16::from_ne_bytes(hdr.dest);
+    p.seq = u32::from_be_bytes(hdr.seq);
+    p.ack_seq = u32::from_be_bytes(hdr.ack_seq);
+    p.tcp_payload = (end - l4 - hdr_len) as u16;
+    p.tcp_flags = tcp_offset_flags(hdr)[1] & (tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST | tcp_flags::ACK);
+    p.window = u16::from_be_bytes(hdr.window);
+    if p.tcp_flags & tcp_flags::SYN != 0 {
+        p.wscale = wscale(frame, l4 + TcpHdr::LEN, l4 + hdr_len);
+    }
 }
 
 /// ICMP destination unreachable (fragmentation needed included), time exceeded and
