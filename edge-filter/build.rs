@@ -24,7 +24,7 @@ use anyhow::{Context as _, anyhow, bail};
 use cargo_metadata::{Artifact, CompilerMessage, Message};
 
 /// Flags of the BPF build besides `bpf_target_arch`.
-const RUSTFLAGS: &[&str] = &["-Cdebuginfo=2", "-Clink-arg=--btf", "-Ctarget-feature=+allows-misaligned-mem-access"];
+const RUSTFLAGS: &[&str] = &["-Cdebuginfo=2", "-Clink-arg=--btf", "-Ctarget-feature=+allows-misaligned-mem-access", "-Ctarget-cpu=v3"];
 
 fn main() -> anyhow::Result<()> {
     let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;

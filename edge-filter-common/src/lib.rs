@@ -557,8 +557,17 @@ pub struct SetRows {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    pub from_edge: u64,
-    pub from_outside: u64,
+    /// Rows that open from `outside` and `host` NICs ([`Ruleset::OUTSIDE`]) and from
+    /// `edge` NICs ([`Ruleset::EDGE`]): indexed by whether the NIC is an edge one, so
+    /// a packet finds its rows, and its reply direction's, without a branch.
+    pub opens: [u64; 2],
+}
+
+impl Ruleset {
+    /// [`Ruleset::opens`] of rows opened from `outside` and `host` NICs.
+    pub const OUTSIDE: usize = 0;
+    /// [`Ruleset::opens`] of rows opened from `edge` NICs.
+    pub const EDGE: usize = 1;
 }
 
 /// Entries a family's address sets may hold and still be scanned in place
@@ -765,7 +774,7 @@ impl Settings {
         source_len6: 64,
         _pad: [0; 2],
         lens_at: 0,
-        rulesets: [Ruleset { from_edge: 0, from_outside: 0 }; 2],
+        rulesets: [Ruleset { opens: [0; 2] }; 2],
     };
 }
 

@@ -64,7 +64,8 @@ pub(crate) fn rows(settings: &Settings, proto: u8, sport_be: u16, dport_be: u16,
     };
     let generation = settings.rules_at & 1;
     let set = &settings.rulesets[generation as usize];
-    let (opens_here, replies_here) = if nic_role == role::EDGE { (set.from_edge, set.from_outside) } else { (set.from_outside, set.from_edge) };
+    let here = usize::from(nic_role == role::EDGE);
+    let (opens_here, replies_here) = (set.opens[here], set.opens[here ^ 1]);
     // Ports first: most packets that reach here and match no row (a scan, a service
     // the Edge does not offer) name a port of no row in either direction, and are
     // answered in two reads instead of six.

@@ -444,11 +444,7 @@ impl RuleTable {
             let bit = 1u64 << slot;
             let proto = usize::from(row.proto == Udp);
             c.ports[proto].push((row.ports, bit));
-            if row.opens_from_edge() {
-                c.ruleset.from_edge |= bit;
-            } else {
-                c.ruleset.from_outside |= bit;
-            }
+            c.ruleset.opens[if row.opens_from_edge() { Ruleset::EDGE } else { Ruleset::OUTSIDE }] |= bit;
             for half in 0..2u32 {
                 for byte in 0..256u32 {
                     let bits = byte << (8 * half);
