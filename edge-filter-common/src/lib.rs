@@ -36,15 +36,10 @@ pub mod map {
     /// (`gen * MAX_RULES + row`): the rule table as the operator wrote it. Written by
     /// userspace; read by userspace only (the kernel reads the masks below).
     pub const RULES: &str = "RULES";
-    /// `Array<u64>`, `((gen * 2 + proto) * 65536 + port)`: the rows whose protocol is
-    /// `proto` ([`super::proto_index`]) and whose port or range holds `port` (host
-    /// order). Written by userspace.
-    pub const PORT_ROWS: &str = "PORT_ROWS";
-    /// `Array<SetRows>`, `((gen * 2 + half) * 256 + byte)`: for the low (half 0) or
-    /// high (half 1) byte of an address's set bits, the rows whose source and whose
-    /// destination the address matches ("any" rows are in every entry of half 0).
-    /// Written by userspace.
-    pub const SET_ROWS: &str = "SET_ROWS";
+    /// `Array<RuleTables>` with two entries, one per generation: the rule table
+    /// compiled into the masks the kernel matches packets with. Written by userspace,
+    /// a generation whole.
+    pub const RULE_TABLES: &str = "RULE_TABLES";
     /// `Array<PrefixLens>` with two entries: the prefix lengths [`EDGE4`] and [`EDGE6`]
     /// hold, longest first, in the entry [`super::Settings::lens_at`] names. Written by
     /// userspace.
@@ -91,7 +86,7 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 18] = [
         IFACES,
         EDGE4,
         EDGE6,
@@ -100,8 +95,7 @@ pub mod map {
         EDGE_HINTS,
         SETTINGS,
         RULES,
-        PORT_ROWS,
-        SET_ROWS,
+        RULE_TABLES,
         FLOWS,
         EMBRYOS,
         EMBRYOS_OUT,
@@ -158,12 +152,7 @@ pub const MAX_RULES: u32 = 64;
 pub const MAX_SETS: u32 = 16;
 /// Bytes of a row id or set name, NUL-padded.
 pub const NAME_LEN: usize = 32;
-/// Entries of [`map::PORT_ROWS`].
-pub const PORT_ROWS_ENTRIES: u32 = 2 * 2 * 65_536;
-/// Entries of [`map::SET_ROWS`].
-pub const SET_ROWS_ENTRIES: u32 = 2 * 2 * 256;
-
-/// The index of a protocol in [`map::PORT_ROWS`]: TCP 0, UDP 1.
+/// The index of a protocol in [`RuleTables::ports`]: TCP 0, UDP 1.
 pub const fn proto_index(proto: u8) -> Option<u32> {
     match proto {
         ipproto::TCP => Some(0),
@@ -541,7 +530,22 @@ impl Default for Rule {
     }
 }
 
-/// Value of [`map::SET_ROWS`].
+/// One generation of [`map::RULE_TABLES`]: the rule table as the masks, one bit per
+/// row, that a packet is matched with. One value, so that a packet finds both tables
+/// of its generation in one lookup and reads each mask at an offset in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleTables {
+    /// `[proto][port]`: the rows whose protocol is `proto` ([`proto_index`]) and whose
+    /// port or range holds `port` (host order).
+    pub ports: [[u64; 65_536]; 2],
+    /// `[half * 256 + byte]`: for the low (half 0) or high (half 1) byte of an
+    /// address's set bits, the rows whose source and whose destination the address
+    /// matches ("any" rows are in every entry of half 0).
+    pub set_rows: [SetRows; 512],
+}
+
+/// An entry of [`RuleTables::set_rows`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SetRows {
@@ -934,7 +938,7 @@ const _: () = {
     assert!(size_of::<LogBudget>() == 16);
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<Flow>() == 64);
-    assert!(MAX_SETS <= 16, "set masks index SET_ROWS by two bytes");
+    assert!(MAX_SETS <= 16, "set masks index RuleTables::set_rows by two bytes");
     assert!(MAX_RULES <= 64, "rows are bits of a u64");
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<SetKey4>() == 8);
@@ -964,7 +968,10 @@ mod pod {
         };
     }
 
-    pod!(Iface, Settings, FlowKey, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, SetRows, Ruleset, SourceKey);
+    pod!(
+        Iface, Settings, FlowKey, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, RuleTables, SetRows, Ruleset,
+        SourceKey
+    );
 }
 
 #[cfg(test)]

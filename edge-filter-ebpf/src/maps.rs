@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use edge_filter_common::{
     COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
-    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PORT_ROWS_ENTRIES, PrefixLens, Rule, SET_ROWS_ENTRIES, SetBits, SetKey4, SetKey6,
-    SetName, SetRows, Settings, SourceKey, event, hint,
+    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings,
+    SourceKey, event, hint,
 };
 
 /// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
@@ -34,15 +34,10 @@ pub(crate) static SET_NAMES: Array<SetName> = Array::with_max_entries(MAX_SETS, 
 #[map]
 pub(crate) static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0);
 
-/// `(gen * 2 + proto) * 65536 + port` (host order) -> rows of that protocol whose port
-/// or range holds the port. Written by userspace.
+/// Generation (`Settings::rules_at`) -> the rule table compiled into row masks by port
+/// and by set. Written by userspace, a generation whole.
 #[map]
-pub(crate) static PORT_ROWS: Array<u64> = Array::with_max_entries(PORT_ROWS_ENTRIES, 0);
-
-/// `(gen * 2 + half) * 256 + byte of the set mask` -> rows whose source or destination
-/// such an address matches. Written by userspace.
-#[map]
-pub(crate) static SET_ROWS: Array<SetRows> = Array::with_max_entries(SET_ROWS_ENTRIES, 0);
+pub(crate) static RULE_TABLES: Array<RuleTables> = Array::with_max_entries(2, 0);
 
 /// Index 0 or 1 (the one `Settings::lens_at` names) -> the prefix lengths of `EDGE4` and
 /// `EDGE6`, longest first. Written by userspace.

@@ -20,7 +20,7 @@
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use edge_filter_common::{MAX_RULES, NAME_LEN, Rule, Ruleset, SetRows, set};
+use edge_filter_common::{MAX_RULES, NAME_LEN, Rule, RuleTables, Ruleset, SetRows, set};
 
 use crate::{
     addr::{AddressSets, SetId},
@@ -585,7 +585,7 @@ impl RuleTable {
 pub struct Compiled {
     /// Per protocol (TCP, UDP): each row's ports with its bit.
     pub ports: [Vec<(PortRange, u64)>; 2],
-    /// `SET_ROWS` of one generation: low half then high half, 256 entries each.
+    /// [`RuleTables::set_rows`]: low half then high half, 256 entries each.
     pub set_rows: Vec<SetRows>,
     pub ruleset: Ruleset,
     /// `RULES` of one generation, slot by slot.
@@ -593,9 +593,19 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// The mask of rows of protocol `proto` (0 TCP, 1 UDP) whose ports hold `port`.
-    pub fn port_mask(&self, proto: usize, port: u16) -> u64 {
-        self.ports[proto].iter().filter(|(r, _)| r.contains(port)).fold(0, |m, (_, b)| m | b)
+    /// One generation of `RULE_TABLES`, as the kernel reads it.
+    pub fn tables(&self) -> Box<RuleTables> {
+        // SAFETY: `RuleTables` is integers only; all zeros is a valid value.
+        let mut t: Box<RuleTables> = unsafe { Box::new_zeroed().assume_init() };
+        for (proto, ranges) in self.ports.iter().enumerate() {
+            for (range, bit) in ranges {
+                for mask in &mut t.ports[proto][usize::from(range.lo())..=usize::from(range.hi())] {
+                    *mask |= bit;
+                }
+            }
+        }
+        t.set_rows.copy_from_slice(&self.set_rows);
+        t
     }
 }
 
@@ -694,9 +704,10 @@ mod tests {
         let (slots, fresh) = place(&[], &t);
         assert_eq!(fresh.len(), t.rows().len());
         let c = t.compile(&slots);
+        let tables = c.tables();
         let set_mask = |bits: u32, src: bool| {
-            let lo = c.set_rows[(bits & 0xff) as usize];
-            let hi = c.set_rows[256 + ((bits >> 8) & 0xff) as usize];
+            let lo = tables.set_rows[(bits & 0xff) as usize];
+            let hi = tables.set_rows[256 + ((bits >> 8) & 0xff) as usize];
             if src { lo.src | hi.src } else { lo.dst | hi.dst }
         };
         // Brute force: every row against a handful of packets.
@@ -708,7 +719,7 @@ mod tests {
             (1, 123, 0, SetId::ACCESS_EDGE.bit()),
             (0, 22, 0, SetId::ACCESS_EDGE.bit()),
         ] {
-            let got = c.port_mask(proto, port) & set_mask(src_bits, true) & set_mask(dst_bits, false);
+            let got = tables.ports[proto][usize::from(port)] & set_mask(src_bits, true) & set_mask(dst_bits, false);
             let want = t.rows().iter().zip(&slots).fold(0u64, |m, (r, slot)| {
                 let hit =
                     usize::from(r.proto == Udp) == proto && r.ports.contains(port) && r.source.matches(src_bits) && r.destination.matches(dst_bits);

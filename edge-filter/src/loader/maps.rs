@@ -18,7 +18,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use edge_filter_common::{
-    Counter, Flow, FlowKey, Iface, LogBudget, PrefixLens, Rule, SetBits, SetKey4, SetKey6, SetName, SetRows, Settings, SourceKey, map,
+    Counter, Flow, FlowKey, Iface, LogBudget, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings, SourceKey, map,
 };
 
 use super::{Error, batch, map_err};
@@ -59,8 +59,7 @@ maps! {
     edge_hints: map::EDGE_HINTS => Array<MapData, u64>,
     settings: map::SETTINGS => Array<MapData, Settings>,
     rules: map::RULES => Array<MapData, Rule>,
-    port_rows: map::PORT_ROWS => Array<MapData, u64>,
-    set_rows: map::SET_ROWS => Array<MapData, SetRows>,
+    rule_tables: map::RULE_TABLES => Array<MapData, RuleTables>,
     /// The state tables (LRU hashes).
     flows: map::FLOWS => HashMap<MapData, FlowKey, Flow>,
     embryos: map::EMBRYOS => HashMap<MapData, FlowKey, Flow>,

@@ -5,11 +5,9 @@
 //! write; an id keeps its row slot (and its hit counter), a slot handed to a new id
 //! starts from zero.
 
-use std::collections::BTreeSet;
-
 use aya::maps::PerCpuValues;
 use aya::util::nr_cpus;
-use edge_filter_common::{Counter, MAX_RULES, NAME_LEN, Rule, Settings, flags, map, proto_index};
+use edge_filter_common::{Counter, MAX_RULES, NAME_LEN, Rule, Settings, flags, map};
 
 use super::{Error, Maps, map_err};
 use crate::{
@@ -57,29 +55,10 @@ impl Maps {
         let names: Vec<Option<String>> = self.rule_slots(current)?.iter().map(rule_id).collect();
         let (slots, fresh) = rules::place(&names, &policy.rules);
         let compiled = policy.rules.compile(&slots);
-        // PORT_ROWS of `next` is non-zero only on the ports of the rows `next` held:
-        // those and the new rows' ports are all that need writing.
-        let old = self.rule_slots(next)?;
-        let mut touched: [BTreeSet<u16>; 2] = Default::default();
-        for r in old.iter().filter(|r| r.id != [0; NAME_LEN]) {
-            if let Some(p) = proto_index(r.proto) {
-                touched[p as usize].extend(r.lo..=r.hi);
-            }
-        }
-        for (p, ranges) in compiled.ports.iter().enumerate() {
-            for (range, _) in ranges {
-                touched[p].extend(range.lo()..=range.hi());
-            }
-        }
-        for (p, set) in touched.iter().enumerate() {
-            for port in set {
-                let index = (next * 2 + p as u32) * 65_536 + u32::from(*port);
-                self.port_rows.set(index, compiled.port_mask(p, *port), 0).map_err(map_err(map::PORT_ROWS))?;
-            }
-        }
-        for (i, r) in compiled.set_rows.iter().enumerate() {
-            self.set_rows.set(next * 512 + i as u32, *r, 0).map_err(map_err(map::SET_ROWS))?;
-        }
+        // The next generation whole, in one write: no packet reads it until the switch.
+        // By reference: the value is a megabyte, too much for a thread's stack.
+        let tables = compiled.tables();
+        self.rule_tables.set(next, tables.as_ref(), 0).map_err(map_err(map::RULE_TABLES))?;
         for (i, r) in compiled.rules.iter().enumerate() {
             self.rules.set(next * MAX_RULES + i as u32, *r, 0).map_err(map_err(map::RULES))?;
         }
