@@ -407,7 +407,8 @@ struct Fast<Ip> {
 }
 
 /// The fast path of an untagged IPv4 frame: an IPv4 header of 20 bytes, not a
-/// fragment, carrying a whole TCP or UDP header, all in the first buffer. Every field
+/// fragment, carrying a whole TCP or UDP header, all in the first buffer; or a
+/// fragment other than the first, which carries none. Every field
 /// is read at a constant offset after one bounds check, where the general parse
 /// computes offsets and checks each header. For such a frame, writes the facts the
 /// general parse would and answers true; for any other, writes nothing and answers
@@ -418,12 +419,24 @@ fn fast_ipv4(frame: &Frame, p: &mut Packet) -> bool {
     let Some(f) = frame.view::<Fast<Ipv4Hdr>>(EthHdr::LEN) else {
         return false;
     };
-    // Version 4, IHL 5; neither more fragments nor an offset (the reserved and
-    // don't-fragment flags aside).
-    if f.ip.vihl != 0x45 || u16::from_be_bytes(f.ip.frags) & 0x3fff != 0 {
+    // Version 4, IHL 5.
+    if f.ip.vihl != 0x45 {
         return false;
     }
-    let end = EthHdr::LEN + usize::from(u16::from_be_bytes(f.ip.tot_len));
+    let total = usize::from(u16::from_be_bytes(f.ip.tot_len));
+    let end = EthHdr::LEN + total;
+    // More fragments or an offset (the reserved and don't-fragment flags aside).
+    let frags = u16::from_be_bytes(f.ip.frags);
+    if frags & 0x3fff != 0 {
+        // A first fragment, whose upper-layer header may be cut, is the general
+        // parse's; one other than the first has no upper-layer header to read.
+        if frags & 0x1fff == 0 || total < Ipv4Hdr::LEN || end > frame.len() {
+            return false;
+        }
+        ipv4_facts(p, &f.ip);
+        p.frag = FRAG_LATER;
+        return true;
+    }
     let Some(tcp_len) = fast_l4_len(frame, f.ip.proto, &f.l4, L4_AT, end) else {
         return false;
     };
