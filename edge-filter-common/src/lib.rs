@@ -29,6 +29,13 @@ pub mod map {
     /// `HashMap<SetKey6, SetBits>`: IPv6 address sets, as [`EDGE4`]. Written by
     /// userspace.
     pub const EDGE6: &str = "EDGE6";
+    /// `Array<Exact4>`, [`super::exact::BUCKETS`] buckets: the IPv4 sets' single
+    /// addresses (/32), by [`super::exact::bucket4`], so that a packet finds one
+    /// without a hash call; those a full bucket cannot take are in [`EDGE4`]. Written
+    /// by userspace.
+    pub const EXACT4: &str = "EXACT4";
+    /// `Array<Exact6>`: the IPv6 sets' single addresses (/128), as [`EXACT4`].
+    pub const EXACT6: &str = "EXACT6";
     /// `Array<SetName>`, [`super::MAX_SETS`] entries: the name of each set index
     /// (empty: unused). Written by userspace; read by userspace only.
     pub const SET_NAMES: &str = "SET_NAMES";
@@ -86,10 +93,12 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         IFACES,
         EDGE4,
         EDGE6,
+        EXACT4,
+        EXACT6,
         SET_NAMES,
         EDGE_LENS,
         EDGE_HINTS,
@@ -622,7 +631,10 @@ pub struct PrefixLens {
     pub v6_hint: u8,
     pub v4_small: u8,
     pub v6_small: u8,
-    pub _pad: [u8; 2],
+    /// 1: the family's sets hold single addresses (/32, /128), which are in
+    /// [`map::EXACT4`] / [`map::EXACT6`] and not among the lengths above.
+    pub v4_exact: u8,
+    pub v6_exact: u8,
     /// `hint::mask32(v4_hint)`: the hint's mask, so a packet does not compute it.
     pub v4_hint_mask: u32,
     /// `hint::mask6_words(v6_hint)`, likewise.
@@ -644,7 +656,8 @@ impl Default for PrefixLens {
             v6_hint: 0,
             v4_small: SMALL_NONE,
             v6_small: SMALL_NONE,
-            _pad: [0; 2],
+            v4_exact: 0,
+            v6_exact: 0,
             v4_hint_mask: 0,
             v6_hint_mask: [0; 4],
             _pad2: 0,
@@ -652,6 +665,72 @@ impl Default for PrefixLens {
             small6: [Small6::default(); SMALL_SET],
         }
     }
+}
+
+/// The tables of single addresses ([`map::EXACT4`], [`map::EXACT6`]): each address
+/// has one bucket of [`exact::WAYS`] ways, found by multiplicative hashing that both
+/// sides compute alike. A packet reads its address's bucket (an array read the
+/// verifier inlines) and compares the ways; only an address whose bucket was full
+/// when it was written is in the hash table, and its bucket says so
+/// ([`Exact4::spilled`] counts them).
+pub mod exact {
+    /// Ways per bucket.
+    pub const WAYS: usize = 4;
+    /// Buckets per family: `2^BUCKETS_LOG2`.
+    pub const BUCKETS_LOG2: u32 = 15;
+    pub const BUCKETS: u32 = 1 << BUCKETS_LOG2;
+    const K32: u32 = 0x9e37_79b1;
+    const K64: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    /// The bucket of an IPv4 address (host-order value).
+    #[inline(always)]
+    pub fn bucket4(addr: u32) -> u32 {
+        addr.wrapping_mul(K32) >> (32 - BUCKETS_LOG2)
+    }
+
+    /// The bucket of an IPv6 address, its halves each loaded as a native-endian `u64`
+    /// from its network-order bytes (as [`super::Small6`]).
+    #[inline(always)]
+    pub fn bucket6(hi: u64, lo: u64) -> u32 {
+        ((hi ^ lo.wrapping_mul(K64)).wrapping_mul(K64) >> (64 - BUCKETS_LOG2)) as u32
+    }
+
+    /// The halves [`bucket6`] and [`super::Exact6`] take of an address.
+    #[inline(always)]
+    pub fn halves6(addr: &[u8; 16]) -> [u64; 2] {
+        let half =
+            |i: usize| u64::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3], addr[i + 4], addr[i + 5], addr[i + 6], addr[i + 7]]);
+        [half(0), half(8)]
+    }
+}
+
+/// A bucket of [`map::EXACT4`]. A way is empty when its `all` is 0 (an address in a
+/// set has a non-zero mask).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exact4 {
+    /// Host-order addresses.
+    pub addr: [u32; exact::WAYS],
+    /// [`SetBits::all`] of each way's address.
+    pub all: [u32; exact::WAYS],
+    /// [`SetBits::own`] of each way's address.
+    pub own: [u32; exact::WAYS],
+    /// Addresses of this bucket that found it full, and are in [`map::EDGE4`] at
+    /// length 32: a packet whose address is in no way probes there when this is not 0.
+    pub spilled: u32,
+}
+
+/// A bucket of [`map::EXACT6`], as [`Exact4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exact6 {
+    /// Addresses as [`exact::halves6`].
+    pub addr: [[u64; 2]; exact::WAYS],
+    pub all: [u32; exact::WAYS],
+    pub own: [u32; exact::WAYS],
+    /// Addresses of this bucket in [`map::EDGE6`] at length 128.
+    pub spilled: u32,
+    pub _pad: u32,
 }
 
 /// Prefix arithmetic both sides share, and the buckets of [`map::EDGE_HINTS`].
@@ -945,6 +1024,7 @@ const _: () = {
     assert!(size_of::<SetKey6>() == 20);
     assert!(size_of::<PrefixLens>() == 2 * MAX_PREFIX_LENS + 8 + 24 + SMALL_SET * (12 + 40));
     assert!(size_of::<Small6>() == 40);
+    assert!(size_of::<Exact4>() == 52 && size_of::<Exact6>() == 104);
     assert!(verdict::DROP_BASE + 2 * verdict::DRY_RUN_OFFSET == verdict::SLOTS);
     assert!(MAX_IFACES * verdict::SLOTS <= 4096);
 };
@@ -970,7 +1050,7 @@ mod pod {
 
     pod!(
         Iface, Settings, FlowKey, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, RuleTables, SetRows, Ruleset,
-        SourceKey
+        SourceKey, Exact4, Exact6
     );
 }
 

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Flow, FlowKey, Iface,
-    LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings,
-    SourceKey, event, hint,
+    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Exact4, Exact6, Flow, FlowKey,
+    Iface, LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings,
+    SourceKey, event, exact, hint,
 };
 
 /// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
@@ -24,6 +24,15 @@ pub(crate) static EDGE4: HashMap<SetKey4, SetBits> = HashMap::with_max_entries(M
 /// userspace.
 #[map]
 pub(crate) static EDGE6: HashMap<SetKey6, SetBits> = HashMap::with_max_entries(MAX_SET_ENTRIES, 0);
+
+/// Bucket -> the IPv4 sets' single addresses that fall in it (`edge_filter_common::exact`).
+/// Written by userspace.
+#[map]
+pub(crate) static EXACT4: Array<Exact4> = Array::with_max_entries(exact::BUCKETS, 0);
+
+/// Bucket -> the IPv6 sets' single addresses that fall in it. Written by userspace.
+#[map]
+pub(crate) static EXACT6: Array<Exact6> = Array::with_max_entries(exact::BUCKETS, 0);
 
 /// Set index -> its name. Written and read by userspace; here so that it is pinned
 /// with the rest.

@@ -11,7 +11,15 @@
 //! `EDGE_LENS` entry, longest first, and the first whose mask matches answers. No
 //! call, and no other read: a scan of a few prefixes costs less than the hint below.
 //!
-//! Larger sets are probed in the hash table as above, after `EDGE_HINTS` is asked:
+//! In larger sets, single addresses (/32, /128: most of what a large set holds) are
+//! in `EXACT4`/`EXACT6`, a bucket of a few ways per address hash
+//! (`edge_filter_common::exact`): one array read the verifier inlines, and a compare
+//! per way. They are the longest prefixes, so a hit there is the answer; an address
+//! whose bucket was full when it was written is in the hash table at its full length,
+//! and its bucket says so. The lengths listed for the hash table then leave the full
+//! length out, and a family of single addresses only probes nothing more.
+//!
+//! Prefixes of larger sets are probed in the hash table as above, after `EDGE_HINTS` is asked:
 //! one bit per bucket of leading address bits ([`hint`]), set where some prefix
 //! falls. Most addresses a firewall sees are partners in no set; their bit is clear,
 //! and the answer costs an array read the verifier inlines. A hash probe is a call,
@@ -26,9 +34,9 @@
 //! then made current by flipping `Settings::lens_at`. A listed length with no entries
 //! costs one probe and finds nothing.
 
-use edge_filter_common::{MAX_PREFIX_LENS, PrefixLens, SMALL_NONE, SetKey4, SetKey6, Settings, family, hint};
+use edge_filter_common::{MAX_PREFIX_LENS, PrefixLens, SMALL_NONE, SetKey4, SetKey6, Settings, exact, family, hint};
 
-use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE4, EDGE6};
+use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE4, EDGE6, EXACT4, EXACT6};
 
 /// Whether bucket `b` of the family whose words start at `base` may hold a prefix.
 #[inline(always)]
@@ -64,7 +72,23 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
             }
             return 0;
         }
-        if !hinted(0, hint::bucket4_masked(a, lens.v4_hint_mask)) {
+        if lens.v4_exact != 0
+            && let Some(b) = EXACT4.get(exact::bucket4(a))
+        {
+            for w in 0..exact::WAYS {
+                if b.addr[w] == a && b.all[w] != 0 {
+                    return b.all[w];
+                }
+            }
+            if b.spilled != 0 {
+                let key = SetKey4 { len: 32, addr: a.to_be_bytes() };
+                // SAFETY: as below.
+                if let Some(bits) = unsafe { EDGE4.get(&key) } {
+                    return bits.all;
+                }
+            }
+        }
+        if lens.v4_count == 0 || !hinted(0, hint::bucket4_masked(a, lens.v4_hint_mask)) {
             return 0;
         }
         for i in 0..MAX_PREFIX_LENS {
@@ -79,9 +103,8 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
             }
         }
     } else {
+        let [hi, lo] = exact::halves6(addr);
         if lens.v6_small != SMALL_NONE {
-            let hi = u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
-            let lo = u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
             for (i, e) in lens.small6.iter().enumerate() {
                 if i >= usize::from(lens.v6_small) {
                     break;
@@ -92,7 +115,23 @@ pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u3
             }
             return 0;
         }
-        if !hinted(hint::WORDS, hint::bucket6_masked(addr, &lens.v6_hint_mask)) {
+        if lens.v6_exact != 0
+            && let Some(b) = EXACT6.get(exact::bucket6(hi, lo))
+        {
+            for w in 0..exact::WAYS {
+                if b.addr[w][0] == hi && b.addr[w][1] == lo && b.all[w] != 0 {
+                    return b.all[w];
+                }
+            }
+            if b.spilled != 0 {
+                let key = SetKey6 { len: 128, addr: *addr };
+                // SAFETY: as below.
+                if let Some(bits) = unsafe { EDGE6.get(&key) } {
+                    return bits.all;
+                }
+            }
+        }
+        if lens.v6_count == 0 || !hinted(hint::WORDS, hint::bucket6_masked(addr, &lens.v6_hint_mask)) {
             return 0;
         }
         for i in 0..MAX_PREFIX_LENS {

@@ -866,6 +866,103 @@ fn address_sets_answer_alike_scanned_in_place_and_probed_in_the_hash_table() {
     assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
 }
 
+/// `n` addresses that share one bucket of the exact tables (the first bucket to reach
+/// `n`), taken in order from `start + i`.
+fn sharing_a_bucket<A: Copy>(n: usize, start: u128, addr: impl Fn(u128) -> A, bucket: impl Fn(A) -> u32) -> Vec<A> {
+    let mut seen: std::collections::HashMap<u32, Vec<A>> = std::collections::HashMap::new();
+    for i in 0.. {
+        let a = addr(start + i);
+        let members = seen.entry(bucket(a)).or_default();
+        members.push(a);
+        if members.len() == n {
+            return members.clone();
+        }
+    }
+    unreachable!("the search ends when a bucket fills")
+}
+
+/// In sets too large to scan, single addresses are found in their bucket of the exact
+/// tables without a call; those a full bucket could not take are in the hash table, and
+/// cost its probe; an address in no set costs nothing, nor does one that shares a
+/// bucket that has no such overflow. Removing either kind works, a way freed takes the
+/// next address, and the tables read back as the sets written.
+#[test]
+fn single_addresses_of_large_sets_are_found_in_their_bucket_without_a_call() {
+    use edge_filter_common::{SMALL_SET, exact};
+    use edge_filter_tests::emulate::Emulator;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    // Six addresses per family in one bucket: four ways, one spilled, one stranger.
+    // From 198.18.1.0, past the plan's addresses, within 198.18.0.0/15.
+    let v4: Vec<IpAddr> =
+        sharing_a_bucket(6, 0xc612_0100, |i| Ipv4Addr::from(i as u32), |a| exact::bucket4(u32::from(a))).into_iter().map(IpAddr::from).collect();
+    let v6: Vec<IpAddr> = sharing_a_bucket(6, 0x2001_0db8_00cc_0000_0000_0000_0000_0000, Ipv6Addr::from, |a| {
+        let [hi, lo] = exact::halves6(&a.octets());
+        exact::bucket6(hi, lo)
+    })
+    .into_iter()
+    .map(IpAddr::from)
+    .collect();
+    let mut sets = sets();
+    for a in v4[..5].iter().chain(&v6[..5]) {
+        sets.insert(SetId::ACCESS_EDGE, Prefix::new(*a, if a.is_ipv4() { 32 } else { 128 }).unwrap()).unwrap();
+    }
+    // Enough single addresses besides to be past the scanned tables in both families.
+    let peers = sets.add_peer("far").unwrap();
+    for i in 1..=SMALL_SET as u8 {
+        insert_prefixes(&mut sets, peers, &[&format!("198.18.250.{i}"), &format!("2001:db8:ff::{i}")]);
+    }
+    let mut h = Harness::with_sets(Policy::default(), &sets).unwrap_or_else(|e| panic!("{e:#}"));
+    let outside = h.nic(Outside).0;
+    // The calls of a drop/no_rule probe to `dst` (the set lookup is all it calls).
+    let calls = |h: &Harness, dst: IpAddr, want: u32| {
+        let frame = tcp(if dst.is_ipv4() { PARTNER4 } else { PARTNER6 }, dst, 40000, 80, SYN).build();
+        let mut emulator = Emulator::new(edge_filter::loader::OBJECT, h.filter.program_name(), h.filter.maps()).unwrap_or_else(|e| panic!("{e:#}"));
+        let trace = emulator.run(&frame, outside).unwrap_or_else(|e| panic!("{dst}: {e:#}"));
+        assert_eq!(trace.action, h.filter.test_run(&frame, outside).unwrap(), "{dst}: the interpreter and the kernel agree");
+        assert_eq!(u32::from(trace.action == 1), u32::from(want == DROP_NO_RULE), "{dst}: dropped as no_rule, or passed as unpoliced");
+        trace.helper_calls
+    };
+    // An address beside `a`: the same hint bucket and prefix probes, another exact bucket.
+    let near = |a: IpAddr| match a {
+        IpAddr::V4(a) => IpAddr::from(Ipv4Addr::from(u32::from(a) ^ 1)),
+        IpAddr::V6(a) => IpAddr::from(Ipv6Addr::from(u128::from(a) ^ 1)),
+    };
+    for family in [&v4, &v6] {
+        let members: Vec<u64> = family[..5].iter().map(|a| calls(&h, *a, DROP_NO_RULE)).collect();
+        assert_eq!(members.iter().filter(|c| **c == 0).count(), 4, "four members in their bucket's ways, no call: {members:?} {family:?}");
+        assert_eq!(members.iter().filter(|c| **c == 1).count(), 1, "one spilled to the hash table, one probe: {members:?}");
+        // The stranger in the spilled bucket costs one probe more than one beside it.
+        let beside = near(family[5]);
+        assert!(!family.contains(&beside));
+        assert_eq!(calls(&h, family[5], PASS_UNPOLICED), calls(&h, beside, PASS_UNPOLICED) + 1, "a stranger in the spilled bucket costs its probe");
+    }
+    for a in ["198.19.0.1", "2001:db8:ab::1"] {
+        assert_eq!(calls(&h, a.parse().unwrap(), PASS_UNPOLICED), 0, "{a}: in no set, in a bucket without overflow");
+    }
+    h.check_all(&v4[..5].iter().chain(&v6[..5]).map(|a| probe(&a.to_string(), Some(R1))).collect::<Vec<_>>())
+        .unwrap_or_else(|e| panic!("members: {e:#}"));
+    assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
+
+    // One of the ways and the spilled one go: the bucket no longer sends its strangers
+    // to the hash table. Then the stranger comes in, into the freed way.
+    let single = |a: IpAddr| Prefix::new(a, if a.is_ipv4() { 32 } else { 128 }).unwrap();
+    for family in [&v4, &v6] {
+        let spilled = *family[..5].iter().find(|a| calls(&h, **a, DROP_NO_RULE) == 1).unwrap();
+        let in_way = *family[..5].iter().find(|a| **a != spilled).unwrap();
+        for gone in [spilled, in_way] {
+            sets.remove(SetId::ACCESS_EDGE, &single(gone));
+        }
+        set_and_check(&mut h, &sets, "after the removal", &[probe(&spilled.to_string(), None), probe(&in_way.to_string(), None)]);
+        assert_eq!(calls(&h, spilled, PASS_UNPOLICED), calls(&h, near(spilled), PASS_UNPOLICED), "{spilled}: its bucket has nothing spilled now");
+        sets.insert(SetId::ACCESS_EDGE, single(family[5])).unwrap();
+        set_and_check(&mut h, &sets, "after the newcomer", &[probe(&family[5].to_string(), Some(R1))]);
+        assert_eq!(calls(&h, family[5], DROP_NO_RULE), 0, "{}: the newcomer has the freed way", family[5]);
+        let stayed: Vec<Case> = family[..5].iter().filter(|a| ![spilled, in_way].contains(a)).map(|a| probe(&a.to_string(), Some(R1))).collect();
+        h.check_all(&stayed).unwrap_or_else(|e| panic!("the rest stay: {e:#}"));
+    }
+    assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
+}
+
 /// A pinned map this version does not use (one an older edge-filter left, of another
 /// type) is refused with the way out, not adopted and misread.
 #[test]

@@ -18,7 +18,8 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use edge_filter_common::{
-    Counter, Flow, FlowKey, Iface, LogBudget, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings, SourceKey, map,
+    Counter, Exact4, Exact6, Flow, FlowKey, Iface, LogBudget, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings, SourceKey,
+    map,
 };
 
 use super::{Error, batch, map_err};
@@ -54,6 +55,8 @@ maps! {
     ifaces: map::IFACES => Array<MapData, Iface>,
     edge4: map::EDGE4 => HashMap<MapData, SetKey4, SetBits>,
     edge6: map::EDGE6 => HashMap<MapData, SetKey6, SetBits>,
+    exact4: map::EXACT4 => Array<MapData, Exact4>,
+    exact6: map::EXACT6 => Array<MapData, Exact6>,
     set_names: map::SET_NAMES => Array<MapData, SetName>,
     edge_lens: map::EDGE_LENS => Array<MapData, PrefixLens>,
     edge_hints: map::EDGE_HINTS => Array<MapData, u64>,

@@ -1,6 +1,8 @@
 //! The address sets in the maps: per family, a hash table of prefixes with their set
 //! masks, the prefix lengths it holds (with the small tables scanned in place), the
-//! hint bits, and the peer sets' names.
+//! hint bits, and the peer sets' names. Single addresses (/32, /128) are in the
+//! bucketed tables of `edge_filter_common::exact` instead, but for those a full bucket
+//! sent to the hash table (its `spilled` then set first).
 //!
 //! Contract: the kernel's sets are made equal to the wanted ones so that an address
 //! that stays in a set is never missing (see [`Maps::set_address_sets`]); what is read
@@ -8,9 +10,11 @@
 
 use aya::{
     Pod,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData, MapError},
 };
-use edge_filter_common::{MAX_PREFIX_LENS, MAX_SETS, PrefixLens, SMALL_SET, SetBits, SetKey4, SetKey6, SetName, Small4, Small6, hint, map};
+use edge_filter_common::{
+    Exact4, Exact6, MAX_PREFIX_LENS, MAX_SETS, PrefixLens, SMALL_SET, SetBits, SetKey4, SetKey6, SetName, Small4, Small6, exact, hint, map,
+};
 
 use super::{Error, Maps, map_err, maps::remove, policy::name_str};
 use crate::addr::{AddressSets, Prefix, SetId};
@@ -28,11 +32,25 @@ impl Maps {
             }
         }
         let mut v4 = Vec::new();
+        self.each::<u32, Exact4>(map::EXACT4, |_, b| {
+            for w in (0..exact::WAYS).filter(|&w| b.all[w] != 0) {
+                v4.push((std::net::Ipv4Addr::from(b.addr[w]).into(), 32, b.own[w]));
+            }
+        })?;
         self.each::<SetKey4, SetBits>(map::EDGE4, |k, b| v4.push((std::net::Ipv4Addr::from(k.addr).into(), k.len, b.own)))?;
         for (addr, len, own) in v4 {
             insert_read(&mut sets, map::EDGE4, addr, len, own)?;
         }
         let mut v6 = Vec::new();
+        self.each::<u32, Exact6>(map::EXACT6, |_, b| {
+            for w in (0..exact::WAYS).filter(|&w| b.all[w] != 0) {
+                let [hi, lo] = b.addr[w];
+                let mut octets = [0u8; 16];
+                octets[..8].copy_from_slice(&hi.to_ne_bytes());
+                octets[8..].copy_from_slice(&lo.to_ne_bytes());
+                v6.push((std::net::Ipv6Addr::from(octets).into(), 128, b.own[w]));
+            }
+        })?;
         self.each::<SetKey6, SetBits>(map::EDGE6, |k, b| v6.push((std::net::Ipv6Addr::from(k.addr).into(), k.len, b.own)))?;
         for (addr, len, own) in v6 {
             insert_read(&mut sets, map::EDGE6, addr, len, own)?;
@@ -121,10 +139,95 @@ impl Maps {
     fn write_prefix(&mut self, prefix: Prefix, bits: Option<SetBits>) -> Result<(), Error> {
         let len = u32::from(prefix.len());
         match prefix.addr() {
+            std::net::IpAddr::V4(a) if len == 32 => {
+                let key = SetKey4 { len, addr: a.octets() };
+                write_exact(&mut self.exact4, map::EXACT4, exact::bucket4(u32::from(a)), u32::from(a), &mut self.edge4, map::EDGE4, key, bits)
+            }
+            std::net::IpAddr::V6(a) if len == 128 => {
+                let [hi, lo] = exact::halves6(&a.octets());
+                let key = SetKey6 { len, addr: a.octets() };
+                write_exact(&mut self.exact6, map::EXACT6, exact::bucket6(hi, lo), [hi, lo], &mut self.edge6, map::EDGE6, key, bits)
+            }
             std::net::IpAddr::V4(a) => write_entry(&mut self.edge4, map::EDGE4, SetKey4 { len, addr: a.octets() }, bits),
             std::net::IpAddr::V6(a) => write_entry(&mut self.edge6, map::EDGE6, SetKey6 { len, addr: a.octets() }, bits),
         }
     }
+}
+
+/// A bucket of single addresses (`Exact4`, `Exact6`).
+trait Bucket: Pod {
+    type Addr: PartialEq + Copy + Default;
+    fn ways(&mut self) -> (&mut [Self::Addr; exact::WAYS], &mut [u32; exact::WAYS], &mut [u32; exact::WAYS]);
+    fn spilled(&mut self) -> &mut u32;
+}
+
+impl Bucket for Exact4 {
+    type Addr = u32;
+    fn ways(&mut self) -> (&mut [u32; exact::WAYS], &mut [u32; exact::WAYS], &mut [u32; exact::WAYS]) {
+        (&mut self.addr, &mut self.all, &mut self.own)
+    }
+    fn spilled(&mut self) -> &mut u32 {
+        &mut self.spilled
+    }
+}
+
+impl Bucket for Exact6 {
+    type Addr = [u64; 2];
+    fn ways(&mut self) -> (&mut [[u64; 2]; exact::WAYS], &mut [u32; exact::WAYS], &mut [u32; exact::WAYS]) {
+        (&mut self.addr, &mut self.all, &mut self.own)
+    }
+    fn spilled(&mut self) -> &mut u32 {
+        &mut self.spilled
+    }
+}
+
+/// Write a single address's set masks, or remove it (`None`): in a way of bucket
+/// `index` of `table`, or in the hash table `spill` under `key` when it is there
+/// already or the bucket is full. An address that stays keeps its place, so a packet
+/// never misses it; a spilled address is in the hash table before its bucket counts
+/// it. (A way freed later is not filled from the hash table: the next address of the
+/// bucket takes it.)
+#[expect(clippy::too_many_arguments, reason = "one family's two tables, each with its name for errors, and the entry")]
+fn write_exact<B: Bucket, K: Pod>(
+    table: &mut Array<MapData, B>,
+    name: &'static str,
+    index: u32,
+    addr: B::Addr,
+    spill: &mut HashMap<MapData, K, SetBits>,
+    spill_name: &'static str,
+    key: K,
+    bits: Option<SetBits>,
+) -> Result<(), Error> {
+    let mut b = table.get(&index, 0).map_err(map_err(name))?;
+    // Not in a way: in the hash table if its bucket spilled and it is there.
+    let in_spill = *b.spilled() != 0
+        && match spill.get(&key, 0) {
+            Ok(_) => true,
+            Err(MapError::KeyNotFound) => false,
+            Err(e) => return Err(map_err(spill_name)(e)),
+        };
+    let (addrs, all, own) = b.ways();
+    let at = match ((0..exact::WAYS).find(|&w| all[w] != 0 && addrs[w] == addr), bits) {
+        (Some(w), _) => Some(w),
+        _ if in_spill => None,
+        (None, Some(_)) => (0..exact::WAYS).find(|&w| all[w] == 0),
+        (None, None) => return Ok(()),
+    };
+    let Some(w) = at else {
+        write_entry(spill, spill_name, key, bits)?;
+        // The bucket counts its addresses in the hash table: added after the entry
+        // (a packet probes only once it is there), taken away after it is gone.
+        let count = b.spilled();
+        match (in_spill, bits) {
+            (false, Some(_)) => *count += 1,
+            (true, None) => *count = count.saturating_sub(1),
+            _ => return Ok(()),
+        }
+        return table.set(index, b, 0).map_err(map_err(name));
+    };
+    let bits = bits.unwrap_or_default();
+    (addrs[w], all[w], own[w]) = (if bits.all == 0 { B::Addr::default() } else { addr }, bits.all, bits.own);
+    table.set(index, b, 0).map_err(map_err(name))
 }
 
 fn insert_read(sets: &mut AddressSets, name: &'static str, addr: std::net::IpAddr, len: u32, own: u32) -> Result<(), Error> {
@@ -151,16 +254,23 @@ fn write_entry<K: Pod>(table: &mut HashMap<MapData, K, SetBits>, name: &'static 
 }
 
 /// The value of `EDGE_LENS` for these prefix lengths (duplicates allowed), or `None`
-/// when a family has more than the kernel looks up. Hints are taken at the shortest
-/// length (0 when the family is empty).
+/// when a family has more than the kernel looks up. The full length is left out and
+/// marks the family's exact table in use. Hints are taken at the shortest length left
+/// (0 when none is).
 /// The lengths alone, without small tables: a packet probes the hash tables.
 fn prefix_lens(mut v4: Vec<u8>, mut v6: Vec<u8>) -> Option<PrefixLens> {
     let mut out = PrefixLens::default();
-    for (lens, slots, count, hint) in
-        [(&mut v4, &mut out.v4, &mut out.v4_count, &mut out.v4_hint), (&mut v6, &mut out.v6, &mut out.v6_count, &mut out.v6_hint)]
-    {
+    for (lens, full, exact, slots, count, hint) in [
+        (&mut v4, 32, &mut out.v4_exact, &mut out.v4, &mut out.v4_count, &mut out.v4_hint),
+        (&mut v6, 128, &mut out.v6_exact, &mut out.v6, &mut out.v6_count, &mut out.v6_hint),
+    ] {
         lens.sort_unstable_by(|a, b| b.cmp(a));
         lens.dedup();
+        // Single addresses are in the exact tables.
+        if lens.first() == Some(&full) {
+            lens.remove(0);
+            *exact = 1;
+        }
         if lens.len() > MAX_PREFIX_LENS {
             return None;
         }
