@@ -325,6 +325,10 @@ pub struct GrowthPoint {
     pub table: String,
     pub size: usize,
     pub path: String,
+    /// Instructions and helper calls of the first frame of the figure's batch, as in
+    /// [`PathCost`] (0 in records from before they were counted).
+    pub insns: u64,
+    pub helper_calls: u64,
     /// ns per packet, ratio to the floor of the same round.
     pub figure: Figure,
 }
@@ -424,8 +428,9 @@ pub fn set_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
                 ];
                 for (path, want, frames) in cases {
                     let what = format!("{table} {n} {path}");
+                    let at = point(&mut points, &h, &table, n, path, &frames)?;
                     let (ns, fl) = batch_with_floor(&h, &floor, &frames, want, plan.repeat, &what)?;
-                    point(&mut points, &table, n, path).record(ns, fl);
+                    points[at].figure.record(ns, fl);
                 }
             }
         }
@@ -433,15 +438,27 @@ pub fn set_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
     Ok(points)
 }
 
-fn point<'a>(points: &'a mut Vec<GrowthPoint>, table: &str, size: usize, path: &str) -> &'a mut Figure {
-    let i = match points.iter().position(|p| p.table == table && p.size == size && p.path == path) {
-        Some(i) => i,
-        None => {
-            points.push(GrowthPoint { table: table.into(), size, path: path.into(), figure: Figure::default() });
-            points.len() - 1
-        }
-    };
-    &mut points[i].figure
+/// The index of the point (`table`, `size`, `path`) in `points`, made the first time:
+/// then the emulator also counts what the program does on the batch's first frame,
+/// against the maps as they are before the batch runs.
+fn point(points: &mut Vec<GrowthPoint>, h: &Harness, table: &str, size: usize, path: &str, frames: &Frames) -> anyhow::Result<usize> {
+    if let Some(i) = points.iter().position(|p| p.table == table && p.size == size && p.path == path) {
+        return Ok(i);
+    }
+    let (nic, frame) = frames.first().context("a batch of frames")?;
+    let program = h.filter.program_name();
+    let mut emulator = Emulator::new(edge_filter::loader::OBJECT, program, h.filter.maps()).context("the instruction counter")?;
+    emulator.steady_clock()?;
+    let trace = emulator.run(frame, h.nic(*nic).0).with_context(|| format!("{table} {size} {path}: emulating {program}"))?;
+    points.push(GrowthPoint {
+        table: table.into(),
+        size,
+        path: path.into(),
+        insns: trace.insns,
+        helper_calls: trace.helper_calls,
+        figure: Figure::default(),
+    });
+    Ok(points.len() - 1)
 }
 
 /// Row counts of the rule-table growth axis: the built-in table, a whole Edge's
@@ -509,8 +526,9 @@ pub fn rule_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
             ];
             for (path, want, frames) in cases {
                 let what = format!("rules {n} {path}");
+                let at = point(&mut points, &h, "rules", n, path, &frames)?;
                 let (ns, fl) = batch_with_floor(&h, &floor, &frames, want, plan.repeat, &what)?;
-                point(&mut points, "rules", n, path).record(ns, fl);
+                points[at].figure.record(ns, fl);
             }
         }
     }
@@ -595,8 +613,9 @@ pub fn flow_growth(plan: &Plan) -> anyhow::Result<Vec<GrowthPoint>> {
             ];
             for (path, want, frames) in cases {
                 let what = format!("flows {n} {path}");
+                let at = point(&mut points, &h, "flows v4", n, path, &frames)?;
                 let (ns, fl) = batch_with_floor(&h, &floor, &frames, want, plan.repeat, &what)?;
-                point(&mut points, "flows v4", n, path).record(ns, fl);
+                points[at].figure.record(ns, fl);
             }
         }
     }

@@ -180,14 +180,16 @@ impl Results {
             let f = &p.figure;
             let _ = writeln!(
                 s,
-                "{:<20} {:>9} {:<18} {:>7.1} [{:>5.0}..{:<5.0}] {:>4.2}x",
+                "{:<20} {:>9} {:<18} {:>7.1} [{:>5.0}..{:<5.0}] {:>4.2}x {:>6} {:>3}",
                 p.table,
                 p.size,
                 p.path,
                 f.value.median(),
                 f.value.min(),
                 f.value.max(),
-                f.ratio.median()
+                f.ratio.median(),
+                p.insns,
+                p.helper_calls
             );
         }
         let _ = writeln!(s, "\nveth throughput (Mpps, {} frames per figure)", self.plan.frames);
@@ -244,6 +246,7 @@ impl Results {
             })).collect::<Vec<_>>(),
             "growth_ns": self.growth.iter().map(|p| serde_json::json!({
                 "table": p.table, "size": p.size, "path": p.path, "figure": p.figure.json(),
+                "insns": p.insns, "calls": { "helper": p.helper_calls },
             })).collect::<Vec<_>>(),
             "veth_mpps": self.rates.iter().map(|r| serde_json::json!({
                 "path": r.path,
@@ -309,6 +312,9 @@ impl Results {
                 table: text(&g["table"], "table")?,
                 size: num(&g["size"], "size")? as usize,
                 path: text(&g["path"], "path")?,
+                // Records from before the counts: 0.
+                insns: g["insns"].as_u64().unwrap_or(0),
+                helper_calls: g["calls"]["helper"].as_u64().unwrap_or(0),
                 figure: figure(&g["figure"])?,
             });
         }
@@ -474,11 +480,21 @@ impl Results {
              the flow table filled with established R1 flows. Each figure cycles through {keys} keys spread over the \
              whole table, so the program probes different buckets from one key to the next.\n\n\
              ![growth](benchmark-growth.svg)\n\n\
-             | table | entries | path | ns | x floor |\n|---|---|---|---|---|\n",
+             Instructions and helper calls are those of the first frame of each figure, counted as above.\n\n\
+             | table | entries | path | ns | x floor | insns | helper calls |\n|---|---|---|---|---|---|---|\n",
             keys = super::cost::KEYS
         );
         for p in &self.growth {
-            let _ = writeln!(s, "| {} | {} | {} | {} | {:.2} |", p.table, p.size, p.path, spread(&p.figure.value, 1), p.figure.ratio.median());
+            let (insns, calls) = if p.insns == 0 { ("-".to_owned(), "-".to_owned()) } else { (p.insns.to_string(), p.helper_calls.to_string()) };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2} | {insns} | {calls} |",
+                p.table,
+                p.size,
+                p.path,
+                spread(&p.figure.value, 1),
+                p.figure.ratio.median()
+            );
         }
         let _ = write!(
             s,
@@ -722,8 +738,22 @@ mod tests {
             inlined_lookups: 5,
         }];
         let growth = vec![
-            GrowthPoint { table: "sets exact v4".into(), size: 1, path: "drop/no_rule".into(), figure: figure(&[100.0, 100.0], 30.0) },
-            GrowthPoint { table: "sets exact v4".into(), size: 65_536, path: "drop/no_rule".into(), figure: figure(&[120.0, 120.0], 30.0) },
+            GrowthPoint {
+                table: "sets exact v4".into(),
+                size: 1,
+                path: "drop/no_rule".into(),
+                insns: 300,
+                helper_calls: 0,
+                figure: figure(&[100.0, 100.0], 30.0),
+            },
+            GrowthPoint {
+                table: "sets exact v4".into(),
+                size: 65_536,
+                path: "drop/no_rule".into(),
+                insns: 320,
+                helper_calls: 0,
+                figure: figure(&[120.0, 120.0], 30.0),
+            },
         ];
         let rates = vec![Rates { path: "drop", figures: DROP_RECEIVERS.iter().map(|r| (*r, figure(&[4.0, 5.0], 5.0))).collect() }];
         let machine = Machine { kernel: "6.18".into(), cpu: "cpu".into(), cpus: 2, date: "2026-11-29 18:00".into() };
@@ -758,6 +788,19 @@ mod tests {
         let c = &Results::from_json(&old).unwrap().costs[0];
         assert_eq!((c.insns, c.helper_calls, c.subprog_calls, c.inlined_lookups), (0, 0, 0, 0));
         assert!(Results::from_json(&old).unwrap().page("x.json").contains("| - | - |"));
+        // The growth figures carry their counts too, and old records none.
+        let g = &back.growth[1];
+        assert_eq!((g.insns, g.helper_calls), (320, 0));
+        assert!(
+            r.page("x.json").contains("| sets exact v4 | 65536 | drop/no_rule | 120.0 [120.0..120.0] | 4.00 | 320 | 0 |"),
+            "{}",
+            r.page("x.json")
+        );
+        for key in ["insns", "calls"] {
+            old["growth_ns"][1].as_object_mut().unwrap().remove(key);
+        }
+        let g = &Results::from_json(&old).unwrap().growth[1];
+        assert_eq!((g.insns, g.helper_calls), (0, 0));
     }
 
     #[test]
