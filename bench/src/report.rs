@@ -577,23 +577,25 @@ fn bar(s: &Series) -> Option<(f64, f64, f64)> {
 
 const WHY_DROP: &str = "the floor returns without reading the frame, so its figure is almost all of \
     BPF_PROG_TEST_RUN's own loop. A drop verdict makes no call (the realistic sets are scanned in place, \
-    the frame's whole length is asked only of frames in several buffers), but it still parses the frame \
-    into the packet's facts, reads the settings, the NIC's role, the prefix lengths with the small set \
-    tables and the rule masks (the inlined array reads in the table's last column) and counts the \
-    verdict: the instructions in the table, where the floor runs a handful. The parse and the array reads \
-    are most of them.";
-const WHY_NO_LOOKUP: &str = "the verdict needs no lookup, but the frame is still parsed into the packet's \
-    facts, the settings, the NIC's role and the prefix lengths are read, and the verdict is counted: about \
-    100 instructions for ARP, about 300 for unpoliced IP, against the floor's handful.";
+    the frame's whole length is asked only of frames in several buffers), but it still reads the settings, \
+    the NIC's role and this CPU's packet scratch, parses the frame into the packet's facts (untagged IP \
+    at fixed offsets), scans the set tables for both addresses, reads the ports' rule masks and counts \
+    the verdict: the instructions in the table, where the floor runs a handful.";
+const WHY_NO_LOOKUP: &str = "the verdict needs no lookup, but the settings, the NIC's role and the \
+    packet's scratch are read, the frame is parsed (for IP: into the packet's facts, with both addresses' \
+    sets, to know it is unpoliced), and the verdict is counted: the instructions of the cost table, against \
+    the floor's handful.";
 const WHY_PASS: &str = "a federation packet that passes also finds its flow: a hash lookup on the 40-byte \
     5-tuple key, a call out of the program that pays a return thunk on this CPU, and the hash itself, on \
     top of the parse; the floor makes none. (Reading the clock makes no call: jiffies, scaled by the jiffy \
     each CPU measured.) pass/rule R1 SYN looks in both state tables and writes the handshake (three \
     calls).";
 const WHY_XDP_FILTER: &str = "xdp-filter with all features makes a fixed handful of lookups and keeps no \
-    state. edge-filter is now cheaper than it on every drop path and answers ARP and traffic of no edge \
-    address in about half its time, but not twice as cheap on drops; its pass paths track connections, \
-    work xdp-filter does not do at all, and cost two to three times its stateless pass.";
+    state. edge-filter is cheaper than it on every path but a tracked connection's; on the drops that end at \
+    the source's sets (spoofed) or at the IP header (non-first fragments) about twice as cheap, on \
+    drop/no_rule, which also reads the destination's sets and the ports' rule masks, less. Its pass paths \
+    track connections, work xdp-filter does not do at all, and cost a hash lookup and the flow's update more \
+    than its stateless pass.";
 const WHY_VETH_FLOOR: &str = "generator and receiver share one CPU, and the floor's frame costs little, so \
     every nanosecond the filter adds shows in the rate: the parse and the array reads of the drop verdict.";
 const WHY_NFT: &str = "nftables at netdev ingress runs after the veth has built a socket buffer for every \
@@ -601,11 +603,13 @@ const WHY_NFT: &str = "nftables at netdev ingress runs after the veth has built 
 const WHY_SCRAPE: &str = "a scrape is an HTTP exchange and a fixed set of map reads; what moves with the \
     flow table is the census pass, which runs on its own thread once per interval.";
 
-const WHY_GROWTH: &str = "the sets of one entry are scanned in place, with no call; from nine prefixes a \
-    family's sets are probed in the hash table, one call per prefix length, so 1,000 and 65,536 entries cost \
-    the probe that one entry does not (on the same machine a realistic Edge, a handful of addresses, stays \
-    on the scanned side). Between 1,000 and 65,536 entries, 1 and 1M flows, and 3 and 64 rows the figures \
-    move within their spread.";
+const WHY_GROWTH: &str = "sets of one entry are scanned in place; from nine entries a family's single \
+    addresses are found in the bucketed exact table (an array read the verifier inlines and a compare per \
+    way, no call), and an address in no set is also checked against the hint bits, for the prefixes the \
+    plan's sets hold: a few dozen instructions more than the scan of a handful, which the figure's \
+    nanoseconds show. (Prefixes beyond the scanned ones cost a hash probe per length: not in this target.) \
+    Between 1,000 and 65,536 entries, 1 and 1M flows, and 3 and 64 rows the figures move within their \
+    spread.";
 
 /// SVG drawn here, dependency-free: horizontal grouped bars with whiskers.
 mod svg {
