@@ -37,7 +37,8 @@ pub mod map {
     /// `Array<Exact6>`: the IPv6 sets' single addresses (/128), as [`EXACT4`].
     pub const EXACT6: &str = "EXACT6";
     /// `Array<SetName>`, [`super::MAX_SETS`] entries: the name of each set index
-    /// (empty: unused). Written by userspace; read by userspace only.
+    /// (empty: unused) and how many prefixes it holds. Written by userspace; read by
+    /// userspace only.
     pub const SET_NAMES: &str = "SET_NAMES";
     /// `Array<Rule>`, two generations of [`super::MAX_RULES`] rows
     /// (`gen * MAX_RULES + row`): the rule table as the operator wrote it. Written by
@@ -505,11 +506,15 @@ pub fn name_of(bytes: &[u8; NAME_LEN]) -> Option<&str> {
 pub struct SetName {
     /// NUL-padded; all zero for an unused index.
     pub name: [u8; NAME_LEN],
+    /// The prefixes (addresses included) the set holds, as last written: what a
+    /// scrape reports without reading the set tables.
+    pub prefixes: u32,
+    pub _pad: u32,
 }
 
 impl Default for SetName {
     fn default() -> Self {
-        Self { name: [0; NAME_LEN] }
+        Self { name: [0; NAME_LEN], prefixes: 0, _pad: 0 }
     }
 }
 
@@ -1009,7 +1014,7 @@ const _: () = {
     assert!(size_of::<Settings>() == 88);
     assert!(size_of::<SourceKey>() == 24);
     assert!(size_of::<SetBits>() == 8);
-    assert!(size_of::<SetName>() == NAME_LEN);
+    assert!(size_of::<SetName>() == NAME_LEN + 8);
     assert!(size_of::<Rule>() == NAME_LEN + 8);
     assert!(size_of::<SetRows>() == 16);
     assert!(size_of::<Ruleset>() == 16);

@@ -154,7 +154,7 @@ impl Snapshot {
             .map(|r| CounterRow { interface: name_of(r.slot), action: r.action, reason: r.reason, packets: r.packets, bytes: r.bytes })
             .collect();
         let rules = counters.rule_rows().map(|(rule, c)| RuleRow { rule: rule.to_owned(), packets: c.packets, bytes: c.bytes }).collect();
-        let sets = maps.address_sets()?;
+        let addresses = maps.set_sizes()?;
         let events = maps.events()?;
         let flow_events = census.flow_events(&events);
         let mut slots: Vec<_> = ifaces.iter().map(|e| (e.slot, interface_name(e.ifindex))).collect();
@@ -162,7 +162,7 @@ impl Snapshot {
         Ok(Self {
             counters: rows,
             rules,
-            addresses: sets.sets().map(|s| (sets.name(s).to_owned(), sets.of(s).count())).collect(),
+            addresses,
             flows: flow_events.flows.live as usize,
             interfaces: slots.into_iter().map(|(_, n)| n).collect(),
             dry_run: maps.dry_run()?,

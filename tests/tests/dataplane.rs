@@ -961,6 +961,9 @@ fn single_addresses_of_large_sets_are_found_in_their_bucket_without_a_call() {
         h.check_all(&stayed).unwrap_or_else(|e| panic!("the rest stay: {e:#}"));
     }
     assert_eq!(h.filter.maps().address_sets().unwrap(), sets, "the kernel's tables read back as the sets written");
+    // What a scrape reports of the sets, without reading their tables.
+    let sizes: Vec<(String, usize)> = sets.sets().map(|s| (sets.name(s).to_owned(), sets.of(s).count())).collect();
+    assert_eq!(h.filter.maps().set_sizes().unwrap(), sizes, "each set's size as written");
 }
 
 /// A pinned map this version does not use (one an older edge-filter left, of another

@@ -20,6 +20,24 @@ use super::{Error, Maps, map_err, maps::remove, policy::name_str};
 use crate::addr::{AddressSets, Prefix, SetId};
 
 impl Maps {
+    /// Each set's name and how many prefixes it holds, in index order, as the sets
+    /// were last written: a few array entries, where [`Maps::address_sets`] reads every
+    /// set table. The edge sets are there before any write, empty.
+    pub fn set_sizes(&self) -> Result<Vec<(String, usize)>, Error> {
+        let names = self.array_values::<SetName>(map::SET_NAMES)?;
+        let builtin = AddressSets::default();
+        let mut out: Vec<(String, usize)> = builtin.sets().map(|s| (builtin.name(s).to_owned(), 0)).collect();
+        for (i, n) in names.iter().enumerate() {
+            let Some(name) = name_str(&n.name) else { continue };
+            let size = n.prefixes as usize;
+            match out.get_mut(i) {
+                Some(slot) => *slot = (name, size),
+                None => out.push((name, size)),
+            }
+        }
+        Ok(out)
+    }
+
     /// The address sets the kernel holds, with the names of its peer sets.
     pub fn address_sets(&self) -> Result<AddressSets, Error> {
         let mut sets = AddressSets::default();
@@ -76,6 +94,7 @@ impl Maps {
             if let Some(id) = SetId::from_index(i).filter(|id| want.sets().any(|s| s == *id)) {
                 let text = want.name(id).as_bytes();
                 n.name[..text.len()].copy_from_slice(text);
+                n.prefixes = u32::try_from(want.of(id).count()).unwrap_or(u32::MAX);
             }
             self.set_names.set(i, n, 0).map_err(map_err(map::SET_NAMES))?;
         }
