@@ -707,6 +707,15 @@ pub mod exact {
             |i: usize| u64::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3], addr[i + 4], addr[i + 5], addr[i + 6], addr[i + 7]]);
         [half(0), half(8)]
     }
+
+    /// The address whose [`halves6`] these are.
+    #[inline(always)]
+    pub fn octets6(halves: [u64; 2]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&halves[0].to_ne_bytes());
+        out[8..].copy_from_slice(&halves[1].to_ne_bytes());
+        out
+    }
 }
 
 /// A bucket of [`map::EXACT4`]. A way is empty when its `all` is 0 (an address in a
@@ -1068,6 +1077,15 @@ mod tests {
     /// An address inside a prefix at least `hint` bits long falls in the prefix's
     /// bucket, whatever its other bits: the property that lets a clear bit say "in no
     /// set".
+    #[test]
+    fn an_ipv6_address_is_its_halves() {
+        let mut rng = SmallRng::seed_from_u64(0x0bad_cafe);
+        for _ in 0..1000 {
+            let a = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())).to_be_bytes();
+            assert_eq!(exact::octets6(exact::halves6(&a)), a);
+        }
+    }
+
     #[test]
     fn addresses_share_the_bucket_of_every_prefix_that_holds_them() {
         let mut rng = SmallRng::seed_from_u64(0x1234_5678_9abc_def0);

@@ -2,7 +2,7 @@
 //! masks, the prefix lengths it holds (with the small tables scanned in place), the
 //! hint bits, and the peer sets' names. Single addresses (/32, /128) are in the
 //! bucketed tables of `edge_filter_common::exact` instead, but for those a full bucket
-//! sent to the hash table (its `spilled` then set first).
+//! sent to the hash table, which their bucket counts.
 //!
 //! Contract: the kernel's sets are made equal to the wanted ones so that an address
 //! that stays in a set is never missing (see [`Maps::set_address_sets`]); what is read
@@ -62,11 +62,7 @@ impl Maps {
         let mut v6 = Vec::new();
         self.each::<u32, Exact6>(map::EXACT6, |_, b| {
             for w in (0..exact::WAYS).filter(|&w| b.all[w] != 0) {
-                let [hi, lo] = b.addr[w];
-                let mut octets = [0u8; 16];
-                octets[..8].copy_from_slice(&hi.to_ne_bytes());
-                octets[8..].copy_from_slice(&lo.to_ne_bytes());
-                v6.push((std::net::Ipv6Addr::from(octets).into(), 128, b.own[w]));
+                v6.push((std::net::Ipv6Addr::from(exact::octets6(b.addr[w])).into(), 128, b.own[w]));
             }
         })?;
         self.each::<SetKey6, SetBits>(map::EDGE6, |k, b| v6.push((std::net::Ipv6Addr::from(k.addr).into(), k.len, b.own)))?;
@@ -158,30 +154,41 @@ impl Maps {
     fn write_prefix(&mut self, prefix: Prefix, bits: Option<SetBits>) -> Result<(), Error> {
         let len = u32::from(prefix.len());
         match prefix.addr() {
-            std::net::IpAddr::V4(a) if len == 32 => {
-                let key = SetKey4 { len, addr: a.octets() };
-                write_exact(&mut self.exact4, map::EXACT4, exact::bucket4(u32::from(a)), u32::from(a), &mut self.edge4, map::EDGE4, key, bits)
-            }
-            std::net::IpAddr::V6(a) if len == 128 => {
-                let [hi, lo] = exact::halves6(&a.octets());
-                let key = SetKey6 { len, addr: a.octets() };
-                write_exact(&mut self.exact6, map::EXACT6, exact::bucket6(hi, lo), [hi, lo], &mut self.edge6, map::EDGE6, key, bits)
-            }
+            std::net::IpAddr::V4(a) if len == 32 => write_exact(&mut self.exact4, &mut self.edge4, u32::from(a), bits),
+            std::net::IpAddr::V6(a) if len == 128 => write_exact(&mut self.exact6, &mut self.edge6, exact::halves6(&a.octets()), bits),
             std::net::IpAddr::V4(a) => write_entry(&mut self.edge4, map::EDGE4, SetKey4 { len, addr: a.octets() }, bits),
             std::net::IpAddr::V6(a) => write_entry(&mut self.edge6, map::EDGE6, SetKey6 { len, addr: a.octets() }, bits),
         }
     }
 }
 
-/// A bucket of single addresses (`Exact4`, `Exact6`).
+/// A bucket of single addresses (`Exact4`, `Exact6`), with what its family's maps
+/// are called and keyed by.
 trait Bucket: Pod {
     type Addr: PartialEq + Copy + Default;
+    /// Key of the family's hash table, where a full bucket's addresses go.
+    type Key: Pod;
+    const NAME: &'static str;
+    const SPILL_NAME: &'static str;
+    /// The bucket of `addr`.
+    fn index(addr: Self::Addr) -> u32;
+    /// `addr`'s key in the hash table, at the family's full length.
+    fn key(addr: Self::Addr) -> Self::Key;
     fn ways(&mut self) -> (&mut [Self::Addr; exact::WAYS], &mut [u32; exact::WAYS], &mut [u32; exact::WAYS]);
     fn spilled(&mut self) -> &mut u32;
 }
 
 impl Bucket for Exact4 {
     type Addr = u32;
+    type Key = SetKey4;
+    const NAME: &'static str = map::EXACT4;
+    const SPILL_NAME: &'static str = map::EDGE4;
+    fn index(addr: u32) -> u32 {
+        exact::bucket4(addr)
+    }
+    fn key(addr: u32) -> SetKey4 {
+        SetKey4 { len: 32, addr: addr.to_be_bytes() }
+    }
     fn ways(&mut self) -> (&mut [u32; exact::WAYS], &mut [u32; exact::WAYS], &mut [u32; exact::WAYS]) {
         (&mut self.addr, &mut self.all, &mut self.own)
     }
@@ -192,6 +199,15 @@ impl Bucket for Exact4 {
 
 impl Bucket for Exact6 {
     type Addr = [u64; 2];
+    type Key = SetKey6;
+    const NAME: &'static str = map::EXACT6;
+    const SPILL_NAME: &'static str = map::EDGE6;
+    fn index([hi, lo]: [u64; 2]) -> u32 {
+        exact::bucket6(hi, lo)
+    }
+    fn key(addr: [u64; 2]) -> SetKey6 {
+        SetKey6 { len: 128, addr: exact::octets6(addr) }
+    }
     fn ways(&mut self) -> (&mut [[u64; 2]; exact::WAYS], &mut [u32; exact::WAYS], &mut [u32; exact::WAYS]) {
         (&mut self.addr, &mut self.all, &mut self.own)
     }
@@ -200,23 +216,19 @@ impl Bucket for Exact6 {
     }
 }
 
-/// Write a single address's set masks, or remove it (`None`): in a way of bucket
-/// `index` of `table`, or in the hash table `spill` under `key` when it is there
+/// Write a single address's set masks, or remove it (`None`): in a way of its bucket
+/// of `table`, or in the hash table `spill` at its full length when it is there
 /// already or the bucket is full. An address that stays keeps its place, so a packet
 /// never misses it; a spilled address is in the hash table before its bucket counts
 /// it. (A way freed later is not filled from the hash table: the next address of the
 /// bucket takes it.)
-#[expect(clippy::too_many_arguments, reason = "one family's two tables, each with its name for errors, and the entry")]
-fn write_exact<B: Bucket, K: Pod>(
+fn write_exact<B: Bucket>(
     table: &mut Array<MapData, B>,
-    name: &'static str,
-    index: u32,
+    spill: &mut HashMap<MapData, B::Key, SetBits>,
     addr: B::Addr,
-    spill: &mut HashMap<MapData, K, SetBits>,
-    spill_name: &'static str,
-    key: K,
     bits: Option<SetBits>,
 ) -> Result<(), Error> {
+    let (name, spill_name, index, key) = (B::NAME, B::SPILL_NAME, B::index(addr), B::key(addr));
     let mut b = table.get(&index, 0).map_err(map_err(name))?;
     // Not in a way: in the hash table if its bucket spilled and it is there.
     let in_spill = *b.spilled() != 0
