@@ -189,10 +189,7 @@ impl Frame {
     #[inline(always)]
     fn view<T>(&self, off: usize) -> Option<&T> {
         const { assert!(align_of::<T>() == 1, "a view into the frame must not assume alignment") };
-        let at = self.start + off;
-        if at + size_of::<T>() > self.end {
-            return None;
-        }
+        let at = self.inside::<T>(off)?;
         // SAFETY: `at..at + size_of::<T>()` lies inside the packet, which outlives the
         // frame; `T` has alignment 1 and is plain bytes.
         Some(unsafe { &*(at as *const T) })
@@ -200,13 +197,18 @@ impl Frame {
 
     #[inline(always)]
     fn copy_at<T: Copy>(&self, off: usize) -> Result<T, Malformed> {
-        let at = self.start + off;
-        if at + size_of::<T>() > self.end {
-            return Err(Malformed);
-        }
+        let at = self.inside::<T>(off).ok_or(Malformed)?;
         // SAFETY: `at..at + size_of::<T>()` was just checked to lie inside the packet,
         // and `T` is plain bytes; the read is unaligned because headers are.
         Ok(unsafe { ptr::read_unaligned(at as *const T) })
+    }
+
+    /// The address of a `T` at `off`, if all of it lies inside the frame: the one
+    /// bounds check every read makes.
+    #[inline(always)]
+    fn inside<T>(&self, off: usize) -> Option<usize> {
+        let at = self.start + off;
+        (at + size_of::<T>() <= self.end).then_some(at)
     }
 }
 
