@@ -19,10 +19,11 @@ use core::mem::size_of;
 /// Map names. The kernel caps object names at 15 bytes; `const` checks below hold
 /// every name to that.
 pub mod map {
-    /// `Array<Iface>` indexed by ifindex (below [`super::MAX_IFINDEX`]): role and
-    /// counter slot of each NIC the program serves; role 0 for the rest. Written by
+    /// `Array<Config>` with one entry: the settings, the role and counter slot of
+    /// each NIC by ifindex, and the address sets' prefix lengths and small tables. One
+    /// value, so that a packet finds all of it with one array read. Written by
     /// userspace.
-    pub const IFACES: &str = "IFACES";
+    pub const CONFIG: &str = "CONFIG";
     /// `HashMap<SetKey4, SetBits>`: IPv4 address sets (edge and peer), one entry per
     /// prefix, keyed by its length and network address. Written by userspace.
     pub const EDGE4: &str = "EDGE4";
@@ -48,18 +49,11 @@ pub mod map {
     /// compiled into the masks the kernel matches packets with. Written by userspace,
     /// a generation whole.
     pub const RULE_TABLES: &str = "RULE_TABLES";
-    /// `Array<PrefixLens>` with two entries: the prefix lengths [`EDGE4`] and [`EDGE6`]
-    /// hold, longest first, in the entry [`super::Settings::lens_at`] names. Written by
-    /// userspace.
-    pub const EDGE_LENS: &str = "EDGE_LENS";
     /// `Array<u64>`, [`super::hint::WORDS`] words per family (IPv4 first): a bit per
     /// [`super::hint`] bucket that some edge prefix falls in. An address whose bucket
     /// bit is clear is in no set, found without probing the set tables. Written by
     /// userspace.
     pub const EDGE_HINTS: &str = "EDGE_HINTS";
-    /// `Array<Settings>` with one entry: ports, defaults, timeouts. Written by
-    /// userspace.
-    pub const SETTINGS: &str = "SETTINGS";
     /// `LruHashMap<FlowKey, Flow>`: connections whose handshake completed. Written by
     /// the kernel programs; userspace reads and may delete.
     pub const FLOWS: &str = "FLOWS";
@@ -94,16 +88,14 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 20] = [
-        IFACES,
+    pub const ALL: [&str; 18] = [
+        CONFIG,
         EDGE4,
         EDGE6,
         EXACT4,
         EXACT6,
         SET_NAMES,
-        EDGE_LENS,
         EDGE_HINTS,
-        SETTINGS,
         RULES,
         RULE_TABLES,
         FLOWS,
@@ -455,7 +447,7 @@ pub mod origin {
     pub const PICKED_UP: u8 = 1;
 }
 
-/// Value of [`map::IFACES`].
+/// A NIC in [`Config::ifaces`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Iface {
@@ -616,7 +608,7 @@ pub struct Small6 {
     pub _pad: u32,
 }
 
-/// The one value of [`map::EDGE_LENS`]: for each family, the prefix lengths its set
+/// One of [`Config::lens`]: for each family, the prefix lengths its set
 /// table holds, longest first; the first `*_count` entries count. `*_hint` is the
 /// length [`hint`] buckets are taken at: at most the shortest length held.
 ///
@@ -819,7 +811,7 @@ pub mod hint {
     const _: () = assert!(WORDS * 64 == 1 << 16, "buckets are the top 16 bits of the hash");
 }
 
-/// The one value of [`map::SETTINGS`].
+/// The settings, in [`Config::settings`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -844,12 +836,12 @@ pub struct Settings {
     pub source_len4: u8,
     pub source_len6: u8,
     pub _pad: [u8; 2],
-    /// The current entry of [`map::EDGE_LENS`] (0 or 1). Userspace writes the other
+    /// The current entry of [`Config::lens`] (0 or 1). Userspace writes the other
     /// entry whole, then flips this.
     pub lens_at: u32,
     /// Per rule generation, the rows that open from each NIC role. Here rather than in
     /// a map of their own, so that a packet reads them with the settings it has read
-    /// already (as `lens_at`): one array read fewer each.
+    /// already: one array read fewer each.
     pub rulesets: [Ruleset; 2],
 }
 
@@ -895,6 +887,39 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// The one value of [`map::CONFIG`]: what every packet reads before it is judged.
+///
+/// Userspace writes it whole (under the pin directory's lock, so from a value it has
+/// just read), and a packet may read it meanwhile. A write copies every byte, so a
+/// field that did not change reads the same throughout; what must change as one is
+/// double-buffered: the prefix lengths are written into the entry of [`Config::lens`]
+/// that [`Settings::lens_at`] does not name, and a second write flips `lens_at`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub settings: Settings,
+    /// The address sets' prefix lengths and small tables, two generations.
+    pub lens: [PrefixLens; 2],
+    /// By ifindex: the NIC's role and counter slot; role 0 for NICs the program does
+    /// not serve (and for every ifindex beyond [`MAX_IFINDEX`]).
+    pub ifaces: [Iface; MAX_IFINDEX as usize],
+}
+
+impl Config {
+    /// The current prefix lengths and small tables.
+    #[inline(always)]
+    pub fn lens(&self) -> &PrefixLens {
+        &self.lens[(self.settings.lens_at & 1) as usize]
+    }
+}
+
+impl Default for Config {
+    /// The default settings, no NIC, nothing in any set.
+    fn default() -> Self {
+        Self { settings: Settings::DEFAULT, lens: [PrefixLens::default(); 2], ifaces: [Iface::default(); MAX_IFINDEX as usize] }
     }
 }
 
@@ -1021,6 +1046,8 @@ pub struct Counter {
 const _: () = {
     assert!(size_of::<Iface>() == 8);
     assert!(size_of::<Settings>() == 88);
+    assert!(size_of::<Config>() == 88 + 2 * size_of::<PrefixLens>() + 8 * MAX_IFINDEX as usize);
+    assert!(MAX_IFINDEX.is_power_of_two(), "the kernel program bounds an ifindex by a mask");
     assert!(size_of::<SourceKey>() == 24);
     assert!(size_of::<SetBits>() == 8);
     assert!(size_of::<SetName>() == NAME_LEN + 8);
@@ -1063,8 +1090,8 @@ mod pod {
     }
 
     pod!(
-        Iface, Settings, FlowKey, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, RuleTables, SetRows, Ruleset,
-        SourceKey, Exact4, Exact6
+        Iface, Settings, Config, FlowKey, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, RuleTables, SetRows,
+        Ruleset, SourceKey, Exact4, Exact6
     );
 }
 

@@ -15,10 +15,10 @@ use edge_filter_common::{role, set};
 
 use crate::{
     counters,
-    maps::SETTINGS,
+    maps::CONFIG,
     parse::{self, FRAG_NONE, Frame, L4_WHOLE, Packet, Parsed},
     rules,
-    sets::{self, sets_of},
+    sets::sets_of,
     state,
 };
 
@@ -36,10 +36,11 @@ pub(crate) fn record(ctx: &TcContext) {
         return;
     }
     // Read in place, as at ingress (userspace writes it before it attaches).
-    let Some(settings) = SETTINGS.get(0) else {
+    let Some(config) = CONFIG.get(0) else {
         return;
     };
-    let lens = sets::current(settings);
+    let settings = &config.settings;
+    let lens = config.lens();
     let src_sets = sets_of(lens, p.family, &p.src);
     if src_sets & set::EDGE_BITS == 0 {
         return;

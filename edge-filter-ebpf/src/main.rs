@@ -46,7 +46,7 @@ use aya_ebpf::{
 };
 use edge_filter_common::{flags, verdict};
 
-use crate::{maps::SETTINGS, parse::Frame};
+use crate::{maps::CONFIG, parse::Frame};
 
 /// The filter for kernels with multi-buffer XDP. (Inlined into the entry point the
 /// macro wraps it in, as the other two: a BPF-to-BPF call per packet otherwise.)
@@ -78,10 +78,11 @@ pub(crate) fn edge_filter_eg(ctx: TcContext) -> i32 {
 fn filter(ctx: &XdpContext, frame: &Frame) -> u32 {
     // Entry 0 of an array map always exists (userspace writes it before it attaches);
     // read in place, not copied to the stack.
-    let Some(settings) = SETTINGS.get(0) else {
+    let Some(config) = CONFIG.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    let (slot, mut v) = policy::judge(ctx, frame, settings);
+    let settings = &config.settings;
+    let (slot, mut v) = policy::judge(ctx, frame, config);
     // Known once the headers are parsed ([`Frame`]).
     let bytes = frame.len() as u64;
     let mut action = xdp_action::XDP_PASS;

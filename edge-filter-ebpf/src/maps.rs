@@ -6,14 +6,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    COUNTER_ENTRIES, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Exact4, Exact6, Flow, FlowKey,
-    Iface, LogBudget, MAX_IFINDEX, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings,
-    SourceKey, event, exact, hint,
+    COUNTER_ENTRIES, Config, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Exact4, Exact6, Flow,
+    FlowKey, LogBudget, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, SourceKey, event, exact, hint,
 };
 
-/// ifindex -> role (0: none) and counter slot of the NIC. Written by userspace.
+/// Index 0 -> the configuration: settings (ports in network order), NICs by ifindex,
+/// the sets' prefix lengths and small tables. Written by userspace.
 #[map]
-pub(crate) static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// IPv4 prefix (length, network address in network order) -> set masks. Written by
 /// userspace.
@@ -48,19 +48,10 @@ pub(crate) static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0)
 #[map]
 pub(crate) static RULE_TABLES: Array<RuleTables> = Array::with_max_entries(2, 0);
 
-/// Index 0 or 1 (the one `Settings::lens_at` names) -> the prefix lengths of `EDGE4` and
-/// `EDGE6`, longest first. Written by userspace.
-#[map]
-pub(crate) static EDGE_LENS: Array<PrefixLens> = Array::with_max_entries(2, 0);
-
 /// Word -> 64 bucket bits, `hint::WORDS` words per family (IPv4 first): which buckets
 /// of leading address bits some edge prefix falls in. Written by userspace.
 #[map]
 pub(crate) static EDGE_HINTS: Array<u64> = Array::with_max_entries(2 * hint::WORDS, 0);
-
-/// Index 0 -> the settings (ports in network order). Written by userspace.
-#[map]
-pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// Opener's 5-tuple -> flow whose handshake completed. Written here; size set by
 /// userspace at load time.

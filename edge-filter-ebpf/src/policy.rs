@@ -45,14 +45,13 @@
 //! Dry-run is applied by the caller: it turns any drop into `would_drop/<reason>`.
 
 use aya_ebpf::programs::XdpContext;
-use edge_filter_common::{Settings, family, flags, ipproto, role, set, verdict};
+use edge_filter_common::{Config, Iface, MAX_IFINDEX, Settings, family, flags, ipproto, role, set, verdict};
 
 use crate::{
     counters, droplog,
-    maps::IFACES,
     parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, L4_WHOLE, Packet, Parsed},
     rules,
-    sets::{self, sets_of},
+    sets::sets_of,
     state,
 };
 
@@ -62,9 +61,10 @@ const UNATTACHED_SLOT: u32 = 0;
 /// The verdict for this packet and the counter slot of its NIC; the rule counters
 /// count `frame`'s length as the parse leaves it known.
 #[inline(always)]
-pub(crate) fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u32, u32) {
+pub(crate) fn judge(ctx: &XdpContext, frame: &Frame, config: &Config) -> (u32, u32) {
+    let settings = &config.settings;
     let ifindex = ctx.ingress_ifindex() as u32;
-    let iface = IFACES.get(ifindex).copied().unwrap_or_default();
+    let iface = iface(config, ifindex);
     if iface.role == 0 {
         return (UNATTACHED_SLOT, verdict::PASS_UNATTACHED);
     }
@@ -72,7 +72,7 @@ pub(crate) fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u3
         return (iface.slot, verdict::PASS_UNATTACHED);
     };
     let (v, ip) = match parse::parse(frame, p) {
-        Ok(Parsed::Ip) => (judge_ip(p, iface.role, ifindex, settings, frame.len() as u64), true),
+        Ok(Parsed::Ip) => (judge_ip(p, iface.role, ifindex, config, frame.len() as u64), true),
         Ok(Parsed::Arp) => (verdict::PASS_ESSENTIAL, false),
         Ok(Parsed::Other) => (unpoliced(settings), false),
         Ok(Parsed::IncompleteFirstFragment) => (verdict::DROP_FRAGMENT, false),
@@ -85,14 +85,27 @@ pub(crate) fn judge(ctx: &XdpContext, frame: &Frame, settings: &Settings) -> (u3
     (iface.slot, v)
 }
 
+/// The NIC's entry (role 0: not served). The index is masked after the comparison, and
+/// the mask kept by `black_box` (LLVM would drop it as implied): the verifiers of 5.10
+/// and 6.1 lose the comparison's bound when the index is spilled between the two, as
+/// LLVM may do, and never a mask's.
+#[inline(always)]
+fn iface(config: &Config, ifindex: u32) -> Iface {
+    if ifindex >= MAX_IFINDEX {
+        return Iface::default();
+    }
+    config.ifaces[(core::hint::black_box(ifindex) & (MAX_IFINDEX - 1)) as usize]
+}
+
 #[inline(always)]
 fn unpoliced(settings: &Settings) -> u32 {
     if settings.flags & flags::UNPOLICED_DROP != 0 { verdict::DROP_UNPOLICED } else { verdict::PASS_UNPOLICED }
 }
 
 #[inline(always)]
-fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, settings: &Settings, bytes: u64) -> u32 {
-    let lens = sets::current(settings);
+fn judge_ip(p: &Packet, nic_role: u32, ifindex: u32, config: &Config, bytes: u64) -> u32 {
+    let settings = &config.settings;
+    let lens = config.lens();
     let src_sets = sets_of(lens, p.family, &p.src);
     if nic_role != role::EDGE && src_sets & set::EDGE_BITS != 0 {
         return verdict::DROP_SPOOFED;

@@ -1,14 +1,14 @@
 //! The address sets, edge and peer: which sets an address is in.
 //!
 //! Each family's set table is a hash map keyed by (prefix length, network address),
-//! and `EDGE_LENS` lists the lengths the table holds, longest first. An address is
+//! and `Config::lens` lists the lengths the table holds, longest first. An address is
 //! looked up at each of those lengths in turn, with its bits beyond the length
 //! cleared; the first hit is its longest matching prefix, and its value's `all` mask
 //! the address's sets (userspace folds every containing prefix's sets into it). Userspace allows at most [`MAX_PREFIX_LENS`] lengths per family.
 //!
 //! A family whose sets hold at most `SMALL_SET` prefixes (the realistic Edge: a
 //! handful of addresses) is scanned in place: its prefixes sit in the same
-//! `EDGE_LENS` entry, longest first, and the first whose mask matches answers. No
+//! `Config::lens` entry, longest first, and the first whose mask matches answers. No
 //! call, and no other read: a scan of a few prefixes costs less than the hint below.
 //!
 //! In larger sets, single addresses (/32, /128: most of what a large set holds) are
@@ -30,13 +30,13 @@
 //! Contract with userspace: while the sets change, every hint bit is set and the
 //! lengths listed are those of the old and new sets together, so a lookup never misses
 //! an entry that is in the table; afterwards the hints are exact again. A list of
-//! lengths is published whole: written into the entry of `EDGE_LENS` no packet reads,
+//! lengths is published whole: written into the entry of `Config::lens` no packet reads,
 //! then made current by flipping `Settings::lens_at`. A listed length with no entries
 //! costs one probe and finds nothing.
 
-use edge_filter_common::{MAX_PREFIX_LENS, PrefixLens, SMALL_NONE, SetKey4, SetKey6, Settings, exact, family, hint};
+use edge_filter_common::{MAX_PREFIX_LENS, PrefixLens, SMALL_NONE, SetKey4, SetKey6, exact, family, hint};
 
-use crate::maps::{EDGE_HINTS, EDGE_LENS, EDGE4, EDGE6, EXACT4, EXACT6};
+use crate::maps::{EDGE_HINTS, EDGE4, EDGE6, EXACT4, EXACT6};
 
 /// Whether bucket `b` of the family whose words start at `base` may hold a prefix.
 #[inline(always)]
@@ -45,20 +45,11 @@ fn hinted(base: u32, b: u32) -> bool {
     EDGE_HINTS.get(base + (b >> 6)).is_none_or(|w| (w >> (b & 63)) & 1 != 0)
 }
 
-/// The current prefix lengths and small tables (`EDGE_LENS`), read once for both of
-/// a packet's addresses.
+/// Set mask of the address (0: in no set), by the current `lens`
+/// (`Config::lens`, read once for both of a packet's addresses). `addr` is network
+/// order; IPv4 in its first four bytes.
 #[inline(always)]
-pub(crate) fn current(settings: &Settings) -> Option<&'static PrefixLens> {
-    EDGE_LENS.get(settings.lens_at & 1)
-}
-
-/// Set mask of the address (0: in no set), by the `lens` of [`current`]. `addr` is
-/// network order; IPv4 in its first four bytes.
-#[inline(always)]
-pub(crate) fn sets_of(lens: Option<&PrefixLens>, fam: u8, addr: &[u8; 16]) -> u32 {
-    let Some(lens) = lens else {
-        return 0;
-    };
+pub(crate) fn sets_of(lens: &PrefixLens, fam: u8, addr: &[u8; 16]) -> u32 {
     if fam == family::V4 {
         let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
         if lens.v4_small != SMALL_NONE {

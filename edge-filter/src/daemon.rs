@@ -79,7 +79,7 @@ async fn serve(config_path: &Path, mut config: Config, pins: Pins, state_dir: Pa
     pins.create()?;
     let mut filter = {
         let _lock = pins.lock()?;
-        let adopted = pins.exists() && pins.maps_dir().join(edge_filter_common::map::SETTINGS).exists();
+        let adopted = pins.exists() && pins.maps_dir().join(edge_filter_common::map::CONFIG).exists();
         let mut filter = Filter::load(&LoadOptions {
             max_flows: config.max_flows,
             max_embryos: config.max_embryos,

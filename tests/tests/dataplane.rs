@@ -980,15 +980,15 @@ fn pinned_maps_of_another_layout_are_refused() {
     }
     let _cleanup = Cleanup(dir.clone());
     std::fs::create_dir_all(&dir).unwrap();
-    // A per-CPU array pinned where edge-filter keeps its NIC table (an array of Iface).
+    // A per-CPU array pinned where edge-filter keeps its configuration (an array of Config).
     let mut loader = aya::EbpfLoader::new();
-    loader.map_pin_path("GEN_SEQ", dir.join("IFACES"));
+    loader.map_pin_path("GEN_SEQ", dir.join("CONFIG"));
     let generator = loader.load(edge_filter_tests::programs::TRAFFIC_GEN).unwrap();
     drop(generator);
-    assert!(dir.join("IFACES").exists(), "the stand-in map is pinned");
+    assert!(dir.join("CONFIG").exists(), "the stand-in map is pinned");
     let err = Filter::load(&LoadOptions { map_pin_dir: Some(dir.clone()), ..LoadOptions::default() }).err().expect("refused");
     let msg = format!("{err:#}");
-    assert!(msg.starts_with(&format!("pinned map {}/IFACES is not what this edge-filter uses", dir.display())), "{msg}");
+    assert!(msg.starts_with(&format!("pinned map {}/CONFIG is not what this edge-filter uses", dir.display())), "{msg}");
     assert!(msg.ends_with("`edge-filter detach` removes the old pins (counters and flows start again)"), "{msg}");
     // Nothing else was pinned beside it.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);

@@ -23,13 +23,13 @@ impl Maps {
     /// The NICs with a role, by ifindex.
     pub fn ifaces(&self) -> Result<Vec<IfaceEntry>, Error> {
         let mut out = Vec::new();
-        for (ifindex, iface) in self.array_values::<Iface>(map::IFACES)?.into_iter().enumerate() {
+        for (ifindex, iface) in self.config()?.ifaces.into_iter().enumerate() {
             if iface.role == 0 {
                 continue;
             }
             let ifindex = ifindex as u32;
             let role = Role::from_kernel(iface.role)
-                .ok_or_else(|| Error::Corrupt { name: map::IFACES, what: format!("role {} of ifindex {ifindex}", iface.role) })?;
+                .ok_or_else(|| Error::Corrupt { name: map::CONFIG, what: format!("role {} of ifindex {ifindex}", iface.role) })?;
             out.push(IfaceEntry { ifindex, role, slot: iface.slot });
         }
         Ok(out)
@@ -49,7 +49,7 @@ impl Maps {
                 slot
             }
         };
-        self.ifaces.set(ifindex, Iface { role: role.to_kernel(), slot }, 0).map_err(map_err(map::IFACES))?;
+        self.write_iface(ifindex, Iface { role: role.to_kernel(), slot })?;
         Ok(slot)
     }
 
@@ -58,7 +58,13 @@ impl Maps {
         if ifindex >= MAX_IFINDEX {
             return Ok(());
         }
-        self.ifaces.set(ifindex, Iface::default(), 0).map_err(map_err(map::IFACES))
+        self.write_iface(ifindex, Iface::default())
+    }
+
+    fn write_iface(&mut self, ifindex: u32, iface: Iface) -> Result<(), Error> {
+        let mut config = self.config()?;
+        config.ifaces[ifindex as usize] = iface;
+        self.write_config(&config)
     }
 
     fn zero_slot(&mut self, slot: u32) -> Result<(), Error> {

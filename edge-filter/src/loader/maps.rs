@@ -9,7 +9,8 @@
 //!   type [`Error::Map`] naming it.
 //! - The methods that read and write the maps live beside what they are about:
 //!   `policy.rs` (settings and the rule table), `ifaces.rs`, `sets.rs`, `counters.rs`
-//!   and `state.rs` (the flow tables).
+//!   and `state.rs` (the flow tables). The first three share `CONFIG`, one value that
+//!   is read and written here, whole.
 
 use std::path::Path;
 
@@ -18,8 +19,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use edge_filter_common::{
-    Counter, Exact4, Exact6, Flow, FlowKey, Iface, LogBudget, PrefixLens, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, Settings, SourceKey,
-    map,
+    Config, Counter, Exact4, Exact6, Flow, FlowKey, LogBudget, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, SourceKey, map,
 };
 
 use super::{Error, batch, map_err};
@@ -52,15 +52,13 @@ macro_rules! maps {
 }
 
 maps! {
-    ifaces: map::IFACES => Array<MapData, Iface>,
+    config: map::CONFIG => Array<MapData, Config>,
     edge4: map::EDGE4 => HashMap<MapData, SetKey4, SetBits>,
     edge6: map::EDGE6 => HashMap<MapData, SetKey6, SetBits>,
     exact4: map::EXACT4 => Array<MapData, Exact4>,
     exact6: map::EXACT6 => Array<MapData, Exact6>,
     set_names: map::SET_NAMES => Array<MapData, SetName>,
-    edge_lens: map::EDGE_LENS => Array<MapData, PrefixLens>,
     edge_hints: map::EDGE_HINTS => Array<MapData, u64>,
-    settings: map::SETTINGS => Array<MapData, Settings>,
     rules: map::RULES => Array<MapData, Rule>,
     rule_tables: map::RULE_TABLES => Array<MapData, RuleTables>,
     /// The state tables (LRU hashes).
@@ -110,6 +108,18 @@ impl Maps {
     pub fn raw_fd(&self, name: &str) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd as _;
         self.data(name).map(|m| m.fd().as_fd())
+    }
+
+    /// The configuration value (settings, NICs, the sets' prefix lengths).
+    pub(crate) fn config(&self) -> Result<Config, Error> {
+        self.config.get(&0, 0).map_err(map_err(map::CONFIG))
+    }
+
+    /// Write the configuration value whole. Callers read it first and change only what
+    /// they own (the pin directory's lock keeps every other writer out), so a packet
+    /// reading it meanwhile sees every other field as it was (see `Config`).
+    pub(super) fn write_config(&mut self, config: &Config) -> Result<(), Error> {
+        self.config.set(0, config, 0).map_err(map_err(map::CONFIG))
     }
 
     /// Every entry of map `name`, read in batches ([`batch::for_each`]).

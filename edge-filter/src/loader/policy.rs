@@ -28,7 +28,7 @@ fn rule_id(r: &Rule) -> Option<String> {
 impl Maps {
     /// The settings the program reads.
     pub(crate) fn settings(&self) -> Result<Settings, Error> {
-        self.settings.get(&0, 0).map_err(map_err(map::SETTINGS))
+        Ok(self.config()?.settings)
     }
 
     /// The row slots of one generation of the rule table.
@@ -49,7 +49,8 @@ impl Maps {
 
     /// Replace the policy (see the module's contract).
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
-        let mut s = self.settings()?;
+        let mut config = self.config()?;
+        let mut s = config.settings;
         let current = s.rules_at & 1;
         let next = current ^ 1;
         let names: Vec<Option<String>> = self.rule_slots(current)?.iter().map(rule_id).collect();
@@ -64,12 +65,13 @@ impl Maps {
         }
         self.zero_rule_hits(&fresh)?;
         // The next generation's rulesets beside the current ones, which packets read;
-        // then the switch, with everything else the policy says. (`s` is still what the
-        // kernel holds: the pin directory's lock keeps every other writer out.)
+        // then the switch, with everything else the policy says. (`config` is still what
+        // the kernel holds: the pin directory's lock keeps every other writer out.)
         s.rulesets[next as usize] = compiled.ruleset;
-        self.settings.set(0, s, 0).map_err(map_err(map::SETTINGS))?;
-        let switched = Settings { lens_at: s.lens_at, rulesets: s.rulesets, ..policy.to_settings(next) };
-        self.settings.set(0, switched, 0).map_err(map_err(map::SETTINGS))
+        config.settings = s;
+        self.write_config(&config)?;
+        config.settings = Settings { lens_at: s.lens_at, rulesets: s.rulesets, ..policy.to_settings(next) };
+        self.write_config(&config)
     }
 
     fn zero_rule_hits(&mut self, slots: &[usize]) -> Result<(), Error> {
@@ -84,7 +86,7 @@ impl Maps {
     /// The policy the kernel holds, its rule table in the order it was written.
     pub fn policy(&self) -> Result<Policy, Error> {
         let s = self.settings()?;
-        let corrupt = || Error::Corrupt { name: map::SETTINGS, what: format!("{s:?}") };
+        let corrupt = || Error::Corrupt { name: map::CONFIG, what: format!("{s:?}") };
         let rows = RuleTable::from_kernel(&self.rule_slots(s.rules_at & 1)?)
             .ok_or_else(|| Error::Corrupt { name: map::RULES, what: "a row this version does not write".into() })?;
         let table = RuleTable::from_rows(rows.into_iter().map(|(_, r)| r).collect());

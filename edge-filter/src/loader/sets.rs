@@ -141,14 +141,15 @@ impl Maps {
 
     /// Publish a list of prefix lengths: written whole into the entry no packet
     /// reads, then made current by the settings' `lens_at`, so no packet sees half a
-    /// list. (The settings are rewritten with only that word changed: a packet that
-    /// reads them meanwhile sees either entry, both whole.)
+    /// list. (Each write leaves every other byte of the value as it was: a packet that
+    /// reads it meanwhile sees either entry, both whole.)
     fn write_lens(&mut self, lens: PrefixLens) -> Result<(), Error> {
-        let mut s = self.settings()?;
-        let next = (s.lens_at & 1) ^ 1;
-        self.edge_lens.set(next, lens, 0).map_err(map_err(map::EDGE_LENS))?;
-        s.lens_at = next;
-        self.settings.set(0, s, 0).map_err(map_err(map::SETTINGS))
+        let mut config = self.config()?;
+        let next = (config.settings.lens_at & 1) ^ 1;
+        config.lens[next as usize] = lens;
+        self.write_config(&config)?;
+        config.settings.lens_at = next;
+        self.write_config(&config)
     }
 
     fn write_prefix(&mut self, prefix: Prefix, bits: Option<SetBits>) -> Result<(), Error> {
