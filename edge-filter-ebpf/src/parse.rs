@@ -33,6 +33,7 @@
 
 use core::{
     cell::Cell,
+    cell::UnsafeCell,
     mem::{align_of, offset_of, size_of},
     ptr,
 };
@@ -247,6 +248,10 @@ pub(crate) static QUOTE: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1,
 /// time (see `FlowKey`'s alignment for why that matters to the verifier).
 #[repr(C, align(8))]
 pub(crate) struct Packet {
+    /// The state code's flow key for this packet (`state::key`): scratch space in the
+    /// same per-CPU value, so that a passing packet finds it without a lookup of its
+    /// own. Written only through [`Packet::key`]; nothing here reads it.
+    key: UnsafeCell<FlowKey>,
     /// Network order.
     pub src: [u8; 16],
     /// Network order.
@@ -283,14 +288,20 @@ pub(crate) struct Packet {
     pub to_group: u8,
 }
 
-const _: () =
-    assert!(size_of::<Packet>().is_multiple_of(8) && offset_of!(Packet, family) == 32, "the facts after the addresses are zeroed word by word");
+const _: () = assert!(
+    size_of::<Packet>().is_multiple_of(8) && offset_of!(Packet, family) == size_of::<FlowKey>() + 32,
+    "the facts after the key and the addresses are zeroed word by word"
+);
+
+// SAFETY: a `Packet` lives only in `PACKET`, a per-CPU slot that one program run uses
+// at a time (see `Packet::scratch`); its key is never shared across CPUs or runs.
+unsafe impl Sync for Packet {}
 
 impl Packet {
-    /// This CPU's packet, zeroed but for its addresses, for [`parse`] to fill. The
-    /// addresses are left as the last packet had them: the parser writes both before
-    /// it returns [`Parsed::Ip`] or [`Parsed::IncompleteFirstFragment`], and nothing
-    /// reads them of any other frame.
+    /// This CPU's packet, zeroed but for its key and addresses, for [`parse`] to fill.
+    /// The addresses are left as the last packet had them: the parser writes both
+    /// before it returns [`Parsed::Ip`] or [`Parsed::IncompleteFirstFragment`], and
+    /// nothing reads them of any other frame. The key is written whole before use.
     ///
     /// Verifier: the facts live in a map value, not on the stack. The verifier knows
     /// nothing of what a map value holds, so the many parse paths (VLAN tags, IPv4
@@ -306,12 +317,21 @@ impl Packet {
         const FACTS: usize = offset_of!(Packet, family);
         // SAFETY: a per-CPU slot, valid for this run and used by this run only (see
         // above); `Packet` is plain integers and byte arrays, aligned to 8 and a
-        // multiple of 8 long, its addresses the first 32 bytes, so zeroing the rest
-        // word by word makes every field valid.
+        // multiple of 8 long, its key and addresses first, so zeroing the rest word by
+        // word makes every field valid.
         unsafe {
             mem::zero(p.cast::<u8>().add(FACTS), (size_of::<Self>() - FACTS) / 8);
             Some(&mut *p)
         }
+    }
+
+    /// The flow key's scratch space: the caller fills it whole before it reads it.
+    #[inline(always)]
+    #[expect(clippy::mut_from_ref, reason = "interior scratch space of a per-CPU slot, handed out to one user at a time")]
+    pub(crate) fn key(&self) -> &mut FlowKey {
+        // SAFETY: the key is written only through this method, by the state code, which
+        // holds one reference to it at a time per packet (`state::key`).
+        unsafe { &mut *self.key.get() }
     }
 
     /// The facts of an IP header; not a fragment, no upper layer read yet. The

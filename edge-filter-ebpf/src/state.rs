@@ -119,11 +119,6 @@ impl Clock {
 #[map]
 static NEW_FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
-/// Index 0 -> the key of the flow being looked up on this CPU; scratch space, as
-/// `NEW_FLOW` (two keys on the stack were what the limit could not afford).
-#[map]
-static FLOW_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
-
 /// Index 0 -> the source prefix being counted on this CPU; scratch space.
 #[map]
 static SOURCE_KEY: PerCpuArray<SourceKey> = PerCpuArray::with_max_entries(1, 0);
@@ -185,12 +180,11 @@ fn embryos(reply_roles: u8) -> &'static Embryos {
 const MAX_ACK_WINDOW: u32 = 66_000;
 
 /// This packet's tuple (`reply`: swapped, the key of the flow it would answer), in
-/// the scratch key.
+/// the packet's scratch key ([`Packet::key`]: not on the stack, where two keys were
+/// what the verifier's 512-byte limit could not afford, and no lookup of its own).
 #[inline(always)]
-fn key<'a>(p: &Packet, reply: bool) -> Option<&'a mut FlowKey> {
-    let k = FLOW_KEY.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
-    let k = unsafe { &mut *k };
+fn key(p: &Packet, reply: bool) -> &FlowKey {
+    let k = p.key();
     if reply {
         mem::set_addr(&mut k.src, &p.dst);
         mem::set_addr(&mut k.dst, &p.src);
@@ -205,7 +199,7 @@ fn key<'a>(p: &Packet, reply: bool) -> Option<&'a mut FlowKey> {
     k.family = p.family;
     k.proto = p.proto;
     k._pad = [0; 2];
-    Some(k)
+    k
 }
 
 #[inline(always)]
@@ -444,9 +438,7 @@ pub(crate) fn open(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, setting
 
 #[inline(always)]
 fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    let Some(key) = key(p, false).map(|k| &*k) else {
-        return;
-    };
+    let key = key(p, false);
     if let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) {
         // A flow picked up from its reply is bound by the opener's first datagram.
         if flow.ifindex == ifindex || flow.ifindex == Flow::UNBOUND {
@@ -463,9 +455,7 @@ fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
 
 #[inline(always)]
 fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    let Some(key) = key(p, false).map(|k| &*k) else {
-        return;
-    };
+    let key = key(p, false);
     let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
     if let Some(flow) = live(&FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
         if flow.ifindex != ifindex && flow.ifindex != Flow::UNBOUND {
@@ -629,9 +619,7 @@ fn pick_up_tcp(key: &FlowKey, p: &Packet, rule: u32, reply_roles: u8, ifindex: u
 /// only then: a reply that finds its flow pays nothing for it.)
 #[inline(always)]
 pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings, clock: &mut Clock) -> bool {
-    let Some(key) = key(p, true).map(|k| &*k) else {
-        return false;
-    };
+    let key = key(p, true);
     let bit = role::bit(nic_role);
     if p.proto == ipproto::UDP {
         let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
