@@ -54,21 +54,33 @@ pub mod map {
     /// bit is clear is in no set, found without probing the set tables. Written by
     /// userspace.
     pub const EDGE_HINTS: &str = "EDGE_HINTS";
-    /// `LruHashMap<FlowKey, Flow>`: connections whose handshake completed. Written by
-    /// the kernel programs; userspace reads and may delete.
+    /// `LruHashMap<FlowKey, Flow>`: IPv6 connections whose handshake completed
+    /// ([`FLOWS4`]: IPv4). Written by the kernel programs; userspace reads and may
+    /// delete.
     pub const FLOWS: &str = "FLOWS";
-    /// `LruHashMap<FlowKey, Flow>`: connections an allowed SYN opened whose handshake
-    /// has not completed. Separate, so that a SYN flood evicts only its own kind.
-    /// Written by the kernel programs.
+    /// `LruHashMap<FlowKey, Flow>`: IPv6 connections an allowed SYN opened whose
+    /// handshake has not completed ([`EMBRYOS4`]: IPv4). Separate, so that a SYN flood
+    /// evicts only its own kind. Written by the kernel programs.
     pub const EMBRYOS: &str = "EMBRYOS";
-    /// `LruHashMap<FlowKey, Flow>`: handshakes the trusted side opened (from an `edge`
-    /// NIC, or the host's own at TC egress). A table of their own, so that no SYN from
-    /// outside, however many, evicts the Edge's own connection attempts. Written by the
-    /// kernel programs.
+    /// `LruHashMap<FlowKey, Flow>`: IPv6 handshakes the trusted side opened (from an
+    /// `edge` NIC, or the host's own at TC egress; [`EMBRYOS_OUT4`]: IPv4). A table of
+    /// their own, so that no SYN from outside, however many, evicts the Edge's own
+    /// connection attempts. Written by the kernel programs.
     pub const EMBRYOS_OUT: &str = "EMBRYOS_OUT";
-    /// `LruHashMap<FlowKey, Flow>`: UDP flows an allowed datagram opened. Separate, so
-    /// that no amount of UDP evicts a TCP flow. Written by the kernel programs.
+    /// `LruHashMap<FlowKey, Flow>`: IPv6 UDP flows an allowed datagram opened
+    /// ([`UDP_FLOWS4`]: IPv4). Separate, so that no amount of UDP evicts a TCP flow.
+    /// Written by the kernel programs.
     pub const UDP_FLOWS: &str = "UDP_FLOWS";
+    /// `LruHashMap<FlowKey4, Flow>`: [`FLOWS`] for IPv4. Each table kind has a table
+    /// per family so that an IPv4 flow's key is 12 bytes ([`super::FlowKey4`]), which
+    /// the kernel hashes in one round where a 40-byte key takes four.
+    pub const FLOWS4: &str = "FLOWS4";
+    /// `LruHashMap<FlowKey4, Flow>`: [`EMBRYOS`] for IPv4.
+    pub const EMBRYOS4: &str = "EMBRYOS4";
+    /// `LruHashMap<FlowKey4, Flow>`: [`EMBRYOS_OUT`] for IPv4.
+    pub const EMBRYOS_OUT4: &str = "EMBRYOS_OUT4";
+    /// `LruHashMap<FlowKey4, Flow>`: [`UDP_FLOWS`] for IPv4.
+    pub const UDP_FLOWS4: &str = "UDP_FLOWS4";
     /// `LruHashMap<SourceKey, u64>`: established TCP flows per source prefix (the
     /// side of a flow that is not the Edge's), counted up by the kernel when a flow
     /// enters [`FLOWS`] and down when it removes one; recounted by the daemon, which
@@ -88,7 +100,7 @@ pub mod map {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map, for pinning and listing.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 22] = [
         CONFIG,
         EDGE4,
         EDGE6,
@@ -102,6 +114,10 @@ pub mod map {
         EMBRYOS,
         EMBRYOS_OUT,
         UDP_FLOWS,
+        FLOWS4,
+        EMBRYOS4,
+        EMBRYOS_OUT4,
+        UDP_FLOWS4,
         SOURCES,
         COUNTERS,
         RULE_HITS,
@@ -932,8 +948,10 @@ pub mod family {
     pub const V6: u8 = 6;
 }
 
-/// Key of [`map::FLOWS`]: the 5-tuple in the direction of the packet that opened the
-/// flow. IPv4 addresses sit in the first four bytes, the rest is zero.
+/// Key of the IPv6 state tables ([`map::FLOWS`] and the rest), and a flow's tuple in
+/// either family wherever one is listed or quoted: the 5-tuple in the direction of
+/// the packet that opened the flow. IPv4 addresses sit in the first four bytes, the
+/// rest is zero (the IPv4 tables key by [`FlowKey4`]).
 ///
 /// Aligned to 8 bytes so that the kernel program writes it a word at a time: at byte
 /// alignment LLVM turns the writes into calls of an out-of-line `memset` loop, whose
@@ -954,6 +972,43 @@ pub struct FlowKey {
     /// IP protocol number.
     pub proto: u8,
     pub _pad: [u8; 2],
+}
+
+/// Key of the IPv4 state tables ([`map::FLOWS4`] and the rest): the 5-tuple in the
+/// direction of the packet that opened the flow, its family and protocol those of
+/// the table. Twelve bytes: the kernel hashes a key twelve bytes a round, and the
+/// hash is most of what a lookup costs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    /// Opener's address, network order.
+    pub src: [u8; 4],
+    /// Responder's address, network order.
+    pub dst: [u8; 4],
+    /// Opener's port, network order.
+    pub sport_be: u16,
+    /// Responder's port, network order.
+    pub dport_be: u16,
+}
+
+impl FlowKey4 {
+    /// The key of an IPv4 flow's tuple (`None` for IPv6).
+    pub fn of(k: &FlowKey) -> Option<Self> {
+        (k.family == family::V4).then(|| Self {
+            src: [k.src[0], k.src[1], k.src[2], k.src[3]],
+            dst: [k.dst[0], k.dst[1], k.dst[2], k.dst[3]],
+            sport_be: k.sport_be,
+            dport_be: k.dport_be,
+        })
+    }
+
+    /// The tuple, as a [`FlowKey`] of protocol `proto` (the table's).
+    pub fn tuple(&self, proto: u8) -> FlowKey {
+        let mut k = FlowKey { sport_be: self.sport_be, dport_be: self.dport_be, family: family::V4, proto, ..FlowKey::default() };
+        k.src[..4].copy_from_slice(&self.src);
+        k.dst[..4].copy_from_slice(&self.dst);
+        k
+    }
 }
 
 /// One direction of a TCP flow, as a stateful firewall tracks it (after Guido van
@@ -1057,6 +1112,7 @@ const _: () = {
     assert!(size_of::<TcpDir>() == 20);
     assert!(size_of::<LogBudget>() == 16);
     assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<FlowKey4>() == 12);
     assert!(size_of::<Flow>() == 64);
     assert!(MAX_SETS <= 16, "set masks index RuleTables::set_rows by two bytes");
     assert!(MAX_RULES <= 64, "rows are bits of a u64");
@@ -1090,8 +1146,8 @@ mod pod {
     }
 
     pod!(
-        Iface, Settings, Config, FlowKey, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, RuleTables, SetRows,
-        Ruleset, SourceKey, Exact4, Exact6
+        Iface, Settings, Config, FlowKey, FlowKey4, Flow, Counter, LogBudget, SetKey4, SetKey6, PrefixLens, SetBits, SetName, Rule, RuleTables,
+        SetRows, Ruleset, SourceKey, Exact4, Exact6
     );
 }
 

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use edge_filter_common::{
     COUNTER_ENTRIES, Config, Counter, DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_EMBRYOS_OUT, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UDP_FLOWS, Exact4, Exact6, Flow,
-    FlowKey, LogBudget, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, SourceKey, event, exact, hint,
+    FlowKey, FlowKey4, LogBudget, MAX_RULES, MAX_SET_ENTRIES, MAX_SETS, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, SourceKey, event,
+    exact, hint,
 };
 
 /// Index 0 -> the configuration: settings (ports in network order), NICs by ifindex,
@@ -53,23 +54,34 @@ pub(crate) static RULE_TABLES: Array<RuleTables> = Array::with_max_entries(2, 0)
 #[map]
 pub(crate) static EDGE_HINTS: Array<u64> = Array::with_max_entries(2 * hint::WORDS, 0);
 
-/// Opener's 5-tuple -> flow whose handshake completed. Written here; size set by
+/// Opener's 5-tuple -> IPv6 flow whose handshake completed. Written here; size set by
 /// userspace at load time.
 #[map]
 pub(crate) static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// Opener's 5-tuple -> handshake in progress. Written here; size set by userspace.
+/// Opener's 5-tuple -> IPv6 handshake in progress. Written here; size set by userspace.
 #[map]
 pub(crate) static EMBRYOS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS, 0);
 
-/// Opener's 5-tuple -> handshake the trusted side opened. Written here; size set by
+/// Opener's 5-tuple -> IPv6 handshake the trusted side opened. Written here; size set by
 /// userspace.
 #[map]
 pub(crate) static EMBRYOS_OUT: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS_OUT, 0);
 
-/// Opener's 5-tuple -> UDP flow. Written here; size set by userspace.
+/// Opener's 5-tuple -> IPv6 UDP flow. Written here; size set by userspace.
 #[map]
 pub(crate) static UDP_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_UDP_FLOWS, 0);
+
+/// The IPv4 tables, as the four above (`edge_filter_common::map::FLOWS4`): keyed by
+/// 12 bytes, which the kernel hashes in one round where the 40-byte key takes four.
+#[map]
+pub(crate) static FLOWS4: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map]
+pub(crate) static EMBRYOS4: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS, 0);
+#[map]
+pub(crate) static EMBRYOS_OUT4: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_EMBRYOS_OUT, 0);
+#[map]
+pub(crate) static UDP_FLOWS4: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_UDP_FLOWS, 0);
 
 /// Source prefix -> established flows it holds. Written here (counts up and down) and
 /// by the daemon (recounts); sized as the flow table by userspace.

@@ -45,7 +45,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{TcContext, XdpContext},
 };
-use edge_filter_common::{FlowKey, family, ipproto, tcp_flags};
+use edge_filter_common::{FlowKey, FlowKey4, family, ipproto, tcp_flags};
 
 use crate::mem;
 use network_types::{
@@ -252,6 +252,9 @@ pub(crate) struct Packet {
     /// same per-CPU value, so that a passing packet finds it without a lookup of its
     /// own. Written only through [`Packet::key`]; nothing here reads it.
     key: UnsafeCell<FlowKey>,
+    /// The same for an IPv4 flow ([`Packet::key4`]).
+    key4: UnsafeCell<FlowKey4>,
+    _key_pad: [u8; 4],
     /// Network order.
     pub src: [u8; 16],
     /// Network order.
@@ -289,7 +292,7 @@ pub(crate) struct Packet {
 }
 
 const _: () = assert!(
-    size_of::<Packet>().is_multiple_of(8) && offset_of!(Packet, family) == size_of::<FlowKey>() + 32,
+    size_of::<Packet>().is_multiple_of(8) && offset_of!(Packet, family) == size_of::<FlowKey>() + 16 + 32,
     "the facts after the key and the addresses are zeroed word by word"
 );
 
@@ -332,6 +335,14 @@ impl Packet {
         // SAFETY: the key is written only through this method, by the state code, which
         // holds one reference to it at a time per packet (`state::key`).
         unsafe { &mut *self.key.get() }
+    }
+
+    /// [`Packet::key`] for IPv4 flows.
+    #[inline(always)]
+    #[expect(clippy::mut_from_ref, reason = "as `key`")]
+    pub(crate) fn key4(&self) -> &mut FlowKey4 {
+        // SAFETY: as in `key`.
+        unsafe { &mut *self.key4.get() }
     }
 
     /// The facts of an IP header; not a fragment, no upper layer read yet. The

@@ -179,7 +179,7 @@ const RELATED: u32 = 1 << 10;
 fn tracked(p: &Packet, nic_role: u32, ifindex: u32, what: u32, reply_rows: u64, bytes: u64, settings: &Settings) -> u32 {
     let mut clock = state::Clock::new();
     if what & RELATED != 0 {
-        return if state::related(settings, &mut clock) { verdict::PASS_RELATED } else { verdict::DROP_NO_RULE };
+        return if state::related(p, settings, &mut clock) { verdict::PASS_RELATED } else { verdict::DROP_NO_RULE };
     }
     if what & ANSWERS != 0 {
         let pick_up = if nic_role == role::EDGE && what & OPENS == 0 { reply_rows } else { 0 };

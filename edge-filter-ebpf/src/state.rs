@@ -81,13 +81,13 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use edge_filter_common::{
-    Flow, FlowKey, Settings, SourceKey, TcpDir, dir_flags, event, family, flags, flow_state, hint, ipproto, origin, role, tcp_flags,
+    Flow, FlowKey, FlowKey4, Settings, SourceKey, TcpDir, dir_flags, event, family, flags, flow_state, hint, ipproto, origin, role, tcp_flags,
 };
 
 use crate::{
     clock,
     counters::count_event as bump,
-    maps::{EMBRYOS, EMBRYOS_OUT, FLOWS, SOURCES, UDP_FLOWS},
+    maps::{EMBRYOS, EMBRYOS_OUT, EMBRYOS_OUT4, EMBRYOS4, FLOWS, FLOWS4, SOURCES, UDP_FLOWS, UDP_FLOWS4},
     mem,
     parse::{NO_WSCALE, Packet, QUOTE},
 };
@@ -143,64 +143,151 @@ fn new_flow<'a>(now: u64, state: u8, rule: u32, reply_roles: u8, ifindex: u32) -
 }
 
 /// A handshake table and the events it counts under.
-struct Embryos {
-    table: &'static LruHashMap<FlowKey, Flow>,
+struct Embryos<K: 'static> {
+    table: &'static LruHashMap<K, Flow>,
     created: u32,
     expired: u32,
     closed: u32,
     failed: u32,
 }
 
-/// Handshakes opened from outside.
-const FROM_OUTSIDE: Embryos = Embryos {
-    table: &EMBRYOS,
-    created: event::EMBRYO_CREATED,
-    expired: event::EMBRYO_EXPIRED,
-    closed: event::EMBRYO_CLOSED,
-    failed: event::EMBRYO_INSERT_FAILED,
-};
+impl<K> Embryos<K> {
+    /// Handshakes opened from outside, in `table`.
+    const fn from_outside(table: &'static LruHashMap<K, Flow>) -> Self {
+        Self {
+            table,
+            created: event::EMBRYO_CREATED,
+            expired: event::EMBRYO_EXPIRED,
+            closed: event::EMBRYO_CLOSED,
+            failed: event::EMBRYO_INSERT_FAILED,
+        }
+    }
 
-/// Handshakes the trusted side opened.
-const FROM_TRUSTED: Embryos = Embryos {
-    table: &EMBRYOS_OUT,
-    created: event::EMBRYO_OUT_CREATED,
-    expired: event::EMBRYO_OUT_EXPIRED,
-    closed: event::EMBRYO_OUT_CLOSED,
-    failed: event::EMBRYO_OUT_INSERT_FAILED,
-};
+    /// Handshakes the trusted side opened, in `table`.
+    const fn from_trusted(table: &'static LruHashMap<K, Flow>) -> Self {
+        Self {
+            table,
+            created: event::EMBRYO_OUT_CREATED,
+            expired: event::EMBRYO_OUT_EXPIRED,
+            closed: event::EMBRYO_OUT_CLOSED,
+            failed: event::EMBRYO_OUT_INSERT_FAILED,
+        }
+    }
+}
+
+/// One address family's tables and flow key. The state code is written once over
+/// this, and each family's copy reads its own tables: an IPv4 flow's key is 12 bytes
+/// (`FlowKey4`), which the kernel hashes in one round where the 40-byte `FlowKey` of
+/// IPv6 takes four, and the hash is most of what a lookup costs.
+trait Family {
+    type Key: 'static;
+    /// Flows whose handshake completed.
+    const FLOWS: &'static LruHashMap<Self::Key, Flow>;
+    const UDP_FLOWS: &'static LruHashMap<Self::Key, Flow>;
+    const FROM_OUTSIDE: Embryos<Self::Key>;
+    const FROM_TRUSTED: Embryos<Self::Key>;
+
+    /// This packet's tuple (`reply`: swapped, the key of the flow it would answer), in
+    /// the packet's scratch key ([`Packet::key`]: not on the stack, where two keys were
+    /// what the verifier's 512-byte limit could not afford, and no lookup of its own).
+    fn key(p: &Packet, reply: bool) -> &Self::Key;
+
+    /// The key of the other direction, in place.
+    fn swap(key: &mut Self::Key);
+
+    /// `key`'s source prefix into `s`: the opener's address (`opener`), else the
+    /// responder's, masked to the settings' source length.
+    fn source(key: &Self::Key, opener: bool, settings: &Settings, s: &mut SourceKey);
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    type Key = FlowKey4;
+    const FLOWS: &'static LruHashMap<FlowKey4, Flow> = &FLOWS4;
+    const UDP_FLOWS: &'static LruHashMap<FlowKey4, Flow> = &UDP_FLOWS4;
+    const FROM_OUTSIDE: Embryos<FlowKey4> = Embryos::from_outside(&EMBRYOS4);
+    const FROM_TRUSTED: Embryos<FlowKey4> = Embryos::from_trusted(&EMBRYOS_OUT4);
+
+    #[inline(always)]
+    fn key(p: &Packet, reply: bool) -> &FlowKey4 {
+        let k = p.key4();
+        let (src, dst) = if reply { (&p.dst, &p.src) } else { (&p.src, &p.dst) };
+        k.src = [src[0], src[1], src[2], src[3]];
+        k.dst = [dst[0], dst[1], dst[2], dst[3]];
+        (k.sport_be, k.dport_be) = if reply { (p.dport_be, p.sport_be) } else { (p.sport_be, p.dport_be) };
+        k
+    }
+
+    #[inline(always)]
+    fn swap(key: &mut FlowKey4) {
+        core::mem::swap(&mut key.src, &mut key.dst);
+        core::mem::swap(&mut key.sport_be, &mut key.dport_be);
+    }
+
+    #[inline(always)]
+    fn source(key: &FlowKey4, opener: bool, settings: &Settings, s: &mut SourceKey) {
+        let addr = if opener { key.src } else { key.dst };
+        // SAFETY: the family and the padding after it are the word at offset 16 of the
+        // 24-byte, 8-aligned `SourceKey` (little-endian: the family is its low byte).
+        unsafe { mem::set_word((s as *mut SourceKey).cast::<u8>().add(16), u64::from(family::V4)) };
+        let a = u32::from_be_bytes(addr) & hint::mask32(u32::from(settings.source_len4));
+        mem::set_addr4(&mut s.addr, a.to_be_bytes());
+    }
+}
+
+impl Family for V6 {
+    type Key = FlowKey;
+    const FLOWS: &'static LruHashMap<FlowKey, Flow> = &FLOWS;
+    const UDP_FLOWS: &'static LruHashMap<FlowKey, Flow> = &UDP_FLOWS;
+    const FROM_OUTSIDE: Embryos<FlowKey> = Embryos::from_outside(&EMBRYOS);
+    const FROM_TRUSTED: Embryos<FlowKey> = Embryos::from_trusted(&EMBRYOS_OUT);
+
+    #[inline(always)]
+    fn key(p: &Packet, reply: bool) -> &FlowKey {
+        let k = p.key();
+        if reply {
+            mem::set_addr(&mut k.src, &p.dst);
+            mem::set_addr(&mut k.dst, &p.src);
+            k.sport_be = p.dport_be;
+            k.dport_be = p.sport_be;
+        } else {
+            mem::set_addr(&mut k.src, &p.src);
+            mem::set_addr(&mut k.dst, &p.dst);
+            k.sport_be = p.sport_be;
+            k.dport_be = p.dport_be;
+        }
+        k.family = family::V6;
+        k.proto = p.proto;
+        k._pad = [0; 2];
+        k
+    }
+
+    #[inline(always)]
+    fn swap(key: &mut FlowKey) {
+        core::mem::swap(&mut key.src, &mut key.dst);
+        core::mem::swap(&mut key.sport_be, &mut key.dport_be);
+    }
+
+    #[inline(always)]
+    fn source(key: &FlowKey, opener: bool, settings: &Settings, s: &mut SourceKey) {
+        let addr = if opener { &key.src } else { &key.dst };
+        // SAFETY: as for IPv4.
+        unsafe { mem::set_word((s as *mut SourceKey).cast::<u8>().add(16), u64::from(family::V6)) };
+        mem::set_addr(&mut s.addr, &hint::mask6(addr, u32::from(settings.source_len6)));
+    }
+}
 
 /// The handshake table of a flow whose replies arrive on NICs of `reply_roles`: a flow
 /// answered by the Edge was opened from outside.
 #[inline(always)]
-fn embryos(reply_roles: u8) -> &'static Embryos {
-    if reply_roles & role::bit(role::EDGE) != 0 { &FROM_OUTSIDE } else { &FROM_TRUSTED }
+fn embryos<F: Family>(reply_roles: u8) -> &'static Embryos<F::Key> {
+    if reply_roles & role::bit(role::EDGE) != 0 { &F::FROM_OUTSIDE } else { &F::FROM_TRUSTED }
 }
 
 /// Conntrack's floor for the acknowledgement window (`MAXACKWINCONST`).
 const MAX_ACK_WINDOW: u32 = 66_000;
-
-/// This packet's tuple (`reply`: swapped, the key of the flow it would answer), in
-/// the packet's scratch key ([`Packet::key`]: not on the stack, where two keys were
-/// what the verifier's 512-byte limit could not afford, and no lookup of its own).
-#[inline(always)]
-fn key(p: &Packet, reply: bool) -> &FlowKey {
-    let k = p.key();
-    if reply {
-        mem::set_addr(&mut k.src, &p.dst);
-        mem::set_addr(&mut k.dst, &p.src);
-        k.sport_be = p.dport_be;
-        k.dport_be = p.sport_be;
-    } else {
-        mem::set_addr(&mut k.src, &p.src);
-        mem::set_addr(&mut k.dst, &p.dst);
-        k.sport_be = p.sport_be;
-        k.dport_be = p.dport_be;
-    }
-    k.family = p.family;
-    k.proto = p.proto;
-    k._pad = [0; 2];
-    k
-}
 
 #[inline(always)]
 fn expired(flow: &Flow, settings: &Settings, udp: bool, now: u64) -> bool {
@@ -210,13 +297,19 @@ fn expired(flow: &Flow, settings: &Settings, udp: bool, now: u64) -> bool {
 /// A found entry, or `None` if there is none or it expired (then it is removed and
 /// counted).
 #[inline(always)]
-fn live<'a>(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, settings: &Settings, clock: &mut Clock, expired_event: u32) -> Option<&'a mut Flow> {
+fn live<'a, F: Family>(
+    table: &LruHashMap<F::Key, Flow>,
+    key: &F::Key,
+    settings: &Settings,
+    clock: &mut Clock,
+    expired_event: u32,
+) -> Option<&'a mut Flow> {
     let flow = table.get_ptr_mut(key)?;
     // SAFETY: a pointer from a map lookup, valid for this run (RCU); see the module
     // comment for concurrent writers.
     let flow = unsafe { &mut *flow };
     if expired(flow, settings, expired_event == event::UDP_EXPIRED, clock.now()) {
-        let source = if expired_event == event::FLOW_EXPIRED { source_of(key, flow, settings) } else { None };
+        let source = if expired_event == event::FLOW_EXPIRED { source_of::<F>(key, flow, settings) } else { None };
         if table.remove(key).is_ok() {
             bump(expired_event);
             if let Some(source) = source {
@@ -229,7 +322,7 @@ fn live<'a>(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, settings: &Setting
 }
 
 #[inline(always)]
-fn remove(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, closed_event: u32) {
+fn remove<K>(table: &LruHashMap<K, Flow>, key: &K, closed_event: u32) {
     if table.remove(key).is_ok() {
         bump(closed_event);
     }
@@ -237,9 +330,9 @@ fn remove(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, closed_event: u32) {
 
 /// Remove an established flow by our hand, and count its source down.
 #[inline(always)]
-fn close(key: &FlowKey, flow: &Flow, settings: &Settings) {
-    let source = source_of(key, flow, settings);
-    if FLOWS.remove(key).is_ok() {
+fn close<F: Family>(key: &F::Key, flow: &Flow, settings: &Settings) {
+    let source = source_of::<F>(key, flow, settings);
+    if F::FLOWS.remove(key).is_ok() {
         bump(event::FLOW_CLOSED);
         if let Some(source) = source {
             forget(source);
@@ -251,20 +344,11 @@ fn close(key: &FlowKey, flow: &Flow, settings: &Settings) {
 /// opened from an `outside` or `host` NIC, else the responder).
 /// In the scratch source key.
 #[inline(always)]
-fn source_of<'a>(key: &FlowKey, flow: &Flow, settings: &Settings) -> Option<&'a mut SourceKey> {
+fn source_of<'a, F: Family>(key: &F::Key, flow: &Flow, settings: &Settings) -> Option<&'a mut SourceKey> {
     let s = SOURCE_KEY.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
     let s = unsafe { &mut *s };
-    let addr = if flow.reply_roles & role::bit(role::EDGE) != 0 { &key.src } else { &key.dst };
-    // SAFETY: the family and the padding after it are the word at offset 16 of the
-    // 24-byte, 8-aligned `SourceKey` (little-endian: the family is its low byte).
-    unsafe { mem::set_word((s as *mut SourceKey).cast::<u8>().add(16), u64::from(key.family)) };
-    if key.family == family::V4 {
-        let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) & hint::mask32(u32::from(settings.source_len4));
-        mem::set_addr4(&mut s.addr, a.to_be_bytes());
-    } else {
-        mem::set_addr(&mut s.addr, &hint::mask6(addr, u32::from(settings.source_len6)));
-    }
+    F::source(key, flow.reply_roles & role::bit(role::EDGE) != 0, settings, s);
     Some(s)
 }
 
@@ -429,17 +513,26 @@ fn segment(p: &Packet, flow_state: &mut u8, s: &mut TcpDir, r: &mut TcpDir) -> S
 /// open, continue or close its flow.
 #[inline(always)]
 pub(crate) fn open(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    if p.proto == ipproto::UDP {
-        open_udp(p, rule, reply_roles, ifindex, settings, clock);
-    } else if p.proto == ipproto::TCP {
-        open_tcp(p, rule, reply_roles, ifindex, settings, clock);
+    if p.family == family::V4 {
+        open_in::<V4>(p, rule, reply_roles, ifindex, settings, clock);
+    } else {
+        open_in::<V6>(p, rule, reply_roles, ifindex, settings, clock);
     }
 }
 
 #[inline(always)]
-fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    let key = key(p, false);
-    if let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) {
+fn open_in<F: Family>(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
+    if p.proto == ipproto::UDP {
+        open_udp::<F>(p, rule, reply_roles, ifindex, settings, clock);
+    } else if p.proto == ipproto::TCP {
+        open_tcp::<F>(p, rule, reply_roles, ifindex, settings, clock);
+    }
+}
+
+#[inline(always)]
+fn open_udp<F: Family>(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
+    let key = F::key(p, false);
+    if let Some(flow) = live::<F>(F::UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) {
         // A flow picked up from its reply is bound by the opener's first datagram.
         if flow.ifindex == ifindex || flow.ifindex == Flow::UNBOUND {
             flow.ifindex = ifindex;
@@ -450,14 +543,14 @@ fn open_udp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     let Some(flow) = new_flow(clock.now(), flow_state::ESTABLISHED, rule, reply_roles, ifindex) else {
         return;
     };
-    bump(if UDP_FLOWS.insert(key, flow, 0).is_ok() { event::UDP_CREATED } else { event::UDP_INSERT_FAILED });
+    bump(if F::UDP_FLOWS.insert(key, flow, 0).is_ok() { event::UDP_CREATED } else { event::UDP_INSERT_FAILED });
 }
 
 #[inline(always)]
-fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
-    let key = key(p, false);
+fn open_tcp<F: Family>(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Settings, clock: &mut Clock) {
+    let key = F::key(p, false);
     let syn = has(p, tcp_flags::SYN) && !has(p, tcp_flags::ACK);
-    if let Some(flow) = live(&FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
+    if let Some(flow) = live::<F>(F::FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
         if flow.ifindex != ifindex && flow.ifindex != Flow::UNBOUND {
             return;
         }
@@ -467,10 +560,10 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
             if flow.state != flow_state::CLOSING && flow.state != flow_state::RESET {
                 return;
             }
-            close(key, flow, settings);
+            close::<F>(key, flow, settings);
         } else {
             match segment(p, &mut flow.state, &mut flow.opener, &mut flow.responder) {
-                Seg::Ends => close(key, flow, settings),
+                Seg::Ends => close::<F>(key, flow, settings),
                 seg => {
                     flow.last_seen_ns = clock.now();
                     // A flow picked up from its reply is bound by the opener's first
@@ -483,11 +576,11 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
             return;
         }
     }
-    let e = embryos(reply_roles);
-    let Some(embryo) = live(e.table, key, settings, clock, e.expired) else {
+    let e = embryos::<F>(reply_roles);
+    let Some(embryo) = live::<F>(e.table, key, settings, clock, e.expired) else {
         // The trusted side's segment of a connection this node never saw open.
         if reply_roles & role::bit(role::EDGE) == 0 && may_pick_up(p, settings) {
-            pick_up_tcp(key, p, rule, reply_roles, ifindex, true, settings, clock);
+            pick_up_tcp::<F>(key, p, rule, reply_roles, ifindex, true, settings, clock);
             return;
         }
         if syn {
@@ -547,20 +640,20 @@ fn open_tcp(p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, settings: &Set
     if has(p, tcp_flags::FIN) {
         flow.opener.flags |= dir_flags::FIN;
     }
-    enter(key, flow, settings, event::FLOW_CREATED);
+    enter::<F>(key, flow, settings, event::FLOW_CREATED);
     remove(e.table, key, e.closed);
 }
 
 /// Put an established flow in `FLOWS` if its source prefix may hold one more; counted
 /// under `created`.
 #[inline(always)]
-fn enter(key: &FlowKey, flow: &Flow, settings: &Settings, created: u32) {
-    let Some(source) = source_of(key, flow, settings) else {
+fn enter<F: Family>(key: &F::Key, flow: &Flow, settings: &Settings, created: u32) {
+    let Some(source) = source_of::<F>(key, flow, settings) else {
         return;
     };
     if !admit(source, settings) {
         bump(event::SOURCE_LIMITED);
-    } else if FLOWS.insert(key, flow, 0).is_ok() {
+    } else if F::FLOWS.insert(key, flow, 0).is_ok() {
         bump(created);
     } else {
         bump(event::FLOW_INSERT_FAILED);
@@ -589,7 +682,7 @@ pub(crate) fn may_pick_up(p: &Packet, settings: &Settings) -> bool {
 /// side's from what `p` acknowledges and allows, in windows as wide as TCP allows.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pick_up_tcp(key: &FlowKey, p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, opener: bool, settings: &Settings, clock: &mut Clock) {
+fn pick_up_tcp<F: Family>(key: &F::Key, p: &Packet, rule: u32, reply_roles: u8, ifindex: u32, opener: bool, settings: &Settings, clock: &mut Clock) {
     let Some(flow) = new_flow(clock.now(), flow_state::ESTABLISHED, rule, reply_roles, ifindex) else {
         return;
     };
@@ -608,7 +701,7 @@ fn pick_up_tcp(key: &FlowKey, p: &Packet, rule: u32, reply_roles: u8, ifindex: u
     u.ack = end;
     u.wscale = MAX_WSCALE;
     u.flags = dir_flags::UNSURE;
-    enter(key, flow, settings, event::FLOW_PICKED_UP);
+    enter::<F>(key, flow, settings, event::FLOW_PICKED_UP);
 }
 
 /// Whether this packet belongs to a live flow as its reply, arriving on a NIC of
@@ -619,10 +712,15 @@ fn pick_up_tcp(key: &FlowKey, p: &Packet, rule: u32, reply_roles: u8, ifindex: u
 /// only then: a reply that finds its flow pays nothing for it.)
 #[inline(always)]
 pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings, clock: &mut Clock) -> bool {
-    let key = key(p, true);
+    if p.family == family::V4 { reply_in::<V4>(p, nic_role, pick_up, settings, clock) } else { reply_in::<V6>(p, nic_role, pick_up, settings, clock) }
+}
+
+#[inline(always)]
+fn reply_in<F: Family>(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings, clock: &mut Clock) -> bool {
+    let key = F::key(p, true);
     let bit = role::bit(nic_role);
     if p.proto == ipproto::UDP {
-        let Some(flow) = live(&UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
+        let Some(flow) = live::<F>(F::UDP_FLOWS, key, settings, clock, event::UDP_EXPIRED) else {
             if pick_up == 0 || !may_pick_up(p, settings) {
                 return false;
             }
@@ -633,7 +731,7 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings
                 return false;
             };
             flow.origin = origin::PICKED_UP;
-            bump(if UDP_FLOWS.insert(key, flow, 0).is_ok() { event::UDP_PICKED_UP } else { event::UDP_INSERT_FAILED });
+            bump(if F::UDP_FLOWS.insert(key, flow, 0).is_ok() { event::UDP_PICKED_UP } else { event::UDP_INSERT_FAILED });
             return true;
         };
         if flow.reply_roles & bit == 0 {
@@ -642,12 +740,12 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings
         flow.last_seen_ns = clock.now();
         return true;
     }
-    if let Some(flow) = live(&FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
+    if let Some(flow) = live::<F>(F::FLOWS, key, settings, clock, event::FLOW_EXPIRED) {
         if flow.reply_roles & bit == 0 {
             return false;
         }
         if segment(p, &mut flow.state, &mut flow.responder, &mut flow.opener) == Seg::Ends {
-            close(key, flow, settings);
+            close::<F>(key, flow, settings);
         } else {
             flow.last_seen_ns = clock.now();
         }
@@ -658,7 +756,7 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings
         // The Edge answering a connection this node never saw open (a partner opened
         // it through the peer node): bound to the NIC the partner's next segment
         // that fits arrives on.
-        pick_up_tcp(key, p, row, bit, Flow::UNBOUND, false, settings, clock);
+        pick_up_tcp::<F>(key, p, row, bit, Flow::UNBOUND, false, settings, clock);
         return true;
     }
     // Before the handshake completes, nothing but the SYN-ACK and an RST crosses
@@ -667,8 +765,8 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings
         return false;
     }
     // An answer from the Edge's side belongs to a handshake opened from outside.
-    let e = if nic_role == role::EDGE { &FROM_OUTSIDE } else { &FROM_TRUSTED };
-    let Some(embryo) = live(e.table, key, settings, clock, e.expired) else {
+    let e = if nic_role == role::EDGE { &F::FROM_OUTSIDE } else { &F::FROM_TRUSTED };
+    let Some(embryo) = live::<F>(e.table, key, settings, clock, e.expired) else {
         return false;
     };
     if embryo.reply_roles & bit == 0 {
@@ -709,7 +807,7 @@ pub(crate) fn reply(p: &Packet, nic_role: u32, pick_up: u64, settings: &Settings
 /// Whether the ICMP error being judged quotes a packet of a live flow, in either
 /// direction (the quote's tuple is in `QUOTE`).
 #[inline(always)]
-pub(crate) fn related(settings: &Settings, clock: &mut Clock) -> bool {
+pub(crate) fn related(p: &Packet, settings: &Settings, clock: &mut Clock) -> bool {
     let Some(q) = QUOTE.get_ptr_mut(0) else {
         return false;
     };
@@ -717,25 +815,43 @@ pub(crate) fn related(settings: &Settings, clock: &mut Clock) -> bool {
     let forward = unsafe { &mut *q };
     let now = clock.now();
     let udp = forward.proto == ipproto::UDP;
-    let found = |key: &FlowKey| {
+    if forward.family == family::V4 {
+        let k = p.key4();
+        *k = FlowKey4 {
+            src: [forward.src[0], forward.src[1], forward.src[2], forward.src[3]],
+            dst: [forward.dst[0], forward.dst[1], forward.dst[2], forward.dst[3]],
+            sport_be: forward.sport_be,
+            dport_be: forward.dport_be,
+        };
+        related_in::<V4>(k, udp, settings, now)
+    } else {
+        related_in::<V6>(forward, udp, settings, now)
+    }
+}
+
+/// Whether `forward` or its other direction (swapped in place: the key is scratch)
+/// names a live flow of the family.
+#[inline(always)]
+fn related_in<F: Family>(forward: &mut F::Key, udp: bool, settings: &Settings, now: u64) -> bool {
+    let found = |key: &F::Key| {
         if udp {
-            alive(&UDP_FLOWS, key, settings, true, now)
+            alive(F::UDP_FLOWS, key, settings, true, now)
         } else {
-            alive(&FLOWS, key, settings, false, now) || alive(&EMBRYOS, key, settings, false, now) || alive(&EMBRYOS_OUT, key, settings, false, now)
+            alive(F::FLOWS, key, settings, false, now)
+                || alive(F::FROM_OUTSIDE.table, key, settings, false, now)
+                || alive(F::FROM_TRUSTED.table, key, settings, false, now)
         }
     };
     if found(forward) {
         return true;
     }
-    // The other direction, swapped in place: the slot is scratch.
-    core::mem::swap(&mut forward.src, &mut forward.dst);
-    core::mem::swap(&mut forward.sport_be, &mut forward.dport_be);
+    F::swap(forward);
     found(forward)
 }
 
 /// Whether the table holds a live entry for `key`; reads only.
 #[inline(always)]
-fn alive(table: &LruHashMap<FlowKey, Flow>, key: &FlowKey, settings: &Settings, udp: bool, now: u64) -> bool {
+fn alive<K>(table: &LruHashMap<K, Flow>, key: &K, settings: &Settings, udp: bool, now: u64) -> bool {
     // SAFETY: as in `live`; the entry is only read.
     table.get_ptr(key).is_some_and(|flow| !expired(unsafe { &*flow }, settings, udp, now))
 }

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use edge_filter_common::{Flow, FlowKey, Settings, event as e, flow_state as st, map};
+use edge_filter_common::{Flow, Settings, event as e, flow_state as st};
 use serde::{Deserialize, Serialize};
 
 use crate::loader::{Error, Maps};
@@ -73,13 +73,15 @@ pub struct Census {
     pub udp: Count,
 }
 
-/// The state tables in census order (the fields of [`Census`]): map, whether its
-/// entries are UDP flows, and the events that count its entries in and out.
-pub const TABLES: [(&str, bool, &[u32], &[u32]); 4] = [
-    (map::FLOWS, false, &[e::FLOW_CREATED, e::FLOW_PICKED_UP], &[e::FLOW_EXPIRED, e::FLOW_CLOSED]),
-    (map::EMBRYOS, false, &[e::EMBRYO_CREATED], &[e::EMBRYO_EXPIRED, e::EMBRYO_CLOSED]),
-    (map::EMBRYOS_OUT, false, &[e::EMBRYO_OUT_CREATED], &[e::EMBRYO_OUT_EXPIRED, e::EMBRYO_OUT_CLOSED]),
-    (map::UDP_FLOWS, true, &[e::UDP_CREATED, e::UDP_PICKED_UP], &[e::UDP_EXPIRED]),
+/// The kinds of state table in census order (the fields of [`Census`]): whether its
+/// entries are UDP flows, and the events that count its entries in and out (both
+/// families' maps of a kind count under the same events). The maps of each are
+/// `loader::STATE_TABLES`, in the same order.
+pub const TABLES: [(bool, &[u32], &[u32]); 4] = [
+    (false, &[e::FLOW_CREATED, e::FLOW_PICKED_UP], &[e::FLOW_EXPIRED, e::FLOW_CLOSED]),
+    (false, &[e::EMBRYO_CREATED], &[e::EMBRYO_EXPIRED, e::EMBRYO_CLOSED]),
+    (false, &[e::EMBRYO_OUT_CREATED], &[e::EMBRYO_OUT_EXPIRED, e::EMBRYO_OUT_CLOSED]),
+    (true, &[e::UDP_CREATED, e::UDP_PICKED_UP], &[e::UDP_EXPIRED]),
 ];
 
 /// A census being taken: the entries of each table in [`TABLES`] are added one by
@@ -112,7 +114,7 @@ impl Tally {
     pub fn add(&mut self, table: usize, flow: &Flow) {
         let c = &mut self.counts[table];
         c.present += 1;
-        if flow_is_live(flow, &self.settings, TABLES[table].1, self.now_ns) {
+        if flow_is_live(flow, &self.settings, TABLES[table].0, self.now_ns) {
             c.live[usize::from(flow.state & 7)] += 1;
         }
     }
@@ -121,7 +123,7 @@ impl Tally {
     /// taker) keeps them from going down when entries come and go during the pass.
     pub fn finish(mut self, previous: Option<&Census>) -> Census {
         let before = previous.map(|p| [p.flows, p.embryos, p.embryos_out, p.udp]);
-        for (i, (_, _, entered, removed)) in TABLES.iter().enumerate() {
+        for (i, (_, entered, removed)) in TABLES.iter().enumerate() {
             let at = |e: u32| self.events.get(e as usize).copied().unwrap_or(0);
             let sum = |events: &[u32]| -> u64 { events.iter().map(|e| at(*e)).sum() };
             let c = &mut self.counts[i];
@@ -146,8 +148,8 @@ impl Census {
     /// `previous`).
     pub fn take(maps: &Maps, previous: Option<&Census>) -> Result<Self, Error> {
         let mut tally = Tally::new(maps)?;
-        for (i, (name, ..)) in TABLES.iter().enumerate() {
-            maps.each::<FlowKey, Flow>(name, |_, f| tally.add(i, f))?;
+        for (i, table) in crate::loader::STATE_TABLES.iter().enumerate() {
+            maps.each_flow(table, |_, f| tally.add(i, f))?;
         }
         Ok(tally.finish(previous))
     }

@@ -19,7 +19,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use edge_filter_common::{
-    Config, Counter, Exact4, Exact6, Flow, FlowKey, LogBudget, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, SourceKey, map,
+    Config, Counter, Exact4, Exact6, Flow, FlowKey, FlowKey4, LogBudget, Rule, RuleTables, SetBits, SetKey4, SetKey6, SetName, SourceKey, map,
 };
 
 use super::{Error, batch, map_err};
@@ -61,11 +61,15 @@ maps! {
     edge_hints: map::EDGE_HINTS => Array<MapData, u64>,
     rules: map::RULES => Array<MapData, Rule>,
     rule_tables: map::RULE_TABLES => Array<MapData, RuleTables>,
-    /// The state tables (LRU hashes).
+    /// The state tables (LRU hashes), IPv6 and IPv4.
     flows: map::FLOWS => HashMap<MapData, FlowKey, Flow>,
     embryos: map::EMBRYOS => HashMap<MapData, FlowKey, Flow>,
     embryos_out: map::EMBRYOS_OUT => HashMap<MapData, FlowKey, Flow>,
     udp_flows: map::UDP_FLOWS => HashMap<MapData, FlowKey, Flow>,
+    flows4: map::FLOWS4 => HashMap<MapData, FlowKey4, Flow>,
+    embryos4: map::EMBRYOS4 => HashMap<MapData, FlowKey4, Flow>,
+    embryos_out4: map::EMBRYOS_OUT4 => HashMap<MapData, FlowKey4, Flow>,
+    udp_flows4: map::UDP_FLOWS4 => HashMap<MapData, FlowKey4, Flow>,
     sources: map::SOURCES => HashMap<MapData, SourceKey, u64>,
     counters: map::COUNTERS => PerCpuArray<MapData, Counter>,
     rule_hits: map::RULE_HITS => PerCpuArray<MapData, Counter>,

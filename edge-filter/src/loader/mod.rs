@@ -39,7 +39,7 @@ use edge_filter_common::{
 
 pub use ifaces::IfaceEntry;
 pub use maps::Maps;
-pub use state::FlowKeyOrd;
+pub use state::{FlowKeyOrd, STATE_TABLES, Table};
 
 use crate::{
     addr::{AddrError, AddressSets},
@@ -197,7 +197,12 @@ impl Filter {
             .map_max_entries(map::EMBRYOS, opts.max_embryos)
             .map_max_entries(map::EMBRYOS_OUT, opts.max_embryos_out)
             .map_max_entries(map::UDP_FLOWS, opts.max_udp_flows)
-            .map_max_entries(map::SOURCES, opts.max_flows);
+            // Each family has its tables, each of the size the options give.
+            .map_max_entries(map::FLOWS4, opts.max_flows)
+            .map_max_entries(map::EMBRYOS4, opts.max_embryos)
+            .map_max_entries(map::EMBRYOS_OUT4, opts.max_embryos_out)
+            .map_max_entries(map::UDP_FLOWS4, opts.max_udp_flows)
+            .map_max_entries(map::SOURCES, opts.max_flows.saturating_mul(2));
         let pins: Vec<(&'static str, PathBuf)> = match &opts.map_pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| Error::PinDir { dir: dir.clone(), source })?;

@@ -2,13 +2,16 @@
 //! per-source flow counts; read whole in batches, written only by the daemon's
 //! recount and by benchmarks that fill the tables.
 //!
-//! Contract: every removal tolerates an entry the kernel removed meanwhile; the
-//! per-source counts are recounted from the live flows as the kernel forms them.
+//! Contract: each kind of table is two maps, IPv6 (keyed by `FlowKey`) and IPv4
+//! (keyed by `FlowKey4`, the protocol the table's); what is read here is both, each
+//! entry as a `FlowKey`, and what is written goes to the map of its family. Every
+//! removal tolerates an entry the kernel removed meanwhile; the per-source counts are
+//! recounted from the live flows as the kernel forms them.
 
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use edge_filter_common::{Flow, FlowKey, Settings, SourceKey, hint, map};
+use edge_filter_common::{Flow, FlowKey, FlowKey4, Settings, SourceKey, hint, ipproto, map};
 
 use super::{Error, Maps, map_err, maps::remove};
 use crate::census::{Census, FlowEvents, flow_is_live};
@@ -38,9 +41,15 @@ impl Maps {
         Self::table_size(&self.udp_flows, map::UDP_FLOWS)
     }
 
-    fn table(&self, name: &'static str) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
+    /// Every entry of a kind of table, both families, each with its tuple.
+    pub(crate) fn each_flow(&self, table: &Table, mut visit: impl FnMut(&FlowKey, &Flow)) -> Result<(), Error> {
+        self.each::<FlowKey, Flow>(table.v6, &mut visit)?;
+        self.each::<FlowKey4, Flow>(table.v4, |k, v| visit(&k.tuple(table.proto), v))
+    }
+
+    fn table(&self, table: &Table) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
         let mut out = BTreeMap::new();
-        self.each::<FlowKey, Flow>(name, |k, v| {
+        self.each_flow(table, |k, v| {
             out.insert(FlowKeyOrd(*k), *v);
         })?;
         Ok(out)
@@ -48,22 +57,36 @@ impl Maps {
 
     /// Every flow whose handshake completed.
     pub fn flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
-        self.table(map::FLOWS)
+        self.table(&FLOWS)
     }
 
     /// Every handshake in progress.
     pub fn embryos(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
-        self.table(map::EMBRYOS)
+        self.table(&EMBRYOS)
     }
 
     /// Every handshake in progress that the trusted side opened.
     pub fn embryos_out(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
-        self.table(map::EMBRYOS_OUT)
+        self.table(&EMBRYOS_OUT)
     }
 
     /// Every UDP flow.
     pub fn udp_flows(&self) -> Result<BTreeMap<FlowKeyOrd, Flow>, Error> {
-        self.table(map::UDP_FLOWS)
+        self.table(&UDP_FLOWS)
+    }
+
+    /// Remove the entry of `key` (either family) from a kind of table.
+    fn remove_flow(&mut self, table: &Table, key: &FlowKey) -> Result<(), Error> {
+        let (v6, v4) = match table.v6 {
+            map::FLOWS => (&mut self.flows, &mut self.flows4),
+            map::EMBRYOS => (&mut self.embryos, &mut self.embryos4),
+            map::EMBRYOS_OUT => (&mut self.embryos_out, &mut self.embryos_out4),
+            _ => (&mut self.udp_flows, &mut self.udp_flows4),
+        };
+        match FlowKey4::of(key) {
+            Some(k4) => remove(v4, table.v4, &k4),
+            None => remove(v6, table.v6, key),
+        }
     }
 
     /// What happened in the state tables now, from a census taken by this call
@@ -99,7 +122,7 @@ impl Maps {
             *counts.entry(source_of(&k.0, f, &settings)).or_default() += 1;
         }
         for k in &stale {
-            remove(&mut self.flows, map::FLOWS, k)?;
+            self.remove_flow(&FLOWS, k)?;
         }
         let mut keys = Vec::new();
         self.each::<SourceKey, u64>(map::SOURCES, |k, _| keys.push(*k))?;
@@ -117,29 +140,40 @@ impl Maps {
     /// are replaced.
     pub fn insert_flows(&mut self, flows: impl IntoIterator<Item = (FlowKey, Flow)>) -> Result<(), Error> {
         for (key, flow) in flows {
-            self.flows.insert(key, flow, 0).map_err(map_err(map::FLOWS))?;
+            match FlowKey4::of(&key) {
+                Some(k4) => self.flows4.insert(k4, flow, 0).map_err(map_err(map::FLOWS4))?,
+                None => self.flows.insert(key, flow, 0).map_err(map_err(map::FLOWS))?,
+            }
         }
         Ok(())
     }
 
     /// Empty the state tables.
     pub fn clear_state(&mut self) -> Result<(), Error> {
-        for name in [map::FLOWS, map::EMBRYOS, map::EMBRYOS_OUT, map::UDP_FLOWS] {
+        for table in &STATE_TABLES {
             let mut keys = Vec::new();
-            self.each::<FlowKey, Flow>(name, |k, _| keys.push(*k))?;
-            let table = match name {
-                map::FLOWS => &mut self.flows,
-                map::EMBRYOS => &mut self.embryos,
-                map::EMBRYOS_OUT => &mut self.embryos_out,
-                _ => &mut self.udp_flows,
-            };
+            self.each_flow(table, |k, _| keys.push(*k))?;
             for k in &keys {
-                remove(table, name, k)?;
+                self.remove_flow(table, k)?;
             }
         }
         Ok(())
     }
 }
+
+/// A kind of state table: its IPv6 and IPv4 maps, and the protocol of its flows.
+pub struct Table {
+    pub v6: &'static str,
+    pub v4: &'static str,
+    pub proto: u8,
+}
+
+pub(super) const FLOWS: Table = Table { v6: map::FLOWS, v4: map::FLOWS4, proto: ipproto::TCP };
+pub(super) const EMBRYOS: Table = Table { v6: map::EMBRYOS, v4: map::EMBRYOS4, proto: ipproto::TCP };
+pub(super) const EMBRYOS_OUT: Table = Table { v6: map::EMBRYOS_OUT, v4: map::EMBRYOS_OUT4, proto: ipproto::TCP };
+pub(super) const UDP_FLOWS: Table = Table { v6: map::UDP_FLOWS, v4: map::UDP_FLOWS4, proto: ipproto::UDP };
+/// Every kind, in census order (`census::TABLES`).
+pub const STATE_TABLES: [Table; 4] = [FLOWS, EMBRYOS, EMBRYOS_OUT, UDP_FLOWS];
 
 /// The source prefix of a flow, as the kernel program forms it (`state.rs`): the
 /// side that is not the Edge's, masked to the settings' source length.
