@@ -994,12 +994,19 @@ pub struct FlowKey4 {
 impl FlowKey4 {
     /// The key of an IPv4 flow's tuple (`None` for IPv6).
     pub fn of(k: &FlowKey) -> Option<Self> {
-        (k.family == family::V4).then(|| Self {
+        (k.family == family::V4).then(|| Self::narrow(k))
+    }
+
+    /// The key of `k`'s tuple read as IPv4 (the first four bytes of each address),
+    /// whatever its family says: for a caller that has checked it.
+    #[inline(always)]
+    pub fn narrow(k: &FlowKey) -> Self {
+        Self {
             src: [k.src[0], k.src[1], k.src[2], k.src[3]],
             dst: [k.dst[0], k.dst[1], k.dst[2], k.dst[3]],
             sport_be: k.sport_be,
             dport_be: k.dport_be,
-        })
+        }
     }
 
     /// The tuple, as a [`FlowKey`] of protocol `proto` (the table's).

@@ -181,6 +181,8 @@ impl<K> Embryos<K> {
 /// IPv6 takes four, and the hash is most of what a lookup costs.
 trait Family {
     type Key: 'static;
+    /// The [`family`] of its keys.
+    const FAMILY: u8;
     /// Flows whose handshake completed.
     const FLOWS: &'static LruHashMap<Self::Key, Flow>;
     const UDP_FLOWS: &'static LruHashMap<Self::Key, Flow>;
@@ -195,7 +197,7 @@ trait Family {
     /// The key of the other direction, in place.
     fn swap(key: &mut Self::Key);
 
-    /// `key`'s source prefix into `s`: the opener's address (`opener`), else the
+    /// `key`'s source prefix into `s.addr`: the opener's address (`opener`), else the
     /// responder's, masked to the settings' source length.
     fn source(key: &Self::Key, opener: bool, settings: &Settings, s: &mut SourceKey);
 }
@@ -205,6 +207,7 @@ struct V6;
 
 impl Family for V4 {
     type Key = FlowKey4;
+    const FAMILY: u8 = family::V4;
     const FLOWS: &'static LruHashMap<FlowKey4, Flow> = &FLOWS4;
     const UDP_FLOWS: &'static LruHashMap<FlowKey4, Flow> = &UDP_FLOWS4;
     const FROM_OUTSIDE: Embryos<FlowKey4> = Embryos::from_outside(&EMBRYOS4);
@@ -229,9 +232,6 @@ impl Family for V4 {
     #[inline(always)]
     fn source(key: &FlowKey4, opener: bool, settings: &Settings, s: &mut SourceKey) {
         let addr = if opener { key.src } else { key.dst };
-        // SAFETY: the family and the padding after it are the word at offset 16 of the
-        // 24-byte, 8-aligned `SourceKey` (little-endian: the family is its low byte).
-        unsafe { mem::set_word((s as *mut SourceKey).cast::<u8>().add(16), u64::from(family::V4)) };
         let a = u32::from_be_bytes(addr) & hint::mask32(u32::from(settings.source_len4));
         mem::set_addr4(&mut s.addr, a.to_be_bytes());
     }
@@ -239,6 +239,7 @@ impl Family for V4 {
 
 impl Family for V6 {
     type Key = FlowKey;
+    const FAMILY: u8 = family::V6;
     const FLOWS: &'static LruHashMap<FlowKey, Flow> = &FLOWS;
     const UDP_FLOWS: &'static LruHashMap<FlowKey, Flow> = &UDP_FLOWS;
     const FROM_OUTSIDE: Embryos<FlowKey> = Embryos::from_outside(&EMBRYOS);
@@ -273,8 +274,6 @@ impl Family for V6 {
     #[inline(always)]
     fn source(key: &FlowKey, opener: bool, settings: &Settings, s: &mut SourceKey) {
         let addr = if opener { &key.src } else { &key.dst };
-        // SAFETY: as for IPv4.
-        unsafe { mem::set_word((s as *mut SourceKey).cast::<u8>().add(16), u64::from(family::V6)) };
         mem::set_addr(&mut s.addr, &hint::mask6(addr, u32::from(settings.source_len6)));
     }
 }
@@ -348,6 +347,9 @@ fn source_of<'a, F: Family>(key: &F::Key, flow: &Flow, settings: &Settings) -> O
     let s = SOURCE_KEY.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, valid for this run and used by this run only.
     let s = unsafe { &mut *s };
+    // SAFETY: the family and the padding after it are the word at offset 16 of the
+    // 24-byte, 8-aligned `SourceKey` (little-endian: the family is its low byte).
+    unsafe { mem::set_word((s as *mut SourceKey).cast::<u8>().add(16), u64::from(F::FAMILY)) };
     F::source(key, flow.reply_roles & role::bit(role::EDGE) != 0, settings, s);
     Some(s)
 }
@@ -817,12 +819,7 @@ pub(crate) fn related(p: &Packet, settings: &Settings, clock: &mut Clock) -> boo
     let udp = forward.proto == ipproto::UDP;
     if forward.family == family::V4 {
         let k = p.key4();
-        *k = FlowKey4 {
-            src: [forward.src[0], forward.src[1], forward.src[2], forward.src[3]],
-            dst: [forward.dst[0], forward.dst[1], forward.dst[2], forward.dst[3]],
-            sport_be: forward.sport_be,
-            dport_be: forward.dport_be,
-        };
+        *k = FlowKey4::narrow(forward);
         related_in::<V4>(k, udp, settings, now)
     } else {
         related_in::<V6>(forward, udp, settings, now)

@@ -26,7 +26,7 @@ use std::{
 use edge_filter_common::{Flow, Settings, event as e, flow_state as st};
 use serde::{Deserialize, Serialize};
 
-use crate::loader::{Error, Maps};
+use crate::loader::{Error, Maps, STATE_TABLES, Table};
 
 /// Default time between two censuses of the daemon.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -73,18 +73,7 @@ pub struct Census {
     pub udp: Count,
 }
 
-/// The kinds of state table in census order (the fields of [`Census`]): whether its
-/// entries are UDP flows, and the events that count its entries in and out (both
-/// families' maps of a kind count under the same events). The maps of each are
-/// `loader::STATE_TABLES`, in the same order.
-pub const TABLES: [(bool, &[u32], &[u32]); 4] = [
-    (false, &[e::FLOW_CREATED, e::FLOW_PICKED_UP], &[e::FLOW_EXPIRED, e::FLOW_CLOSED]),
-    (false, &[e::EMBRYO_CREATED], &[e::EMBRYO_EXPIRED, e::EMBRYO_CLOSED]),
-    (false, &[e::EMBRYO_OUT_CREATED], &[e::EMBRYO_OUT_EXPIRED, e::EMBRYO_OUT_CLOSED]),
-    (true, &[e::UDP_CREATED, e::UDP_PICKED_UP], &[e::UDP_EXPIRED]),
-];
-
-/// A census being taken: the entries of each table in [`TABLES`] are added one by
+/// A census being taken: the entries of each table in [`STATE_TABLES`] are added one by
 /// one, by [`Census::take`]'s own pass or by a caller that reads the tables anyway
 /// (`flows` counts what it lists).
 pub struct Tally {
@@ -110,11 +99,11 @@ impl Tally {
         })
     }
 
-    /// One entry of table `table` (an index of [`TABLES`]).
+    /// One entry of table `table` (an index of [`STATE_TABLES`]).
     pub fn add(&mut self, table: usize, flow: &Flow) {
         let c = &mut self.counts[table];
         c.present += 1;
-        if flow_is_live(flow, &self.settings, TABLES[table].0, self.now_ns) {
+        if flow_is_live(flow, &self.settings, STATE_TABLES[table].udp(), self.now_ns) {
             c.live[usize::from(flow.state & 7)] += 1;
         }
     }
@@ -123,7 +112,7 @@ impl Tally {
     /// taker) keeps them from going down when entries come and go during the pass.
     pub fn finish(mut self, previous: Option<&Census>) -> Census {
         let before = previous.map(|p| [p.flows, p.embryos, p.embryos_out, p.udp]);
-        for (i, (_, entered, removed)) in TABLES.iter().enumerate() {
+        for (i, Table { entered, removed, .. }) in STATE_TABLES.iter().enumerate() {
             let at = |e: u32| self.events.get(e as usize).copied().unwrap_or(0);
             let sum = |events: &[u32]| -> u64 { events.iter().map(|e| at(*e)).sum() };
             let c = &mut self.counts[i];
@@ -148,7 +137,7 @@ impl Census {
     /// `previous`).
     pub fn take(maps: &Maps, previous: Option<&Census>) -> Result<Self, Error> {
         let mut tally = Tally::new(maps)?;
-        for (i, table) in crate::loader::STATE_TABLES.iter().enumerate() {
+        for (i, table) in STATE_TABLES.iter().enumerate() {
             maps.each_flow(table, |_, f| tally.add(i, f))?;
         }
         Ok(tally.finish(previous))

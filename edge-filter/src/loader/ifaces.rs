@@ -5,7 +5,7 @@
 //! a role.
 
 use aya::{maps::PerCpuValues, util::nr_cpus};
-use edge_filter_common::{Counter, Iface, MAX_IFACES, MAX_IFINDEX, counter_index, map, verdict};
+use edge_filter_common::{Config, Counter, Iface, MAX_IFACES, MAX_IFINDEX, counter_index, map, verdict};
 
 use super::{Error, Maps, map_err};
 use crate::policy::Role;
@@ -22,17 +22,7 @@ pub struct IfaceEntry {
 impl Maps {
     /// The NICs with a role, by ifindex.
     pub fn ifaces(&self) -> Result<Vec<IfaceEntry>, Error> {
-        let mut out = Vec::new();
-        for (ifindex, iface) in self.config()?.ifaces.into_iter().enumerate() {
-            if iface.role == 0 {
-                continue;
-            }
-            let ifindex = ifindex as u32;
-            let role = Role::from_kernel(iface.role)
-                .ok_or_else(|| Error::Corrupt { name: map::CONFIG, what: format!("role {} of ifindex {ifindex}", iface.role) })?;
-            out.push(IfaceEntry { ifindex, role, slot: iface.slot });
-        }
-        Ok(out)
+        entries(&self.config()?)
     }
 
     /// Give the NIC a role; it keeps its counter slot if it had one. Returns the slot.
@@ -40,7 +30,8 @@ impl Maps {
         if ifindex >= MAX_IFINDEX {
             return Err(Error::IfindexTooHigh { ifindex });
         }
-        let current = self.ifaces()?;
+        let mut config = self.config()?;
+        let current = entries(&config)?;
         let slot = match current.iter().find(|e| e.ifindex == ifindex) {
             Some(e) => e.slot,
             None => {
@@ -49,7 +40,8 @@ impl Maps {
                 slot
             }
         };
-        self.write_iface(ifindex, Iface { role: role.to_kernel(), slot })?;
+        config.ifaces[ifindex as usize] = Iface { role: role.to_kernel(), slot };
+        self.write_config(&config)?;
         Ok(slot)
     }
 
@@ -58,12 +50,8 @@ impl Maps {
         if ifindex >= MAX_IFINDEX {
             return Ok(());
         }
-        self.write_iface(ifindex, Iface::default())
-    }
-
-    fn write_iface(&mut self, ifindex: u32, iface: Iface) -> Result<(), Error> {
         let mut config = self.config()?;
-        config.ifaces[ifindex as usize] = iface;
+        config.ifaces[ifindex as usize] = Iface::default();
         self.write_config(&config)
     }
 
@@ -75,4 +63,19 @@ impl Maps {
         }
         Ok(())
     }
+}
+
+/// The NICs with a role in `config`, by ifindex.
+fn entries(config: &Config) -> Result<Vec<IfaceEntry>, Error> {
+    let mut out = Vec::new();
+    for (ifindex, iface) in config.ifaces.iter().enumerate() {
+        if iface.role == 0 {
+            continue;
+        }
+        let ifindex = ifindex as u32;
+        let role = Role::from_kernel(iface.role)
+            .ok_or_else(|| Error::Corrupt { name: map::CONFIG, what: format!("role {} of ifindex {ifindex}", iface.role) })?;
+        out.push(IfaceEntry { ifindex, role, slot: iface.slot });
+    }
+    Ok(out)
 }

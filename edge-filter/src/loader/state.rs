@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use edge_filter_common::{Flow, FlowKey, FlowKey4, Settings, SourceKey, hint, ipproto, map};
+use edge_filter_common::{Flow, FlowKey, FlowKey4, Settings, SourceKey, event as e, hint, ipproto, map};
 
 use super::{Error, Maps, map_err, maps::remove};
 use crate::census::{Census, FlowEvents, flow_is_live};
@@ -161,18 +161,48 @@ impl Maps {
     }
 }
 
-/// A kind of state table: its IPv6 and IPv4 maps, and the protocol of its flows.
+/// A kind of state table: its IPv6 and IPv4 maps, the protocol of its flows, and the
+/// events that count its entries in and out (both families' maps count under the
+/// same events).
 pub struct Table {
     pub v6: &'static str,
     pub v4: &'static str,
     pub proto: u8,
+    pub entered: &'static [u32],
+    pub removed: &'static [u32],
 }
 
-pub(super) const FLOWS: Table = Table { v6: map::FLOWS, v4: map::FLOWS4, proto: ipproto::TCP };
-pub(super) const EMBRYOS: Table = Table { v6: map::EMBRYOS, v4: map::EMBRYOS4, proto: ipproto::TCP };
-pub(super) const EMBRYOS_OUT: Table = Table { v6: map::EMBRYOS_OUT, v4: map::EMBRYOS_OUT4, proto: ipproto::TCP };
-pub(super) const UDP_FLOWS: Table = Table { v6: map::UDP_FLOWS, v4: map::UDP_FLOWS4, proto: ipproto::UDP };
-/// Every kind, in census order (`census::TABLES`).
+impl Table {
+    /// Whether its entries are UDP flows.
+    pub fn udp(&self) -> bool {
+        self.proto == ipproto::UDP
+    }
+}
+
+pub(super) const FLOWS: Table = Table {
+    v6: map::FLOWS,
+    v4: map::FLOWS4,
+    proto: ipproto::TCP,
+    entered: &[e::FLOW_CREATED, e::FLOW_PICKED_UP],
+    removed: &[e::FLOW_EXPIRED, e::FLOW_CLOSED],
+};
+pub(super) const EMBRYOS: Table = Table {
+    v6: map::EMBRYOS,
+    v4: map::EMBRYOS4,
+    proto: ipproto::TCP,
+    entered: &[e::EMBRYO_CREATED],
+    removed: &[e::EMBRYO_EXPIRED, e::EMBRYO_CLOSED],
+};
+pub(super) const EMBRYOS_OUT: Table = Table {
+    v6: map::EMBRYOS_OUT,
+    v4: map::EMBRYOS_OUT4,
+    proto: ipproto::TCP,
+    entered: &[e::EMBRYO_OUT_CREATED],
+    removed: &[e::EMBRYO_OUT_EXPIRED, e::EMBRYO_OUT_CLOSED],
+};
+pub(super) const UDP_FLOWS: Table =
+    Table { v6: map::UDP_FLOWS, v4: map::UDP_FLOWS4, proto: ipproto::UDP, entered: &[e::UDP_CREATED, e::UDP_PICKED_UP], removed: &[e::UDP_EXPIRED] };
+/// Every kind, in census order (the fields of `census::Census`).
 pub const STATE_TABLES: [Table; 4] = [FLOWS, EMBRYOS, EMBRYOS_OUT, UDP_FLOWS];
 
 /// The source prefix of a flow, as the kernel program forms it (`state.rs`): the
