@@ -186,6 +186,57 @@ impl Floor {
     }
 }
 
+/// What one lookup in a kernel hash table of flows costs: the floor of a tracked
+/// flow (`floor_lookup12`, `floor_lookup40` of [`edge_filter_tests::programs::FLOOR`])
+/// against `floor_pass`, for one key size.
+#[derive(Clone, Debug)]
+pub struct LookupCost {
+    /// 12: an IPv4 flow's key; 40: an IPv6 flow's.
+    pub key_bytes: usize,
+    /// ns per packet, ratio to the floor of the same round.
+    pub figure: Figure,
+}
+
+/// The key sizes of [`lookup_cost`], as its programs name them.
+const LOOKUP_KEYS: [usize; 2] = [12, 40];
+
+/// What the kernel's hash lookup costs a program that finds its flow, side by side
+/// with the floor, `plan.rounds` rounds: the part of a tracked packet's cost that no
+/// code of the filter's can remove while its flows live in a kernel hash table.
+pub fn lookup_cost(plan: &Plan) -> anyhow::Result<Vec<LookupCost>> {
+    let mut floor = Floor::load()?;
+    let mut names = Vec::new();
+    for bytes in LOOKUP_KEYS {
+        let (prog, table) = (format!("floor_lookup{bytes}"), format!("LOOKUP{bytes}"));
+        let map = floor.ebpf.map_mut(&table).with_context(|| format!("{table} missing"))?;
+        let found = 1u64;
+        match bytes {
+            12 => aya::maps::HashMap::<_, [u8; 12], u64>::try_from(map)?.insert([0; 12], found, 0)?,
+            _ => aya::maps::HashMap::<_, [u8; 40], u64>::try_from(map)?.insert([0; 40], found, 0)?,
+        }
+        let xdp: &mut Xdp = floor.ebpf.program_mut(&prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+        xdp.load()?;
+        names.push(prog);
+    }
+    let frame = tcp(PARTNER4, ACCESS4, 41001, 5269, ACK).build();
+    let mut out: Vec<LookupCost> = LOOKUP_KEYS.iter().map(|b| LookupCost { key_bytes: *b, figure: Figure::default() }).collect();
+    // Index 0: the floor; then one per key size.
+    let contenders: Vec<usize> = (0..=LOOKUP_KEYS.len()).collect();
+    for round in 0..plan.rounds {
+        let mut ns = vec![0.0; contenders.len()];
+        for i in rotated(&contenders, round) {
+            let prog: &Xdp = if i == 0 { floor.of(false) } else { floor.ebpf.program(&names[i - 1]).expect("loaded above").try_into()? };
+            let (action, t) = run(prog, &frame, 0, plan.repeat)?;
+            ensure!(action == XDP_PASS, "{}: action {action}, the lookup did not find its entry", if i == 0 { "floor_pass" } else { &names[i - 1] });
+            ns[i] = t;
+        }
+        for (i, cost) in out.iter_mut().enumerate() {
+            cost.figure.record(ns[i + 1], ns[0]);
+        }
+    }
+    Ok(out)
+}
+
 /// Run `prog` `repeat` times on `frame` arriving on `ifindex`: (action, ns per run).
 pub fn run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(u32, f64)> {
     let ctx = xdp_md(frame.len(), ifindex);

@@ -62,13 +62,22 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
-    let mut results =
-        Results { machine: Machine::read(), plan, quick: args.quick, costs: Vec::new(), growth: Vec::new(), rates: Vec::new(), scrapes: Vec::new() };
+    let mut results = Results {
+        machine: Machine::read(),
+        plan,
+        quick: args.quick,
+        costs: Vec::new(),
+        lookups: Vec::new(),
+        growth: Vec::new(),
+        rates: Vec::new(),
+        scrapes: Vec::new(),
+    };
     // Each part's figures are printed as soon as they are taken, so a later failure
     // loses nothing that was measured.
     if wants(Part::Cost) {
         eprintln!("bench: cost per path ({} rounds, repeat {})", plan.rounds, plan.repeat);
         results.costs = bench::cost::paths_cost(&plan).context("cost per path")?;
+        results.lookups = bench::cost::lookup_cost(&plan).context("the floor of a tracked flow")?;
         eprint!("{}", results.table());
     }
     if wants(Part::Growth) {
