@@ -118,6 +118,33 @@ fn cargo_test(tier: &str, args: &[&str]) -> anyhow::Result<Tally> {
     Ok(tally)
 }
 
+/// The pid of the test process that named a network namespace
+/// (`ef-<what>-<pid>-<n>`, as `edge_filter_tests::topology::unique` names them).
+fn namer(name: &str) -> Option<u32> {
+    let mut fields = name.strip_prefix("ef-")?.rsplit('-');
+    let (_n, pid) = (fields.next()?.parse::<u32>().ok()?, fields.next()?.parse().ok()?);
+    fields.next().filter(|what| !what.is_empty())?;
+    Some(pid)
+}
+
+/// Remove the network namespaces a killed run of the tests left: a process ended by
+/// SIGKILL removes nothing of its own, and its namespaces would keep their veths
+/// and programs. Only namespaces whose naming process is gone, and only this
+/// machine's (`ip netns`): pins under `/sys/fs/bpf`, which other machines on the same
+/// kernel share, may be a live run's elsewhere and are left alone.
+fn reap_namespaces() -> anyhow::Result<()> {
+    let out = Command::new("ip").args(["netns", "list"]).output().context("ip netns list")?;
+    for name in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = namer(name) else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        println!("removing network namespace {name}, left by test process {pid}, which is gone");
+        setup::status(Command::new("ip").args(["netns", "del", name]))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn run() -> anyhow::Result<()> {
     setup::run()?;
     // SAFETY: geteuid has no preconditions.
@@ -134,6 +161,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let nobody = unprivileged()?;
     // The end-to-end tests run the real binary.
     setup::status(Command::new(env!("CARGO")).args(["build", "--package", "edge-filter", "--bin", "edge-filter"]))?;
+    reap_namespaces()?;
     let privileged = cargo_test("privileged", &["--package", "edge-filter-tests", "--", "--test-threads=1"])?;
     fuzz(FUZZ_PACKETS, 1)?;
     bench(true, None)?;
@@ -235,7 +263,16 @@ pub(crate) fn fuzz_parsers(seconds: u64) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Tally;
+    use super::{Tally, namer};
+
+    #[test]
+    fn a_test_namespace_names_its_process() {
+        assert_eq!(namer("ef-host-29867-6"), Some(29867));
+        assert_eq!(namer("ef-n3-partner-12-0"), Some(12));
+        for other in ["ef-host", "ef--12-0", "host-12-0", "ef-host-x-0", "ef-host-12-", "ef-demo-edge"] {
+            assert_eq!(namer(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn tally_sums_libtest_result_lines() {
